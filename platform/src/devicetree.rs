@@ -1,0 +1,584 @@
+//! What the devicetree says about the machine.
+//!
+//! The boot loader (QEMU's `-kernel` loader, the Raspberry Pi firmware) hands the kernel the
+//! physical address of a flattened devicetree (DTB) in `x0`. Nothing else about the machine is
+//! assumed: RAM, reservations, the console UART, the power-off method and the CPUs all come
+//! from here. This module checks the blob before trusting it, then answers the questions boot
+//! asks.
+//!
+//! Two details of the format matter for addresses:
+//! - A `reg` property is a list of (address, size) pairs whose widths in 32-bit cells are set
+//!   by the *parent* node's `#address-cells` and `#size-cells` (defaults 2 and 1).
+//! - A `reg` address is in the parent bus's address space. Each ancestor's `ranges` property
+//!   translates child-bus addresses to its own parent's space, up to the root, whose space is
+//!   the CPU's physical address space. On a Raspberry Pi 4, `/soc` maps bus `0x7e00_0000` to
+//!   CPU `0xfe00_0000`, so the PL011 at `reg = <0x7e201000 …>` is at physical `0xfe20_1000`:
+//!
+//! ```text
+//!   serial@7e201000  reg    = <0x7e201000 0x200>
+//!   soc              ranges = <0x7e000000  0x0 0xfe000000  0x1800000>
+//!                              child addr  parent addr     size
+//!   ⇒ 0x7e201000 - 0x7e000000 + 0xfe000000 = 0xfe201000 (physical)
+//! ```
+
+use addr::{PhysAddr, PhysRange};
+use arrayvec::ArrayVec;
+use core::fmt;
+use fdt::node::FdtNode;
+use fdt::Fdt;
+
+
+/// How deep nodes may nest; real devicetrees stay below 8.
+pub const MAX_DEPTH: usize = 16;
+/// How many ranges one list (RAM, reservations, a device's `reg`) may hold.
+pub const MAX_RANGES: usize = 32;
+
+pub type RangeList = ArrayVec<PhysRange, MAX_RANGES>;
+
+pub(crate) const MAGIC: u32 = 0xd00d_feed;
+pub(crate) const HEADER_SIZE: usize = 40;
+// Structure block tokens (devicetree specification, section 5.4.1).
+pub(crate) const TOKEN_BEGIN_NODE: u32 = 1;
+pub(crate) const TOKEN_END_NODE: u32 = 2;
+pub(crate) const TOKEN_PROP: u32 = 3;
+pub(crate) const TOKEN_NOP: u32 = 4;
+pub(crate) const TOKEN_END: u32 = 9;
+
+/// Why a devicetree could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error<'a> {
+    /// Fewer bytes than a header, or than the header's `totalsize`.
+    Truncated { needed: usize, available: usize },
+    BadMagic { found: u32 },
+    UnsupportedVersion { version: u32 },
+    /// A block named by the header lies outside the blob.
+    BlockOutOfBounds { block: &'static str },
+    /// The structure block is not a well-formed token stream.
+    Malformed { offset: usize, problem: &'static str },
+    /// A property that has a fixed shape has another one.
+    BadProperty { node: &'a str, property: &'static str, problem: &'static str },
+    /// An address that no `ranges` of an ancestor translates.
+    Untranslatable { node: &'a str, address: u64 },
+    NoMemory,
+    TooManyRanges { what: &'static str },
+    /// `/chosen/stdout-path` names a node that does not exist.
+    StdoutNotFound { path: &'a str },
+}
+
+impl fmt::Display for Error<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::Truncated { needed, available } => {
+                write!(f, "devicetree truncated: needs {needed} bytes, {available} available")
+            }
+            Error::BadMagic { found } => {
+                write!(f, "not a devicetree: magic {found:#010x}, expected {MAGIC:#010x}")
+            }
+            Error::UnsupportedVersion { version } => {
+                write!(f, "devicetree version {version} is not supported (need 16 or 17)")
+            }
+            Error::BlockOutOfBounds { block } => {
+                write!(f, "devicetree {block} block lies outside the blob")
+            }
+            Error::Malformed { offset, problem } => {
+                write!(f, "devicetree structure malformed at offset {offset:#x}: {problem}")
+            }
+            Error::BadProperty { node, property, problem } => {
+                write!(f, "devicetree node '{node}': property '{property}' {problem}")
+            }
+            Error::Untranslatable { node, address } => write!(
+                f,
+                "devicetree node '{node}': address {address:#x} is not translated by the \
+                 'ranges' of its parent buses"
+            ),
+            Error::NoMemory => write!(f, "devicetree has no /memory node with a non-empty 'reg'"),
+            Error::TooManyRanges { what } => {
+                write!(f, "devicetree lists more than {MAX_RANGES} {what}")
+            }
+            Error::StdoutNotFound { path } => {
+                write!(f, "/chosen/stdout-path names '{path}', which is not in the devicetree")
+            }
+        }
+    }
+}
+
+/// Reads the `totalsize` field of a devicetree header: how many bytes the blob occupies.
+///
+/// Boot code calls this before anything else, to know how much memory to map.
+pub fn blob_size(header: &[u8; 8]) -> Result<usize, Error<'static>> {
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    if magic != MAGIC {
+        return Err(Error::BadMagic { found: magic });
+    }
+    Ok(u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
+}
+
+/// A devicetree that passed validation. Queries on it do not panic.
+pub struct Devicetree<'a> {
+    fdt: Fdt<'a>,
+}
+
+/// How a PSCI call reaches the firmware (`/psci/method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PsciConduit {
+    /// `hvc #0`: the hypervisor (EL2) implements PSCI.
+    Hvc,
+    /// `smc #0`: the secure monitor (EL3), or a model of it such as QEMU's, implements PSCI.
+    Smc,
+}
+
+/// A memory reservation: bytes of RAM the kernel must not allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation<'a> {
+    pub range: PhysRange,
+    /// Where it came from: a `/reserved-memory` child's name, or `/memreserve/`.
+    pub label: &'a str,
+}
+
+/// A device node: its name, compatible strings and `reg` ranges in physical addresses.
+#[derive(Debug, Clone)]
+pub struct Device<'a> {
+    pub name: &'a str,
+    compatible: &'a [u8],
+    pub regs: RangeList,
+}
+
+impl<'a> Device<'a> {
+    /// The `compatible` strings, most specific first.
+    pub fn compatible(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.compatible
+            .split(|&byte| byte == 0)
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| core::str::from_utf8(s).ok())
+    }
+
+    pub fn is_compatible(&self, wanted: &str) -> bool {
+        self.compatible().any(|c| c == wanted)
+    }
+}
+
+/// The CPUs listed under `/cpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpus<'a> {
+    pub count: usize,
+    /// How secondary CPUs are started: `psci`, `spin-table`, or `none`.
+    pub enable_method: &'a str,
+}
+
+/// A node found by walking from the root, with every node above it (root first).
+struct Located<'b, 'a> {
+    node: FdtNode<'b, 'a>,
+    ancestors: ArrayVec<FdtNode<'b, 'a>, MAX_DEPTH>,
+}
+
+impl<'a> Devicetree<'a> {
+    /// Validates `blob` and wraps it. `blob` may be longer than the devicetree.
+    pub fn parse(blob: &'a [u8]) -> Result<Self, Error<'a>> {
+        let blob = validate(blob)?;
+        let fdt = Fdt::new(blob).map_err(|_| Error::Malformed { offset: 0, problem: "header" })?;
+        Ok(Self { fdt })
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.fdt.total_size()
+    }
+
+    /// The root node's `model`, or its first `compatible` string.
+    pub fn model(&self) -> &'a str {
+        let root = self.root();
+        string_property(&root, "model")
+            .or_else(|| string_property(&root, "compatible"))
+            .unwrap_or("unknown machine")
+    }
+
+    /// The kernel command line (`/chosen/bootargs`).
+    pub fn bootargs(&self) -> &'a str {
+        self.fdt
+            .find_node("/chosen")
+            .and_then(|chosen| string_property(&chosen, "bootargs"))
+            .unwrap_or("")
+    }
+
+    pub fn cpus(&self) -> Cpus<'a> {
+        let mut cpus = Cpus { count: 0, enable_method: "none" };
+        let Some(parent) = self.fdt.find_node("/cpus") else { return cpus };
+        for cpu in parent.children().filter(|node| string_property(node, "device_type") == Some("cpu")) {
+            cpus.count += 1;
+            if let Some(method) = string_property(&cpu, "enable-method") {
+                cpus.enable_method = method;
+            }
+        }
+        cpus
+    }
+
+    /// Every RAM range of every `/memory` node, in the order listed.
+    pub fn memory(&self) -> Result<RangeList, Error<'a>> {
+        let root = self.root();
+        let mut ram = RangeList::new();
+        let memory_nodes = root.children().filter(|node| {
+            string_property(node, "device_type") == Some("memory") && is_enabled(node)
+        });
+        for node in memory_nodes {
+            for range in parse_reg(&node, &root)? {
+                if !range.is_empty() {
+                    ram.try_push(range).map_err(|_| Error::TooManyRanges { what: "RAM ranges" })?;
+                }
+            }
+        }
+        if ram.is_empty() {
+            return Err(Error::NoMemory);
+        }
+        Ok(ram)
+    }
+
+    /// The `/memreserve/` entries and the static (`reg`) children of `/reserved-memory`.
+    ///
+    /// Dynamic reservations (`size` without `reg`) ask the kernel to choose a place; they are
+    /// not reservations of fixed bytes and are not listed here.
+    pub fn reservations(&self) -> Result<ArrayVec<Reservation<'a>, MAX_RANGES>, Error<'a>> {
+        let mut reservations = ArrayVec::new();
+        let too_many = |_| Error::TooManyRanges { what: "memory reservations" };
+        for entry in self.fdt.memory_reservations() {
+            let range = checked_range(entry.address() as u64, entry.size() as u64, "/memreserve/")?;
+            if !range.is_empty() {
+                reservations.try_push(Reservation { range, label: "/memreserve/" }).map_err(too_many)?;
+            }
+        }
+        let Some(parent) = self.fdt.find_node("/reserved-memory") else { return Ok(reservations) };
+        for child in parent.children().filter(is_enabled) {
+            if child.property("reg").is_none() {
+                continue;
+            }
+            for range in parse_reg(&child, &parent)? {
+                reservations.try_push(Reservation { range, label: child.name }).map_err(too_many)?;
+            }
+        }
+        Ok(reservations)
+    }
+
+    /// The device named by `/chosen/stdout-path` (an alias or a path, options after `:`).
+    pub fn stdout(&self) -> Result<Option<Device<'a>>, Error<'a>> {
+        let Some(chosen) = self.fdt.find_node("/chosen") else { return Ok(None) };
+        let Some(stdout_path) = string_property(&chosen, "stdout-path") else { return Ok(None) };
+        let name = stdout_path.split(':').next().unwrap_or(stdout_path);
+        let path = if name.starts_with('/') {
+            name
+        } else {
+            self.fdt
+                .find_node("/aliases")
+                .and_then(|aliases| string_property(&aliases, name))
+                .ok_or(Error::StdoutNotFound { path: name })?
+        };
+        let located = self.locate(path).ok_or(Error::StdoutNotFound { path })?;
+        self.device(&located).map(Some)
+    }
+
+    /// The PSCI conduit, if the machine has PSCI firmware (`/psci` node).
+    pub fn psci(&self) -> Result<Option<PsciConduit>, Error<'a>> {
+        let Some(psci) = self.fdt.find_node("/psci") else { return Ok(None) };
+        match string_property(&psci, "method") {
+            Some("hvc") => Ok(Some(PsciConduit::Hvc)),
+            Some("smc") => Ok(Some(PsciConduit::Smc)),
+            _ => Err(Error::BadProperty { node: psci.name, property: "method", problem: "is not \"hvc\" or \"smc\"" }),
+        }
+    }
+
+    /// Every enabled device with one of the given `compatible` strings, in document order.
+    pub fn compatible_devices(&self, wanted: &[&str]) -> Result<ArrayVec<Device<'a>, MAX_RANGES>, Error<'a>> {
+        let mut found = ArrayVec::new();
+        let mut ancestors = ArrayVec::new();
+        self.collect_compatible(self.root(), &mut ancestors, wanted, &mut found)?;
+        Ok(found)
+    }
+
+    fn collect_compatible<'b>(
+        &'b self,
+        node: FdtNode<'b, 'a>,
+        ancestors: &mut ArrayVec<FdtNode<'b, 'a>, MAX_DEPTH>,
+        wanted: &[&str],
+        found: &mut ArrayVec<Device<'a>, MAX_RANGES>,
+    ) -> Result<(), Error<'a>> {
+        let matches = node.compatible().is_some_and(|c| c.all().any(|c| wanted.contains(&c)));
+        if matches && is_enabled(&node) {
+            let device = self.device(&Located { node, ancestors: ancestors.clone() })?;
+            found.try_push(device).map_err(|_| Error::TooManyRanges { what: "matching devices" })?;
+        }
+        // Validation bounded the depth, so the ancestor list cannot overflow.
+        ancestors.push(node);
+        for child in node.children() {
+            self.collect_compatible(child, ancestors, wanted, found)?;
+        }
+        ancestors.pop();
+        Ok(())
+    }
+
+    fn root(&self) -> FdtNode<'_, 'a> {
+        // Validation checked that the structure block opens with the root node.
+        self.fdt.find_node("/").expect("validated devicetree has a root")
+    }
+
+    /// Walks from the root along `path`, remembering the nodes passed on the way.
+    fn locate(&self, path: &str) -> Option<Located<'_, 'a>> {
+        let mut node = self.root();
+        let mut ancestors = ArrayVec::new();
+        for component in path.split('/').filter(|c| !c.is_empty()) {
+            let child = node.children().find(|child| {
+                child.name == component
+                    || (!component.contains('@') && child.name.split('@').next() == Some(component))
+            })?;
+            ancestors.try_push(node).ok()?;
+            node = child;
+        }
+        Some(Located { node, ancestors })
+    }
+
+    fn device(&self, located: &Located<'_, 'a>) -> Result<Device<'a>, Error<'a>> {
+        let node = &located.node;
+        let mut regs = RangeList::new();
+        if let Some(parent) = located.ancestors.last() {
+            for range in parse_reg(node, parent)? {
+                let start = translate(node.name, range.start().as_u64(), &located.ancestors)?;
+                let range = checked_range(start, range.size(), node.name)?;
+                regs.try_push(range).map_err(|_| Error::TooManyRanges { what: "reg entries" })?;
+            }
+        }
+        let compatible = node.property("compatible").map_or(&[][..], |p| p.value);
+        Ok(Device { name: node.name, compatible, regs })
+    }
+}
+
+/// Translates a bus address of a node below `ancestors` (root first) to a physical address,
+/// through the `ranges` of each ancestor below the root.
+fn translate<'a>(node: &'a str, mut address: u64, ancestors: &[FdtNode<'_, 'a>]) -> Result<u64, Error<'a>> {
+    for pair in ancestors.windows(2).rev() {
+        let (parent, bus) = (&pair[0], &pair[1]);
+        let Some(ranges) = bus.property("ranges") else {
+            return Err(Error::Untranslatable { node, address });
+        };
+        if ranges.value.is_empty() {
+            continue; // An empty `ranges` is the identity mapping.
+        }
+        let child_cells = address_cells(bus)?;
+        let parent_cells = address_cells(parent)?;
+        let size_cells = size_cells(bus)?;
+        let entry = (child_cells + parent_cells + size_cells) * 4;
+        if entry == 0 || ranges.value.len() % entry != 0 {
+            return Err(bad_shape(bus.name, "ranges"));
+        }
+        let translated = ranges.value.chunks_exact(entry).find_map(|raw| {
+            let (child_base, rest) = read_cells(raw, child_cells)?;
+            let (parent_base, rest) = read_cells(rest, parent_cells)?;
+            let (size, _) = read_cells(rest, size_cells)?;
+            let offset = address.checked_sub(child_base).filter(|&offset| offset < size)?;
+            parent_base.checked_add(offset)
+        });
+        address = translated.ok_or(Error::Untranslatable { node, address })?;
+    }
+    Ok(address)
+}
+
+/// The (address, size) pairs of `node`'s `reg`, in its parent's bus address space.
+fn parse_reg<'a>(node: &FdtNode<'_, 'a>, parent: &FdtNode<'_, 'a>) -> Result<RangeList, Error<'a>> {
+    let mut ranges = RangeList::new();
+    let Some(reg) = node.property("reg") else { return Ok(ranges) };
+    let address_cells = address_cells(parent)?;
+    let size_cells = size_cells(parent)?;
+    let entry = (address_cells + size_cells) * 4;
+    if entry == 0 || reg.value.len() % entry != 0 {
+        return Err(bad_shape(node.name, "reg"));
+    }
+    for raw in reg.value.chunks_exact(entry) {
+        let parsed = read_cells(raw, address_cells)
+            .and_then(|(address, rest)| Some((address, read_cells(rest, size_cells)?.0)));
+        let (address, size) = parsed.ok_or(bad_shape(node.name, "reg"))?;
+        let range = checked_range(address, size, node.name)?;
+        ranges.try_push(range).map_err(|_| Error::TooManyRanges { what: "reg entries" })?;
+    }
+    Ok(ranges)
+}
+
+fn checked_range(address: u64, size: u64, node: &str) -> Result<PhysRange, Error<'_>> {
+    PhysRange::new(PhysAddr::new(address), size).ok_or(Error::BadProperty {
+        node,
+        property: "reg",
+        problem: "describes a range that wraps past the top of the address space",
+    })
+}
+
+/// Reads a big-endian number of `cells` 32-bit cells (at most two) from the front of `bytes`.
+fn read_cells(bytes: &[u8], cells: usize) -> Option<(u64, &[u8])> {
+    if cells > 2 || bytes.len() < cells * 4 {
+        return None;
+    }
+    let (number, rest) = bytes.split_at(cells * 4);
+    let value = number.chunks_exact(4).fold(0u64, |value, cell| {
+        (value << 32) | u64::from(u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]))
+    });
+    Some((value, rest))
+}
+
+fn address_cells<'a>(node: &FdtNode<'_, 'a>) -> Result<usize, Error<'a>> {
+    cell_count(node, "#address-cells", 2)
+}
+
+fn size_cells<'a>(node: &FdtNode<'_, 'a>) -> Result<usize, Error<'a>> {
+    cell_count(node, "#size-cells", 1)
+}
+
+/// `#address-cells` or `#size-cells` of `node`, which must be at most 2 for a 64-bit machine.
+fn cell_count<'a>(node: &FdtNode<'_, 'a>, property: &'static str, default: usize) -> Result<usize, Error<'a>> {
+    let Some(value) = node.property(property) else { return Ok(default) };
+    match read_cells(value.value, 1) {
+        Some((cells @ 0..=2, [])) => Ok(cells as usize),
+        _ => Err(Error::BadProperty { node: node.name, property, problem: "must be one cell holding 0, 1 or 2" }),
+    }
+}
+
+fn bad_shape<'a>(node: &'a str, property: &'static str) -> Error<'a> {
+    Error::BadProperty { node, property, problem: "does not match #address-cells/#size-cells" }
+}
+
+fn string_property<'a>(node: &FdtNode<'_, 'a>, name: &str) -> Option<&'a str> {
+    let value = node.property(name)?.value;
+    let text = value.split(|&byte| byte == 0).next()?;
+    core::str::from_utf8(text).ok()
+}
+
+fn is_enabled(node: &FdtNode<'_, '_>) -> bool {
+    matches!(string_property(node, "status"), None | Some("okay") | Some("ok"))
+}
+
+/// Checks the header and walks the structure block, so that the `fdt` crate (which panics on
+/// malformed input) only ever sees well-formed blobs. Returns the blob cut to its `totalsize`.
+fn validate(blob: &[u8]) -> Result<&[u8], Error<'static>> {
+    let field = |index: usize| -> u32 {
+        let at = index * 4;
+        u32::from_be_bytes([blob[at], blob[at + 1], blob[at + 2], blob[at + 3]])
+    };
+    if blob.len() < HEADER_SIZE {
+        return Err(Error::Truncated { needed: HEADER_SIZE, available: blob.len() });
+    }
+    if field(0) != MAGIC {
+        return Err(Error::BadMagic { found: field(0) });
+    }
+    let total_size = field(1) as usize;
+    if total_size > blob.len() || total_size < HEADER_SIZE {
+        return Err(Error::Truncated { needed: total_size.max(HEADER_SIZE), available: blob.len() });
+    }
+    let version = field(5);
+    if version < 16 || field(6) > 17 {
+        return Err(Error::UnsupportedVersion { version });
+    }
+    let blob = &blob[..total_size];
+    let structure = block(blob, field(2), field(9), "structure")?;
+    let strings = block(blob, field(3), field(8), "strings")?;
+    let reservations_offset = field(4) as usize;
+    if reservations_offset % 8 != 0 || reservations_offset > total_size {
+        return Err(Error::BlockOutOfBounds { block: "memory reservation" });
+    }
+    check_reservation_block(&blob[reservations_offset..])?;
+    check_structure(structure, field(2) as usize, strings)?;
+    Ok(blob)
+}
+
+fn block<'a>(blob: &'a [u8], offset: u32, size: u32, name: &'static str) -> Result<&'a [u8], Error<'static>> {
+    let start = offset as usize;
+    let end = start.checked_add(size as usize).filter(|&end| end <= blob.len());
+    match end {
+        Some(end) => Ok(&blob[start..end]),
+        None => Err(Error::BlockOutOfBounds { block: name }),
+    }
+}
+
+/// The reservation block is a list of 16-byte (address, size) entries ending with a zero entry.
+fn check_reservation_block(block: &[u8]) -> Result<(), Error<'static>> {
+    let terminated = block.chunks_exact(16).any(|entry| entry.iter().all(|&byte| byte == 0));
+    if terminated {
+        Ok(())
+    } else {
+        Err(Error::BlockOutOfBounds { block: "memory reservation" })
+    }
+}
+
+/// Walks the token stream: nodes balanced and not too deep, names and property names
+/// NUL-terminated UTF-8 inside their blocks, values inside the block, cell counts one cell.
+fn check_structure(structure: &[u8], base: usize, strings: &[u8]) -> Result<(), Error<'static>> {
+    let mut reader = TokenReader { bytes: structure, position: 0, base };
+    let mut depth = 0usize;
+    let mut seen_root = false;
+    loop {
+        let token = reader.u32()?;
+        match token {
+            TOKEN_BEGIN_NODE => {
+                if seen_root && depth == 0 {
+                    return Err(reader.error("a second root node"));
+                }
+                seen_root = true;
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(reader.error("nodes nested too deeply"));
+                }
+                reader.c_string()?;
+            }
+            TOKEN_END_NODE => {
+                depth = depth.checked_sub(1).ok_or(reader.error("END_NODE without a node"))?;
+            }
+            TOKEN_PROP => {
+                if depth == 0 {
+                    return Err(reader.error("property outside any node"));
+                }
+                let length = reader.u32()? as usize;
+                let name_offset = reader.u32()? as usize;
+                let name = strings
+                    .get(name_offset..)
+                    .and_then(|rest| rest.split(|&byte| byte == 0).next().filter(|_| rest.contains(&0)))
+                    .and_then(|name| core::str::from_utf8(name).ok())
+                    .ok_or(reader.error("property name outside the strings block"))?;
+                let value = reader.take(length)?;
+                let is_cell_count = name == "#address-cells" || name == "#size-cells";
+                if is_cell_count && value.len() != 4 {
+                    return Err(reader.error("#address-cells or #size-cells is not one cell"));
+                }
+            }
+            TOKEN_NOP => {}
+            TOKEN_END if depth == 0 && seen_root => return Ok(()),
+            TOKEN_END => return Err(reader.error("END inside an open node")),
+            _ => return Err(reader.error("unknown token")),
+        }
+    }
+}
+
+struct TokenReader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+    /// Offset of the structure block in the blob, so errors name blob offsets.
+    base: usize,
+}
+
+impl<'a> TokenReader<'a> {
+    fn error(&self, problem: &'static str) -> Error<'static> {
+        Error::Malformed { offset: self.base + self.position, problem }
+    }
+
+    fn u32(&mut self) -> Result<u32, Error<'static>> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// Takes `length` bytes and skips the padding to the next 4-byte boundary.
+    fn take(&mut self, length: usize) -> Result<&'a [u8], Error<'static>> {
+        let end = self.position.checked_add(length).filter(|&end| end <= self.bytes.len());
+        let end = end.ok_or(self.error("runs past the end of the structure block"))?;
+        let taken = &self.bytes[self.position..end];
+        self.position = end.next_multiple_of(4).min(self.bytes.len());
+        Ok(taken)
+    }
+
+    fn c_string(&mut self) -> Result<&'a str, Error<'static>> {
+        let rest = &self.bytes[self.position..];
+        let length = rest.iter().position(|&byte| byte == 0).ok_or(self.error("unterminated node name"))?;
+        let name = core::str::from_utf8(&rest[..length]).map_err(|_| self.error("node name is not UTF-8"))?;
+        self.take(length + 1)?;
+        Ok(name)
+    }
+}

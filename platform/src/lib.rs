@@ -1,0 +1,17 @@
+//! The machine as its devicetree describes it.
+//!
+//! Pure logic, no hardware access: the kernel hands in the devicetree blob and the ranges it
+//! occupies itself, and gets back a validated description and a memory map. Everything here
+//! builds and is tested on the host.
+#![no_std]
+
+#[cfg(any(test, feature = "writer"))]
+extern crate alloc;
+
+pub mod devicetree;
+#[cfg(any(test, feature = "writer"))]
+pub mod fdt_writer;
+pub mod memmap;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The memory map: which bytes of RAM the kernel may hand out.
+//!
+//! RAM is what the `/memory` nodes list. From it the kernel takes away everything that is
+//! already in use or promised to someone else:
+//!
+//! - the kernel image, wherever the loader put it;
+//! - the devicetree blob itself (the kernel keeps reading it);
+//! - `/memreserve/` entries (firmware data, spin tables);
+//! - static `/reserved-memory` children (`reg`), such as a restricted DMA pool.
+//!
+//! What remains, trimmed to whole pages, is free. Reservations may be listed in any order and
+//! may overlap one another (firmware often lists the same bytes twice); a reservation that is
+//! not inside RAM means the devicetree and the machine disagree, and boot stops with that
+//! reservation named rather than guess which of the two is right.
+//!
+//! ```text
+//!  RAM     [==================================================================]
+//!  reserve      [image]   [dtb]              [restricted pool]
+//!  free    [===]       [=]     [============]                 [===============]
+//! ```
+
+use addr::{PhysAddr, PhysRange};
+use arrayvec::ArrayVec;
+use core::fmt::{self, Write};
+
+use crate::devicetree::{RangeList, Reservation, MAX_RANGES};
+
+/// The CPU page: free regions are whole pages.
+pub const PAGE_SIZE: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error<'a> {
+    /// No RAM range was given.
+    NoRam,
+    /// A reservation (or the kernel image, or the devicetree) is not entirely inside RAM.
+    ReservedOutsideRam { label: &'a str, range: PhysRange },
+    TooManyRanges,
+}
+
+impl fmt::Display for Error<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoRam => write!(f, "memory map: no RAM"),
+            Error::ReservedOutsideRam { label, range } => write!(
+                f,
+                "memory map: reservation '{label}' {range} is not inside RAM (check /memory \
+                 against /reserved-memory and /memreserve/)"
+            ),
+            Error::TooManyRanges => write!(f, "memory map: more than {MAX_RANGES} ranges"),
+        }
+    }
+}
+
+/// RAM split into reserved and free parts.
+#[derive(Debug, Clone)]
+pub struct MemoryMap<'a> {
+    ram: RangeList,
+    reserved: ArrayVec<Reservation<'a>, MAX_RANGES>,
+    free: RangeList,
+}
+
+/// One line of the memory map as the boot log prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub range: PhysRange,
+    /// `free`, or the reservation's label.
+    pub label: &'a str,
+}
+
+impl<'a> MemoryMap<'a> {
+    /// Computes the map from RAM ranges and reservations, both in any order.
+    pub fn compute(ram: &[PhysRange], reservations: &[Reservation<'a>]) -> Result<Self, Error<'a>> {
+        let ram = merged(ram)?;
+        if ram.is_empty() {
+            return Err(Error::NoRam);
+        }
+        let mut reserved: ArrayVec<Reservation<'a>, MAX_RANGES> = ArrayVec::new();
+        for reservation in reservations.iter().filter(|r| !r.range.is_empty()) {
+            if !ram.iter().any(|ram| ram.covers(&reservation.range)) {
+                return Err(Error::ReservedOutsideRam { label: reservation.label, range: reservation.range });
+            }
+            reserved.try_push(*reservation).map_err(|_| Error::TooManyRanges)?;
+        }
+        reserved.sort_unstable_by_key(|reservation| (reservation.range.start(), reservation.range.end()));
+        let free = free_pages(&ram, &reserved)?;
+        Ok(Self { ram, reserved, free })
+    }
+
+    /// RAM, sorted, with overlapping and touching ranges merged.
+    pub fn ram(&self) -> &[PhysRange] {
+        &self.ram
+    }
+
+    /// The reservations, sorted by start address.
+    pub fn reserved(&self) -> &[Reservation<'a>] {
+        &self.reserved
+    }
+
+    /// Free RAM in whole pages, sorted, overlapping no reservation.
+    pub fn free(&self) -> &[PhysRange] {
+        &self.free
+    }
+
+    pub fn largest_free(&self) -> Option<PhysRange> {
+        self.free.iter().copied().max_by_key(PhysRange::size)
+    }
+
+    /// Every reserved and free range, sorted by start address.
+    pub fn entries(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
+        let reserved = self.reserved.iter().map(|r| Entry { range: r.range, label: r.label });
+        let free = self.free.iter().map(|&range| Entry { range, label: "free" });
+        let mut entries: ArrayVec<Entry<'a>, { 2 * MAX_RANGES }> = reserved.chain(free).collect();
+        entries.sort_unstable_by_key(|entry| entry.range.start());
+        entries.into_iter()
+    }
+}
+
+/// Sorts ranges and merges those that overlap or touch.
+fn merged(ranges: &[PhysRange]) -> Result<RangeList, Error<'static>> {
+    let mut sorted: RangeList = RangeList::new();
+    for range in ranges.iter().filter(|range| !range.is_empty()) {
+        sorted.try_push(*range).map_err(|_| Error::TooManyRanges)?;
+    }
+    sorted.sort_unstable_by_key(PhysRange::start);
+    let mut merged = RangeList::new();
+    for range in sorted {
+        match merged.last_mut() {
+            Some(last) if range.start() <= last.end() => {
+                let end = last.end().max(range.end());
+                *last = PhysRange::from_bounds(last.start(), end).ok_or(Error::TooManyRanges)?;
+            }
+            _ => merged.push(range),
+        }
+    }
+    Ok(merged)
+}
+
+/// RAM minus the reservations (sorted by start), each piece trimmed inwards to whole pages.
+fn free_pages(ram: &[PhysRange], reserved: &[Reservation<'_>]) -> Result<RangeList, Error<'static>> {
+    let mut free = RangeList::new();
+    for ram in ram {
+        let mut cursor = ram.start();
+        for reservation in reserved.iter().filter(|r| r.range.overlaps(ram)) {
+            push_whole_pages(&mut free, cursor, reservation.range.start())?;
+            cursor = cursor.max(reservation.range.end());
+        }
+        push_whole_pages(&mut free, cursor, ram.end())?;
+    }
+    Ok(free)
+}
+
+fn push_whole_pages(free: &mut RangeList, start: PhysAddr, end: PhysAddr) -> Result<(), Error<'static>> {
+    let Some(start) = start.align_up(PAGE_SIZE) else { return Ok(()) };
+    let end = end.align_down(PAGE_SIZE);
+    if let Some(range) = PhysRange::from_bounds(start, end).filter(|range| !range.is_empty()) {
+        free.try_push(range).map_err(|_| Error::TooManyRanges)?;
+    }
+    Ok(())
+}
+
+/// A byte count printed the way people read it: `512 KiB`, `1 GiB`, `1.5 MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut unit = 0;
+        while unit + 1 < UNITS.len() && self.0 >= 1024u64 << (10 * unit) {
+            unit += 1;
+        }
+        let scale = 1u64 << (10 * unit);
+        let (whole, tenths) = (self.0 / scale, (self.0 % scale) * 10 / scale);
+        let mut text = FmtBuf::default();
+        let written = match tenths {
+            0 => write!(text, "{whole} {}", UNITS[unit]),
+            _ => write!(text, "{whole}.{tenths} {}", UNITS[unit]),
+        };
+        written?;
+        f.pad(text.as_str())
+    }
+}
+
+/// A small stack buffer, so that `Size` can honour a field width without allocating.
+#[derive(Default)]
+struct FmtBuf {
+    bytes: [u8; 24],
+    length: usize,
+}
+
+impl FmtBuf {
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..self.length]).unwrap_or("")
+    }
+}
+
+impl fmt::Write for FmtBuf {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.length + text.len();
+        self.bytes.get_mut(self.length..end).ok_or(fmt::Error)?.copy_from_slice(text.as_bytes());
+        self.length = end;
+        Ok(())
+    }
+}
