@@ -1,0 +1,128 @@
+//! Translation table descriptors (Arm ARM DDI 0487, D8.3 "Translation table descriptor formats").
+//!
+//! ```text
+//!  63     55 54  53  52 .. 48 47 ..................... 12 11 10  9 8  7  6  5  4   2  1  0
+//! ┌────────┬───┬───┬────────┬──────────────────────────┬──┬──┬────┬─────┬──┬──────┬──┬──┐
+//! │ ignored│UXN│PXN│  res0  │ output address [47:shift]│nG│AF│ SH │AP2:1│NS│AttrIx│T │V │
+//! └────────┴───┴───┴────────┴──────────────────────────┴──┴──┴────┴─────┴──┴──────┴──┴──┘
+//! ```
+//!
+//! `V` marks the entry valid. `T` (bit 1) set means "table" at levels 0-2 and "page" at
+//! level 3; clear at levels 1-2 means "block". `AttrIndx` selects one of the eight memory
+//! types programmed in `MAIR` (the CPU's `MAIR_EL1`, or the SMMU context descriptor's MAIR).
+
+use addr::PhysAddr;
+
+use crate::Granule;
+
+const VALID: u64 = 1 << 0;
+const TABLE_OR_PAGE: u64 = 1 << 1;
+const ATTR_INDEX_SHIFT: u32 = 2;
+const ATTR_INDEX_MASK: u64 = 0b111 << ATTR_INDEX_SHIFT;
+/// AP[2]: read-only at every exception level.
+const READ_ONLY: u64 = 1 << 7;
+/// SH = 0b11: inner shareable, so every CPU (and a coherent device) sees the same data.
+const INNER_SHAREABLE: u64 = 0b11 << 8;
+/// AF: without it the first access faults (software access-flag management).
+const ACCESSED: u64 = 1 << 10;
+/// PXN: not executable at EL1.
+const PRIVILEGED_EXECUTE_NEVER: u64 = 1 << 53;
+/// UXN: not executable at EL0.
+const UNPRIVILEGED_EXECUTE_NEVER: u64 = 1 << 54;
+const OUTPUT_ADDRESS_BITS: u64 = (1 << 48) - 1;
+
+/// The memory types this kernel uses, and their `MAIR` indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryType {
+    /// RAM: write-back cacheable, read- and write-allocate.
+    Normal = 0,
+    /// MMIO registers: Device-nGnRE (no gathering, no reordering, early write acknowledgement).
+    Device = 1,
+    /// RAM that bypasses the caches, for sharing with devices that do not snoop them.
+    NormalNonCacheable = 2,
+}
+
+/// `MAIR_EL1` value matching [`MemoryType`]: attribute byte `n` describes index `n`.
+/// 0xff = Normal, inner/outer write-back non-transient, read/write-allocate;
+/// 0x04 = Device-nGnRE; 0x44 = Normal, inner/outer non-cacheable (D19.2, MAIR_EL1).
+pub const MAIR: u64 = 0xff | (0x04 << 8) | (0x44 << 16);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// What a mapping allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attributes {
+    pub memory: MemoryType,
+    pub access: Access,
+    /// Whether the kernel (EL1) may execute from it. EL0 never may.
+    pub executable: bool,
+}
+
+impl Attributes {
+    pub const fn new(memory: MemoryType, access: Access, executable: bool) -> Self {
+        Self { memory, access, executable }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Descriptor(u64);
+
+impl Descriptor {
+    pub(crate) fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn table(table: PhysAddr) -> Self {
+        Self(table.as_u64() | TABLE_OR_PAGE | VALID)
+    }
+
+    /// A block (levels 1-2) or page (level 3) descriptor.
+    pub(crate) fn leaf(output: PhysAddr, attributes: Attributes, is_page: bool) -> Self {
+        let mut bits = output.as_u64() | VALID | ACCESSED | UNPRIVILEGED_EXECUTE_NEVER;
+        bits |= (attributes.memory as u64) << ATTR_INDEX_SHIFT;
+        if is_page {
+            bits |= TABLE_OR_PAGE;
+        }
+        if attributes.memory != MemoryType::Device {
+            bits |= INNER_SHAREABLE;
+        }
+        if attributes.access == Access::ReadOnly {
+            bits |= READ_ONLY;
+        }
+        if !attributes.executable {
+            bits |= PRIVILEGED_EXECUTE_NEVER;
+        }
+        Self(bits)
+    }
+
+    pub(crate) fn is_valid(self) -> bool {
+        self.0 & VALID != 0
+    }
+
+    /// At levels 0-2: points at a table rather than mapping a block.
+    pub(crate) fn is_table(self) -> bool {
+        self.0 & TABLE_OR_PAGE != 0
+    }
+
+    pub(crate) fn output_address(self, granule: Granule) -> PhysAddr {
+        PhysAddr::new(self.0 & OUTPUT_ADDRESS_BITS & !(granule.size() - 1))
+    }
+
+    pub(crate) fn attributes(self) -> Attributes {
+        let memory = match (self.0 & ATTR_INDEX_MASK) >> ATTR_INDEX_SHIFT {
+            0 => MemoryType::Normal,
+            2 => MemoryType::NormalNonCacheable,
+            _ => MemoryType::Device,
+        };
+        let access = if self.0 & READ_ONLY != 0 { Access::ReadOnly } else { Access::ReadWrite };
+        Attributes { memory, access, executable: self.0 & PRIVILEGED_EXECUTE_NEVER == 0 }
+    }
+}

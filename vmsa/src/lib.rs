@@ -1,0 +1,274 @@
+//! VMSAv8-64 translation tables: the page-table format of the Arm MMU and of SMMUv3 stage 1.
+//!
+//! An input address (a CPU virtual address, or a device's IOVA) is translated by a walk through
+//! up to four levels of tables. Each table is one *granule* (4, 16 or 64 KiB) of 8-byte
+//! descriptors, and each level consumes `granule_shift - 3` bits of the address
+//! (Arm ARM DDI 0487, D8.2 "Translation tables and the translation process"):
+//!
+//! ```text
+//!  4 KiB granule, 48-bit input address:
+//!   47      39 38      30 29      21 20      12 11          0
+//!  ┌──────────┬──────────┬──────────┬──────────┬─────────────┐
+//!  │ level 0  │ level 1  │ level 2  │ level 3  │ page offset │
+//!  │ 9 bits   │ 9 bits   │ 9 bits   │ 9 bits   │ 12 bits     │
+//!  └──────────┴──────────┴──────────┴──────────┴─────────────┘
+//!   512 GiB    1 GiB      2 MiB      4 KiB       ← what one entry covers
+//! ```
+//!
+//! An entry is invalid, points at the next-level table, or maps a whole aligned *block*
+//! (1 GiB or 2 MiB with 4 KiB granules, 32 MiB with 16 KiB, 512 MiB with 64 KiB) or, at
+//! level 3, a page. Large blocks keep the tables small and the TLB effective: the kernel maps
+//! RAM with 1 GiB and 2 MiB blocks where the addresses allow.
+//!
+//! The table memory is supplied by the user through [`TableMemory`], so the same code runs
+//! on the host in tests (tables in a `Vec`), in the kernel before the MMU is on (tables at
+//! their physical addresses) and after it (tables through a virtual mapping).
+#![no_std]
+
+mod descriptor;
+
+use addr::PhysAddr;
+
+pub use descriptor::{Access, Attributes, MemoryType, MAIR};
+use descriptor::Descriptor;
+
+/// The translation granule: the size of a page and of every table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granule {
+    Size4KiB,
+    Size16KiB,
+    Size64KiB,
+}
+
+impl Granule {
+    pub const fn shift(self) -> u32 {
+        match self {
+            Granule::Size4KiB => 12,
+            Granule::Size16KiB => 14,
+            Granule::Size64KiB => 16,
+        }
+    }
+
+    pub const fn size(self) -> u64 {
+        1 << self.shift()
+    }
+
+    /// Address bits resolved per level: a table holds `2^index_bits` 8-byte entries.
+    const fn index_bits(self) -> u32 {
+        self.shift() - 3
+    }
+
+    /// The first level walked for `input_bits`-wide addresses (level 0 with 4 KiB and 48 bits).
+    pub const fn start_level(self, input_bits: u32) -> u32 {
+        let levels = (input_bits - self.shift()).div_ceil(self.index_bits());
+        4 - levels
+    }
+
+    /// Lowest address bit indexed at `level`; an entry at `level` covers `1 << level_shift`.
+    pub const fn level_shift(self, level: u32) -> u32 {
+        self.shift() + (3 - level) * self.index_bits()
+    }
+
+    /// Whether a block entry may stand at `level` (D8.3: 48-bit output, no FEAT_LPA2).
+    const fn allows_block_at(self, level: u32) -> bool {
+        match self {
+            Granule::Size4KiB => level == 1 || level == 2,
+            Granule::Size16KiB | Granule::Size64KiB => level == 2,
+        }
+    }
+}
+
+/// Why a mapping request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// An address or size is not a multiple of the granule.
+    Misaligned { input: u64, output: PhysAddr, size: u64, granule: u64 },
+    /// The input range does not fit the table's input address width.
+    OutOfRange { input: u64, size: u64, input_bits: u32 },
+    /// Part of the range is already mapped, differently.
+    AlreadyMapped { input: u64 },
+    /// [`TableMemory::allocate_table`] had no table to give.
+    OutOfTables,
+}
+
+/// Memory for translation tables.
+pub trait TableMemory {
+    /// A zeroed, granule-aligned table; `None` when there is no memory left.
+    fn allocate_table(&mut self) -> Option<PhysAddr>;
+    /// Where the CPU can read and write the table whose physical address is `table`.
+    fn table_pointer(&self, table: PhysAddr) -> *mut u64;
+}
+
+/// The result of a successful walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    pub output: PhysAddr,
+    pub attributes: Attributes,
+    /// The level of the entry that mapped it, and so the size of that block or page.
+    pub level: u32,
+}
+
+/// A translation table tree: a root table and everything below it.
+pub struct PageTable<M: TableMemory> {
+    root: PhysAddr,
+    granule: Granule,
+    input_bits: u32,
+    memory: M,
+}
+
+/// The entry a mapping step stops at.
+enum Slot {
+    /// Write a block or page descriptor here.
+    Empty { entry: *mut u64, level: u32 },
+    /// Already mapped exactly as asked; `covers` bytes from the input address on.
+    Same { covers: u64 },
+}
+
+impl<M: TableMemory> PageTable<M> {
+    /// An empty tree for `input_bits`-wide addresses (25 to 48).
+    pub fn new(granule: Granule, input_bits: u32, mut memory: M) -> Result<Self, Error> {
+        assert!((25..=48).contains(&input_bits), "input address width must be 25..=48 bits");
+        let root = memory.allocate_table().ok_or(Error::OutOfTables)?;
+        Ok(Self { root, granule, input_bits, memory })
+    }
+
+    /// Physical address of the root table: what TTBR (or the SMMU's CD.TTB0) points at.
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    pub fn granule(&self) -> Granule {
+        self.granule
+    }
+
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    pub fn memory_mut(&mut self) -> &mut M {
+        &mut self.memory
+    }
+
+    /// Maps `[input, input + size)` to `[output, output + size)` with the largest blocks the
+    /// alignment of both addresses allows.
+    ///
+    /// Ranges already mapped identically are accepted, so overlapping requests with the same
+    /// attributes compose. Only invalid entries are written: replacing a live mapping needs
+    /// break-before-make and TLB maintenance, which belong to an unmap. If tables run out
+    /// midway, the part before stays mapped.
+    pub fn map(&mut self, input: u64, output: PhysAddr, size: u64, attributes: Attributes) -> Result<(), Error> {
+        let granule = self.granule.size();
+        let misaligned = (input | output.as_u64() | size) & (granule - 1) != 0;
+        if misaligned {
+            return Err(Error::Misaligned { input, output, size, granule });
+        }
+        self.check_range(input, size)?;
+        let mut done = 0;
+        while done < size {
+            let (at, to) = (input + done, output.add(done));
+            match self.slot_for(at, to, size - done, attributes)? {
+                Slot::Empty { entry, level } => {
+                    let descriptor = Descriptor::leaf(to, attributes, level == 3);
+                    // SAFETY: `entry` points into a table owned by this tree.
+                    unsafe { entry.write_volatile(descriptor.bits()) };
+                    done += 1 << self.granule.level_shift(level);
+                }
+                Slot::Same { covers } => done += covers,
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks the tables as the MMU would.
+    pub fn translate(&self, input: u64) -> Option<Translation> {
+        self.check_range(input, 1).ok()?;
+        let mut table = self.root;
+        let mut level = self.granule.start_level(self.input_bits);
+        loop {
+            // SAFETY: the index is within the table, which this tree owns.
+            let descriptor = Descriptor::from_bits(unsafe { self.entry(table, input, level).read_volatile() });
+            if !descriptor.is_valid() {
+                return None;
+            }
+            if level < 3 && descriptor.is_table() {
+                table = descriptor.output_address(self.granule);
+                level += 1;
+                continue;
+            }
+            let offset = input & ((1 << self.granule.level_shift(level)) - 1);
+            return Some(Translation {
+                output: descriptor.output_address(self.granule).add(offset),
+                attributes: descriptor.attributes(),
+                level,
+            });
+        }
+    }
+
+    /// Finds (creating tables on the way) the entry at which to map `input` → `output`:
+    /// the highest level whose block both addresses are aligned to and `remaining` fills.
+    fn slot_for(&mut self, input: u64, output: PhysAddr, remaining: u64, attributes: Attributes) -> Result<Slot, Error> {
+        let mut table = self.root;
+        let mut level = self.granule.start_level(self.input_bits);
+        loop {
+            let entry = self.entry(table, input, level);
+            // SAFETY: `entry` points into a table owned by this tree.
+            let descriptor = Descriptor::from_bits(unsafe { entry.read_volatile() });
+            let block_size = 1u64 << self.granule.level_shift(level);
+            let fits = (input | output.as_u64()) & (block_size - 1) == 0 && remaining >= block_size;
+            let leaf_allowed = level == 3 || (fits && self.granule.allows_block_at(level));
+            if !descriptor.is_valid() && leaf_allowed {
+                return Ok(Slot::Empty { entry, level });
+            }
+            if descriptor.is_valid() && (level == 3 || !descriptor.is_table()) {
+                return self.same_mapping(descriptor, input, output, level, attributes);
+            }
+            table = match descriptor.is_valid() {
+                true => descriptor.output_address(self.granule),
+                false => self.new_table(entry)?,
+            };
+            level += 1;
+        }
+    }
+
+    /// An existing leaf is acceptable only if it maps `input` exactly to `output` as asked.
+    fn same_mapping(&self, existing: Descriptor, input: u64, output: PhysAddr, level: u32, attributes: Attributes) -> Result<Slot, Error> {
+        let block_size = 1u64 << self.granule.level_shift(level);
+        let offset = input & (block_size - 1);
+        let same = existing.output_address(self.granule).add(offset) == output && existing.attributes() == attributes;
+        match same {
+            true => Ok(Slot::Same { covers: block_size - offset }),
+            false => Err(Error::AlreadyMapped { input }),
+        }
+    }
+
+    fn new_table(&mut self, entry: *mut u64) -> Result<PhysAddr, Error> {
+        let table = self.memory.allocate_table().ok_or(Error::OutOfTables)?;
+        // SAFETY: `entry` points into a table owned by this tree; the new table is zeroed.
+        unsafe { entry.write_volatile(Descriptor::table(table).bits()) };
+        Ok(table)
+    }
+
+    fn entry(&self, table: PhysAddr, input: u64, level: u32) -> *mut u64 {
+        let index_mask = (1u64 << self.granule.index_bits()) - 1;
+        let index = (input >> self.granule.level_shift(level)) & index_mask;
+        // The index is below 2^index_bits, the number of entries in one table.
+        self.memory.table_pointer(table).wrapping_add(index as usize)
+    }
+
+    /// The tables resolve the low `input_bits` bits; the bits above must all be equal (all
+    /// zeros for TTBR0 and the SMMU, all ones for the kernel's TTBR1 half).
+    fn check_range(&self, input: u64, size: u64) -> Result<(), Error> {
+        let out_of_range = Error::OutOfRange { input, size, input_bits: self.input_bits };
+        let last = input.checked_add(size - 1).ok_or(out_of_range)?;
+        let high_bits = |address: u64| address >> self.input_bits;
+        let top = (1u64 << (64 - self.input_bits)) - 1;
+        let upper = high_bits(input);
+        if (upper != 0 && upper != top) || high_bits(last) != upper {
+            return Err(out_of_range);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
