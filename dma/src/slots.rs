@@ -1,0 +1,349 @@
+//! The slot allocator: areas, cursors and the word-at-a-time search.
+//!
+//! The pool's slots are split into `areas` equal areas (a power of two). Each area has its own
+//! lock, free map and search cursor, so CPUs that start in different areas do not contend, and
+//! a region never spans two areas (as in Linux).
+//!
+//! ```text
+//!  pool:   | area 0                  | area 1                  | area 2 ...
+//!  slots:  |##..####....#...|........|#######.........|........|
+//!                   ^ cursor of area 0      ^ cursor of area 1
+//! ```
+//!
+//! A search starts at the area's cursor (where the last region ended: allocations spread out
+//! instead of piling up at the front), visits every word once, wrapping around, and stops at the
+//! first acceptable start whose run of free slots is long enough. Because every start position
+//! of the area is considered, the search is complete: if a run that satisfies every constraint
+//! exists in some area, it is found. Because the loop visits each word of each area at most once,
+//! it terminates (rule 8), and because it works a word at a time, its cost does not grow with
+//! how full the pool is.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use spin::{Mutex, MutexGuard};
+
+use crate::error::PoolError;
+use crate::freemap::{bit_range, low_bits, FreeMap};
+use crate::placement::{BoundaryRule, Placement, StartRule};
+use crate::{DmaAddr, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE};
+
+/// The shape of a pool: where it sits on the bus and how its slots are grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// DMA address of slot 0.
+    pub dma_base: DmaAddr,
+    pub slots: usize,
+    pub areas: usize,
+    pub area_slots: usize,
+    /// Largest region, in slots (Linux: `IO_TLB_SEGSIZE`, 128).
+    pub segment_slots: usize,
+}
+
+impl Geometry {
+    pub fn new(
+        dma_base: DmaAddr,
+        slots: usize,
+        areas: usize,
+        segment_slots: usize,
+    ) -> Result<Self, PoolError> {
+        if !areas.is_power_of_two() || !slots.is_multiple_of(areas) {
+            return Err(PoolError::BadAreaCount { areas, slots });
+        }
+        if !segment_slots.is_power_of_two() || segment_slots * SLOT_SIZE < PAGE_SIZE {
+            return Err(PoolError::BadSegmentSlots { segment_slots });
+        }
+        let area_slots = slots / areas;
+        if area_slots == 0 || u32::try_from(area_slots).is_err() {
+            return Err(PoolError::TooSmall { size: (slots * SLOT_SIZE) as u64, areas });
+        }
+        Ok(Self { dma_base, slots, areas, area_slots, segment_slots })
+    }
+
+    /// The DMA address of slot 0 counted in slots; alignment is measured on it.
+    pub const fn base_slot(&self) -> u64 {
+        self.dma_base.as_u64() >> SLOT_SHIFT
+    }
+
+    pub const fn slot_dma(&self, slot: usize) -> DmaAddr {
+        DmaAddr::new(self.dma_base.as_u64() + ((slot as u64) << SLOT_SHIFT))
+    }
+
+    /// The slot holding `dma`, if it lies in the pool.
+    pub fn slot_of(&self, dma: DmaAddr) -> Option<usize> {
+        let slot = dma.offset_from(self.dma_base)? >> SLOT_SHIFT;
+        (slot < self.slots as u64).then_some(slot as usize)
+    }
+}
+
+/// A run of slots handed out by [`SlotAllocator::reserve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    /// First slot of the region, as a pool slot index.
+    pub first_slot: usize,
+    pub slots: usize,
+}
+
+/// One area: its free map and cursor, plus the bookkeeping `T` its owner keeps per area, under
+/// the same lock.
+pub struct Area<T> {
+    first_slot: usize,
+    slots: usize,
+    free: FreeMap,
+    cursor: usize,
+    used: usize,
+    pub book: T,
+}
+
+impl<T> Area<T> {
+    /// Pool slot index of the area's first slot.
+    pub fn first_slot(&self) -> usize {
+        self.first_slot
+    }
+
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    pub fn is_free(&self, local_slot: usize) -> bool {
+        self.free.is_free(local_slot)
+    }
+
+    /// Give back `slots` slots starting at pool slot `first_slot` (which must lie in this area
+    /// and be in use: callers release exactly what they reserved).
+    pub fn release(&mut self, first_slot: usize, slots: usize) {
+        self.free.mark_free(first_slot - self.first_slot, slots);
+        self.used -= slots;
+    }
+
+    fn reserve(&mut self, placement: &Placement) -> Option<Reserved> {
+        let run = placement.region_slots;
+        if run > self.slots - self.used {
+            return None;
+        }
+        let filter = StartFilter::for_area(&placement.starts, self.first_slot)?;
+        let local = self.find_start(&filter, run)?;
+        self.free.mark_used(local, run);
+        self.used += run;
+        self.cursor = (local + run) % self.slots;
+        Some(Reserved { first_slot: self.first_slot + local, slots: run })
+    }
+
+    /// First acceptable start at or after the cursor, wrapping once around the area.
+    fn find_start(&self, filter: &StartFilter, run: usize) -> Option<usize> {
+        let words = self.free.word_count();
+        let (cursor_word, cursor_bit) = ((self.cursor / 64) % words, self.cursor % 64);
+        for step in 0..=words {
+            let index = (cursor_word + step) % words;
+            let window = match step {
+                0 => !low_bits(cursor_bit),
+                _ if step == words => low_bits(cursor_bit),
+                _ => u64::MAX,
+            };
+            if window & self.free.word(index) == 0 {
+                continue;
+            }
+            let acceptable = filter.acceptable(index) & window;
+            if acceptable == 0 {
+                continue;
+            }
+            let starts = self.free.run_starts(index, run) & acceptable;
+            if starts != 0 {
+                return Some(index * 64 + starts.trailing_zeros() as usize);
+            }
+        }
+        None
+    }
+}
+
+/// The acceptable starts of one area, as a 64-bit mask per word of its free map.
+struct StartFilter {
+    /// Acceptable starts repeat every `stride` slots, at local indices `≡ phase`.
+    stride: u64,
+    phase: u64,
+    /// For `stride <= 64` the same mask fits every word.
+    phase_pattern: Option<u64>,
+    boundary: Option<LocalBoundary>,
+    last_local: usize,
+}
+
+enum LocalBoundary {
+    /// Windows of at most 64 slots divide a word evenly: one mask fits every word.
+    Pattern(u64),
+    /// Larger windows: at most one window edge falls inside a word.
+    Wide { window_slots: u64, shift: u64, last_position: u64 },
+}
+
+impl StartFilter {
+    fn for_area(rule: &StartRule, area_first: usize) -> Option<Self> {
+        let last_local = rule.last_start.checked_sub(area_first)?;
+        let stride = rule.stride;
+        let phase = rule.phase.wrapping_sub(area_first as u64) & (stride - 1);
+        let phase_pattern = (stride <= 64).then(|| every_nth_bit(stride) << phase);
+        let boundary = rule.boundary.map(|b| LocalBoundary::new(&b, area_first));
+        Some(Self { stride, phase, phase_pattern, boundary, last_local })
+    }
+
+    fn acceptable(&self, word: usize) -> u64 {
+        self.phase_mask(word) & self.boundary_mask(word) & self.dma_mask_mask(word)
+    }
+
+    fn phase_mask(&self, word: usize) -> u64 {
+        match self.phase_pattern {
+            Some(pattern) => pattern,
+            None => {
+                let bit = self.phase.wrapping_sub(word as u64 * 64) & (self.stride - 1);
+                if bit < 64 { 1 << bit } else { 0 }
+            }
+        }
+    }
+
+    fn boundary_mask(&self, word: usize) -> u64 {
+        match self.boundary {
+            None => u64::MAX,
+            Some(LocalBoundary::Pattern(mask)) => mask,
+            Some(LocalBoundary::Wide { window_slots, shift, last_position }) => {
+                // Position in its window of the word's first slot; the window ends `to_edge`
+                // slots later, and the next window starts there at position 0.
+                let position = (shift + word as u64 * 64) & (window_slots - 1);
+                let to_edge = window_slots - position;
+                let in_this_window = if position <= last_position {
+                    bit_range(0, (last_position - position + 1) as usize)
+                } else {
+                    0
+                };
+                let in_next_window = if to_edge < 64 {
+                    bit_range(to_edge as usize, (to_edge + last_position + 1).min(64) as usize)
+                } else {
+                    0
+                };
+                in_this_window | in_next_window
+            }
+        }
+    }
+
+    fn dma_mask_mask(&self, word: usize) -> u64 {
+        match self.last_local.checked_sub(word * 64) {
+            Some(last_bit) => low_bits(last_bit + 1),
+            None => 0,
+        }
+    }
+}
+
+impl LocalBoundary {
+    fn new(rule: &BoundaryRule, area_first: usize) -> Self {
+        let window_slots = rule.window_slots;
+        let shift = (rule.shift + area_first as u64) & (window_slots - 1);
+        if window_slots <= 64 {
+            let window_starts = u128::MAX / ((1u128 << window_slots) - 1);
+            let acceptable = window_starts * ((1u128 << (rule.last_position + 1)) - 1);
+            Self::Pattern((acceptable >> shift) as u64)
+        } else {
+            Self::Wide { window_slots, shift, last_position: rule.last_position }
+        }
+    }
+}
+
+/// Bits 0, n, 2n, ... set (`n` a power of two, at most 64).
+fn every_nth_bit(n: u64) -> u64 {
+    if n == 64 { 1 } else { u64::MAX / ((1u64 << n) - 1) }
+}
+
+/// Slots grouped in areas, each behind its own lock with bookkeeping of type `T`.
+pub struct SlotAllocator<T> {
+    geometry: Geometry,
+    areas: Box<[Mutex<Area<T>>]>,
+    next_area: AtomicUsize,
+}
+
+impl<T> SlotAllocator<T> {
+    /// An allocator with every slot free; `book` builds each area's bookkeeping from its
+    /// slot count.
+    pub fn new(geometry: Geometry, mut book: impl FnMut(usize) -> T) -> Self {
+        let areas = (0..geometry.areas)
+            .map(|area| {
+                Mutex::new(Area {
+                    first_slot: area * geometry.area_slots,
+                    slots: geometry.area_slots,
+                    free: FreeMap::all_free(geometry.area_slots),
+                    cursor: 0,
+                    used: 0,
+                    book: book(geometry.area_slots),
+                })
+            })
+            .collect();
+        Self { geometry, areas, next_area: AtomicUsize::new(0) }
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// Find and take a run of slots for `placement`, then run `record` on the area's
+    /// bookkeeping while its lock is still held. Areas are tried round-robin from a rotating
+    /// start, as CPUs start from their own area in Linux.
+    pub fn reserve<R>(
+        &self,
+        placement: &Placement,
+        record: impl FnOnce(&mut Area<T>, Reserved) -> R,
+    ) -> Option<R> {
+        let count = self.areas.len();
+        let start = self.next_area.fetch_add(1, Ordering::Relaxed) & (count - 1);
+        for step in 0..count {
+            let mut area = self.areas[(start + step) & (count - 1)].lock();
+            if let Some(reserved) = area.reserve(placement) {
+                return Some(record(&mut area, reserved));
+            }
+        }
+        None
+    }
+
+    /// Lock the area that holds pool slot `slot`.
+    pub fn lock_area_of(&self, slot: usize) -> Option<MutexGuard<'_, Area<T>>> {
+        let area = self.areas.get(slot / self.geometry.area_slots)?;
+        Some(area.lock())
+    }
+
+    /// Slots in use, summed over the areas.
+    pub fn used_slots(&self) -> usize {
+        self.areas.iter().map(|area| area.lock().used).sum()
+    }
+
+    /// A compact picture of the pool, `columns` characters per area: `.` all free, `#` all in
+    /// use, `+` partly used; areas separated by `|`.
+    pub fn occupancy_map(&self, columns: usize) -> String {
+        let columns = columns.clamp(1, self.geometry.area_slots);
+        let mut picture = String::from("[");
+        for (index, area) in self.areas.iter().enumerate() {
+            if index > 0 {
+                picture.push('|');
+            }
+            let area = area.lock();
+            let slots = self.geometry.area_slots;
+            for column in 0..columns {
+                let (start, end) = (column * slots / columns, (column + 1) * slots / columns);
+                let free = area.free.count_free(start, end - start);
+                picture.push(match free {
+                    0 => '#',
+                    _ if free == end - start => '.',
+                    _ => '+',
+                });
+            }
+        }
+        picture.push(']');
+        picture
+    }
+
+    /// Whether each pool slot is free, in pool order (for tests and teaching traces).
+    pub fn slot_states(&self) -> Vec<bool> {
+        self.areas
+            .iter()
+            .flat_map(|area| {
+                let area = area.lock();
+                (0..self.geometry.area_slots).map(|slot| area.free.is_free(slot)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
