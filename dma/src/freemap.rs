@@ -102,9 +102,10 @@ impl FreeMap {
         if free_suffix == 0 {
             return 0;
         }
+        // Enough free slots after this word for even the last start (bit 63) to be counted.
         let mut following = 0;
         let mut next = index + 1;
-        while free_suffix + following < run {
+        while following + 1 < run {
             let word = self.word(next);
             following += word.trailing_ones() as usize;
             if word != u64::MAX {
