@@ -63,6 +63,8 @@ pub enum Error<'a> {
     TooManyRanges { what: &'static str },
     /// `/chosen/stdout-path` names a node that does not exist.
     StdoutNotFound { path: &'a str },
+    /// The blob is larger than the storage the kernel keeps devicetrees in.
+    TooLarge { size: usize, capacity: usize },
 }
 
 impl fmt::Display for Error<'_> {
@@ -94,6 +96,9 @@ impl fmt::Display for Error<'_> {
             Error::NoMemory => write!(f, "devicetree has no /memory node with a non-empty 'reg'"),
             Error::TooManyRanges { what } => {
                 write!(f, "devicetree lists more than {MAX_RANGES} {what}")
+            }
+            Error::TooLarge { size, capacity } => {
+                write!(f, "devicetree of {size} bytes exceeds the kernel's {capacity}-byte copy")
             }
             Error::StdoutNotFound { path } => {
                 write!(f, "/chosen/stdout-path names '{path}', which is not in the devicetree")
@@ -133,6 +138,8 @@ pub struct Reservation<'a> {
     pub range: PhysRange,
     /// Where it came from: a `/reserved-memory` child's name, or `/memreserve/`.
     pub label: &'a str,
+    /// `no-map`: the kernel must not even map it (speculative reads could touch it).
+    pub no_map: bool,
 }
 
 /// A device node: its name, compatible strings and `reg` ranges in physical addresses.
@@ -172,10 +179,14 @@ struct Located<'b, 'a> {
 }
 
 impl<'a> Devicetree<'a> {
-    /// Validates `blob` and wraps it. `blob` may be longer than the devicetree.
-    pub fn parse(blob: &'a [u8]) -> Result<Self, Error<'a>> {
-        let blob = validate(blob)?;
-        let fdt = Fdt::new(blob).map_err(|_| Error::Malformed { offset: 0, problem: "header" })?;
+    /// Validates `blob` and keeps a canonical copy of it in `storage`.
+    ///
+    /// The copy has no `FDT_NOP` tokens. Boot loaders edit devicetrees with libfdt, which
+    /// blanks out deleted nodes and properties with NOPs (QEMU does so with `/memory`), and
+    /// the `fdt` crate's path lookup stops at them. `blob` may be longer than the devicetree.
+    pub fn parse(blob: &[u8], storage: &'a mut [u8]) -> Result<Self, Error<'a>> {
+        let copy = canonical_copy(blob, storage)?;
+        let fdt = Fdt::new(copy).map_err(|_| Error::Malformed { offset: 0, problem: "header" })?;
         Ok(Self { fdt })
     }
 
@@ -241,7 +252,7 @@ impl<'a> Devicetree<'a> {
         for entry in self.fdt.memory_reservations() {
             let range = checked_range(entry.address() as u64, entry.size() as u64, "/memreserve/")?;
             if !range.is_empty() {
-                reservations.try_push(Reservation { range, label: "/memreserve/" }).map_err(too_many)?;
+                reservations.try_push(Reservation { range, label: "/memreserve/", no_map: false }).map_err(too_many)?;
             }
         }
         let Some(parent) = self.fdt.find_node("/reserved-memory") else { return Ok(reservations) };
@@ -249,8 +260,9 @@ impl<'a> Devicetree<'a> {
             if child.property("reg").is_none() {
                 continue;
             }
+            let no_map = child.property("no-map").is_some();
             for range in parse_reg(&child, &parent)? {
-                reservations.try_push(Reservation { range, label: child.name }).map_err(too_many)?;
+                reservations.try_push(Reservation { range, label: child.name, no_map }).map_err(too_many)?;
             }
         }
         Ok(reservations)
@@ -449,8 +461,13 @@ fn is_enabled(node: &FdtNode<'_, '_>) -> bool {
 }
 
 /// Checks the header and walks the structure block, so that the `fdt` crate (which panics on
-/// malformed input) only ever sees well-formed blobs. Returns the blob cut to its `totalsize`.
-fn validate(blob: &[u8]) -> Result<&[u8], Error<'static>> {
+/// malformed input) only ever sees well-formed blobs, and writes the blob into `storage`
+/// without NOP tokens:
+///
+/// ```text
+///  storage: header │ memory reservations │ structure (NOPs dropped) │ strings
+/// ```
+pub fn canonical_copy<'s>(blob: &[u8], storage: &'s mut [u8]) -> Result<&'s [u8], Error<'static>> {
     let field = |index: usize| -> u32 {
         let at = index * 4;
         u32::from_be_bytes([blob[at], blob[at + 1], blob[at + 2], blob[at + 3]])
@@ -472,13 +489,34 @@ fn validate(blob: &[u8]) -> Result<&[u8], Error<'static>> {
     let blob = &blob[..total_size];
     let structure = block(blob, field(2), field(9), "structure")?;
     let strings = block(blob, field(3), field(8), "strings")?;
-    let reservations_offset = field(4) as usize;
-    if reservations_offset % 8 != 0 || reservations_offset > total_size {
-        return Err(Error::BlockOutOfBounds { block: "memory reservation" });
+    let reservations = reservation_block(blob, field(4) as usize)?;
+    let needed = HEADER_SIZE + reservations.len() + structure.len() + strings.len();
+    if storage.len() < needed {
+        return Err(Error::TooLarge { size: needed, capacity: storage.len() });
     }
-    check_reservation_block(&blob[reservations_offset..])?;
-    check_structure(structure, field(2) as usize, strings)?;
-    Ok(blob)
+
+    let structure_offset = HEADER_SIZE + reservations.len();
+    storage[HEADER_SIZE..structure_offset].copy_from_slice(reservations);
+    let structure_size = copy_structure(structure, field(2) as usize, strings, &mut storage[structure_offset..])?;
+    let strings_offset = structure_offset + structure_size;
+    let copy_size = strings_offset + strings.len();
+    storage[strings_offset..copy_size].copy_from_slice(strings);
+    let header = [
+        MAGIC,
+        copy_size as u32,
+        structure_offset as u32,
+        strings_offset as u32,
+        HEADER_SIZE as u32,
+        17,
+        16,
+        field(7),
+        strings.len() as u32,
+        structure_size as u32,
+    ];
+    for (index, value) in header.iter().enumerate() {
+        storage[index * 4..index * 4 + 4].copy_from_slice(&value.to_be_bytes());
+    }
+    Ok(&storage[..copy_size])
 }
 
 fn block<'a>(blob: &'a [u8], offset: u32, size: u32, name: &'static str) -> Result<&'a [u8], Error<'static>> {
@@ -490,23 +528,25 @@ fn block<'a>(blob: &'a [u8], offset: u32, size: u32, name: &'static str) -> Resu
     }
 }
 
-/// The reservation block is a list of 16-byte (address, size) entries ending with a zero entry.
-fn check_reservation_block(block: &[u8]) -> Result<(), Error<'static>> {
-    let terminated = block.chunks_exact(16).any(|entry| entry.iter().all(|&byte| byte == 0));
-    if terminated {
-        Ok(())
-    } else {
-        Err(Error::BlockOutOfBounds { block: "memory reservation" })
-    }
+/// The reservation block: 16-byte (address, size) entries up to and including a zero entry.
+fn reservation_block(blob: &[u8], offset: usize) -> Result<&[u8], Error<'static>> {
+    let out_of_bounds = Error::BlockOutOfBounds { block: "memory reservation" };
+    let entries = blob.get(offset..).filter(|_| offset % 8 == 0).ok_or(out_of_bounds)?;
+    let terminator = entries.chunks_exact(16).position(|entry| entry.iter().all(|&byte| byte == 0));
+    let count = terminator.ok_or(out_of_bounds)? + 1;
+    Ok(&entries[..count * 16])
 }
 
-/// Walks the token stream: nodes balanced and not too deep, names and property names
-/// NUL-terminated UTF-8 inside their blocks, values inside the block, cell counts one cell.
-fn check_structure(structure: &[u8], base: usize, strings: &[u8]) -> Result<(), Error<'static>> {
+/// Walks the token stream, checking that nodes are balanced and not too deep, that names and
+/// property names are NUL-terminated UTF-8 inside their blocks, values inside the block and
+/// cell counts one cell; copies every token but NOPs to `out`. Returns the bytes written.
+fn copy_structure(structure: &[u8], base: usize, strings: &[u8], out: &mut [u8]) -> Result<usize, Error<'static>> {
     let mut reader = TokenReader { bytes: structure, position: 0, base };
     let mut depth = 0usize;
     let mut seen_root = false;
+    let mut written = 0;
     loop {
+        let token_start = reader.position;
         let token = reader.u32()?;
         match token {
             TOKEN_BEGIN_NODE => {
@@ -540,10 +580,16 @@ fn check_structure(structure: &[u8], base: usize, strings: &[u8]) -> Result<(), 
                     return Err(reader.error("#address-cells or #size-cells is not one cell"));
                 }
             }
-            TOKEN_NOP => {}
-            TOKEN_END if depth == 0 && seen_root => return Ok(()),
+            TOKEN_NOP => continue,
+            TOKEN_END if depth == 0 && seen_root => {}
             TOKEN_END => return Err(reader.error("END inside an open node")),
             _ => return Err(reader.error("unknown token")),
+        }
+        let token_bytes = &structure[token_start..reader.position];
+        out[written..written + token_bytes.len()].copy_from_slice(token_bytes);
+        written += token_bytes.len();
+        if token == TOKEN_END {
+            return Ok(written);
         }
     }
 }

@@ -115,6 +115,71 @@ impl<'a> MemoryMap<'a> {
     }
 }
 
+/// A piece of the kernel's linear map of RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearRange {
+    pub range: PhysRange,
+    pub writable: bool,
+}
+
+impl MemoryMap<'_> {
+    /// What the kernel maps in its linear map: all RAM except `no-map` reservations, and
+    /// read-only where a `read_only` range lies (the kernel image, the devicetree). Holes are
+    /// widened and RAM narrowed to whole pages, since mappings are made of pages.
+    pub fn linear_map(&self, read_only: &[PhysRange]) -> Result<ArrayVec<LinearRange, { 2 * MAX_RANGES }>, Error<'static>> {
+        let no_map: RangeList = self.reserved.iter().filter(|r| r.no_map).map(|r| widened(r.range)).collect();
+        let read_only: RangeList = read_only.iter().map(|&range| widened(range)).collect();
+        let mut pieces = ArrayVec::new();
+        let overflow = |_| Error::TooManyRanges;
+        for ram in &self.ram {
+            let Some(ram) = narrowed(*ram) else { continue };
+            for mappable in subtract(ram, &no_map)? {
+                for writable in subtract(mappable, &read_only)? {
+                    pieces.try_push(LinearRange { range: writable, writable: true }).map_err(overflow)?;
+                }
+                for hole in &read_only {
+                    if let Some(range) = mappable.intersection(hole) {
+                        pieces.try_push(LinearRange { range, writable: false }).map_err(overflow)?;
+                    }
+                }
+            }
+        }
+        pieces.sort_unstable_by_key(|piece| piece.range.start());
+        Ok(pieces)
+    }
+}
+
+/// `range` minus every one of `holes`, in address order.
+fn subtract(range: PhysRange, holes: &[PhysRange]) -> Result<RangeList, Error<'static>> {
+    let mut sorted: RangeList = holes.iter().copied().filter(|hole| hole.overlaps(&range)).collect();
+    sorted.sort_unstable_by_key(PhysRange::start);
+    let mut pieces = RangeList::new();
+    let mut cursor = range.start();
+    let mut keep = |start: PhysAddr, end: PhysAddr| match PhysRange::from_bounds(start, end) {
+        Some(piece) if !piece.is_empty() => pieces.try_push(piece).map_err(|_| Error::TooManyRanges),
+        _ => Ok(()),
+    };
+    for hole in &sorted {
+        keep(cursor, hole.start())?;
+        cursor = cursor.max(hole.end());
+    }
+    keep(cursor, range.end())?;
+    Ok(pieces)
+}
+
+/// `range` grown outwards to page boundaries.
+fn widened(range: PhysRange) -> PhysRange {
+    let start = range.start().align_down(PAGE_SIZE);
+    let end = range.end().align_up(PAGE_SIZE).unwrap_or(PhysAddr::new(u64::MAX & !(PAGE_SIZE - 1)));
+    PhysRange::from_bounds(start, end).unwrap_or(range)
+}
+
+/// `range` shrunk inwards to page boundaries; `None` if no whole page is left.
+fn narrowed(range: PhysRange) -> Option<PhysRange> {
+    let start = range.start().align_up(PAGE_SIZE)?;
+    PhysRange::from_bounds(start, range.end().align_down(PAGE_SIZE)).filter(|range| !range.is_empty())
+}
+
 /// Sorts ranges and merges those that overlap or touch.
 fn merged(ranges: &[PhysRange]) -> Result<RangeList, Error<'static>> {
     let mut sorted: RangeList = RangeList::new();
@@ -135,27 +200,16 @@ fn merged(ranges: &[PhysRange]) -> Result<RangeList, Error<'static>> {
     Ok(merged)
 }
 
-/// RAM minus the reservations (sorted by start), each piece trimmed inwards to whole pages.
+/// RAM minus the reservations, each piece trimmed inwards to whole pages.
 fn free_pages(ram: &[PhysRange], reserved: &[Reservation<'_>]) -> Result<RangeList, Error<'static>> {
+    let holes: RangeList = reserved.iter().map(|reservation| reservation.range).collect();
     let mut free = RangeList::new();
     for ram in ram {
-        let mut cursor = ram.start();
-        for reservation in reserved.iter().filter(|r| r.range.overlaps(ram)) {
-            push_whole_pages(&mut free, cursor, reservation.range.start())?;
-            cursor = cursor.max(reservation.range.end());
+        for piece in subtract(*ram, &holes)?.into_iter().filter_map(narrowed) {
+            free.try_push(piece).map_err(|_| Error::TooManyRanges)?;
         }
-        push_whole_pages(&mut free, cursor, ram.end())?;
     }
     Ok(free)
-}
-
-fn push_whole_pages(free: &mut RangeList, start: PhysAddr, end: PhysAddr) -> Result<(), Error<'static>> {
-    let Some(start) = start.align_up(PAGE_SIZE) else { return Ok(()) };
-    let end = end.align_down(PAGE_SIZE);
-    if let Some(range) = PhysRange::from_bounds(start, end).filter(|range| !range.is_empty()) {
-        free.try_push(range).map_err(|_| Error::TooManyRanges)?;
-    }
-    Ok(())
 }
 
 /// A byte count printed the way people read it: `512 KiB`, `1 GiB`, `1.5 MiB`.

@@ -17,7 +17,12 @@ fn range(start: u64, size: u64) -> PhysRange {
 }
 
 fn reservation(label: &str, start: u64, size: u64) -> Reservation<'_> {
-    Reservation { range: range(start, size), label }
+    Reservation { range: range(start, size), label, no_map: false }
+}
+
+/// Parses into storage that lives as long as the test.
+fn parse(blob: &[u8]) -> Result<Devicetree<'static>, DtError<'static>> {
+    Devicetree::parse(blob, alloc::vec![0u8; blob.len()].leak())
 }
 
 /// A blob shaped like QEMU `virt`'s: two-cell addresses, PL011 at the root, PSCI over HVC.
@@ -120,7 +125,7 @@ fn pi4_like() -> Vec<u8> {
 #[test]
 fn virt_blob_describes_the_machine() {
     let blob = virt_like(true);
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     assert_eq!(dt.model(), "linux,dummy-virt");
     assert_eq!(dt.bootargs(), "kernel.test");
     assert_eq!(dt.cpus().count, 2);
@@ -135,11 +140,14 @@ fn virt_blob_describes_the_machine() {
 #[test]
 fn reservations_include_memreserve_and_static_reserved_memory_only() {
     let blob = virt_like(true);
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     let reservations = dt.reservations().unwrap();
     assert_eq!(
         reservations.as_slice(),
-        &[reservation("/memreserve/", 0x4800_0000, 0x1000), reservation("firmware@50000000", 0x5000_0000, 2 * MIB)],
+        &[
+            reservation("/memreserve/", 0x4800_0000, 0x1000),
+            Reservation { no_map: true, ..reservation("firmware@50000000", 0x5000_0000, 2 * MIB) }
+        ],
         "the dynamic linux,cma node (size, no reg) reserves no fixed bytes"
     );
 }
@@ -147,7 +155,7 @@ fn reservations_include_memreserve_and_static_reserved_memory_only() {
 #[test]
 fn console_address_is_translated_through_soc_ranges_and_alias() {
     let blob = pi4_like();
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     let console = dt.stdout().unwrap().unwrap();
     assert_eq!(console.name, "serial@7e201000");
     assert_eq!(console.regs.as_slice(), &[range(0xfe20_1000, 0x200)]);
@@ -158,7 +166,7 @@ fn console_address_is_translated_through_soc_ranges_and_alias() {
 #[test]
 fn disabled_devices_are_not_found() {
     let blob = pi4_like();
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     assert!(dt.compatible_devices(&["brcm,bcm2835-aux-uart"]).unwrap().is_empty());
     let pl011 = dt.compatible_devices(&["arm,pl011"]).unwrap();
     assert_eq!(pl011.len(), 1);
@@ -168,14 +176,14 @@ fn disabled_devices_are_not_found() {
 #[test]
 fn memory_in_several_pieces_with_one_cell_sizes() {
     let blob = pi4_like();
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     assert_eq!(dt.memory().unwrap().as_slice(), &[range(0x1_0000_0000, 0x8000_0000), range(0, 0x3b40_0000)]);
 }
 
 #[test]
 fn a_devicetree_without_memory_is_an_error() {
     let blob = virt_like(false);
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     assert_eq!(dt.memory(), Err(DtError::NoMemory));
     assert_eq!(format!("{}", DtError::NoMemory), "devicetree has no /memory node with a non-empty 'reg'");
 }
@@ -183,14 +191,14 @@ fn a_devicetree_without_memory_is_an_error() {
 #[test]
 fn bad_magic_and_truncation_are_reported() {
     let mut blob = virt_like(true);
-    assert!(matches!(Devicetree::parse(&blob[..20]), Err(DtError::Truncated { needed: 40, available: 20 })));
+    assert!(matches!(parse(&blob[..20]), Err(DtError::Truncated { needed: 40, available: 20 })));
     let total = blob.len();
     assert!(matches!(
-        Devicetree::parse(&blob[..total - 8]),
+        parse(&blob[..total - 8]),
         Err(DtError::Truncated { needed, available }) if needed == total && available == total - 8
     ));
     blob[0] = 0;
-    assert!(matches!(Devicetree::parse(&blob), Err(DtError::BadMagic { found: 0x000d_feed })));
+    assert!(matches!(parse(&blob), Err(DtError::BadMagic { found: 0x000d_feed })));
 }
 
 /// Overwrites the big-endian u32 at `offset` of the structure block.
@@ -205,23 +213,23 @@ fn malformed_structure_is_reported_not_panicked_on() {
     // first property (model) starts: token, length, name offset.
     let mut unknown_token = virt_like(true);
     patch_structure(&mut unknown_token, 8, 0x77);
-    assert!(matches!(Devicetree::parse(&unknown_token), Err(DtError::Malformed { problem: "unknown token", .. })));
+    assert!(matches!(parse(&unknown_token), Err(DtError::Malformed { problem: "unknown token", .. })));
 
     let mut long_property = virt_like(true);
     patch_structure(&mut long_property, 12, 0x10_0000);
-    assert!(matches!(Devicetree::parse(&long_property), Err(DtError::Malformed { .. })));
+    assert!(matches!(parse(&long_property), Err(DtError::Malformed { .. })));
 
     let mut bad_name = virt_like(true);
     patch_structure(&mut bad_name, 16, 0xffff);
     assert!(matches!(
-        Devicetree::parse(&bad_name),
+        parse(&bad_name),
         Err(DtError::Malformed { problem: "property name outside the strings block", .. })
     ));
 
     let mut unbalanced = virt_like(true);
     let structure_size = u32::from_be_bytes(unbalanced[36..40].try_into().unwrap()) as usize;
     patch_structure(&mut unbalanced, structure_size - 8, 1); // the root's END_NODE
-    assert!(matches!(Devicetree::parse(&unbalanced), Err(DtError::Malformed { .. })));
+    assert!(matches!(parse(&unbalanced), Err(DtError::Malformed { .. })));
 }
 
 #[test]
@@ -234,7 +242,7 @@ fn reg_that_does_not_match_the_cell_sizes_is_an_error() {
     w.end_node();
     w.end_node();
     let blob = w.finish();
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     assert!(matches!(dt.memory(), Err(DtError::BadProperty { node: "memory@0", property: "reg", .. })));
 }
 
@@ -245,7 +253,7 @@ fn cell_counts_that_are_not_one_cell_are_refused_at_validation() {
     w.property("#address-cells", &[0, 0]);
     w.end_node();
     let blob = w.finish();
-    assert!(matches!(Devicetree::parse(&blob), Err(DtError::Malformed { .. })));
+    assert!(matches!(parse(&blob), Err(DtError::Malformed { .. })));
 }
 
 #[test]
@@ -265,7 +273,7 @@ fn an_address_outside_the_bus_ranges_is_untranslatable() {
     w.end_node();
     w.end_node();
     let blob = w.finish();
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     assert_eq!(dt.stdout().unwrap_err(), DtError::Untranslatable { node: "serial@1000", address: 0x1000 });
 }
 
@@ -278,7 +286,7 @@ fn a_missing_stdout_node_is_named() {
     w.end_node();
     w.end_node();
     let blob = w.finish();
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     assert_eq!(dt.stdout().unwrap_err(), DtError::StdoutNotFound { path: "serial0" });
 }
 
@@ -357,7 +365,7 @@ fn no_ram_is_an_error() {
 #[test]
 fn memory_map_from_a_devicetree() {
     let blob = virt_like(true);
-    let dt = Devicetree::parse(&blob).unwrap();
+    let dt = parse(&blob).unwrap();
     let ram = dt.memory().unwrap();
     let mut reservations = dt.reservations().unwrap();
     reservations.push(reservation("kernel image", 0x4020_0000, 0x8_0000));
@@ -391,4 +399,60 @@ fn assert_free_is_ram_minus_reservations(map: &MemoryMap<'_>) {
         assert!(free.start().is_aligned(page) && free.end().is_aligned(page));
         assert!(map.ram().iter().any(|ram| ram.covers(free)));
     }
+}
+
+#[test]
+fn linear_map_skips_no_map_and_protects_image_and_devicetree() {
+    let ram = [range(0x4000_0000, GIB)];
+    let reservations = [
+        Reservation { no_map: true, ..reservation("secure firmware", 0x4100_0000, 0x10_0000) },
+        reservation("kernel image", 0x4020_0000, 0x8_8000),
+        reservation("devicetree", 0x4800_0100, 0x1_0000),
+    ];
+    let map = MemoryMap::compute(&ram, &reservations).unwrap();
+    let read_only = [range(0x4020_0000, 0x8_8000), range(0x4800_0100, 0x1_0000)];
+    let linear = map.linear_map(&read_only).unwrap();
+    let pieces: Vec<(PhysRange, bool)> = linear.iter().map(|piece| (piece.range, piece.writable)).collect();
+    assert_eq!(
+        pieces,
+        [
+            (range(0x4000_0000, 0x20_0000), true),
+            (range(0x4020_0000, 0x8_8000), false),
+            (range(0x4028_8000, 0x4100_0000 - 0x4028_8000), true),
+            (range(0x4110_0000, 0x4800_0000 - 0x4110_0000), true),
+            (range(0x4800_0000, 0x1_1000), false), // the devicetree, widened to whole pages
+            (range(0x4801_1000, 0x8000_0000 - 0x4801_1000), true),
+        ]
+    );
+}
+
+/// Blanks out the `psci` node with NOP tokens, as libfdt's `fdt_nop_node` does (QEMU treats
+/// `/memory` so before adding its own).
+fn with_psci_node_blanked(mut blob: Vec<u8>) -> Vec<u8> {
+    let name = blob.windows(5).position(|window| window == b"psci\0").unwrap();
+    let node = name - 4;
+    // BEGIN_NODE "psci" (12) + compatible "arm,psci-1.0" (28) + method "hvc" (16) + END_NODE (4)
+    for word in blob[node..node + 60].chunks_exact_mut(4) {
+        word.copy_from_slice(&4u32.to_be_bytes());
+    }
+    blob
+}
+
+#[test]
+fn nop_tokens_left_by_libfdt_do_not_hide_later_nodes() {
+    let blob = with_psci_node_blanked(virt_like(true));
+    let dt = parse(&blob).unwrap();
+    assert_eq!(dt.psci(), Ok(None), "the blanked node is gone");
+    assert_eq!(dt.memory().unwrap().as_slice(), &[range(0x4000_0000, GIB)]);
+    assert_eq!(dt.reservations().unwrap().len(), 2);
+    assert!(dt.stdout().unwrap().unwrap().is_compatible("arm,pl011"));
+    assert_eq!(dt.cpus().count, 2);
+    assert_eq!(dt.size_in_bytes(), blob.len() - 60, "the copy drops the 15 NOP tokens");
+}
+
+#[test]
+fn storage_too_small_for_the_devicetree_is_an_error() {
+    let blob = virt_like(true);
+    let mut storage = alloc::vec![0u8; 100];
+    assert!(matches!(Devicetree::parse(&blob, &mut storage), Err(DtError::TooLarge { capacity: 100, .. })));
 }

@@ -99,6 +99,16 @@ pub trait TableMemory {
     fn table_pointer(&self, table: PhysAddr) -> *mut u64;
 }
 
+impl<T: TableMemory + ?Sized> TableMemory for &mut T {
+    fn allocate_table(&mut self) -> Option<PhysAddr> {
+        (**self).allocate_table()
+    }
+
+    fn table_pointer(&self, table: PhysAddr) -> *mut u64 {
+        (**self).table_pointer(table)
+    }
+}
+
 /// The result of a successful walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
@@ -130,6 +140,15 @@ impl<M: TableMemory> PageTable<M> {
         assert!((25..=48).contains(&input_bits), "input address width must be 25..=48 bits");
         let root = memory.allocate_table().ok_or(Error::OutOfTables)?;
         Ok(Self { root, granule, input_bits, memory })
+    }
+
+    /// Takes over an existing tree, such as one built before the MMU was on.
+    ///
+    /// # Safety
+    /// `root` is a table of `granule` in `memory`, and every table reachable from it was
+    /// allocated from `memory` for this tree alone.
+    pub unsafe fn from_root(root: PhysAddr, granule: Granule, input_bits: u32, memory: M) -> Self {
+        Self { root, granule, input_bits, memory }
     }
 
     /// Physical address of the root table: what TTBR (or the SMMU's CD.TTB0) points at.

@@ -1,0 +1,22 @@
+//! AArch64 support: everything that depends on the CPU architecture rather than the board.
+//!
+//! - [`boot`]: the Linux arm64 Image header, EL2 to EL1, the boot page tables, MMU on.
+//! - [`layout`]: the kernel's virtual address space (linear map, device window, image).
+//! - [`mmu`]: the live translation tables: linear map, device mappings, translation queries.
+//! - [`exception`]: the vector table, exception reports in words, fault probes.
+//! - [`cache`], [`timer`], [`power`]: cache maintenance, the generic timer, PSCI and
+//!   semihosting.
+//!
+//! Board specifics (which UART, which interrupt controller, how much RAM) are not here: they
+//! come from the devicetree, read by the kernel.
+#![no_std]
+
+pub mod boot;
+pub mod cache;
+pub mod exception;
+pub mod layout;
+pub mod mmu;
+pub mod power;
+pub mod timer;
+
+pub use boot::BootInfo;

@@ -1,0 +1,139 @@
+//! The kernel: boots from the devicetree, prints what it found, then runs its tests or its
+//! demo and powers off.
+//!
+//! By the time [`kernel_main`] runs, `arch` has turned the MMU on and the kernel executes at
+//! its link address, with only the devicetree mapped besides the image. Boot then goes:
+//!
+//! 1. validate the devicetree ([`platform::devicetree`]) — without it there is no console
+//!    to complain on, so a bad one parks the CPU;
+//! 2. find the console through `/chosen/stdout-path` ([`board`]) and start the logger;
+//! 3. compute the memory map, build the linear map of RAM, start the heap ([`memory`]);
+//! 4. run the kernel tests (`kernel.test` on the command line) or the demo;
+//! 5. power off ([`power`]).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod board;
+mod console;
+mod memory;
+mod power;
+mod testing;
+mod tests;
+
+use addr::PhysRange;
+use arch::BootInfo;
+use log::{error, info};
+use platform::devicetree::Devicetree;
+use spin::Once;
+
+/// What boot discovered, for everything that runs after it.
+pub struct Machine {
+    pub boot: BootInfo,
+    pub devicetree: Devicetree<'static>,
+    pub memory: memory::Memory,
+    pub options: BootOptions,
+}
+
+static MACHINE: Once<Machine> = Once::new();
+
+/// The machine, once boot has finished discovering it.
+pub fn machine() -> &'static Machine {
+    MACHINE.get().expect("machine described at boot")
+}
+
+/// Words of `/chosen/bootargs` the kernel understands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootOptions {
+    /// `kernel.test`: run the kernel tests instead of the demo.
+    pub run_tests: bool,
+    /// `kernel.semihosting`: a semihosting host (QEMU `-semihosting`) takes the exit status.
+    pub semihosting: bool,
+}
+
+impl BootOptions {
+    fn parse(bootargs: &str) -> Self {
+        let mut options = Self::default();
+        for word in bootargs.split_whitespace() {
+            match word {
+                "kernel.test" => options.run_tests = true,
+                "kernel.semihosting" => options.semihosting = true,
+                _ => {}
+            }
+        }
+        options
+    }
+}
+
+#[unsafe(no_mangle)]
+pub fn kernel_main(boot: BootInfo) -> ! {
+    let devicetree = devicetree(boot.devicetree).unwrap_or_else(|| arch::power::park());
+    let options = BootOptions::parse(devicetree.bootargs());
+    power::set_semihosting(options.semihosting);
+    let console = board::start_console(&devicetree);
+    console::start_logger();
+    match console {
+        Ok(name) => info!("console: {name}"),
+        // No console device: nothing can be printed, so stop where a debugger can see it.
+        Err(_) => power::stop(power::Outcome::Failure),
+    }
+    if let Err(message) = describe_machine(boot, devicetree, options) {
+        error!("boot failed: {message}");
+        power::stop(power::Outcome::Failure);
+    }
+    let outcome = match options.run_tests {
+        true => testing::run_all(),
+        false => demo(),
+    };
+    power::stop(outcome)
+}
+
+/// Room for the kernel's canonical copy of the devicetree (QEMU's is 36 KiB, the Pi 4's 55 KiB).
+const DEVICETREE_CAPACITY: usize = 256 << 10;
+static mut DEVICETREE_COPY: [u8; DEVICETREE_CAPACITY] = [0; DEVICETREE_CAPACITY];
+
+/// The devicetree the loader passed, validated; `None` if there is none or it is malformed.
+fn devicetree(blob: PhysRange) -> Option<Devicetree<'static>> {
+    if blob.is_empty() {
+        return None;
+    }
+    let start = arch::layout::phys_to_virt(blob.start());
+    // SAFETY: the boot code mapped the blob read-only in the linear map, for good.
+    let bytes = unsafe { core::slice::from_raw_parts(start.as_ptr::<u8>(), blob.size() as usize) };
+    // SAFETY: called once, at boot, before anything else could refer to the copy.
+    let storage = unsafe { &mut *&raw mut DEVICETREE_COPY };
+    Devicetree::parse(bytes, storage).ok()
+}
+
+fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>, options: BootOptions) -> Result<(), memory::MemoryError> {
+    info!("machine: {}", devicetree.model());
+    let cpus = devicetree.cpus();
+    info!("cpus: {} (secondary start: {}), entered at EL{}", cpus.count, cpus.enable_method, boot.entry_el);
+    info!("timer: {} Hz", arch::timer::frequency());
+    info!("kernel image: {} (linked at {:#x})", boot.image, arch::layout::KERNEL_IMAGE_BASE);
+    info!("devicetree: {} ({} bytes)", boot.devicetree, devicetree.size_in_bytes());
+    let memory = memory::init(&boot, &devicetree)?;
+    let psci = devicetree.psci().unwrap_or_else(|error| {
+        log::warn!("{error}: powering off will not be possible");
+        None
+    });
+    power::set_psci(psci);
+    MACHINE.call_once(|| Machine { boot, devicetree, memory, options });
+    Ok(())
+}
+
+/// What `cargo xtask qemu` shows: the machine as booted, then a clean power-off.
+fn demo() -> power::Outcome {
+    let heap = memory::heap_statistics();
+    info!("heap: {} used of {}", platform::memmap::Size(heap.used as u64), platform::memmap::Size(heap.size as u64));
+    info!("boot complete in {:?} of counter time", arch::timer::uptime());
+    power::Outcome::Success
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::emergency_print(format_args!("\nkernel panic: {info}\n"));
+    testing::report_panic_during_test();
+    power::stop(power::Outcome::Failure)
+}

@@ -1,0 +1,7 @@
+//! Kernel tests: what can only be checked on the machine itself. Each file covers one
+//! subsystem; `testing` runs them all when the command line says `kernel.test`.
+
+mod boot;
+mod exceptions;
+mod memory;
+mod mmu;

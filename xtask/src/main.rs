@@ -1,0 +1,65 @@
+//! `cargo xtask`: everything around the kernel that runs on the developer's machine.
+//!
+//! - `cargo xtask build`: the kernel ELF and the raw `kernel8.img` a boot loader loads.
+//! - `cargo xtask qemu [-- QEMU ARGS]`: build, boot on QEMU `virt`, stream the console.
+//! - `cargo xtask test`: host tests of every pure crate, then the kernel's own tests under
+//!   QEMU at EL1 and EL2 on two CPU models; fails if anything fails or QEMU hangs.
+//!
+//! Each command checks its prerequisites first (the Rust target, QEMU >= 9) and installs
+//! them where it can, or says exactly what to run.
+
+mod devicetree;
+mod image;
+mod prerequisites;
+mod qemu;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, boot and test the DMA unikernel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the kernel ELF and kernel8.img.
+    Build,
+    /// Build, then boot on QEMU virt and stream the console.
+    Qemu {
+        /// Boot at EL2, as on a Raspberry Pi 4 (QEMU `virtualization=on`).
+        #[arg(long)]
+        el2: bool,
+        /// CPU model.
+        #[arg(long, default_value = "cortex-a72")]
+        cpu: String,
+        /// Extra arguments for QEMU, after `--`.
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
+    /// Run the host tests, then the kernel tests under QEMU.
+    Test,
+}
+
+/// An error for the user: one line saying what went wrong and what to do.
+pub type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build => image::build().map(|image| println!("kernel: {}", image.display())),
+        Command::Qemu { el2, cpu, qemu_args } => qemu::run_demo(&qemu::Machine::virt(el2, &cpu), &qemu_args),
+        Command::Test => test::run_all(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

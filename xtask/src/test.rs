@@ -1,0 +1,86 @@
+//! `cargo xtask test`: every test there is.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::prerequisites::ensure_qemu;
+use crate::qemu::{self, Machine};
+use crate::{image, Result};
+
+/// Crates that build for the host and carry their tests with them.
+const HOST_CRATES: [&str; 5] = ["addr", "platform", "vmsa", "dma", "xtask"];
+/// Generous: a kernel test run takes a few seconds; only a hang takes this long.
+const KERNEL_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn run_all() -> Result<()> {
+    let (passed, failed) = host_tests()?;
+    ensure_qemu()?;
+    let kernel = image::build()?;
+    let machines = [
+        Machine::virt(false, "cortex-a72"),
+        Machine::virt(true, "cortex-a72"),
+        Machine::virt(false, "max"),
+        Machine::virt(true, "max"),
+    ];
+    let mut summaries = Vec::new();
+    for machine in &machines {
+        println!("xtask: kernel tests on {}", machine.name());
+        let run = qemu::run_kernel_tests(machine, &kernel, KERNEL_TIMEOUT)?;
+        let summary = run.console.lines().rev().find(|line| line.starts_with("kernel: ")).map(str::to_owned);
+        let summary = summary.ok_or(format!("{}: the kernel printed no `kernel: N passed, M failed` line", machine.name()))?;
+        if run.exit_code != Some(0) || !summary.ends_with(" 0 failed") {
+            return Err(format!("{}: {summary} (QEMU exit status {:?})", machine.name(), run.exit_code));
+        }
+        summaries.push(format!("{}: {summary}", machine.name()));
+    }
+    println!();
+    println!("host: {passed} passed, {failed} failed");
+    for summary in summaries {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test` on the host crates; returns the summed pass and fail counts.
+fn host_tests() -> Result<(usize, usize)> {
+    let mut command = Command::new(env!("CARGO"));
+    command.current_dir(image::workspace_root()).args(["test", "--release"]);
+    for name in HOST_CRATES {
+        command.args(["--package", name]);
+    }
+    let output = command.stderr(Stdio::inherit()).output().map_err(|error| format!("cannot run cargo test: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    if !output.status.success() {
+        return Err("host tests failed (see above)".into());
+    }
+    Ok(stdout.lines().filter_map(test_result_counts).fold((0, 0), |(p, f), (passed, failed)| (p + passed, f + failed)))
+}
+
+/// Reads "test result: ok. 12 passed; 0 failed; ..." lines.
+fn test_result_counts(line: &str) -> Option<(usize, usize)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let number_before = |word: &str| -> Option<usize> {
+        let mut previous: Option<&str> = None;
+        for token in rest.split([' ', ';', '.']).filter(|token| !token.is_empty()) {
+            if token == word {
+                return previous?.parse().ok();
+            }
+            previous = Some(token);
+        }
+        None
+    };
+    Some((number_before("passed")?, number_before("failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_result_counts;
+
+    #[test]
+    fn reads_cargo_test_summaries() {
+        let line = "test result: ok. 12 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(test_result_counts(line), Some((12, 3)));
+        assert_eq!(test_result_counts("running 12 tests"), None);
+    }
+}
