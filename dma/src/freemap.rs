@@ -153,25 +153,27 @@ mod tests {
 
     #[test]
     fn run_starts_match_a_slot_by_slot_check() {
-        let slots = 300;
-        let mut map = FreeMap::all_free(slots);
+        let slots = 700;
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for slot in 0..slots {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if state.is_multiple_of(5) {
-                map.mark_used(slot, 1);
+        // Dense and sparse maps: short runs everywhere, or runs of a hundred slots and more.
+        for one_used_in in [3, 5, 40, 150] {
+            let mut map = FreeMap::all_free(slots);
+            for slot in 0..slots {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if state.is_multiple_of(one_used_in) {
+                    map.mark_used(slot, 1);
+                }
             }
-        }
-        map.mark_used(40, 3);
-        for run in [1, 2, 3, 5, 8, 31, 64, 65, 70, 128, 129] {
-            for index in 0..map.word_count() {
-                assert_eq!(
-                    map.run_starts(index, run),
-                    reference_starts(&map, slots, index, run),
-                    "run {run}, word {index}"
-                );
+            for run in [1, 2, 3, 5, 8, 31, 64, 65, 70, 100, 128, 129, 200] {
+                for index in 0..map.word_count() {
+                    assert_eq!(
+                        map.run_starts(index, run),
+                        reference_starts(&map, slots, index, run),
+                        "run {run}, word {index}, one used in {one_used_in}"
+                    );
+                }
             }
         }
     }
