@@ -65,6 +65,21 @@ impl Rng {
     }
 }
 
+/// Random bytes to slice test data from: copying is fast even in a debug build, generating
+/// byte by byte is not.
+struct Noise(Vec<u8>);
+
+impl Noise {
+    fn bytes(&self, rng: &mut Rng, len: usize) -> Vec<u8> {
+        let start = rng.below((self.0.len() - len) as u64) as usize;
+        self.0[start..start + len].to_vec()
+    }
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes == vec![0; bytes.len()].as_slice()
+}
+
 struct LiveMapping {
     mapping: Mapping,
     orig: PhysAddr,
@@ -78,6 +93,7 @@ struct LiveMapping {
 struct Machine {
     pool: Pool,
     rng: Rng,
+    noise: Noise,
     /// The reference: in-use flag per slot.
     used: Vec<bool>,
     streaming: BTreeMap<u64, LiveMapping>,
@@ -107,6 +123,7 @@ fn run_seed(seed: u64) {
     let mut machine = Machine {
         pool,
         rng,
+        noise: Noise(pattern(seed, 1 << 20)),
         used: vec![false; slots],
         streaming: BTreeMap::new(),
         coherent: BTreeMap::new(),
@@ -184,7 +201,7 @@ impl Machine {
         let constraints = self.random_constraints();
         let Some(orig) = self.free_orig(size) else { return };
         let direction = self.rng.pick(&[DmaDirection::ToDevice, DmaDirection::FromDevice, DmaDirection::Bidirectional]);
-        let cpu_bytes = pattern(self.rng.next(), size);
+        let cpu_bytes = self.noise.bytes(&mut self.rng, size);
         write(&self.pool, orig, &cpu_bytes);
         let rule = Rule::streaming(orig, size, &constraints);
         match self.pool.map(orig, size, direction, &constraints) {
@@ -195,7 +212,7 @@ impl Machine {
                     let region = region_bytes(&self.pool, &mapping);
                     let pre = rule.offset as usize;
                     assert!(
-                        region[..pre].iter().chain(&region[pre + size..]).all(|&b| b == 0),
+                        is_zero(&region[..pre]) && is_zero(&region[pre + size..]),
                         "padding zeroed, {}",
                         self.context()
                     );
@@ -271,7 +288,7 @@ impl Machine {
         let live = self.streaming.remove(&key).unwrap();
         let size = live.mapping.size;
         if live.direction.copies_to_cpu() {
-            let written = pattern(self.rng.next(), size);
+            let written = self.noise.bytes(&mut self.rng, size);
             write(&self.pool, live.mapping.bounce, &written);
             self.pool.unmap(live.mapping.dma, size).unwrap();
             assert_eq!(read(&self.pool, live.orig, size), written, "copy back, {}", self.context());
@@ -293,7 +310,7 @@ impl Machine {
         let size = self.streaming[&key].mapping.size;
         let start = self.rng.below(size as u64) as usize;
         let len = 1 + self.rng.below((size - start) as u64) as usize;
-        let fresh = pattern(self.rng.next(), len);
+        let fresh = self.noise.bytes(&mut self.rng, len);
         let live = self.streaming.get_mut(&key).unwrap();
         let dma = live.mapping.dma.add(start as u64);
         if to_cpu {
@@ -329,7 +346,7 @@ impl Machine {
                 let slots = size.div_ceil(PAGE_SIZE) * 2;
                 assert!(rule.valid_start(&self.pool, first), "{buffer:?}, {}", self.context());
                 assert_eq!(buffer.phys.as_u64() % PAGE_SIZE as u64, 0);
-                assert!(read(&self.pool, buffer.phys, size).iter().all(|&b| b == 0), "zeroed");
+                assert!(is_zero(&read(&self.pool, buffer.phys, size)), "zeroed");
                 assert!((first..first + slots).all(|slot| !self.used[slot]), "{}", self.context());
                 self.take(first, slots);
                 // The owner scribbles on it; free must not care.
