@@ -112,7 +112,7 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>, options: Bo
     info!("cpus: {} (secondary start: {}), entered at EL{}", cpus.count, cpus.enable_method, boot.entry_el);
     info!("timer: {} Hz", arch::timer::frequency());
     info!("kernel image: {} (linked at {:#x})", boot.image, arch::layout::KERNEL_IMAGE_BASE);
-    info!("devicetree: {} ({} bytes)", boot.devicetree, devicetree.size_in_bytes());
+    info!("devicetree: {} ({} bytes in use)", boot.devicetree, devicetree.size_in_bytes());
     let memory = memory::init(&boot, &devicetree)?;
     let psci = devicetree.psci().unwrap_or_else(|error| {
         log::warn!("{error}: powering off will not be possible");

@@ -31,7 +31,7 @@ pub fn stop(outcome: Outcome) -> ! {
     }
     match PSCI.get().copied().flatten() {
         Some(conduit) => {
-            info!("powering off: PSCI SYSTEM_OFF via {conduit:?}");
+            info!("powering off: PSCI SYSTEM_OFF via {conduit}");
             let refusal = arch::power::psci_system_off(conduit);
             error!("PSCI SYSTEM_OFF refused: {refusal:?}; halting");
         }

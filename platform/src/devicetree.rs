@@ -132,6 +132,15 @@ pub enum PsciConduit {
     Smc,
 }
 
+impl fmt::Display for PsciConduit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PsciConduit::Hvc => "hvc",
+            PsciConduit::Smc => "smc",
+        })
+    }
+}
+
 /// A memory reservation: bytes of RAM the kernel must not allocate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation<'a> {

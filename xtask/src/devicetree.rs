@@ -12,8 +12,8 @@ use platform::fdt_writer::FdtWriter;
 
 use crate::Result;
 
-/// A `/memreserve/` entry this far into RAM.
-const MEMRESERVE_OFFSET: u64 = 128 << 20;
+/// A `/memreserve/` entry this far into RAM (QEMU puts the devicetree at 128 MiB).
+const MEMRESERVE_OFFSET: u64 = 192 << 20;
 const MEMRESERVE_SIZE: u64 = 64 << 10;
 /// A `no-map` `/reserved-memory` child this far into RAM.
 const RESERVED_OFFSET: u64 = 256 << 20;
