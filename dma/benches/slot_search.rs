@@ -1,1 +1,362 @@
-fn main() {}
+//! Slot search: this crate's word-at-a-time search against a model of Linux's scan.
+//!
+//! Both allocators serve the same stream of map+unmap requests (mixed sizes from 512 bytes to
+//! 64 KiB; a third of them with NVMe's `min_align_mask = 0xfff`, a sixth with a 16 KiB IOMMU
+//! granule as `alloc_align_mask`) on a pool first brought to 0 %, 50 % and 90 % occupancy by the
+//! same fill-and-punch-holes sequence. Each operation is the slot work of one map (offset and
+//! alignment arithmetic, search, bookkeeping) followed, on success, by the matching unmap. The
+//! byte copies, identical for both, are left out; the last column is this crate's whole
+//! `BouncePool::map` + `unmap` including them, for scale.
+//!
+//! The Linux model follows `kernel/dma/swiotlb.c` (v6.10): per-slot `list` counts of free slots
+//! up to the end of the 128-slot segment, a linear scan from the area's cursor that steps by one
+//! slot until alignment holds and then by the stride, first fit, `list` updates on allocation and
+//! release, cursor reset to 0 past the end of the area.
+//!
+//! Run: `cargo bench -p dma` (release build).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use dma::{
+    BouncePool, Constraints, DmaAddr, DmaDirection, Geometry, HeapMemory, PhysAddr, PhysRange,
+    Placement, PoolConfig, SlotAllocator, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE,
+};
+use spin::Mutex;
+
+const POOL_BYTES: u64 = 16 << 20;
+const AREAS: usize = 4;
+const SEGMENT: usize = 128;
+const POOL_PHYS: u64 = 0x8000_0000;
+const RAM_PHYS: u64 = 0x4000_0000;
+const RAM_BYTES: usize = 1 << 20;
+const MEASURE_FOR: Duration = Duration::from_millis(1500);
+
+fn main() {
+    println!("pool {} MiB, {AREAS} areas, {} slots; map+unmap operations per second", POOL_BYTES >> 20, POOL_BYTES as usize / SLOT_SIZE);
+    println!(
+        "{:>9} | {:>14} {:>6} | {:>14} {:>6} | {:>7} | {:>14}",
+        "occupancy", "ours ops/s", "ok %", "linux ops/s", "ok %", "ratio", "BouncePool/s"
+    );
+    for occupancy in [0, 50, 90] {
+        let ours = measure(&mut Ours::new(), occupancy);
+        let linux = measure(&mut LinuxModel::new(), occupancy);
+        let pool = measure(&mut WholePool::new(), occupancy);
+        println!(
+            "{:>8}% | {:>14.0} {:>5.1}% | {:>14.0} {:>5.1}% | {:>6.1}x | {:>14.0}",
+            occupancy,
+            ours.rate,
+            ours.success_percent,
+            linux.rate,
+            linux.success_percent,
+            ours.rate / linux.rate,
+            pool.rate
+        );
+    }
+}
+
+/// One map request, as the workload generator makes it.
+#[derive(Clone, Copy)]
+struct Request {
+    orig: u64,
+    size: usize,
+    constraints: Constraints,
+}
+
+/// What an allocator under test must do.
+trait Allocator {
+    type Handle;
+    fn map(&mut self, request: &Request) -> Option<Self::Handle>;
+    fn unmap(&mut self, handle: Self::Handle);
+    fn used_slots(&self) -> usize;
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+fn workload_request(rng: &mut Rng) -> Request {
+    const SIZES: [usize; 8] = [512, 1500, 2048, 4096, 8192, 16384, 32768, 65536];
+    let size = SIZES[rng.below(8) as usize];
+    let constraints = match rng.below(6) {
+        0 | 1 => Constraints::NONE.with_min_align_mask(0xfff),
+        2 => Constraints::NONE.with_alloc_align_mask(0x3fff),
+        _ => Constraints::NONE,
+    };
+    let orig = RAM_PHYS + rng.below((RAM_BYTES - size) as u64);
+    Request { orig, size, constraints }
+}
+
+fn fill_request(rng: &mut Rng) -> Request {
+    let size = 1 + rng.below(8 * SLOT_SIZE as u64) as usize;
+    Request { orig: RAM_PHYS + rng.below(4096), size, constraints: Constraints::NONE }
+}
+
+/// Fill past the target with small mappings, then unmap random ones down to it: the free
+/// space ends up scattered, as in a pool that has been running for a while.
+fn bring_to<A: Allocator>(allocator: &mut A, occupancy: usize) -> Vec<A::Handle> {
+    let total = POOL_BYTES as usize / SLOT_SIZE;
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut live = Vec::new();
+    if occupancy == 0 {
+        return live;
+    }
+    let overshoot = (occupancy + 8).min(99) * total / 100;
+    while allocator.used_slots() < overshoot {
+        if let Some(handle) = allocator.map(&fill_request(&mut rng)) {
+            live.push(handle);
+        }
+    }
+    while allocator.used_slots() > occupancy * total / 100 {
+        let victim = rng.below(live.len() as u64) as usize;
+        allocator.unmap(live.swap_remove(victim));
+    }
+    live
+}
+
+struct Measurement {
+    rate: f64,
+    success_percent: f64,
+}
+
+fn measure<A: Allocator>(allocator: &mut A, occupancy: usize) -> Measurement {
+    let _background = bring_to(allocator, occupancy);
+    let mut rng = Rng(0xfeed_beef_cafe_f00d);
+    let requests: Vec<Request> = (0..4096).map(|_| workload_request(&mut rng)).collect();
+    let (mut operations, mut successes) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < MEASURE_FOR {
+        for request in &requests {
+            if let Some(handle) = allocator.map(black_box(request)) {
+                allocator.unmap(handle);
+                successes += 1;
+            }
+        }
+        operations += requests.len() as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Measurement {
+        rate: operations as f64 / seconds,
+        success_percent: 100.0 * successes as f64 / operations as f64,
+    }
+}
+
+/// This crate's slot allocator, with a per-buffer record like the pool keeps.
+struct Ours {
+    slots: SlotAllocator<Vec<u64>>,
+}
+
+impl Ours {
+    fn new() -> Self {
+        let geometry = Geometry::new(DmaAddr::new(POOL_PHYS), POOL_BYTES as usize / SLOT_SIZE, AREAS, SEGMENT).unwrap();
+        Self { slots: SlotAllocator::new(geometry, |slots| vec![0; slots]) }
+    }
+}
+
+impl Allocator for Ours {
+    type Handle = (usize, usize);
+
+    fn map(&mut self, request: &Request) -> Option<Self::Handle> {
+        let geometry = *self.slots.geometry();
+        let placement = Placement::streaming(&geometry, PhysAddr::new(request.orig), request.size, &request.constraints).ok()?;
+        self.slots.reserve(&placement, |area, reserved| {
+            let buffer_slot = reserved.first_slot + (placement.offset >> SLOT_SHIFT) - area.first_slot();
+            area.book[buffer_slot] = request.orig;
+            (reserved.first_slot, reserved.slots)
+        })
+    }
+
+    fn unmap(&mut self, (first, slots): Self::Handle) {
+        let mut area = self.slots.lock_area_of(first).unwrap();
+        let local = first - area.first_slot();
+        area.book[local] = 0;
+        area.release(first, slots);
+    }
+
+    fn used_slots(&self) -> usize {
+        self.slots.used_slots()
+    }
+}
+
+/// The whole pool, copies included.
+struct WholePool {
+    pool: BouncePool<HeapMemory>,
+}
+
+impl WholePool {
+    fn new() -> Self {
+        let memory = HeapMemory::new(PhysAddr::new(RAM_PHYS), (POOL_PHYS - RAM_PHYS + POOL_BYTES) as usize);
+        let range = PhysRange::new(PhysAddr::new(POOL_PHYS), POOL_BYTES).unwrap();
+        let config = PoolConfig { areas: AREAS, segment_slots: SEGMENT };
+        Self { pool: BouncePool::new(memory, range, DmaAddr::new(POOL_PHYS), config).unwrap() }
+    }
+}
+
+impl Allocator for WholePool {
+    type Handle = (DmaAddr, usize);
+
+    fn map(&mut self, request: &Request) -> Option<Self::Handle> {
+        let orig = PhysAddr::new(request.orig);
+        let mapping = self.pool.map(orig, request.size, DmaDirection::ToDevice, &request.constraints).ok()?;
+        Some((mapping.dma, request.size))
+    }
+
+    fn unmap(&mut self, (dma, size): Self::Handle) {
+        self.pool.unmap(dma, size).unwrap();
+    }
+
+    fn used_slots(&self) -> usize {
+        self.pool.stats().slots_in_use
+    }
+}
+
+/// Linux v6.10 `swiotlb_search_pool_area` / `swiotlb_release_slots`, transcribed.
+struct LinuxModel {
+    areas: Vec<Mutex<LinuxArea>>,
+    next_area: usize,
+}
+
+struct LinuxArea {
+    index: usize,
+    used: usize,
+    slots: Vec<LinuxSlot>,
+}
+
+#[derive(Clone, Copy)]
+struct LinuxSlot {
+    orig_addr: u64,
+    alloc_size: usize,
+    list: usize,
+    pad_slots: usize,
+}
+
+const INVALID_PHYS_ADDR: u64 = u64::MAX;
+const AREA_SLOTS: usize = POOL_BYTES as usize / SLOT_SIZE / AREAS;
+
+fn nr_slots(bytes: usize) -> usize {
+    bytes.div_ceil(SLOT_SIZE)
+}
+
+impl LinuxModel {
+    fn new() -> Self {
+        let area = || LinuxArea {
+            index: 0,
+            used: 0,
+            slots: (0..AREA_SLOTS)
+                .map(|i| LinuxSlot { orig_addr: INVALID_PHYS_ADDR, alloc_size: 0, list: SEGMENT - i % SEGMENT, pad_slots: 0 })
+                .collect(),
+        };
+        Self { areas: (0..AREAS).map(|_| Mutex::new(area())).collect(), next_area: 0 }
+    }
+
+    fn search_area(&self, area_index: usize, orig: u64, alloc_size: usize, alloc_align_mask: u64, min_align_mask: u64) -> Option<usize> {
+        let mut area = self.areas[area_index].lock();
+        let mut alloc_align_mask = alloc_align_mask;
+        let mut iotlb_align_mask = min_align_mask;
+        let nslots = nr_slots(alloc_size);
+        let offset = (orig & min_align_mask & (SLOT_SIZE as u64 - 1)) as usize;
+        if alloc_align_mask == 0 && iotlb_align_mask == 0 && alloc_size >= PAGE_SIZE {
+            alloc_align_mask = PAGE_SIZE as u64 - 1;
+        }
+        alloc_align_mask |= SLOT_SIZE as u64 - 1;
+        iotlb_align_mask &= !alloc_align_mask;
+        let stride = ((alloc_align_mask.max(iotlb_align_mask) >> SLOT_SHIFT) + 1) as usize;
+        if nslots > AREA_SLOTS - area.used {
+            return None;
+        }
+        let slot_base = area_index * AREA_SLOTS;
+        let wrap = |index: usize| if index >= AREA_SLOTS { 0 } else { index };
+        let mut index = area.index;
+        let mut slots_checked = 0;
+        while slots_checked < AREA_SLOTS {
+            let tlb_addr = POOL_PHYS + (((slot_base + index) as u64) << SLOT_SHIFT);
+            if tlb_addr & alloc_align_mask != 0 || (orig != 0 && tlb_addr & iotlb_align_mask != orig & iotlb_align_mask) {
+                index = wrap(index + 1);
+                slots_checked += 1;
+                continue;
+            }
+            // The default segment boundary (4 GiB) never splits this pool.
+            if area.slots[index].list >= nslots {
+                for i in index..index + nslots {
+                    area.slots[i].list = 0;
+                    area.slots[i].alloc_size = alloc_size - (offset + ((i - index) << SLOT_SHIFT));
+                }
+                let mut count = 0;
+                let mut i = index;
+                while i > 0 && (i - 1) % SEGMENT != SEGMENT - 1 && area.slots[i - 1].list != 0 {
+                    count += 1;
+                    area.slots[i - 1].list = count;
+                    i -= 1;
+                }
+                area.index = wrap(index + nslots);
+                area.used += nslots;
+                return Some(slot_base + index);
+            }
+            index = wrap(index + stride);
+            slots_checked += stride;
+        }
+        None
+    }
+}
+
+impl Allocator for LinuxModel {
+    type Handle = (u64, u64);
+
+    /// `swiotlb_tbl_map_single` without the copy: returns the bounce address and the
+    /// device's `min_align_mask`, which release needs.
+    fn map(&mut self, request: &Request) -> Option<Self::Handle> {
+        let (min, alloc) = (request.constraints.min_align_mask, request.constraints.alloc_align_mask);
+        let orig = request.orig;
+        let offset = (orig & min & (alloc | (SLOT_SIZE as u64 - 1))) as usize;
+        let size = (request.size + offset).next_multiple_of(alloc as usize + 1);
+        let start = self.next_area;
+        self.next_area = (self.next_area + 1) % AREAS;
+        let index = (0..AREAS).find_map(|step| self.search_area((start + step) % AREAS, orig, size, alloc, min))?;
+        let pad_slots = offset >> SLOT_SHIFT;
+        let index = index + pad_slots;
+        let (area_index, local) = (index / AREA_SLOTS, index % AREA_SLOTS);
+        let mut area = self.areas[area_index].lock();
+        area.slots[local].pad_slots = pad_slots;
+        for i in 0..nr_slots(size) - pad_slots {
+            area.slots[local + i].orig_addr = orig + ((i as u64) << SLOT_SHIFT);
+        }
+        Some((POOL_PHYS + ((index as u64) << SLOT_SHIFT) + (offset as u64 & (SLOT_SIZE as u64 - 1)), min))
+    }
+
+    /// `swiotlb_release_slots`.
+    fn unmap(&mut self, (tlb_addr, min_align_mask): Self::Handle) {
+        let offset = (tlb_addr & min_align_mask & (SLOT_SIZE as u64 - 1)) as usize;
+        let index = ((tlb_addr - offset as u64 - POOL_PHYS) >> SLOT_SHIFT) as usize;
+        let (area_index, mut local) = (index / AREA_SLOTS, index % AREA_SLOTS);
+        let mut area = self.areas[area_index].lock();
+        local -= area.slots[local].pad_slots;
+        let nslots = nr_slots(area.slots[local].alloc_size + offset);
+        let mut count = if local + nslots < (local + 1).next_multiple_of(SEGMENT) { area.slots[local + nslots].list } else { 0 };
+        for i in (local..local + nslots).rev() {
+            count += 1;
+            area.slots[i] = LinuxSlot { orig_addr: INVALID_PHYS_ADDR, alloc_size: 0, list: count, pad_slots: 0 };
+        }
+        let mut i = local;
+        while i > 0 && (i - 1) % SEGMENT != SEGMENT - 1 && area.slots[i - 1].list != 0 {
+            count += 1;
+            area.slots[i - 1].list = count;
+            i -= 1;
+        }
+        area.used -= nslots;
+    }
+
+    fn used_slots(&self) -> usize {
+        self.areas.iter().map(|area| area.lock().used).sum()
+    }
+}

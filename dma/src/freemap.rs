@@ -77,6 +77,60 @@ impl FreeMap {
         }
     }
 
+    /// Length of the free run that `[start, start + count)` (all free) belongs to.
+    pub fn run_through(&self, start: usize, count: usize) -> usize {
+        self.free_before(start) + count + self.free_from(start + count)
+    }
+
+    /// Free slots immediately below `slot`.
+    fn free_before(&self, slot: usize) -> usize {
+        let (mut index, bit) = (slot / 64, slot % 64);
+        let mut found = if bit == 0 { 0 } else { (self.word(index) << (64 - bit)).leading_ones() as usize };
+        if found < bit {
+            return found;
+        }
+        while index > 0 {
+            index -= 1;
+            let ones = self.word(index).leading_ones() as usize;
+            found += ones;
+            if ones < 64 {
+                break;
+            }
+        }
+        found
+    }
+
+    /// Free slots from `slot` upwards.
+    fn free_from(&self, slot: usize) -> usize {
+        let (mut index, bit) = (slot / 64, slot % 64);
+        let mut found = (self.word(index) >> bit).trailing_ones() as usize;
+        if found < 64 - bit {
+            return found;
+        }
+        loop {
+            index += 1;
+            let ones = self.word(index).trailing_ones() as usize;
+            found += ones;
+            if ones < 64 {
+                return found;
+            }
+        }
+    }
+
+    /// The longest run of free slots, one word at a time.
+    pub fn longest_run(&self) -> usize {
+        let (mut longest, mut current) = (0, 0);
+        for &word in &self.words {
+            if word == u64::MAX {
+                current += 64;
+                continue;
+            }
+            longest = longest.max(current + word.trailing_ones() as usize).max(longest_inside(word));
+            current = word.leading_ones() as usize;
+        }
+        longest.max(current)
+    }
+
     /// The positions in word `index` at which `run` consecutive free slots start.
     pub fn run_starts(&self, index: usize, run: usize) -> u64 {
         if run <= 64 {
@@ -118,6 +172,16 @@ impl FreeMap {
         let end = (64 + following + 1).saturating_sub(run).min(64);
         bit_range(first, end)
     }
+}
+
+/// The longest run of set bits in `word`: each AND with itself shifted shortens every run by one.
+fn longest_inside(mut word: u64) -> usize {
+    let mut length = 0;
+    while word != 0 {
+        word &= word >> 1;
+        length += 1;
+    }
+    length
 }
 
 /// The lowest `count` bits set (`count <= 64`).
@@ -176,6 +240,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn run_lengths_match_a_slot_by_slot_count() {
+        let mut map = FreeMap::all_free(300);
+        assert_eq!(map.longest_run(), 300);
+        for used in [3, 70, 71, 200, 299] {
+            map.mark_used(used, 1);
+        }
+        assert_eq!(map.longest_run(), 128, "72..=199");
+        assert_eq!(map.run_through(100, 5), 128);
+        assert_eq!(map.run_through(4, 1), 66, "4..=69");
+        assert_eq!(map.run_through(0, 3), 3);
+        map.mark_used(0, 300);
+        assert_eq!(map.longest_run(), 0);
     }
 
     #[test]

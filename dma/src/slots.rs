@@ -94,6 +94,9 @@ pub struct Area<T> {
     free: FreeMap,
     cursor: usize,
     used: usize,
+    /// No free run is longer than this: requests for more fail without a search. Allocation
+    /// keeps it true; release raises it to the run it recreates; a failed search makes it exact.
+    longest_free_bound: usize,
     pub book: T,
 }
 
@@ -114,17 +117,22 @@ impl<T> Area<T> {
     /// Give back `slots` slots starting at pool slot `first_slot` (which must lie in this area
     /// and be in use: callers release exactly what they reserved).
     pub fn release(&mut self, first_slot: usize, slots: usize) {
-        self.free.mark_free(first_slot - self.first_slot, slots);
+        let local = first_slot - self.first_slot;
+        self.free.mark_free(local, slots);
         self.used -= slots;
+        self.longest_free_bound = self.longest_free_bound.max(self.free.run_through(local, slots));
     }
 
     fn reserve(&mut self, placement: &Placement) -> Option<Reserved> {
         let run = placement.region_slots;
-        if run > self.slots - self.used {
+        if run > self.slots - self.used || run > self.longest_free_bound {
             return None;
         }
         let filter = StartFilter::for_area(&placement.starts, self.first_slot)?;
-        let local = self.find_start(&filter, run)?;
+        let Some(local) = self.find_start(&filter, run) else {
+            self.longest_free_bound = self.free.longest_run();
+            return None;
+        };
         self.free.mark_used(local, run);
         self.used += run;
         self.cursor = (local + run) % self.slots;
@@ -270,6 +278,7 @@ impl<T> SlotAllocator<T> {
                     free: FreeMap::all_free(geometry.area_slots),
                     cursor: 0,
                     used: 0,
+                    longest_free_bound: geometry.area_slots,
                     book: book(geometry.area_slots),
                 })
             })
