@@ -134,7 +134,7 @@ fn map_identity(frames: &mut FramePool, image_start: u64, image_size: u64) -> Op
 
 /// Reads the devicetree header's size field at a physical address: 0 if it is not a devicetree.
 fn devicetree_size(devicetree: u64) -> u64 {
-    if devicetree == 0 || devicetree % 8 != 0 {
+    if devicetree == 0 || !devicetree.is_multiple_of(8) {
         return 0;
     }
     let header = devicetree as *const u8;
@@ -187,14 +187,13 @@ fn enable_mmu(identity: PhysAddr, kernel: PhysAddr) {
 #[unsafe(no_mangle)]
 extern "C" fn __virtual_entry() -> ! {
     // SAFETY: written before the MMU was turned on, never written again.
-    let state = unsafe { &*&raw const BOOT_STATE };
+    let state = unsafe { (&raw const BOOT_STATE).read() };
     let image = ImageLayout::current();
-    crate::mmu::adopt_boot_tables(state, &image);
+    crate::mmu::adopt_boot_tables(&state);
     let boot = BootInfo {
         entry_el: state.entry_el as u8,
         image: PhysRange::new(PhysAddr::new(state.image_start), image.size()).unwrap_or_else(|| park()),
-        devicetree: PhysRange::new(PhysAddr::new(state.devicetree), state.devicetree_size)
-            .unwrap_or_else(|| park()),
+        devicetree: PhysRange::new(PhysAddr::new(state.devicetree), state.devicetree_size).unwrap_or_else(|| park()),
     };
     // SAFETY: the kernel defines `kernel_main` with this signature.
     unsafe { kernel_main(boot) }

@@ -34,10 +34,22 @@ pub struct Frame {
 
 /// The vector the exception came through: which kind of exception, from where.
 const VECTOR_NAMES: [&str; 16] = [
-    "synchronous (EL1, SP_EL0)", "IRQ (EL1, SP_EL0)", "FIQ (EL1, SP_EL0)", "SError (EL1, SP_EL0)",
-    "synchronous", "IRQ", "FIQ", "SError",
-    "synchronous (from EL0, AArch64)", "IRQ (from EL0, AArch64)", "FIQ (from EL0, AArch64)", "SError (from EL0, AArch64)",
-    "synchronous (from EL0, AArch32)", "IRQ (from EL0, AArch32)", "FIQ (from EL0, AArch32)", "SError (from EL0, AArch32)",
+    "synchronous (EL1, SP_EL0)",
+    "IRQ (EL1, SP_EL0)",
+    "FIQ (EL1, SP_EL0)",
+    "SError (EL1, SP_EL0)",
+    "synchronous",
+    "IRQ",
+    "FIQ",
+    "SError",
+    "synchronous (from EL0, AArch64)",
+    "IRQ (from EL0, AArch64)",
+    "FIQ (from EL0, AArch64)",
+    "SError (from EL0, AArch64)",
+    "synchronous (from EL0, AArch32)",
+    "IRQ (from EL0, AArch32)",
+    "FIQ (from EL0, AArch32)",
+    "SError (from EL0, AArch32)",
 ];
 
 /// Index of "current EL with SP_ELx, synchronous", the only vector the kernel expects.
@@ -118,12 +130,20 @@ impl Syndrome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// No valid entry at that level of the tables: the address is not mapped.
-    Translation { level: u8 },
-    AccessFlag { level: u8 },
+    Translation {
+        level: u8,
+    },
+    AccessFlag {
+        level: u8,
+    },
     /// Mapped, but not for this kind of access (a write to read-only memory, say).
-    Permission { level: u8 },
+    Permission {
+        level: u8,
+    },
     Alignment,
-    Other { status: u64 },
+    Other {
+        status: u64,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -219,7 +239,13 @@ extern "C" fn __handle_exception(frame: &mut Frame, vector: u64) {
     let syndrome = Syndrome(frame.esr);
     let vector_name = VECTOR_NAMES.get(vector as usize).copied().unwrap_or("unknown vector");
     log::error!("{vector_name} exception: {syndrome}");
-    log::error!("  ESR {:#010x}  FAR {:#018x}  ELR {:#018x}  SPSR {:#010x}", frame.esr, frame.far, frame.elr, frame.spsr);
+    log::error!(
+        "  ESR {:#010x}  FAR {:#018x}  ELR {:#018x}  SPSR {:#010x}",
+        frame.esr,
+        frame.far,
+        frame.elr,
+        frame.spsr
+    );
     for (pair, registers) in frame.x.chunks(2).enumerate() {
         match registers {
             [first, second] => log::error!("  x{:<2} {first:#018x}  x{:<2} {second:#018x}", 2 * pair, 2 * pair + 1),

@@ -14,7 +14,7 @@ use spin::Mutex;
 use vmsa::{Access, Attributes, Granule, MemoryType, PageTable, TableMemory, Translation};
 
 use crate::boot::BootState;
-use crate::layout::{self, ImageLayout};
+use crate::layout;
 
 /// Frames for every kernel translation table: boot tables, linear map, device window.
 const FRAME_COUNT: usize = 64;
@@ -67,7 +67,6 @@ struct KernelTables {
     tables: PageTable<FramePool>,
     /// Next free address in the device window.
     next_device: u64,
-    image: PhysRange,
 }
 
 static KERNEL_TABLES: Mutex<Option<KernelTables>> = Mutex::new(None);
@@ -88,7 +87,7 @@ impl From<vmsa::Error> for MapError {
 }
 
 /// Takes over the tables the boot code built (called once, from `__virtual_entry`).
-pub(crate) fn adopt_boot_tables(state: &BootState, image: &ImageLayout) {
+pub(crate) fn adopt_boot_tables(state: &BootState) {
     let image_virtual = layout::KERNEL_IMAGE_BASE;
     let pointer_offset = image_virtual.wrapping_sub(state.image_start);
     let frames_virtual = &raw mut BOOT_FRAMES as u64;
@@ -97,11 +96,9 @@ pub(crate) fn adopt_boot_tables(state: &BootState, image: &ImageLayout) {
     // makes reachable at physical + pointer_offset.
     let frames = unsafe { FramePool::new(frames_physical, state.frames_used as usize, pointer_offset) };
     // SAFETY: the boot code built a 4 KiB-granule, 48-bit tree at this root from these frames.
-    let tables = unsafe {
-        PageTable::from_root(PhysAddr::new(state.kernel_tables), Granule::Size4KiB, layout::VA_BITS, frames)
-    };
-    let image = PhysRange::new(PhysAddr::new(state.image_start), image.size()).expect("image fits");
-    *KERNEL_TABLES.lock() = Some(KernelTables { tables, next_device: layout::DEVICE_WINDOW_BASE, image });
+    let tables =
+        unsafe { PageTable::from_root(PhysAddr::new(state.kernel_tables), Granule::Size4KiB, layout::VA_BITS, frames) };
+    *KERNEL_TABLES.lock() = Some(KernelTables { tables, next_device: layout::DEVICE_WINDOW_BASE });
 }
 
 fn with_tables<R>(action: impl FnOnce(&mut KernelTables) -> R) -> R {
@@ -171,11 +168,6 @@ pub fn translate_in_hardware(address: VirtAddr, for_write: bool) -> Option<PhysA
     }
     let page = PAR_EL1.read(PAR_EL1::PA) << 12;
     Some(PhysAddr::new(page | (address.as_u64() & (layout::PAGE_SIZE - 1))))
-}
-
-/// Where the kernel image sits in physical memory.
-pub fn image_physical() -> PhysRange {
-    with_tables(|kernel| kernel.image)
 }
 
 /// Makes entries written to live tables visible to the table walker.

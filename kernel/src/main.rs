@@ -50,6 +50,8 @@ pub struct BootOptions {
     pub run_tests: bool,
     /// `kernel.semihosting`: a semihosting host (QEMU `-semihosting`) takes the exit status.
     pub semihosting: bool,
+    /// `kernel.fault-demo`: read an unmapped address, to show how the kernel reports a crash.
+    pub fault_demo: bool,
 }
 
 impl BootOptions {
@@ -59,6 +61,7 @@ impl BootOptions {
             match word {
                 "kernel.test" => options.run_tests = true,
                 "kernel.semihosting" => options.semihosting = true,
+                "kernel.fault-demo" => options.fault_demo = true,
                 _ => {}
             }
         }
@@ -82,6 +85,9 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         error!("boot failed: {message}");
         power::stop(power::Outcome::Failure);
     }
+    if options.fault_demo {
+        provoke_fault();
+    }
     let outcome = match options.run_tests {
         true => testing::run_all(),
         false => demo(),
@@ -102,11 +108,16 @@ fn devicetree(blob: PhysRange) -> Option<Devicetree<'static>> {
     // SAFETY: the boot code mapped the blob read-only in the linear map, for good.
     let bytes = unsafe { core::slice::from_raw_parts(start.as_ptr::<u8>(), blob.size() as usize) };
     // SAFETY: called once, at boot, before anything else could refer to the copy.
-    let storage = unsafe { &mut *&raw mut DEVICETREE_COPY };
+    let storage =
+        unsafe { core::slice::from_raw_parts_mut((&raw mut DEVICETREE_COPY).cast::<u8>(), DEVICETREE_CAPACITY) };
     Devicetree::parse(bytes, storage).ok()
 }
 
-fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>, options: BootOptions) -> Result<(), memory::MemoryError> {
+fn describe_machine(
+    boot: BootInfo,
+    devicetree: Devicetree<'static>,
+    options: BootOptions,
+) -> Result<(), memory::MemoryError> {
     info!("machine: {}", devicetree.model());
     let cpus = devicetree.cpus();
     info!("cpus: {} (secondary start: {}), entered at EL{}", cpus.count, cpus.enable_method, boot.entry_el);
@@ -129,6 +140,16 @@ fn demo() -> power::Outcome {
     info!("heap: {} used of {}", platform::memmap::Size(heap.used as u64), platform::memmap::Size(heap.size as u64));
     info!("boot complete in {:?} of counter time", arch::timer::uptime());
     power::Outcome::Success
+}
+
+/// Reads a low address, which nothing maps once boot is done: the exception handler reports
+/// the data abort in words and the panic handler stops the machine.
+fn provoke_fault() {
+    const UNMAPPED: usize = 0x1000;
+    info!("fault demo: reading {UNMAPPED:#x}, which is not mapped");
+    // SAFETY: none; this read is meant to fault.
+    let value = unsafe { (UNMAPPED as *const u64).read_volatile() };
+    info!("fault demo: read {value:#x}, but the address should not be mapped");
 }
 
 #[panic_handler]

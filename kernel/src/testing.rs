@@ -89,7 +89,11 @@ pub fn run_all() -> Outcome {
     }
     let passed = tests.len() - failed;
     crate::console::write_fmt(format_args!("kernel: {passed} passed, {failed} failed\n"));
-    if failed == 0 { Outcome::Success } else { Outcome::Failure }
+    if failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    }
 }
 
 /// Called by the panic handler: a panic inside a test is that test's failure.

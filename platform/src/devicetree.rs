@@ -27,7 +27,6 @@ use core::fmt;
 use fdt::node::FdtNode;
 use fdt::Fdt;
 
-
 /// How deep nodes may nest; real devicetrees stay below 8.
 pub const MAX_DEPTH: usize = 16;
 /// How many ranges one list (RAM, reservations, a device's `reg`) may hold.
@@ -48,23 +47,49 @@ pub(crate) const TOKEN_END: u32 = 9;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error<'a> {
     /// Fewer bytes than a header, or than the header's `totalsize`.
-    Truncated { needed: usize, available: usize },
-    BadMagic { found: u32 },
-    UnsupportedVersion { version: u32 },
+    Truncated {
+        needed: usize,
+        available: usize,
+    },
+    BadMagic {
+        found: u32,
+    },
+    UnsupportedVersion {
+        version: u32,
+    },
     /// A block named by the header lies outside the blob.
-    BlockOutOfBounds { block: &'static str },
+    BlockOutOfBounds {
+        block: &'static str,
+    },
     /// The structure block is not a well-formed token stream.
-    Malformed { offset: usize, problem: &'static str },
+    Malformed {
+        offset: usize,
+        problem: &'static str,
+    },
     /// A property that has a fixed shape has another one.
-    BadProperty { node: &'a str, property: &'static str, problem: &'static str },
+    BadProperty {
+        node: &'a str,
+        property: &'static str,
+        problem: &'static str,
+    },
     /// An address that no `ranges` of an ancestor translates.
-    Untranslatable { node: &'a str, address: u64 },
+    Untranslatable {
+        node: &'a str,
+        address: u64,
+    },
     NoMemory,
-    TooManyRanges { what: &'static str },
+    TooManyRanges {
+        what: &'static str,
+    },
     /// `/chosen/stdout-path` names a node that does not exist.
-    StdoutNotFound { path: &'a str },
+    StdoutNotFound {
+        path: &'a str,
+    },
     /// The blob is larger than the storage the kernel keeps devicetrees in.
-    TooLarge { size: usize, capacity: usize },
+    TooLarge {
+        size: usize,
+        capacity: usize,
+    },
 }
 
 impl fmt::Display for Error<'_> {
@@ -162,10 +187,7 @@ pub struct Device<'a> {
 impl<'a> Device<'a> {
     /// The `compatible` strings, most specific first.
     pub fn compatible(&self) -> impl Iterator<Item = &'a str> + 'a {
-        self.compatible
-            .split(|&byte| byte == 0)
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| core::str::from_utf8(s).ok())
+        self.compatible.split(|&byte| byte == 0).filter(|s| !s.is_empty()).filter_map(|s| core::str::from_utf8(s).ok())
     }
 
     pub fn is_compatible(&self, wanted: &str) -> bool {
@@ -206,17 +228,12 @@ impl<'a> Devicetree<'a> {
     /// The root node's `model`, or its first `compatible` string.
     pub fn model(&self) -> &'a str {
         let root = self.root();
-        string_property(&root, "model")
-            .or_else(|| string_property(&root, "compatible"))
-            .unwrap_or("unknown machine")
+        string_property(&root, "model").or_else(|| string_property(&root, "compatible")).unwrap_or("unknown machine")
     }
 
     /// The kernel command line (`/chosen/bootargs`).
     pub fn bootargs(&self) -> &'a str {
-        self.fdt
-            .find_node("/chosen")
-            .and_then(|chosen| string_property(&chosen, "bootargs"))
-            .unwrap_or("")
+        self.fdt.find_node("/chosen").and_then(|chosen| string_property(&chosen, "bootargs")).unwrap_or("")
     }
 
     pub fn cpus(&self) -> Cpus<'a> {
@@ -235,9 +252,8 @@ impl<'a> Devicetree<'a> {
     pub fn memory(&self) -> Result<RangeList, Error<'a>> {
         let root = self.root();
         let mut ram = RangeList::new();
-        let memory_nodes = root.children().filter(|node| {
-            string_property(node, "device_type") == Some("memory") && is_enabled(node)
-        });
+        let memory_nodes =
+            root.children().filter(|node| string_property(node, "device_type") == Some("memory") && is_enabled(node));
         for node in memory_nodes {
             for range in parse_reg(&node, &root)? {
                 if !range.is_empty() {
@@ -344,8 +360,7 @@ impl<'a> Devicetree<'a> {
         let mut ancestors = ArrayVec::new();
         for component in path.split('/').filter(|c| !c.is_empty()) {
             let child = node.children().find(|child| {
-                child.name == component
-                    || (!component.contains('@') && child.name.split('@').next() == Some(component))
+                child.name == component || (!component.contains('@') && child.name.split('@').next() == Some(component))
             })?;
             ancestors.try_push(node).ok()?;
             node = child;
@@ -409,8 +424,8 @@ fn parse_reg<'a>(node: &FdtNode<'_, 'a>, parent: &FdtNode<'_, 'a>) -> Result<Ran
         return Err(bad_shape(node.name, "reg"));
     }
     for raw in reg.value.chunks_exact(entry) {
-        let parsed = read_cells(raw, address_cells)
-            .and_then(|(address, rest)| Some((address, read_cells(rest, size_cells)?.0)));
+        let parsed =
+            read_cells(raw, address_cells).and_then(|(address, rest)| Some((address, read_cells(rest, size_cells)?.0)));
         let (address, size) = parsed.ok_or(bad_shape(node.name, "reg"))?;
         let range = checked_range(address, size, node.name)?;
         ranges.try_push(range).map_err(|_| Error::TooManyRanges { what: "reg entries" })?;
@@ -432,9 +447,9 @@ fn read_cells(bytes: &[u8], cells: usize) -> Option<(u64, &[u8])> {
         return None;
     }
     let (number, rest) = bytes.split_at(cells * 4);
-    let value = number.chunks_exact(4).fold(0u64, |value, cell| {
-        (value << 32) | u64::from(u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]))
-    });
+    let value = number
+        .chunks_exact(4)
+        .fold(0u64, |value, cell| (value << 32) | u64::from(u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]])));
     Some((value, rest))
 }
 
@@ -540,7 +555,7 @@ fn block<'a>(blob: &'a [u8], offset: u32, size: u32, name: &'static str) -> Resu
 /// The reservation block: 16-byte (address, size) entries up to and including a zero entry.
 fn reservation_block(blob: &[u8], offset: usize) -> Result<&[u8], Error<'static>> {
     let out_of_bounds = Error::BlockOutOfBounds { block: "memory reservation" };
-    let entries = blob.get(offset..).filter(|_| offset % 8 == 0).ok_or(out_of_bounds)?;
+    let entries = blob.get(offset..).filter(|_| offset.is_multiple_of(8)).ok_or(out_of_bounds)?;
     let terminator = entries.chunks_exact(16).position(|entry| entry.iter().all(|&byte| byte == 0));
     let count = terminator.ok_or(out_of_bounds)? + 1;
     Ok(&entries[..count * 16])

@@ -76,10 +76,8 @@ impl FdtWriter {
     /// A property of (address, size) pairs encoded with two cells each, the usual layout of
     /// `reg` below a node with `#address-cells = <2>` and `#size-cells = <2>`.
     pub fn property_reg64(&mut self, name: &str, entries: &[(u64, u64)]) {
-        let cells: Vec<u32> = entries
-            .iter()
-            .flat_map(|&(address, size)| split_u64(address).into_iter().chain(split_u64(size)))
-            .collect();
+        let cells: Vec<u32> =
+            entries.iter().flat_map(|&(address, size)| split_u64(address).into_iter().chain(split_u64(size))).collect();
         self.property_cells(name, &cells);
     }
 

@@ -33,7 +33,10 @@ pub enum Error<'a> {
     /// No RAM range was given.
     NoRam,
     /// A reservation (or the kernel image, or the devicetree) is not entirely inside RAM.
-    ReservedOutsideRam { label: &'a str, range: PhysRange },
+    ReservedOutsideRam {
+        label: &'a str,
+        range: PhysRange,
+    },
     TooManyRanges,
 }
 
@@ -126,7 +129,10 @@ impl MemoryMap<'_> {
     /// What the kernel maps in its linear map: all RAM except `no-map` reservations, and
     /// read-only where a `read_only` range lies (the kernel image, the devicetree). Holes are
     /// widened and RAM narrowed to whole pages, since mappings are made of pages.
-    pub fn linear_map(&self, read_only: &[PhysRange]) -> Result<ArrayVec<LinearRange, { 2 * MAX_RANGES }>, Error<'static>> {
+    pub fn linear_map(
+        &self,
+        read_only: &[PhysRange],
+    ) -> Result<ArrayVec<LinearRange, { 2 * MAX_RANGES }>, Error<'static>> {
         let no_map: RangeList = self.reserved.iter().filter(|r| r.no_map).map(|r| widened(r.range)).collect();
         let read_only: RangeList = read_only.iter().map(|&range| widened(range)).collect();
         let mut pieces = ArrayVec::new();
@@ -170,7 +176,7 @@ fn subtract(range: PhysRange, holes: &[PhysRange]) -> Result<RangeList, Error<'s
 /// `range` grown outwards to page boundaries.
 fn widened(range: PhysRange) -> PhysRange {
     let start = range.start().align_down(PAGE_SIZE);
-    let end = range.end().align_up(PAGE_SIZE).unwrap_or(PhysAddr::new(u64::MAX & !(PAGE_SIZE - 1)));
+    let end = range.end().align_up(PAGE_SIZE).unwrap_or(PhysAddr::new(!(PAGE_SIZE - 1)));
     PhysRange::from_bounds(start, end).unwrap_or(range)
 }
 

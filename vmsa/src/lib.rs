@@ -29,8 +29,8 @@ mod descriptor;
 
 use addr::PhysAddr;
 
-pub use descriptor::{Access, Attributes, MemoryType, MAIR};
 use descriptor::Descriptor;
+pub use descriptor::{Access, Attributes, MemoryType, MAIR};
 
 /// The translation granule: the size of a page and of every table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,10 +164,6 @@ impl<M: TableMemory> PageTable<M> {
         &self.memory
     }
 
-    pub fn memory_mut(&mut self) -> &mut M {
-        &mut self.memory
-    }
-
     /// Maps `[input, input + size)` to `[output, output + size)` with the largest blocks the
     /// alignment of both addresses allows.
     ///
@@ -225,7 +221,13 @@ impl<M: TableMemory> PageTable<M> {
 
     /// Finds (creating tables on the way) the entry at which to map `input` → `output`:
     /// the highest level whose block both addresses are aligned to and `remaining` fills.
-    fn slot_for(&mut self, input: u64, output: PhysAddr, remaining: u64, attributes: Attributes) -> Result<Slot, Error> {
+    fn slot_for(
+        &mut self,
+        input: u64,
+        output: PhysAddr,
+        remaining: u64,
+        attributes: Attributes,
+    ) -> Result<Slot, Error> {
         let mut table = self.root;
         let mut level = self.granule.start_level(self.input_bits);
         loop {
@@ -250,7 +252,14 @@ impl<M: TableMemory> PageTable<M> {
     }
 
     /// An existing leaf is acceptable only if it maps `input` exactly to `output` as asked.
-    fn same_mapping(&self, existing: Descriptor, input: u64, output: PhysAddr, level: u32, attributes: Attributes) -> Result<Slot, Error> {
+    fn same_mapping(
+        &self,
+        existing: Descriptor,
+        input: u64,
+        output: PhysAddr,
+        level: u32,
+        attributes: Attributes,
+    ) -> Result<Slot, Error> {
         let block_size = 1u64 << self.granule.level_shift(level);
         let offset = input & (block_size - 1);
         let same = existing.output_address(self.granule).add(offset) == output && existing.attributes() == attributes;

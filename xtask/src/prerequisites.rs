@@ -63,7 +63,9 @@ fn install_qemu_from_backports() -> Result<()> {
     println!("xtask: installing {QEMU} from bookworm-backports");
     let already_listed = std::fs::read_dir("/etc/apt/sources.list.d")
         .map(|entries| {
-            entries.flatten().any(|entry| std::fs::read_to_string(entry.path()).is_ok_and(|text| text.contains("bookworm-backports")))
+            entries.flatten().any(|entry| {
+                std::fs::read_to_string(entry.path()).is_ok_and(|text| text.contains("bookworm-backports"))
+            })
         })
         .unwrap_or(false);
     if !already_listed {
@@ -86,5 +88,9 @@ fn output(program: &str, arguments: &[&str]) -> std::io::Result<String> {
 
 fn run_visible(program: &str, arguments: &[&str]) -> std::io::Result<()> {
     let status = Command::new(program).args(arguments).env("DEBIAN_FRONTEND", "noninteractive").status()?;
-    if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("{program} failed"))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("{program} failed")))
+    }
 }

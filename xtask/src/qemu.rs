@@ -43,7 +43,8 @@ impl Machine {
         let augmented = image::build_directory().join(format!("{stem}.dtb"));
         let mut arguments = self.base_arguments();
         arguments[1] = format!("{},dumpdtb={}", self.machine, dumped.display());
-        let output = Command::new(QEMU).args(&arguments).output().map_err(|error| format!("cannot run {QEMU}: {error}"))?;
+        let output =
+            Command::new(QEMU).args(&arguments).output().map_err(|error| format!("cannot run {QEMU}: {error}"))?;
         let blob = std::fs::read(&dumped).map_err(|_| {
             format!("QEMU did not dump its devicetree: {}", String::from_utf8_lossy(&output.stderr).trim())
         })?;
@@ -61,16 +62,20 @@ impl Machine {
 }
 
 /// `cargo xtask qemu`: boot the demo with the console on this terminal.
-pub fn run_demo(machine: &Machine, extra_arguments: &[String]) -> Result<()> {
+pub fn run_demo(machine: &Machine, bootargs: &str, extra_arguments: &[String]) -> Result<()> {
     ensure_qemu()?;
     let kernel = image::build()?;
     println!("xtask: booting on {} (quit QEMU with Ctrl-A X)", machine.name());
     let status = machine
-        .command(&kernel, "")?
+        .command(&kernel, bootargs)?
         .args(extra_arguments)
         .status()
         .map_err(|error| format!("cannot run {QEMU}: {error}"))?;
-    if status.success() { Ok(()) } else { Err(format!("QEMU exited with {status}")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("QEMU exited with {status}"))
+    }
 }
 
 /// What a kernel test run printed and how it ended.
@@ -79,9 +84,9 @@ pub struct TestRun {
     pub exit_code: Option<i32>,
 }
 
-/// Boots the kernel's tests with a semihosting host for the exit status, streaming the console.
-pub fn run_kernel_tests(machine: &Machine, kernel: &Path, timeout: Duration) -> Result<TestRun> {
-    let bootargs = format!("kernel.test kernel.semihosting test.entry-el={}", machine.entry_el);
+/// Boots the kernel with a semihosting host for the exit status, streaming the console.
+pub fn run_captured(machine: &Machine, kernel: &Path, bootargs: &str, timeout: Duration) -> Result<TestRun> {
+    let bootargs = format!("kernel.semihosting {bootargs}");
     let mut child = machine
         .command(kernel, &bootargs)?
         .arg("-semihosting")
@@ -108,7 +113,11 @@ pub fn run_kernel_tests(machine: &Machine, kernel: &Path, timeout: Duration) -> 
         if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("{}: QEMU still running after {} s: the kernel hung", machine.name(), timeout.as_secs()));
+            return Err(format!(
+                "{}: QEMU still running after {} s: the kernel hung",
+                machine.name(),
+                timeout.as_secs()
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     };

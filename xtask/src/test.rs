@@ -25,20 +25,43 @@ pub fn run_all() -> Result<()> {
     let mut summaries = Vec::new();
     for machine in &machines {
         println!("xtask: kernel tests on {}", machine.name());
-        let run = qemu::run_kernel_tests(machine, &kernel, KERNEL_TIMEOUT)?;
+        let bootargs = format!("kernel.test test.entry-el={}", machine.entry_el);
+        let run = qemu::run_captured(machine, &kernel, &bootargs, KERNEL_TIMEOUT)?;
         let summary = run.console.lines().rev().find(|line| line.starts_with("kernel: ")).map(str::to_owned);
-        let summary = summary.ok_or(format!("{}: the kernel printed no `kernel: N passed, M failed` line", machine.name()))?;
+        let summary =
+            summary.ok_or(format!("{}: the kernel printed no `kernel: N passed, M failed` line", machine.name()))?;
         if run.exit_code != Some(0) || !summary.ends_with(" 0 failed") {
             return Err(format!("{}: {summary} (QEMU exit status {:?})", machine.name(), run.exit_code));
         }
         summaries.push(format!("{}: {summary}", machine.name()));
     }
+    summaries.push(crash_report(&machines[0], &kernel)?);
     println!();
     println!("host: {passed} passed, {failed} failed");
     for summary in summaries {
         println!("{summary}");
     }
     Ok(())
+}
+
+/// An unexpected fault is reported in words (class, fault, FAR, ELR, registers), the panic
+/// handler names where it stopped, and the machine stops with a failure status.
+fn crash_report(machine: &Machine, kernel: &std::path::Path) -> Result<String> {
+    println!("xtask: crash report on {}", machine.name());
+    let run = qemu::run_captured(machine, kernel, "kernel.fault-demo", KERNEL_TIMEOUT)?;
+    let expected = [
+        "synchronous exception: data abort from EL1, translation fault at level 0, on a read",
+        "FAR 0x0000000000001000",
+        "kernel panic: panicked at",
+        "unhandled synchronous exception",
+    ];
+    if let Some(missing) = expected.iter().find(|text| !run.console.contains(*text)) {
+        return Err(format!("crash report: the console lacks \"{missing}\""));
+    }
+    if run.exit_code != Some(1) {
+        return Err(format!("crash report: QEMU exit status {:?}, expected 1", run.exit_code));
+    }
+    Ok("crash report: data abort reported in words, FAR right, stopped with status 1".into())
 }
 
 /// Runs `cargo test` on the host crates; returns the summed pass and fail counts.
@@ -48,7 +71,8 @@ fn host_tests() -> Result<(usize, usize)> {
     for name in HOST_CRATES {
         command.args(["--package", name]);
     }
-    let output = command.stderr(Stdio::inherit()).output().map_err(|error| format!("cannot run cargo test: {error}"))?;
+    let output =
+        command.stderr(Stdio::inherit()).output().map_err(|error| format!("cannot run cargo test: {error}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     print!("{stdout}");
     if !output.status.success() {

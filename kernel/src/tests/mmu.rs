@@ -9,7 +9,7 @@ use vmsa::{Access, MemoryType};
 use crate::machine;
 use crate::testing::{ensure, kernel_test};
 
-static READ_ONLY_MARKER: u64 = 0x5eed_0f_0dd_ba11;
+static READ_ONLY_MARKER: u64 = 0x5eed_0fdd_ba11_cafe;
 static WRITABLE_MARKER: spin::Mutex<u64> = spin::Mutex::new(0x0123_4567_89ab_cdef);
 
 /// Checks that `virtual_address` reaches `expected`, by both the software walk and `AT`.
