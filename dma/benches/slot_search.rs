@@ -19,8 +19,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use dma::{
-    BouncePool, Constraints, DmaAddr, DmaDirection, Geometry, HeapMemory, PhysAddr, PhysRange,
-    Placement, PoolConfig, SlotAllocator, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE,
+    BouncePool, Constraints, DmaAddr, DmaDirection, Geometry, HeapMemory, PhysAddr, PhysRange, Placement, PoolConfig,
+    SlotAllocator, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE,
 };
 use spin::Mutex;
 
@@ -30,18 +30,24 @@ const SEGMENT: usize = 128;
 const POOL_PHYS: u64 = 0x8000_0000;
 const RAM_PHYS: u64 = 0x4000_0000;
 const RAM_BYTES: usize = 1 << 20;
-const MEASURE_FOR: Duration = Duration::from_millis(1500);
+const MEASURE_FOR: Duration = Duration::from_millis(600);
+/// Each figure is the best of this many runs, so that a busy machine shows less in the ratio.
+const ROUNDS: usize = 3;
 
 fn main() {
-    println!("pool {} MiB, {AREAS} areas, {} slots; map+unmap operations per second", POOL_BYTES >> 20, POOL_BYTES as usize / SLOT_SIZE);
+    println!(
+        "pool {} MiB, {AREAS} areas, {} slots; map+unmap operations per second",
+        POOL_BYTES >> 20,
+        POOL_BYTES as usize / SLOT_SIZE
+    );
     println!(
         "{:>9} | {:>14} {:>6} | {:>14} {:>6} | {:>7} | {:>14}",
         "occupancy", "ours ops/s", "ok %", "linux ops/s", "ok %", "ratio", "BouncePool/s"
     );
     for occupancy in [0, 50, 90] {
-        let ours = measure(&mut Ours::new(), occupancy);
-        let linux = measure(&mut LinuxModel::new(), occupancy);
-        let pool = measure(&mut WholePool::new(), occupancy);
+        let ours = best_of(|| measure(&mut Ours::new(), occupancy));
+        let linux = best_of(|| measure(&mut LinuxModel::new(), occupancy));
+        let pool = best_of(|| measure(&mut WholePool::new(), occupancy));
         println!(
             "{:>8}% | {:>14.0} {:>5.1}% | {:>14.0} {:>5.1}% | {:>6.1}x | {:>14.0}",
             occupancy,
@@ -130,6 +136,10 @@ struct Measurement {
     success_percent: f64,
 }
 
+fn best_of(mut run: impl FnMut() -> Measurement) -> Measurement {
+    (0..ROUNDS).map(|_| run()).max_by(|a, b| a.rate.total_cmp(&b.rate)).unwrap()
+}
+
 fn measure<A: Allocator>(allocator: &mut A, occupancy: usize) -> Measurement {
     let _background = bring_to(allocator, occupancy);
     let mut rng = Rng(0xfeed_beef_cafe_f00d);
@@ -146,10 +156,7 @@ fn measure<A: Allocator>(allocator: &mut A, occupancy: usize) -> Measurement {
         operations += requests.len() as u64;
     }
     let seconds = started.elapsed().as_secs_f64();
-    Measurement {
-        rate: operations as f64 / seconds,
-        success_percent: 100.0 * successes as f64 / operations as f64,
-    }
+    Measurement { rate: operations as f64 / seconds, success_percent: 100.0 * successes as f64 / operations as f64 }
 }
 
 /// This crate's slot allocator, with a per-buffer record like the pool keeps.
@@ -169,7 +176,8 @@ impl Allocator for Ours {
 
     fn map(&mut self, request: &Request) -> Option<Self::Handle> {
         let geometry = *self.slots.geometry();
-        let placement = Placement::streaming(&geometry, PhysAddr::new(request.orig), request.size, &request.constraints).ok()?;
+        let placement =
+            Placement::streaming(&geometry, PhysAddr::new(request.orig), request.size, &request.constraints).ok()?;
         self.slots.reserve(&placement, |area, reserved| {
             let buffer_slot = reserved.first_slot + (placement.offset >> SLOT_SHIFT) - area.first_slot();
             area.book[buffer_slot] = request.orig;
@@ -254,13 +262,25 @@ impl LinuxModel {
             index: 0,
             used: 0,
             slots: (0..AREA_SLOTS)
-                .map(|i| LinuxSlot { orig_addr: INVALID_PHYS_ADDR, alloc_size: 0, list: SEGMENT - i % SEGMENT, pad_slots: 0 })
+                .map(|i| LinuxSlot {
+                    orig_addr: INVALID_PHYS_ADDR,
+                    alloc_size: 0,
+                    list: SEGMENT - i % SEGMENT,
+                    pad_slots: 0,
+                })
                 .collect(),
         };
         Self { areas: (0..AREAS).map(|_| Mutex::new(area())).collect(), next_area: 0 }
     }
 
-    fn search_area(&self, area_index: usize, orig: u64, alloc_size: usize, alloc_align_mask: u64, min_align_mask: u64) -> Option<usize> {
+    fn search_area(
+        &self,
+        area_index: usize,
+        orig: u64,
+        alloc_size: usize,
+        alloc_align_mask: u64,
+        min_align_mask: u64,
+    ) -> Option<usize> {
         let mut area = self.areas[area_index].lock();
         let mut alloc_align_mask = alloc_align_mask;
         let mut iotlb_align_mask = min_align_mask;
@@ -281,7 +301,8 @@ impl LinuxModel {
         let mut slots_checked = 0;
         while slots_checked < AREA_SLOTS {
             let tlb_addr = POOL_PHYS + (((slot_base + index) as u64) << SLOT_SHIFT);
-            if tlb_addr & alloc_align_mask != 0 || (orig != 0 && tlb_addr & iotlb_align_mask != orig & iotlb_align_mask) {
+            if tlb_addr & alloc_align_mask != 0 || (orig != 0 && tlb_addr & iotlb_align_mask != orig & iotlb_align_mask)
+            {
                 index = wrap(index + 1);
                 slots_checked += 1;
                 continue;
@@ -342,7 +363,8 @@ impl Allocator for LinuxModel {
         let mut area = self.areas[area_index].lock();
         local -= area.slots[local].pad_slots;
         let nslots = nr_slots(area.slots[local].alloc_size + offset);
-        let mut count = if local + nslots < (local + 1).next_multiple_of(SEGMENT) { area.slots[local + nslots].list } else { 0 };
+        let mut count =
+            if local + nslots < (local + 1).next_multiple_of(SEGMENT) { area.slots[local + nslots].list } else { 0 };
         for i in (local..local + nslots).rev() {
             count += 1;
             area.slots[i] = LinuxSlot { orig_addr: INVALID_PHYS_ADDR, alloc_size: 0, list: count, pad_slots: 0 };

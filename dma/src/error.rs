@@ -39,13 +39,7 @@ pub enum DmaError {
     /// segment boundary. `limit` is `max_mapping_size` under the same constraints.
     TooLarge { size: usize, region: usize, limit: usize, min_align_mask: u64, alloc_align_mask: u64 },
     /// No run of free slots satisfies every constraint right now (pool full or fragmented).
-    NoSpace {
-        size: usize,
-        region_slots: usize,
-        free_slots: usize,
-        min_align_mask: u64,
-        alloc_align_mask: u64,
-    },
+    NoSpace { size: usize, region_slots: usize, free_slots: usize, min_align_mask: u64, alloc_align_mask: u64 },
     /// Even the lowest possible placement in the pool ends above the device's DMA mask.
     Unaddressable { size: usize, dma_mask: u64, pool_dma_start: DmaAddr },
     /// The CPU cannot reach the caller's buffer (or it wraps past the top of the address space).
@@ -69,9 +63,7 @@ impl DmaError {
             Self::NoSpace { .. } => FailureReason::NoSpace,
             Self::TooLarge { .. } => FailureReason::TooLarge,
             Self::Unaddressable { .. } => FailureReason::Unaddressable,
-            Self::ZeroSize | Self::InvalidMask { .. } | Self::BufferUnreachable { .. } => {
-                FailureReason::BadRequest
-            }
+            Self::ZeroSize | Self::InvalidMask { .. } | Self::BufferUnreachable { .. } => FailureReason::BadRequest,
             Self::UnknownAddress { .. }
             | Self::NotRegionStart { .. }
             | Self::SizeMismatch { .. }
@@ -149,10 +141,9 @@ impl fmt::Display for DmaError {
             Self::SizeMismatch { dma, mapped, given } => {
                 write!(f, "the buffer at {dma} has {mapped} bytes, not {given}")
             }
-            Self::OutOfRange { dma, size, buffer, buffer_size } => write!(
-                f,
-                "{size} bytes at {dma} reach outside the buffer [{buffer}, +{buffer_size})"
-            ),
+            Self::OutOfRange { dma, size, buffer, buffer_size } => {
+                write!(f, "{size} bytes at {dma} reach outside the buffer [{buffer}, +{buffer_size})")
+            }
             Self::WrongKind { dma, expected, found } => {
                 write!(f, "{dma} is a {found}, not a {expected}")
             }

@@ -50,9 +50,8 @@ fn guaranteed_size(geometry: &Geometry, constraints: &Constraints, probe_size: u
     let stride = ((align_mask | (min_align_mask & !align_mask)) >> SLOT_SHIFT) + 1;
     let align_slots = (align_mask >> SLOT_SHIFT) as usize + 1;
     let pieces = empty_pieces(geometry, constraints);
-    let fits = |units: usize| {
-        every_phase_fits(&pieces, (units * align_slots) as u64, stride, align_slots as u64, geometry)
-    };
+    let fits =
+        |units: usize| every_phase_fits(&pieces, (units * align_slots) as u64, stride, align_slots as u64, geometry);
     let units = largest_true(geometry.segment_slots / align_slots, fits);
     let region = (units * align_slots * SLOT_SIZE) as u64;
     let segment = (geometry.segment_slots * SLOT_SIZE) as u64;
@@ -89,11 +88,8 @@ fn largest_true(max: usize, holds: impl Fn(usize) -> bool) -> usize {
 /// keeps its buffer inside it).
 fn empty_pieces(geometry: &Geometry, constraints: &Constraints) -> Vec<(u64, u64)> {
     let addressable = addressable_slots(geometry, constraints.dma_mask);
-    let window_slots = constraints
-        .seg_boundary_mask
-        .checked_add(1)
-        .map(|window| window >> SLOT_SHIFT)
-        .filter(|&slots| slots >= 1);
+    let window_slots =
+        constraints.seg_boundary_mask.checked_add(1).map(|window| window >> SLOT_SHIFT).filter(|&slots| slots >= 1);
     let mut pieces = Vec::new();
     for area in 0..geometry.areas {
         let start = (area * geometry.area_slots) as u64;
@@ -124,13 +120,7 @@ fn addressable_slots(geometry: &Geometry, dma_mask: u64) -> u64 {
 /// Whether, for every phase an orig address can demand, some piece holds `run` slots starting
 /// at a slot of that phase. Phases are the multiples of `align_slots` below `stride`, counted
 /// on the DMA slot number `base_slot + i`.
-fn every_phase_fits(
-    pieces: &[(u64, u64)],
-    run: u64,
-    stride: u64,
-    align_slots: u64,
-    geometry: &Geometry,
-) -> bool {
+fn every_phase_fits(pieces: &[(u64, u64)], run: u64, stride: u64, align_slots: u64, geometry: &Geometry) -> bool {
     if run == 0 {
         return true;
     }

@@ -130,13 +130,7 @@ impl Placement {
         let wanted = (orig.as_u64() & phase_mask) >> SLOT_SHIFT;
         let phase = wanted.wrapping_sub(geometry.base_slot()) & (stride - 1);
         let last_start = last_start(geometry, constraints.dma_mask, offset, size)?;
-        Ok(Self {
-            size,
-            offset,
-            region_slots,
-            align_mask,
-            starts: StartRule { stride, phase, last_start, boundary },
-        })
+        Ok(Self { size, offset, region_slots, align_mask, starts: StartRule { stride, phase, last_start, boundary } })
     }
 
     /// A coherent allocation of `size` bytes (rule 5): whole pages, aligned to the smallest
@@ -147,13 +141,8 @@ impl Placement {
             return Err(DmaError::ZeroSize);
         }
         let segment_bytes = geometry.segment_slots * SLOT_SIZE;
-        let too_large = DmaError::TooLarge {
-            size,
-            region: size,
-            limit: segment_bytes,
-            min_align_mask: 0,
-            alloc_align_mask: 0,
-        };
+        let too_large =
+            DmaError::TooLarge { size, region: size, limit: segment_bytes, min_align_mask: 0, alloc_align_mask: 0 };
         if size > segment_bytes {
             return Err(too_large);
         }
@@ -176,18 +165,15 @@ impl Placement {
     pub fn accepts_start(&self, start: usize) -> bool {
         let rule = &self.starts;
         let phase_ok = (start as u64) & (rule.stride - 1) == rule.phase;
-        let boundary_ok = rule.boundary.is_none_or(|b| {
-            (b.shift + start as u64 % b.window_slots) % b.window_slots <= b.last_position
-        });
+        let boundary_ok =
+            rule.boundary.is_none_or(|b| (b.shift + start as u64 % b.window_slots) % b.window_slots <= b.last_position);
         phase_ok && boundary_ok && start <= rule.last_start
     }
 }
 
 /// Rule 4 folded into the alignment: no mask and at least a page means page alignment.
 pub(crate) fn effective_align_mask(constraints: &Constraints, size: usize) -> u64 {
-    let historic_page = constraints.min_align_mask == 0
-        && constraints.alloc_align_mask == 0
-        && size >= PAGE_SIZE;
+    let historic_page = constraints.min_align_mask == 0 && constraints.alloc_align_mask == 0 && size >= PAGE_SIZE;
     if historic_page {
         PAGE_SIZE as u64 - 1
     } else {
@@ -201,12 +187,7 @@ fn round_up(value: u64, mask: u64) -> Option<u64> {
 
 /// The segment-boundary rule for a buffer `offset` bytes into its region, or `None` when the
 /// buffer cannot avoid crossing a boundary wherever it goes. `Some(None)` means no restriction.
-fn boundary_rule(
-    geometry: &Geometry,
-    boundary_mask: u64,
-    offset: usize,
-    size: usize,
-) -> Option<Option<BoundaryRule>> {
+fn boundary_rule(geometry: &Geometry, boundary_mask: u64, offset: usize, size: usize) -> Option<Option<BoundaryRule>> {
     if boundary_mask == u64::MAX {
         return Some(None);
     }
@@ -230,17 +211,8 @@ fn boundary_rule(
 
 /// The last pool slot at which the region may start so that the buffer's last byte is still
 /// at or below the DMA mask.
-fn last_start(
-    geometry: &Geometry,
-    dma_mask: u64,
-    offset: usize,
-    size: usize,
-) -> Result<usize, DmaError> {
-    let unaddressable = DmaError::Unaddressable {
-        size,
-        dma_mask,
-        pool_dma_start: geometry.dma_base,
-    };
+fn last_start(geometry: &Geometry, dma_mask: u64, offset: usize, size: usize) -> Result<usize, DmaError> {
+    let unaddressable = DmaError::Unaddressable { size, dma_mask, pool_dma_start: geometry.dma_base };
     let lowest_last_byte = geometry.dma_base.as_u64() as u128 + offset as u128 + size as u128 - 1;
     let room = (dma_mask as u128).checked_sub(lowest_last_byte).ok_or(unaddressable)?;
     let last = (room >> SLOT_SHIFT).min(geometry.slots as u128 - 1);

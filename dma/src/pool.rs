@@ -125,12 +125,7 @@ type AreaGuard<'a> = MutexGuard<'a, Area<Book>>;
 impl<M: PhysMemory> BouncePool<M> {
     /// A pool over `phys`, which devices see at `dma_base` and the CPU reaches through
     /// `memory`.
-    pub fn new(
-        memory: M,
-        phys: PhysRange,
-        dma_base: DmaAddr,
-        config: PoolConfig,
-    ) -> Result<Self, PoolError> {
+    pub fn new(memory: M, phys: PhysRange, dma_base: DmaAddr, config: PoolConfig) -> Result<Self, PoolError> {
         let size = phys.size();
         if !size.is_multiple_of(SLOT_SIZE as u64) {
             return Err(PoolError::PartialSlot { size });
@@ -145,15 +140,13 @@ impl<M: PhysMemory> BouncePool<M> {
         if dma_base.checked_add(size).is_none() {
             return Err(PoolError::DmaRangeWraps { dma: dma_base, size });
         }
-        let slots = usize::try_from(size >> SLOT_SHIFT)
-            .map_err(|_| PoolError::TooSmall { size, areas: config.areas })?;
+        let slots =
+            usize::try_from(size >> SLOT_SHIFT).map_err(|_| PoolError::TooSmall { size, areas: config.areas })?;
         if slots < config.areas.max(1) {
             return Err(PoolError::TooSmall { size, areas: config.areas });
         }
         let geometry = Geometry::new(dma_base, slots, config.areas, config.segment_slots)?;
-        let pointer = memory
-            .window(start, slots * SLOT_SIZE)
-            .ok_or(PoolError::Unreachable { phys: start, size })?;
+        let pointer = memory.window(start, slots * SLOT_SIZE).ok_or(PoolError::Unreachable { phys: start, size })?;
         let slots = SlotAllocator::new(geometry, |area_slots| Book { records: vec![None; area_slots] });
         Ok(Self { memory, phys, bytes: PoolBytes(pointer), slots, counters: Counters::default() })
     }
@@ -259,12 +252,7 @@ impl<M: PhysMemory> BouncePool<M> {
                     }
                     core::ptr::copy(source.as_ptr(), region.add(placement.offset), size);
                 }
-                let record = Record {
-                    buffer: mapping.dma,
-                    size,
-                    kind: Use::Streaming { orig, direction },
-                    reserved,
-                };
+                let record = Record { buffer: mapping.dma, size, kind: Use::Streaming { orig, direction }, reserved };
                 self.remember(area, record);
                 mapping
             })
@@ -293,20 +281,11 @@ impl<M: PhysMemory> BouncePool<M> {
         }
         let (_area, record) = self.region_containing(dma)?;
         let Use::Streaming { orig, direction } = record.kind else {
-            return Err(DmaError::WrongKind {
-                dma,
-                expected: RegionKind::Streaming,
-                found: RegionKind::Coherent,
-            });
+            return Err(DmaError::WrongKind { dma, expected: RegionKind::Streaming, found: RegionKind::Coherent });
         };
         let delta = dma.offset_from(record.buffer).unwrap_or(0);
         if delta.checked_add(size as u64).is_none_or(|end| end > record.size as u64) {
-            return Err(DmaError::OutOfRange {
-                dma,
-                size,
-                buffer: record.buffer,
-                buffer_size: record.size,
-            });
+            return Err(DmaError::OutOfRange { dma, size, buffer: record.buffer, buffer_size: record.size });
         }
         // The caller's bytes at the same distance from the start as `dma` is from the buffer's.
         let orig = PhysAddr::new(orig.as_u64() + delta);
@@ -329,12 +308,7 @@ impl<M: PhysMemory> BouncePool<M> {
                 unsafe { core::ptr::write_bytes(region, 0, mapping.region_len) };
                 let record = Record { buffer: mapping.dma, size, kind: Use::Coherent, reserved };
                 self.remember(area, record);
-                CoherentBuffer {
-                    dma: mapping.dma,
-                    phys: mapping.bounce,
-                    virt: VirtAddr::from_ptr(region),
-                    size,
-                }
+                CoherentBuffer { dma: mapping.dma, phys: mapping.bounce, virt: VirtAddr::from_ptr(region), size }
             })
             .ok_or_else(|| self.no_space(&placement, &Constraints::NONE.with_dma_mask(dma_mask)))?;
         self.counters.took(placement.region_slots);

@@ -43,12 +43,7 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    pub fn new(
-        dma_base: DmaAddr,
-        slots: usize,
-        areas: usize,
-        segment_slots: usize,
-    ) -> Result<Self, PoolError> {
+    pub fn new(dma_base: DmaAddr, slots: usize, areas: usize, segment_slots: usize) -> Result<Self, PoolError> {
         if !areas.is_power_of_two() || !slots.is_multiple_of(areas) {
             return Err(PoolError::BadAreaCount { areas, slots });
         }
@@ -150,7 +145,11 @@ impl<T> Area<T> {
                 _ if step == words => low_bits(cursor_bit),
                 _ => u64::MAX,
             };
-            if window & self.free.word(index) == 0 {
+            let word = self.free.word(index);
+            // A run starting here ends in this word or the next (or is long and needs all 64
+            // slots of the next): too few free slots rule the word out before any mask is built.
+            let reachable = word.count_ones() + self.free.word(index + 1).count_ones();
+            if word & window == 0 || (reachable as usize) < run.min(65) {
                 continue;
             }
             let acceptable = filter.acceptable(index) & window;
@@ -203,7 +202,11 @@ impl StartFilter {
             Some(pattern) => pattern,
             None => {
                 let bit = self.phase.wrapping_sub(word as u64 * 64) & (self.stride - 1);
-                if bit < 64 { 1 << bit } else { 0 }
+                if bit < 64 {
+                    1 << bit
+                } else {
+                    0
+                }
             }
         }
     }
@@ -217,11 +220,8 @@ impl StartFilter {
                 // slots later, and the next window starts there at position 0.
                 let position = (shift + word as u64 * 64) & (window_slots - 1);
                 let to_edge = window_slots - position;
-                let in_this_window = if position <= last_position {
-                    bit_range(0, (last_position - position + 1) as usize)
-                } else {
-                    0
-                };
+                let in_this_window =
+                    if position <= last_position { bit_range(0, (last_position - position + 1) as usize) } else { 0 };
                 let in_next_window = if to_edge < 64 {
                     bit_range(to_edge as usize, (to_edge + last_position + 1).min(64) as usize)
                 } else {
@@ -256,7 +256,11 @@ impl LocalBoundary {
 
 /// Bits 0, n, 2n, ... set (`n` a power of two, at most 64).
 fn every_nth_bit(n: u64) -> u64 {
-    if n == 64 { 1 } else { u64::MAX / ((1u64 << n) - 1) }
+    if n == 64 {
+        1
+    } else {
+        u64::MAX / ((1u64 << n) - 1)
+    }
 }
 
 /// Slots grouped in areas, each behind its own lock with bookkeeping of type `T`.
@@ -293,11 +297,7 @@ impl<T> SlotAllocator<T> {
     /// Find and take a run of slots for `placement`, then run `record` on the area's
     /// bookkeeping while its lock is still held. Areas are tried round-robin from a rotating
     /// start, as CPUs start from their own area in Linux.
-    pub fn reserve<R>(
-        &self,
-        placement: &Placement,
-        record: impl FnOnce(&mut Area<T>, Reserved) -> R,
-    ) -> Option<R> {
+    pub fn reserve<R>(&self, placement: &Placement, record: impl FnOnce(&mut Area<T>, Reserved) -> R) -> Option<R> {
         let count = self.areas.len();
         let start = self.next_area.fetch_add(1, Ordering::Relaxed) & (count - 1);
         for step in 0..count {

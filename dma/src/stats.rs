@@ -122,26 +122,14 @@ pub struct Failures {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "slots {}/{} in use (high water {})",
-            self.slots_in_use, self.slots_total, self.high_water
-        )?;
-        writeln!(
-            f,
-            "maps {} unmaps {} allocs {} frees {}",
-            self.maps, self.unmaps, self.allocs, self.frees
-        )?;
+        writeln!(f, "slots {}/{} in use (high water {})", self.slots_in_use, self.slots_total, self.high_water)?;
+        writeln!(f, "maps {} unmaps {} allocs {} frees {}", self.maps, self.unmaps, self.allocs, self.frees)?;
         writeln!(f, "bounced {} B to device, {} B to cpu", self.bytes_to_device, self.bytes_to_cpu)?;
         let failures = &self.failures;
         write!(
             f,
             "refused: {} no space, {} too large, {} unaddressable, {} bad request, {} bad handle",
-            failures.no_space,
-            failures.too_large,
-            failures.unaddressable,
-            failures.bad_request,
-            failures.bad_handle
+            failures.no_space, failures.too_large, failures.unaddressable, failures.bad_request, failures.bad_handle
         )
     }
 }

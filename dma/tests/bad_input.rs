@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use dma::{
-    Constraints, DmaAddr, DmaDirection, DmaError, HeapMemory, MaskKind, PhysAddr, PhysRange,
-    PoolConfig, PoolError, RegionKind, BouncePool,
+    BouncePool, Constraints, DmaAddr, DmaDirection, DmaError, HeapMemory, MaskKind, PhysAddr, PhysRange, PoolConfig,
+    PoolError, RegionKind,
 };
 
 struct Scene {
@@ -88,9 +88,7 @@ fn wrong_sizes_are_refused() {
     let (dma, coherent) = (scene.streaming.dma, scene.coherent.dma);
     drop(scene);
     refused(DmaError::SizeMismatch { dma, mapped: 3000, given: 2999 }, |s| s.pool.unmap(dma, 2999));
-    refused(DmaError::SizeMismatch { dma: coherent, mapped: 5000, given: 8192 }, |s| {
-        s.pool.free(coherent, 8192)
-    });
+    refused(DmaError::SizeMismatch { dma: coherent, mapped: 5000, given: 8192 }, |s| s.pool.free(coherent, 8192));
 }
 
 #[test]
@@ -123,13 +121,7 @@ fn zero_sizes_are_refused() {
 #[test]
 fn sizes_above_the_limit_are_refused() {
     let limit = 256 << 10;
-    let too_large = |size, region| DmaError::TooLarge {
-        size,
-        region,
-        limit,
-        min_align_mask: 0,
-        alloc_align_mask: 0,
-    };
+    let too_large = |size, region| DmaError::TooLarge { size, region, limit, min_align_mask: 0, alloc_align_mask: 0 };
     refused(too_large(limit + 1, limit + 4096), |s| {
         s.pool.map(ram(0), limit + 1, DmaDirection::ToDevice, &Constraints::NONE).map(drop)
     });
@@ -139,7 +131,13 @@ fn sizes_above_the_limit_are_refused() {
     refused(too_large(limit + 1, limit + 1), |s| s.pool.alloc(limit + 1, u64::MAX).map(drop));
     // A buffer that must cross a 1 KiB boundary wherever it goes.
     let crossing = Constraints::NONE.with_seg_boundary_mask(0x3ff).with_min_align_mask(0xfff);
-    let expected = DmaError::TooLarge { size: 600, region: 2048, limit: 0x400 - 0x3ff, min_align_mask: 0xfff, alloc_align_mask: 0 };
+    let expected = DmaError::TooLarge {
+        size: 600,
+        region: 2048,
+        limit: 0x400 - 0x3ff,
+        min_align_mask: 0xfff,
+        alloc_align_mask: 0,
+    };
     refused(expected, |s| s.pool.map(ram(0x2f0), 600, DmaDirection::ToDevice, &crossing).map(drop));
 }
 
@@ -171,18 +169,15 @@ fn kinds_do_not_mix() {
     let scene = scene();
     let (dma, coherent) = (scene.streaming.dma, scene.coherent.dma);
     drop(scene);
-    refused(
-        DmaError::WrongKind { dma: coherent, expected: RegionKind::Streaming, found: RegionKind::Coherent },
-        |s| s.pool.unmap(coherent, 5000),
-    );
-    refused(
-        DmaError::WrongKind { dma, expected: RegionKind::Coherent, found: RegionKind::Streaming },
-        |s| s.pool.free(dma, 3000),
-    );
-    refused(
-        DmaError::WrongKind { dma: coherent, expected: RegionKind::Streaming, found: RegionKind::Coherent },
-        |s| s.pool.sync_for_cpu(coherent, 10),
-    );
+    refused(DmaError::WrongKind { dma: coherent, expected: RegionKind::Streaming, found: RegionKind::Coherent }, |s| {
+        s.pool.unmap(coherent, 5000)
+    });
+    refused(DmaError::WrongKind { dma, expected: RegionKind::Coherent, found: RegionKind::Streaming }, |s| {
+        s.pool.free(dma, 3000)
+    });
+    refused(DmaError::WrongKind { dma: coherent, expected: RegionKind::Streaming, found: RegionKind::Coherent }, |s| {
+        s.pool.sync_for_cpu(coherent, 10)
+    });
 }
 
 #[test]

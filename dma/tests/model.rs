@@ -22,8 +22,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use dma::{
-    CoherentBuffer, Constraints, DmaAddr, DmaDirection, DmaError, Mapping, PhysAddr, PoolConfig,
-    PAGE_SIZE, SLOT_SIZE,
+    CoherentBuffer, Constraints, DmaAddr, DmaDirection, DmaError, Mapping, PhysAddr, PoolConfig, PAGE_SIZE, SLOT_SIZE,
 };
 
 const STEPS_PER_SEED: usize = 62_500;
@@ -113,7 +112,7 @@ fn run_seed(seed: u64) {
     let base_offset = rng.below(64) * SLOT_SIZE as u64;
     // Half the seeds put the pool across DMA address 0x8000_0000, so a 31-bit mask cuts it.
     let phys = RAM_BASE + RAM_SIZE + base_offset;
-    let bus_offset = if seed % 2 == 0 {
+    let bus_offset = if seed.is_multiple_of(2) {
         0
     } else {
         (0x8000_0000 - pool_size / 2 + base_offset % PAGE_SIZE as u64).wrapping_sub(phys)
@@ -165,7 +164,8 @@ impl Machine {
     fn random_constraints(&mut self) -> Constraints {
         let rng = &mut self.rng;
         let dma_mask = if rng.chance(20) { 0x7fff_ffff } else { u64::MAX };
-        let boundary = if rng.chance(20) { rng.pick(&[0x3ffu64, 0xfff, 0x3fff, 0xffff, 0x3_ffff, 0x7_ffff]) } else { u64::MAX };
+        let boundary =
+            if rng.chance(20) { rng.pick(&[0x3ffu64, 0xfff, 0x3fff, 0xffff, 0x3_ffff, 0x7_ffff]) } else { u64::MAX };
         Constraints::NONE
             .with_min_align_mask(rng.pick(&[0, 0, 0x7ff, 0xfff, 0xfff, 0x3fff]))
             .with_alloc_align_mask(rng.pick(&[0, 0, 0xfff, 0x1fff, 0x3fff, 0xffff]))
@@ -220,10 +220,8 @@ impl Machine {
                 self.take(mapping.first_slot, mapping.slots);
                 self.origs.insert(orig.as_u64(), orig.as_u64() + size as u64);
                 let device_bytes = cpu_bytes.clone();
-                self.streaming.insert(
-                    mapping.dma.as_u64(),
-                    LiveMapping { mapping, orig, direction, cpu_bytes, device_bytes },
-                );
+                self.streaming
+                    .insert(mapping.dma.as_u64(), LiveMapping { mapping, orig, direction, cpu_bytes, device_bytes });
             }
             Err(error) => self.check_refusal(&rule, error),
         }

@@ -9,10 +9,7 @@
 mod common;
 
 use common::*;
-use dma::{
-    Constraints, DmaDirection, DmaError, PhysAddr, PoolConfig, DEFAULT_SEGMENT_SLOTS, PAGE_SIZE,
-    SLOT_SIZE,
-};
+use dma::{Constraints, DmaDirection, DmaError, PhysAddr, PoolConfig, DEFAULT_SEGMENT_SLOTS, PAGE_SIZE, SLOT_SIZE};
 
 const KIB: usize = 1024;
 
@@ -126,9 +123,8 @@ fn r4_max_mapping_size_holds_for_every_base_and_mask() {
                         continue;
                     }
                     for orig in phase_probes(min) {
-                        let mapping = pool
-                            .map(orig, limit, DmaDirection::ToDevice, &constraints)
-                            .unwrap_or_else(|error| {
+                        let mapping =
+                            pool.map(orig, limit, DmaDirection::ToDevice, &constraints).unwrap_or_else(|error| {
                                 panic!(
                                     "limit {limit} refused: {error} (base slot {base_slot}, pool \
                                      {pool_size}, {areas} areas, orig {orig})"
@@ -150,9 +146,9 @@ fn r4_max_mapping_size_holds_for_every_base_and_mask() {
 fn phase_probes(min_align_mask: u64) -> impl Iterator<Item = PhysAddr> {
     let phases = (min_align_mask + 1).div_ceil(SLOT_SIZE as u64).max(1);
     let step = (phases / 16).max(1);
-    (0..phases).step_by(step as usize).map(move |phase| {
-        ram(0x10_0000 + phase * SLOT_SIZE as u64 + (min_align_mask & (SLOT_SIZE as u64 - 1)))
-    })
+    (0..phases)
+        .step_by(step as usize)
+        .map(move |phase| ram(0x10_0000 + phase * SLOT_SIZE as u64 + (min_align_mask & (SLOT_SIZE as u64 - 1))))
 }
 
 /// R5 (seed 000, patch 6). A streaming map of 4 KiB or more with no mask is page aligned, even
@@ -209,9 +205,8 @@ fn r6_nvme_offsets_round_trip() {
 fn r7_almost_full_pool_fails_promptly() {
     let pool = pool_at(0, 1 << 20, 0, PoolConfig { areas: 4, ..PoolConfig::default() });
     let slots = pool.geometry().slots;
-    let fillers: Vec<_> = (0..slots)
-        .map(|_| pool.map(ram(0), SLOT_SIZE, DmaDirection::ToDevice, &Constraints::NONE).unwrap())
-        .collect();
+    let fillers: Vec<_> =
+        (0..slots).map(|_| pool.map(ram(0), SLOT_SIZE, DmaDirection::ToDevice, &Constraints::NONE).unwrap()).collect();
     for filler in fillers.iter().filter(|m| m.first_slot % 2 == 0).step_by(3) {
         pool.unmap(filler.dma, SLOT_SIZE).unwrap();
     }
@@ -267,10 +262,8 @@ fn r9_untrusted_padding_reads_as_zero() {
         let pool = simple_pool();
         let stale = pool.phys_range();
         pool.memory().fill(stale.start(), stale.size() as usize, 0xaa);
-        let constraints = Constraints::NONE
-            .with_min_align_mask(0xfff)
-            .with_alloc_align_mask(0xfff)
-            .with_zero_padding(zero_padding);
+        let constraints =
+            Constraints::NONE.with_min_align_mask(0xfff).with_alloc_align_mask(0xfff).with_zero_padding(zero_padding);
         let data = pattern(9, 1000);
         write(&pool, ram(0x234), &data);
         let mapping = pool.map(ram(0x234), 1000, DmaDirection::ToDevice, &constraints).unwrap();

@@ -17,8 +17,7 @@ pub fn pool_at(base_offset: u64, size: u64, bus_offset: u64, config: PoolConfig)
     let phys = PhysAddr::new(RAM_BASE + RAM_SIZE + base_offset);
     let memory = HeapMemory::new(PhysAddr::new(RAM_BASE), (RAM_SIZE + base_offset + size) as usize);
     let range = PhysRange::new(phys, size).expect("test pool range");
-    BouncePool::new(memory, range, DmaAddr::new(phys.as_u64() + bus_offset), config)
-        .expect("test pool")
+    BouncePool::new(memory, range, DmaAddr::new(phys.as_u64() + bus_offset), config).expect("test pool")
 }
 
 /// A 1 MiB pool, page aligned (and 1 MiB aligned), one area, DMA = physical.
