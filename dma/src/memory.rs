@@ -41,14 +41,6 @@ impl HeapMemory {
         Self { base, bytes: unsafe { zeroed.assume_init() } }
     }
 
-    pub fn base(&self) -> PhysAddr {
-        self.base
-    }
-
-    pub fn size(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// Copy `data` to `address` (what the CPU, or a device writing the bus, does).
     /// Returns `false` if the range is not inside this memory.
     pub fn write(&self, address: PhysAddr, data: &[u8]) -> bool {

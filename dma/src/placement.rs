@@ -159,16 +159,6 @@ impl Placement {
             starts: StartRule { stride, phase, last_start, boundary: None },
         })
     }
-
-    /// Whether a region starting at pool slot `start` meets every rule (not whether it is free).
-    /// The search never calls this; tests use it as the plain-arithmetic reference.
-    pub fn accepts_start(&self, start: usize) -> bool {
-        let rule = &self.starts;
-        let phase_ok = (start as u64) & (rule.stride - 1) == rule.phase;
-        let boundary_ok =
-            rule.boundary.is_none_or(|b| (b.shift + start as u64 % b.window_slots) % b.window_slots <= b.last_position);
-        phase_ok && boundary_ok && start <= rule.last_start
-    }
 }
 
 /// Rule 4 folded into the alignment: no mask and at least a page means page alignment.

@@ -101,14 +101,6 @@ impl<T> Area<T> {
         self.first_slot
     }
 
-    pub fn used(&self) -> usize {
-        self.used
-    }
-
-    pub fn is_free(&self, local_slot: usize) -> bool {
-        self.free.is_free(local_slot)
-    }
-
     /// Give back `slots` slots starting at pool slot `first_slot` (which must lie in this area
     /// and be in use: callers release exactly what they reserved).
     pub fn release(&mut self, first_slot: usize, slots: usize) {
