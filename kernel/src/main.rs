@@ -33,7 +33,6 @@ pub struct Machine {
     pub boot: BootInfo,
     pub devicetree: Devicetree<'static>,
     pub memory: memory::Memory,
-    pub options: BootOptions,
 }
 
 static MACHINE: Once<Machine> = Once::new();
@@ -81,7 +80,7 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         // No console device: nothing can be printed, so stop where a debugger can see it.
         Err(_) => power::stop(power::Outcome::Failure),
     }
-    if let Err(message) = describe_machine(boot, devicetree, options) {
+    if let Err(message) = describe_machine(boot, devicetree) {
         error!("boot failed: {message}");
         power::stop(power::Outcome::Failure);
     }
@@ -116,7 +115,6 @@ fn devicetree(blob: PhysRange) -> Option<Devicetree<'static>> {
 fn describe_machine(
     boot: BootInfo,
     devicetree: Devicetree<'static>,
-    options: BootOptions,
 ) -> Result<(), memory::MemoryError> {
     info!("machine: {}", devicetree.model());
     let cpus = devicetree.cpus();
@@ -130,7 +128,7 @@ fn describe_machine(
         None
     });
     power::set_psci(psci);
-    MACHINE.call_once(|| Machine { boot, devicetree, memory, options });
+    MACHINE.call_once(|| Machine { boot, devicetree, memory });
     Ok(())
 }
 

@@ -1,0 +1,99 @@
+//! Several CPUs at once. Each area has its own lock and search cursor so that CPUs do not
+//! contend; this checks that sharing one pool between threads never hands a slot to two
+//! mappings (which would show as one thread's bytes in another's buffer) and loses nothing.
+
+use std::sync::Barrier;
+
+use dma::{BouncePool, Constraints, DmaAddr, DmaDirection, PhysAddr, PhysMemory, PhysRange, PoolConfig};
+
+const RAM_BASE: u64 = 0x4000_0000;
+const THREADS: usize = 4;
+/// Each thread's own buffer space, below the pool.
+const PER_THREAD: u64 = 1 << 20;
+const POOL_SIZE: u64 = 2 << 20;
+const ROUNDS: usize = 2000;
+
+/// Simulated RAM shared by threads. Each thread touches only its own buffer range, and the
+/// pool touches only slots it owns, so no byte is accessed by two threads at once.
+struct SharedRam {
+    base: PhysAddr,
+    bytes: *mut u8,
+    size: usize,
+}
+
+// SAFETY: see the type's documentation: accesses from different threads are to disjoint bytes.
+unsafe impl Sync for SharedRam {}
+// SAFETY: the allocation is not tied to the creating thread.
+unsafe impl Send for SharedRam {}
+
+impl SharedRam {
+    fn new(size: usize) -> Self {
+        let bytes = Box::leak(vec![0u8; size].into_boxed_slice()).as_mut_ptr();
+        Self { base: PhysAddr::new(RAM_BASE), bytes, size }
+    }
+
+    fn slice(&self, address: PhysAddr, len: usize) -> &mut [u8] {
+        let pointer = self.window(address, len).expect("inside RAM");
+        // SAFETY: inside the allocation; only this thread touches these bytes (see above).
+        unsafe { std::slice::from_raw_parts_mut(pointer.as_ptr(), len) }
+    }
+}
+
+// SAFETY: windows are bounds-checked into a leaked allocation that is never freed and that
+// Rust code reaches only through raw pointers and the short-lived slices above.
+unsafe impl PhysMemory for SharedRam {
+    fn window(&self, address: PhysAddr, len: usize) -> Option<std::ptr::NonNull<u8>> {
+        let start = usize::try_from(address.offset_from(self.base)?).ok()?;
+        (start.checked_add(len)? <= self.size).then(|| std::ptr::NonNull::new(self.bytes.wrapping_add(start)))?
+    }
+}
+
+fn byte_for(thread: usize, round: usize, index: usize) -> u8 {
+    (thread * 31 + round * 7 + index) as u8
+}
+
+#[test]
+fn threads_sharing_a_pool_never_share_slots() {
+    let ram = SharedRam::new((THREADS as u64 * PER_THREAD + POOL_SIZE) as usize);
+    let pool_start = PhysAddr::new(RAM_BASE + THREADS as u64 * PER_THREAD);
+    let pool_range = PhysRange::new(pool_start, POOL_SIZE).unwrap();
+    let config = PoolConfig { areas: THREADS, ..PoolConfig::default() };
+    let pool = BouncePool::new(ram, pool_range, DmaAddr::new(pool_start.as_u64()), config).unwrap();
+    let start_together = Barrier::new(THREADS);
+
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let (pool, start_together) = (&pool, &start_together);
+            scope.spawn(move || {
+                start_together.wait();
+                let buffer = PhysAddr::new(RAM_BASE + thread as u64 * PER_THREAD);
+                let constraints = Constraints::NONE.with_min_align_mask(0xfff);
+                for round in 0..ROUNDS {
+                    let offset = (round * 0x1c8) as u64 % 0x1000;
+                    let size = 512 + (round * 1531) % (48 << 10);
+                    let orig = buffer.add(offset);
+                    let source = pool.memory().slice(orig, size);
+                    source.iter_mut().enumerate().for_each(|(index, byte)| *byte = byte_for(thread, round, index));
+                    let mapping = pool.map(orig, size, DmaDirection::Bidirectional, &constraints).unwrap();
+                    assert_eq!(mapping.dma.as_u64() & 0xfff, orig.as_u64() & 0xfff, "offset kept");
+
+                    // The device reads what this thread wrote, then answers with the bytes inverted.
+                    let bounce = pool.memory().slice(mapping.bounce, size);
+                    for (index, byte) in bounce.iter_mut().enumerate() {
+                        assert_eq!(*byte, byte_for(thread, round, index), "thread {thread} round {round}");
+                        *byte = !*byte;
+                    }
+                    pool.memory().slice(orig, size).fill(0);
+                    pool.unmap(mapping.dma, size).unwrap();
+                    let result = pool.memory().slice(orig, size);
+                    let intact =
+                        result.iter().enumerate().all(|(index, &byte)| byte == !byte_for(thread, round, index));
+                    assert!(intact, "thread {thread} round {round}: copy-back corrupted");
+                }
+            });
+        }
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.slots_in_use, 0, "every slot released");
+    assert_eq!(stats.maps, (THREADS * ROUNDS) as u64);
+}
