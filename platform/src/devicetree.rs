@@ -27,6 +27,8 @@ use core::fmt;
 use fdt::node::FdtNode;
 use fdt::Fdt;
 
+use crate::dma_config::{self, DmaDescription, PoolProblem, RestrictedPool, MAX_POOLS};
+
 /// How deep nodes may nest; real devicetrees stay below 8.
 pub const MAX_DEPTH: usize = 16;
 /// How many ranges one list (RAM, reservations, a device's `reg`) may hold.
@@ -90,6 +92,23 @@ pub enum Error<'a> {
         size: usize,
         capacity: usize,
     },
+    /// A `restricted-dma-pool` node that cannot serve as a bounce pool.
+    BadPool {
+        node: &'a str,
+        problem: PoolProblem,
+    },
+    /// A `memory-region` phandle (on `carrier`, inherited by `device`) that cannot be followed.
+    BadMemoryRegion {
+        device: &'a str,
+        carrier: &'a str,
+        phandle: u32,
+        problem: &'static str,
+    },
+    /// The `dma-ranges` of the buses above `node` share no address: it can reach no memory.
+    DmaUnreachable {
+        node: &'a str,
+        bus: &'a str,
+    },
 }
 
 impl fmt::Display for Error<'_> {
@@ -128,6 +147,20 @@ impl fmt::Display for Error<'_> {
             Error::StdoutNotFound { path } => {
                 write!(f, "/chosen/stdout-path names '{path}', which is not in the devicetree")
             }
+            Error::BadPool { node, problem } => write!(f, "restricted DMA pool '{node}' {problem}"),
+            Error::BadMemoryRegion { device, carrier, phandle, problem } if device == carrier => {
+                write!(f, "devicetree node '{device}': memory-region phandle {phandle:#x} {problem}")
+            }
+            Error::BadMemoryRegion { device, carrier, phandle, problem } => write!(
+                f,
+                "devicetree node '{device}': memory-region phandle {phandle:#x}, inherited from \
+                 '{carrier}', {problem}"
+            ),
+            Error::DmaUnreachable { node, bus } => write!(
+                f,
+                "devicetree node '{node}': the 'dma-ranges' of '{bus}' and the buses below it share no \
+                 address, so the device can reach no memory"
+            ),
         }
     }
 }
@@ -176,12 +209,18 @@ pub struct Reservation<'a> {
     pub no_map: bool,
 }
 
-/// A device node: its name, compatible strings and `reg` ranges in physical addresses.
+/// A device node: its name, compatible strings, `reg` ranges in physical addresses, and how
+/// it reaches memory.
 #[derive(Debug, Clone)]
 pub struct Device<'a> {
+    /// The node name with its unit address (`virtio_mmio@a000000`, `serial@7e201000`). Tables
+    /// use it to tell devices apart: the unit address is the device's first `reg` address on
+    /// its bus, so two devices share a name only if they sit at the same address on two
+    /// different buses, which real devicetrees avoid.
     pub name: &'a str,
     compatible: &'a [u8],
     pub regs: RangeList,
+    pub dma: DmaDescription<'a>,
 }
 
 impl<'a> Device<'a> {
@@ -293,6 +332,13 @@ impl<'a> Devicetree<'a> {
         Ok(reservations)
     }
 
+    /// Every enabled `restricted-dma-pool` child of `/reserved-memory`, validated as Linux
+    /// validates them (see [`crate::dma_config`]). Static pools are also in
+    /// [`Self::reservations`], under the same name.
+    pub fn restricted_pools(&self) -> Result<ArrayVec<RestrictedPool<'a>, MAX_POOLS>, Error<'a>> {
+        dma_config::restricted_pools(&self.fdt)
+    }
+
     /// The device named by `/chosen/stdout-path` (an alias or a path, options after `:`).
     pub fn stdout(&self) -> Result<Option<Device<'a>>, Error<'a>> {
         let Some(chosen) = self.fdt.find_node("/chosen") else { return Ok(None) };
@@ -379,7 +425,8 @@ impl<'a> Devicetree<'a> {
             }
         }
         let compatible = node.property("compatible").map_or(&[][..], |p| p.value);
-        Ok(Device { name: node.name, compatible, regs })
+        let dma = dma_config::describe(&self.fdt, node, &located.ancestors)?;
+        Ok(Device { name: node.name, compatible, regs, dma })
     }
 }
 
@@ -414,7 +461,7 @@ fn translate<'a>(node: &'a str, mut address: u64, ancestors: &[FdtNode<'_, 'a>])
 }
 
 /// The (address, size) pairs of `node`'s `reg`, in its parent's bus address space.
-fn parse_reg<'a>(node: &FdtNode<'_, 'a>, parent: &FdtNode<'_, 'a>) -> Result<RangeList, Error<'a>> {
+pub(crate) fn parse_reg<'a>(node: &FdtNode<'_, 'a>, parent: &FdtNode<'_, 'a>) -> Result<RangeList, Error<'a>> {
     let mut ranges = RangeList::new();
     let Some(reg) = node.property("reg") else { return Ok(ranges) };
     let address_cells = address_cells(parent)?;
@@ -442,7 +489,7 @@ fn checked_range(address: u64, size: u64, node: &str) -> Result<PhysRange, Error
 }
 
 /// Reads a big-endian number of `cells` 32-bit cells (at most two) from the front of `bytes`.
-fn read_cells(bytes: &[u8], cells: usize) -> Option<(u64, &[u8])> {
+pub(crate) fn read_cells(bytes: &[u8], cells: usize) -> Option<(u64, &[u8])> {
     if cells > 2 || bytes.len() < cells * 4 {
         return None;
     }
@@ -453,11 +500,11 @@ fn read_cells(bytes: &[u8], cells: usize) -> Option<(u64, &[u8])> {
     Some((value, rest))
 }
 
-fn address_cells<'a>(node: &FdtNode<'_, 'a>) -> Result<usize, Error<'a>> {
+pub(crate) fn address_cells<'a>(node: &FdtNode<'_, 'a>) -> Result<usize, Error<'a>> {
     cell_count(node, "#address-cells", 2)
 }
 
-fn size_cells<'a>(node: &FdtNode<'_, 'a>) -> Result<usize, Error<'a>> {
+pub(crate) fn size_cells<'a>(node: &FdtNode<'_, 'a>) -> Result<usize, Error<'a>> {
     cell_count(node, "#size-cells", 1)
 }
 
@@ -480,7 +527,7 @@ fn string_property<'a>(node: &FdtNode<'_, 'a>, name: &str) -> Option<&'a str> {
     core::str::from_utf8(text).ok()
 }
 
-fn is_enabled(node: &FdtNode<'_, '_>) -> bool {
+pub(crate) fn is_enabled(node: &FdtNode<'_, '_>) -> bool {
     matches!(string_property(node, "status"), None | Some("okay") | Some("ok"))
 }
 

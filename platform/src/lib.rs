@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod devicetree;
+pub mod dma_config;
 #[cfg(any(test, feature = "writer"))]
 pub mod fdt_writer;
 pub mod memmap;

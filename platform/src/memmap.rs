@@ -8,6 +8,11 @@
 //! - `/memreserve/` entries (firmware data, spin tables);
 //! - static `/reserved-memory` children (`reg`), such as a restricted DMA pool.
 //!
+//! A restricted DMA pool is a reservation like the others, with two extra duties. A static
+//! pool (`reg`) must not share a byte with anything else: [`MemoryMap::check_pool`]. A dynamic
+//! one (`size`) is placed by the kernel: [`MemoryMap::carve`] picks free pages below the limit
+//! of the devices that use it and reserves them, so the heap, chosen afterwards, avoids them.
+//!
 //! What remains, trimmed to whole pages, is free. Reservations may be listed in any order and
 //! may overlap one another (firmware often lists the same bytes twice); a reservation that is
 //! not inside RAM means the devicetree and the machine disagree, and boot stops with that
@@ -38,6 +43,34 @@ pub enum Error<'a> {
         range: PhysRange,
     },
     TooManyRanges,
+    /// A restricted DMA pool is not entirely inside RAM.
+    PoolOutsideRam {
+        pool: &'a str,
+        range: PhysRange,
+    },
+    /// A restricted DMA pool shares bytes with the kernel image, the devicetree or another
+    /// reservation.
+    PoolOverlaps {
+        pool: &'a str,
+        range: PhysRange,
+        other: &'a str,
+        other_range: PhysRange,
+    },
+    /// A pool request that cannot describe a pool: size zero or not whole pages, alignment not
+    /// a power of two.
+    BadPoolRequest {
+        pool: &'a str,
+        size: u64,
+        alignment: u64,
+    },
+    /// No free range holds the pool under its constraints.
+    PoolDoesNotFit {
+        pool: &'a str,
+        size: u64,
+        alignment: u64,
+        below: Option<PhysAddr>,
+        in_alloc_ranges: bool,
+    },
 }
 
 impl fmt::Display for Error<'_> {
@@ -50,6 +83,30 @@ impl fmt::Display for Error<'_> {
                  against /reserved-memory and /memreserve/)"
             ),
             Error::TooManyRanges => write!(f, "memory map: more than {MAX_RANGES} ranges"),
+            Error::PoolOutsideRam { pool, range } => {
+                write!(f, "memory map: restricted DMA pool '{pool}' {range} is not inside RAM")
+            }
+            Error::PoolOverlaps { pool, range, other, other_range } => write!(
+                f,
+                "memory map: restricted DMA pool '{pool}' {range} overlaps '{other}' {other_range}; a \
+                 device bouncing through it would read and write those bytes"
+            ),
+            Error::BadPoolRequest { pool, size, alignment } => write!(
+                f,
+                "memory map: restricted DMA pool '{pool}': size {size:#x} (whole pages, not zero) and \
+                 alignment {alignment:#x} (a power of two) do not describe a pool"
+            ),
+            Error::PoolDoesNotFit { pool, size, alignment, below, in_alloc_ranges } => {
+                write!(f, "memory map: no free range holds restricted DMA pool '{pool}' of {}", Size(*size))?;
+                write!(f, " aligned to {}", Size(*alignment))?;
+                if let Some(limit) = below {
+                    write!(f, " below {limit} (the limit of its devices)")?;
+                }
+                if *in_alloc_ranges {
+                    write!(f, " inside its alloc-ranges")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -108,6 +165,62 @@ impl<'a> MemoryMap<'a> {
         self.free.iter().copied().max_by_key(PhysRange::size)
     }
 
+    /// Checks a static restricted pool: inside RAM, and sharing no byte with the kernel image,
+    /// the devicetree or any other reservation. The pool's own entry (a reservation labelled
+    /// with its node name, as [`crate::devicetree::Devicetree::reservations`] lists it) is
+    /// not a conflict.
+    pub fn check_pool(&self, name: &'a str, range: PhysRange) -> Result<(), Error<'a>> {
+        if !self.ram.iter().any(|ram| ram.covers(&range)) {
+            return Err(Error::PoolOutsideRam { pool: name, range });
+        }
+        let mut others = self.reserved.iter().filter(|reservation| reservation.label != name);
+        match others.find(|reservation| reservation.range.overlaps(&range)) {
+            Some(other) => Err(Error::PoolOverlaps { pool: name, range, other: other.label, other_range: other.range }),
+            None => Ok(()),
+        }
+    }
+
+    /// Places a dynamic restricted pool and reserves it.
+    ///
+    /// The pool is `size` bytes of free RAM starting on a multiple of `alignment` (at least a
+    /// page), ending at or below `below` (one past the highest address every device of the
+    /// pool can reach; `None` = no limit), and inside one of `alloc_ranges` if any are given.
+    /// Of all such places the *highest* is chosen, as Linux's memblock allocates top-down: low
+    /// memory is what devices with small DMA limits need, so it is kept for them.
+    ///
+    /// The pool joins the reservations under `name`, mapped (the CPU copies bounce buffers
+    /// through it), and the free ranges are recomputed, so the heap chosen afterwards avoids it.
+    pub fn carve(
+        &mut self,
+        name: &'a str,
+        size: u64,
+        alignment: u64,
+        below: Option<PhysAddr>,
+        alloc_ranges: &[PhysRange],
+    ) -> Result<PhysRange, Error<'a>> {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !alignment.is_power_of_two() {
+            return Err(Error::BadPoolRequest { pool: name, size, alignment });
+        }
+        let alignment = alignment.max(PAGE_SIZE);
+        let everywhere = [PhysRange::new(PhysAddr::new(0), u64::MAX).ok_or(Error::TooManyRanges)?];
+        let allowed = if alloc_ranges.is_empty() { &everywhere[..] } else { alloc_ranges };
+        let limit = below.map_or(u64::MAX, PhysAddr::as_u64);
+        let candidates =
+            self.free.iter().flat_map(|free| allowed.iter().filter_map(|allowed| free.intersection(allowed)));
+        let start = candidates.filter_map(|window| highest_fit(window, size, alignment, limit)).max();
+        let Some(start) = start else {
+            let in_alloc_ranges = !alloc_ranges.is_empty();
+            return Err(Error::PoolDoesNotFit { pool: name, size, alignment, below, in_alloc_ranges });
+        };
+        let pool = PhysRange::new(start, size).ok_or(Error::TooManyRanges)?;
+        self.reserved
+            .try_push(Reservation { range: pool, label: name, no_map: false })
+            .map_err(|_| Error::TooManyRanges)?;
+        self.reserved.sort_unstable_by_key(|reservation| (reservation.range.start(), reservation.range.end()));
+        self.free = free_pages(&self.ram, &self.reserved)?;
+        Ok(pool)
+    }
+
     /// Every reserved and free range, sorted by start address.
     pub fn entries(&self) -> impl Iterator<Item = Entry<'a>> + '_ {
         let reserved = self.reserved.iter().map(|r| Entry { range: r.range, label: r.label });
@@ -153,6 +266,14 @@ impl MemoryMap<'_> {
         pieces.sort_unstable_by_key(|piece| piece.range.start());
         Ok(pieces)
     }
+}
+
+/// The highest `alignment`-aligned start of `size` bytes inside `window` ending at or below
+/// `limit`.
+fn highest_fit(window: PhysRange, size: u64, alignment: u64, limit: u64) -> Option<PhysAddr> {
+    let end = window.end().as_u64().min(limit);
+    let start = PhysAddr::new(end.checked_sub(size)?).align_down(alignment);
+    (start >= window.start()).then_some(start)
 }
 
 /// `range` minus every one of `holes`, in address order.
