@@ -15,4 +15,6 @@ pub mod fdt_writer;
 pub mod memmap;
 
 #[cfg(test)]
+mod dma_tests;
+#[cfg(test)]
 mod tests;

@@ -9,19 +9,19 @@ use crate::devicetree::{Devicetree, Error as DtError, PsciConduit, Reservation};
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap, Size};
 
-const GIB: u64 = 1 << 30;
-const MIB: u64 = 1 << 20;
+pub(crate) const GIB: u64 = 1 << 30;
+pub(crate) const MIB: u64 = 1 << 20;
 
-fn range(start: u64, size: u64) -> PhysRange {
+pub(crate) fn range(start: u64, size: u64) -> PhysRange {
     PhysRange::new(PhysAddr::new(start), size).unwrap()
 }
 
-fn reservation(label: &str, start: u64, size: u64) -> Reservation<'_> {
+pub(crate) fn reservation(label: &str, start: u64, size: u64) -> Reservation<'_> {
     Reservation { range: range(start, size), label, no_map: false }
 }
 
 /// Parses into storage that lives as long as the test.
-fn parse(blob: &[u8]) -> Result<Devicetree<'static>, DtError<'static>> {
+pub(crate) fn parse(blob: &[u8]) -> Result<Devicetree<'static>, DtError<'static>> {
     Devicetree::parse(blob, alloc::vec![0u8; blob.len()].leak())
 }
 
@@ -383,7 +383,7 @@ fn sizes_print_for_people() {
 }
 
 /// Checks every byte of RAM page by page: free exactly where no reservation touches the page.
-fn assert_free_is_ram_minus_reservations(map: &MemoryMap<'_>) {
+pub(crate) fn assert_free_is_ram_minus_reservations(map: &MemoryMap<'_>) {
     let page = crate::memmap::PAGE_SIZE;
     for ram in map.ram() {
         let mut address = ram.start().align_up(page).unwrap();
