@@ -205,7 +205,9 @@ pub struct Reservation<'a> {
     pub range: PhysRange,
     /// Where it came from: a `/reserved-memory` child's name, or `/memreserve/`.
     pub label: &'a str,
-    /// `no-map`: the kernel must not even map it (speculative reads could touch it).
+    /// Kept out of the linear map: the devicetree's `no-map` (not even speculative reads may
+    /// touch it), or a restricted DMA pool, which the kernel maps apart with the attributes its
+    /// devices need.
     pub no_map: bool,
 }
 

@@ -33,10 +33,12 @@
 //!   first entry that names a restricted pool wins (Linux's `of_dma_set_restricted_buffer`).
 //!   A phandle that names no node, or names a disabled pool, is an error: a device silently
 //!   falling back to direct DMA is the failure rule 12 forbids.
-//! - A restricted pool must be *mapped* and not reusable: the CPU copies every bounce buffer
-//!   through the linear map, and the page allocator must never hand its pages out. So
-//!   `no-map`, `reusable`, `linux,cma-default` and `linux,dma-default` are refused, as Linux's
-//!   `rmem_swiotlb_setup` refuses them.
+//! - A restricted pool must be mappable and belong to the pool alone: the CPU copies every
+//!   bounce buffer through it, and no other allocator may hand its pages out. So `no-map`,
+//!   `reusable`, `linux,cma-default` and `linux,dma-default` on the pool node are refused, as
+//!   Linux's `rmem_swiotlb_setup` refuses them. (Where the kernel maps the pool is its own
+//!   business: it keeps pools out of the linear map and maps each apart, see
+//!   [`crate::memmap::MemoryMap::carve`].)
 
 use addr::{DmaAddr, PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
@@ -116,8 +118,8 @@ impl fmt::Display for PoolProblem {
         match *self {
             PoolProblem::ForbiddenProperty(property) => write!(
                 f,
-                "has '{property}', but a bounce pool must stay mapped and owned by the kernel, which \
-                 copies every bounce buffer through it"
+                "has '{property}', which Linux refuses too: the CPU must map a bounce pool to copy \
+                 buffers through it, and no other allocator may hand its pages out"
             ),
             PoolProblem::ZeroSize => write!(f, "has size zero"),
             PoolProblem::SizeNotPageMultiple(size) => {

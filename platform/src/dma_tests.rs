@@ -177,8 +177,8 @@ fn pools_that_linux_refuses_are_errors_naming_the_node() {
     assert_eq!(error, bad_pool(PoolProblem::ForbiddenProperty("no-map")), "dynamic pools too");
     assert_eq!(
         format!("{error}"),
-        "restricted DMA pool 'bad-pool' has 'no-map', but a bounce pool must stay mapped and owned by \
-         the kernel, which copies every bounce buffer through it"
+        "restricted DMA pool 'bad-pool' has 'no-map', which Linux refuses too: the CPU must map a \
+         bounce pool to copy buffers through it, and no other allocator may hand its pages out"
     );
 }
 
@@ -644,7 +644,8 @@ fn carving_below_a_30_bit_limit_takes_the_highest_fit_and_the_heap_avoids_it() {
     let pool = map.carve("bounce", 4 * MIB, 0x1000, Some(PhysAddr::new(GIB)), &[]).unwrap();
     assert_eq!(pool, range(GIB - 4 * MIB, 4 * MIB));
     assert!(map.free().iter().all(|free| !free.overlaps(&pool)), "free no longer covers the pool");
-    assert!(map.reserved().contains(&Reservation { range: pool, label: "bounce", no_map: false }));
+    assert!(map.reserved().contains(&Reservation { range: pool, label: "bounce", no_map: true }));
+    assert!(map.linear_map(&[]).unwrap().iter().all(|piece| !piece.range.overlaps(&pool)), "mapped apart");
     assert_free_is_ram_minus_reservations(&map);
     let heap = map.largest_free().unwrap();
     assert!(!heap.overlaps(&pool));

@@ -188,8 +188,10 @@ impl<'a> MemoryMap<'a> {
     /// Of all such places the *highest* is chosen, as Linux's memblock allocates top-down: low
     /// memory is what devices with small DMA limits need, so it is kept for them.
     ///
-    /// The pool joins the reservations under `name`, mapped (the CPU copies bounce buffers
-    /// through it), and the free ranges are recomputed, so the heap chosen afterwards avoids it.
+    /// The pool joins the reservations under `name` with `no_map` set: the kernel keeps pools
+    /// out of the linear map and maps each one apart, with the caching its devices need (the
+    /// kernel's choice, not the devicetree's `no-map`, which a restricted pool must not have).
+    /// The free ranges are recomputed, so the heap chosen afterwards avoids the pool.
     pub fn carve(
         &mut self,
         name: &'a str,
@@ -213,9 +215,8 @@ impl<'a> MemoryMap<'a> {
             return Err(Error::PoolDoesNotFit { pool: name, size, alignment, below, in_alloc_ranges });
         };
         let pool = PhysRange::new(start, size).ok_or(Error::TooManyRanges)?;
-        self.reserved
-            .try_push(Reservation { range: pool, label: name, no_map: false })
-            .map_err(|_| Error::TooManyRanges)?;
+        let reservation = Reservation { range: pool, label: name, no_map: true };
+        self.reserved.try_push(reservation).map_err(|_| Error::TooManyRanges)?;
         self.reserved.sort_unstable_by_key(|reservation| (reservation.range.start(), reservation.range.end()));
         self.free = free_pages(&self.ram, &self.reserved)?;
         Ok(pool)
