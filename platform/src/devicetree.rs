@@ -20,6 +20,10 @@
 //!                              child addr  parent addr     size
 //!   ⇒ 0x7e201000 - 0x7e000000 + 0xfe000000 = 0xfe201000 (physical)
 //! ```
+//!
+//! Devices reach memory the other way round, through `dma-ranges`, and may be confined to a
+//! restricted DMA pool: each [`Device`] carries its [`DmaDescription`], computed by
+//! [`crate::dma_config`] from the node and the buses above it.
 
 use addr::{PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
