@@ -18,16 +18,52 @@ fn line_size() -> u64 {
     4 << ((ctr >> 16) & 0xf)
 }
 
+/// What to do to each cache line of a range.
+#[derive(Clone, Copy)]
+enum Operation {
+    /// `DC CVAC`: write dirty lines back to memory, keep them cached.
+    Clean,
+    /// `DC IVAC`: drop the lines without writing them back.
+    Invalidate,
+    /// `DC CIVAC`: write back, then drop.
+    CleanAndInvalidate,
+}
+
+fn for_each_line(start: u64, size: u64, operation: Operation) {
+    let line = line_size();
+    let mut address = start & !(line - 1);
+    while address < start + size {
+        // SAFETY: cache maintenance by VA changes no memory contents the caller does not own:
+        // clean writes back what the CPU wrote; invalidate is only used on ranges the caller
+        // owns and whose cached copies it wants gone.
+        unsafe {
+            match operation {
+                Operation::Clean => core::arch::asm!("dc cvac, {}", in(reg) address, options(nostack)),
+                Operation::Invalidate => core::arch::asm!("dc ivac, {}", in(reg) address, options(nostack)),
+                Operation::CleanAndInvalidate => core::arch::asm!("dc civac, {}", in(reg) address, options(nostack)),
+            }
+        }
+        address += line;
+    }
+    barrier::dsb(barrier::SY);
+}
+
+/// Writes the CPU's changes to `[start, start + size)` out to memory, so that a device that
+/// does not snoop the caches reads them (before a transfer *to* the device).
+pub fn clean_to_poc(start: u64, size: u64) {
+    for_each_line(start, size, Operation::Clean);
+}
+
+/// Writes back and drops the cached copies of `[start, start + size)`, so that the CPU's next
+/// reads fetch what a device wrote to memory (after a transfer *from* the device). Cleaning
+/// first keeps bytes that share a line with the buffer but lie outside it.
+pub fn clean_and_invalidate_to_poc(start: u64, size: u64) {
+    for_each_line(start, size, Operation::CleanAndInvalidate);
+}
+
 /// Discards every cache line holding part of `[start, start + size)` without writing it back.
 ///
 /// Used at boot with the MMU off, on memory the boot code wrote with the caches off.
 pub fn invalidate_to_poc(start: u64, size: u64) {
-    let line = line_size();
-    let mut address = start & !(line - 1);
-    while address < start + size {
-        // SAFETY: invalidation changes no memory; the caller owns the range.
-        unsafe { core::arch::asm!("dc ivac, {}", in(reg) address, options(nostack)) };
-        address += line;
-    }
-    barrier::dsb(barrier::SY);
+    for_each_line(start, size, Operation::Invalidate);
 }

@@ -46,6 +46,11 @@ primary_entry:
     bl      __early_enable_mmu
 
     // From here on the image runs at its link address: load absolute addresses from literals.
+    // Exceptions taken at EL1 always switch to SP_EL1; the kernel itself runs on SP_EL0. So a
+    // handler has a stack of its own even when the kernel's overflowed into the guard page.
+    ldr     x0, =__exception_stack_top
+    mov     sp, x0
+    msr     spsel, #0
     ldr     x0, =__boot_stack_top
     mov     sp, x0
     ldr     x0, =__bss_start

@@ -34,14 +34,16 @@ pub struct Frame {
 
 /// The vector the exception came through: which kind of exception, from where.
 const VECTOR_NAMES: [&str; 16] = [
-    "synchronous (EL1, SP_EL0)",
-    "IRQ (EL1, SP_EL0)",
-    "FIQ (EL1, SP_EL0)",
-    "SError (EL1, SP_EL0)",
+    // The kernel runs on SP_EL0: its own exceptions come through these four.
     "synchronous",
     "IRQ",
     "FIQ",
     "SError",
+    // SP_EL1 is the exception stack: these mean an exception inside an exception handler.
+    "synchronous (in an exception handler)",
+    "IRQ (in an exception handler)",
+    "FIQ (in an exception handler)",
+    "SError (in an exception handler)",
     "synchronous (from EL0, AArch64)",
     "IRQ (from EL0, AArch64)",
     "FIQ (from EL0, AArch64)",
@@ -52,8 +54,9 @@ const VECTOR_NAMES: [&str; 16] = [
     "SError (from EL0, AArch32)",
 ];
 
-/// Index of "current EL with SP_ELx, synchronous", the only vector the kernel expects.
-const CURRENT_EL_SYNCHRONOUS: u64 = 4;
+/// Index of "current EL with SP_EL0, synchronous": the kernel runs on SP_EL0 (see `entry.s`),
+/// so this is the only vector it expects.
+const CURRENT_EL_SYNCHRONOUS: u64 = 0;
 
 /// An exception syndrome (`ESR_EL1`) decoded for people (Arm ARM D19.2.37).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,12 +106,13 @@ fn with_tables<R>(action: impl FnOnce(&mut KernelTables) -> R) -> R {
     action(guard.as_mut().expect("kernel tables adopted at boot"))
 }
 
-/// Adds RAM to the linear map: normal cacheable memory, never executable.
-pub fn map_linear(ram: PhysRange, access: Access) -> Result<(), MapError> {
+/// Adds RAM to the linear map, never executable. `memory` is `Normal` for RAM the kernel
+/// uses, `NormalNonCacheable` for memory shared with devices that do not snoop the caches.
+pub fn map_linear(ram: PhysRange, memory: MemoryType, access: Access) -> Result<(), MapError> {
     if ram.end().as_u64() > layout::LINEAR_MAP_SIZE {
         return Err(MapError::BeyondLinearMap(ram));
     }
-    let attributes = Attributes::new(MemoryType::Normal, access, false);
+    let attributes = Attributes::new(memory, access, false);
     let virtual_start = layout::phys_to_virt(ram.start()).as_u64();
     with_tables(|kernel| kernel.tables.map(virtual_start, ram.start(), ram.size(), attributes))?;
     publish_new_entries();

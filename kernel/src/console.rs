@@ -63,10 +63,15 @@ pub fn start_logger() {
 
 impl Log for KernelLog {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= Level::Info
+        // Other crates' progress messages would drown the kernel's own; their warnings stay.
+        let threshold = if metadata.target().starts_with("virtio_drivers") { Level::Warn } else { Level::Info };
+        metadata.level() <= threshold
     }
 
     fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
         let elapsed = arch::timer::ticks() - START_TICKS.get().copied().unwrap_or(0);
         let frequency = arch::timer::frequency().max(1);
         let (seconds, micros) = (elapsed / frequency, (elapsed % frequency) * 1_000_000 / frequency);

@@ -17,10 +17,13 @@ extern crate alloc;
 
 mod board;
 mod console;
+mod dma;
 mod memory;
+mod net;
 mod power;
 mod testing;
 mod tests;
+mod virtio;
 
 use addr::PhysRange;
 use arch::BootInfo;
@@ -112,17 +115,16 @@ fn devicetree(blob: PhysRange) -> Option<Devicetree<'static>> {
     Devicetree::parse(bytes, storage).ok()
 }
 
-fn describe_machine(
-    boot: BootInfo,
-    devicetree: Devicetree<'static>,
-) -> Result<(), memory::MemoryError> {
+fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(), memory::MemoryError> {
     info!("machine: {}", devicetree.model());
     let cpus = devicetree.cpus();
     info!("cpus: {} (secondary start: {}), entered at EL{}", cpus.count, cpus.enable_method, boot.entry_el);
     info!("timer: {} Hz", arch::timer::frequency());
     info!("kernel image: {} (linked at {:#x})", boot.image, arch::layout::KERNEL_IMAGE_BASE);
     info!("devicetree: {} ({} bytes in use)", boot.devicetree, devicetree.size_in_bytes());
-    let memory = memory::init(&boot, &devicetree)?;
+    let plan = dma::pools::plan(&devicetree)?;
+    let memory = memory::init(&boot, &devicetree, &plan)?;
+    board::start_dma_devices(&plan.devices);
     let psci = devicetree.psci().unwrap_or_else(|error| {
         log::warn!("{error}: powering off will not be possible");
         None
@@ -132,12 +134,49 @@ fn describe_machine(
     Ok(())
 }
 
-/// What `cargo xtask qemu` shows: the machine as booted, then a clean power-off.
+/// What `cargo xtask qemu` shows: the machine as booted, a transfer on each virtio device,
+/// what the restricted pools did, then a clean power-off.
 fn demo() -> power::Outcome {
+    let outcome = match demo_transfers() {
+        Ok(()) => power::Outcome::Success,
+        Err(problem) => {
+            error!("demo: {problem}");
+            power::Outcome::Failure
+        }
+    };
+    for pool in dma::pools::pools() {
+        info!("restricted pool '{}' after the demo:", pool.name);
+        for line in alloc::format!("{}", pool.bounce.stats()).lines() {
+            info!("  {line}");
+        }
+        info!("  occupancy {}", pool.bounce.occupancy_map(64));
+    }
     let heap = memory::heap_statistics();
     info!("heap: {} used of {}", platform::memmap::Size(heap.used as u64), platform::memmap::Size(heap.size as u64));
-    info!("boot complete in {:?} of counter time", arch::timer::uptime());
-    power::Outcome::Success
+    outcome
+}
+
+fn demo_transfers() -> Result<(), &'static str> {
+    if let Some(disk) = virtio::BLOCK_DEVICE.lock().as_mut() {
+        let written: alloc::vec::Vec<u8> = (0..64 * 1024u32).map(|index| (index * 7 + 3) as u8).collect();
+        let mut read = alloc::vec![0u8; written.len()];
+        disk.write_blocks(8, &written).map_err(|_| "block write failed")?;
+        disk.read_blocks(8, &mut read).map_err(|_| "block read failed")?;
+        if read != written {
+            return Err("the block device returned other data than was written");
+        }
+        info!("demo: block device: wrote and read back 64 KiB at sector 8, identical");
+    }
+    if let Some(rng) = virtio::ENTROPY_DEVICE.lock().as_mut() {
+        let mut entropy = [0u8; 16];
+        rng.request_entropy(&mut entropy).map_err(|_| "entropy request failed")?;
+        info!("demo: entropy device: {entropy:02x?}");
+    }
+    if let Some(net) = virtio::NETWORK_DEVICE.lock().as_mut() {
+        let gateway = net::ask_gateway(net, 3)?;
+        info!("demo: network: 10.0.2.2 is at {gateway:02x?} (ARP through the pool both ways)");
+    }
+    Ok(())
 }
 
 /// Reads a low address, which nothing maps once boot is done: the exception handler reports

@@ -14,11 +14,15 @@ use core::fmt;
 use addr::{PhysAddr, PhysRange, VirtAddr};
 use arch::mmu::MapError;
 use arch::BootInfo;
+use arrayvec::ArrayVec;
 use linked_list_allocator::LockedHeap;
 use log::info;
-use platform::devicetree::{self, Devicetree, Reservation};
+use platform::devicetree::{self, Devicetree, Reservation, MAX_RANGES};
+use platform::dma_config::{PoolPlacement, MAX_POOLS};
 use platform::memmap::{self, MemoryMap, Size};
-use vmsa::Access;
+use vmsa::{Access, MemoryType};
+
+use crate::dma::pools::Plan;
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
@@ -30,12 +34,16 @@ pub struct Memory {
 }
 
 /// Why RAM could not be set up. Displayed without the heap, which does not exist yet.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum MemoryError {
     Devicetree(devicetree::Error<'static>),
     MemoryMap(memmap::Error<'static>),
     LinearMap(PhysRange, MapError),
     NoFreeRam,
+    /// A restricted pool's bounce pool could not be built on its range.
+    Pool(&'static str, dma::PoolError),
+    /// The devices of a pool cannot all reach it at one bus address.
+    PoolUnreachable(&'static str, PhysRange),
 }
 
 impl fmt::Display for MemoryError {
@@ -45,6 +53,10 @@ impl fmt::Display for MemoryError {
             MemoryError::MemoryMap(error) => write!(f, "{error}"),
             MemoryError::LinearMap(range, error) => write!(f, "cannot add {range} to the linear map: {error:?}"),
             MemoryError::NoFreeRam => write!(f, "no free RAM left for the heap"),
+            MemoryError::Pool(name, error) => write!(f, "restricted pool '{name}': {error}"),
+            MemoryError::PoolUnreachable(name, range) => {
+                write!(f, "restricted pool '{name}' {range}: not every device using it reaches it at one bus address")
+            }
         }
     }
 }
@@ -54,20 +66,26 @@ pub struct HeapStatistics {
     pub size: usize,
 }
 
-pub fn init(boot: &BootInfo, devicetree: &Devicetree<'static>) -> Result<Memory, MemoryError> {
+pub fn init(boot: &BootInfo, devicetree: &Devicetree<'static>, plan: &Plan) -> Result<Memory, MemoryError> {
     let ram = devicetree.memory().map_err(MemoryError::Devicetree)?;
     let mut reservations = devicetree.reservations().map_err(MemoryError::Devicetree)?;
+    for reservation in reservations.iter_mut() {
+        // The kernel maps each pool itself, with the caching its devices need.
+        reservation.no_map |= plan.pools.iter().any(|pool| pool.node.name == reservation.label);
+    }
     for (range, label) in [(boot.image, "kernel image"), (boot.devicetree, "devicetree")] {
         let reservation = Reservation { range, label, no_map: false };
         reservations.try_push(reservation).map_err(|_| MemoryError::MemoryMap(memmap::Error::TooManyRanges))?;
     }
-    let map = MemoryMap::compute(&ram, &reservations).map_err(MemoryError::MemoryMap)?;
+    let mut map = MemoryMap::compute(&ram, &reservations).map_err(MemoryError::MemoryMap)?;
+    let placed = place_pools(&mut map, plan)?;
     log_memory_map(&map);
 
     let linear = map.linear_map(&[boot.image, boot.devicetree]).map_err(MemoryError::MemoryMap)?;
     for piece in &linear {
         let access = if piece.writable { Access::ReadWrite } else { Access::ReadOnly };
-        arch::mmu::map_linear(piece.range, access).map_err(|error| MemoryError::LinearMap(piece.range, error))?;
+        arch::mmu::map_linear(piece.range, MemoryType::Normal, access)
+            .map_err(|error| MemoryError::LinearMap(piece.range, error))?;
     }
     arch::mmu::drop_identity_map();
     info!("linear map: RAM at {:#x} + physical address", arch::layout::LINEAR_MAP_BASE);
@@ -76,7 +94,29 @@ pub fn init(boot: &BootInfo, devicetree: &Devicetree<'static>) -> Result<Memory,
     // SAFETY: the range is free RAM, now mapped read-write, and nothing else uses it.
     unsafe { HEAP.lock().init(phys_to_virt(heap.start()).as_mut_ptr(), heap.size() as usize) };
     info!("heap: {} at {heap}", Size(heap.size()));
+
+    // Bounce pools keep their bookkeeping on the heap.
+    let writable: ArrayVec<PhysRange, { 2 * MAX_RANGES }> =
+        linear.iter().filter(|piece| piece.writable).map(|piece| piece.range).collect();
+    crate::dma::pools::create(plan, &placed, boot.image, &writable)?;
     Ok(Memory { map, heap })
+}
+
+/// Checks each static pool against everything else reserved; carves each dynamic pool out of
+/// free RAM below the DMA limit of its devices. Returns where each pool of `plan` is.
+fn place_pools(map: &mut MemoryMap<'static>, plan: &Plan) -> Result<ArrayVec<PhysRange, MAX_POOLS>, MemoryError> {
+    let mut placed = ArrayVec::new();
+    for request in &plan.pools {
+        let name = request.node.name;
+        let range = match &request.node.placement {
+            PoolPlacement::Static(range) => map.check_pool(name, *range).map(|()| *range),
+            PoolPlacement::Dynamic { size, alignment, alloc_ranges } => {
+                map.carve(name, *size, *alignment, request.limit, alloc_ranges)
+            }
+        };
+        placed.push(range.map_err(MemoryError::MemoryMap)?);
+    }
+    Ok(placed)
 }
 
 fn log_memory_map(map: &MemoryMap<'_>) {

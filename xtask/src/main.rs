@@ -37,6 +37,9 @@ enum Command {
         /// CPU model.
         #[arg(long, default_value = "cortex-a72")]
         cpu: String,
+        /// How the devicetree describes the restricted DMA pool.
+        #[arg(long, value_enum, default_value = "static")]
+        pool: devicetree::PoolForm,
         /// Kernel command line, e.g. `kernel.fault-demo` or `kernel.test`.
         #[arg(long, default_value = "")]
         append: String,
@@ -55,8 +58,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build => image::build().map(|image| println!("kernel: {}", image.display())),
-        Command::Qemu { el2, cpu, append, qemu_args } => {
-            qemu::run_demo(&qemu::Machine::virt(el2, &cpu), &append, &qemu_args)
+        Command::Qemu { el2, cpu, pool, append, qemu_args } => {
+            qemu::run_demo(&qemu::Machine::virt(el2, &cpu, pool), &append, &qemu_args)
         }
         Command::Test => test::run_all(),
     };

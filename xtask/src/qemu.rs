@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::devicetree::PoolForm;
 use crate::prerequisites::ensure_qemu;
 use crate::{devicetree, image, Result};
 
@@ -18,16 +19,39 @@ pub struct Machine {
     pub cpu: String,
     /// The exception level the kernel is entered at.
     pub entry_el: u8,
+    /// How the devicetree describes the restricted DMA pool.
+    pub pool: PoolForm,
 }
 
+/// Size of the virtio block device's disk image.
+const DISK_SIZE: u64 = 16 << 20;
+
 impl Machine {
-    pub fn virt(el2: bool, cpu: &str) -> Self {
+    pub fn virt(el2: bool, cpu: &str, pool: PoolForm) -> Self {
         let machine = if el2 { "virt,virtualization=on" } else { "virt" };
-        Self { machine: machine.into(), cpu: cpu.into(), entry_el: if el2 { 2 } else { 1 } }
+        Self { machine: machine.into(), cpu: cpu.into(), entry_el: if el2 { 2 } else { 1 }, pool }
     }
 
     pub fn name(&self) -> String {
-        format!("{} -cpu {} (EL{})", self.machine, self.cpu, self.entry_el)
+        format!("{} -cpu {} (EL{}, {:?} pool)", self.machine, self.cpu, self.entry_el, self.pool)
+    }
+
+    /// virtio devices on the MMIO transport: a disk, an entropy source, a network card on
+    /// QEMU's user network. `force-legacy=false` asks for virtio 1.x ("modern") transports.
+    fn devices(&self) -> Result<Vec<String>> {
+        let disk = image::build_directory().join("virtio-disk.img");
+        let file =
+            std::fs::File::create(&disk).map_err(|error| format!("cannot create {}: {error}", disk.display()))?;
+        file.set_len(DISK_SIZE).map_err(|error| format!("cannot size {}: {error}", disk.display()))?;
+        let drive = format!("if=none,format=raw,id=disk0,file={}", disk.display());
+        #[rustfmt::skip]
+        let arguments = [
+            "-global", "virtio-mmio.force-legacy=false",
+            "-drive", &drive, "-device", "virtio-blk-device,drive=disk0",
+            "-device", "virtio-rng-device",
+            "-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
+        ];
+        Ok(arguments.map(String::from).to_vec())
     }
 
     fn base_arguments(&self) -> Vec<String> {
@@ -38,7 +62,7 @@ impl Machine {
 
     /// QEMU's devicetree for this machine, with the kernel's test reservations added.
     fn devicetree(&self) -> Result<PathBuf> {
-        let stem = self.machine.replace([',', '='], "-") + "-" + &self.cpu;
+        let stem = format!("{}-{}-{:?}", self.machine.replace([',', '='], "-"), self.cpu, self.pool).to_lowercase();
         let dumped = image::build_directory().join(format!("{stem}.qemu.dtb"));
         let augmented = image::build_directory().join(format!("{stem}.dtb"));
         let mut arguments = self.base_arguments();
@@ -48,7 +72,7 @@ impl Machine {
         let blob = std::fs::read(&dumped).map_err(|_| {
             format!("QEMU did not dump its devicetree: {}", String::from_utf8_lossy(&output.stderr).trim())
         })?;
-        let blob = devicetree::with_reservations(&blob)?;
+        let blob = devicetree::for_kernel(&blob, self.pool)?;
         std::fs::write(&augmented, blob).map_err(|error| format!("cannot write {}: {error}", augmented.display()))?;
         Ok(augmented)
     }
@@ -57,6 +81,7 @@ impl Machine {
         let mut command = Command::new(QEMU);
         command.args(self.base_arguments());
         command.arg("-kernel").arg(kernel).arg("-dtb").arg(self.devicetree()?).args(["-append", bootargs]);
+        command.args(self.devices()?);
         Ok(command)
     }
 }

@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::devicetree::PoolForm;
 use crate::prerequisites::ensure_qemu;
 use crate::qemu::{self, Machine};
 use crate::{image, Result};
@@ -16,11 +17,12 @@ pub fn run_all() -> Result<()> {
     let (passed, failed) = host_tests()?;
     ensure_qemu()?;
     let kernel = image::build()?;
+    // Both entry levels, both CPU models, both forms of the restricted pool.
     let machines = [
-        Machine::virt(false, "cortex-a72"),
-        Machine::virt(true, "cortex-a72"),
-        Machine::virt(false, "max"),
-        Machine::virt(true, "max"),
+        Machine::virt(false, "cortex-a72", PoolForm::Static),
+        Machine::virt(true, "cortex-a72", PoolForm::Dynamic),
+        Machine::virt(false, "max", PoolForm::Dynamic),
+        Machine::virt(true, "max", PoolForm::Static),
     ];
     let mut summaries = Vec::new();
     for machine in &machines {

@@ -2,6 +2,8 @@
 //! subsystem; `testing` runs them all when the command line says `kernel.test`.
 
 mod boot;
+mod dma;
 mod exceptions;
 mod memory;
 mod mmu;
+pub mod virtio;

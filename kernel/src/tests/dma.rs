@@ -1,0 +1,116 @@
+//! The DMA API itself: typed streaming mappings, the direct route, how pools are mapped.
+
+use alloc::vec;
+
+use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
+use arrayvec::ArrayVec;
+use dma::Constraints;
+use platform::dma_config::{DmaDescription, DmaWindow};
+use vmsa::MemoryType;
+
+use crate::dma::{pools, Bidirectional, DmaApiError, DmaDevice, FromDevice, Route, Streaming, ToDevice};
+use crate::testing::{ensure, kernel_test};
+use crate::tests::virtio::pattern;
+
+/// A device restricted to the first pool, for exercising the API without a transfer.
+fn restricted_device() -> Result<DmaDevice, &'static str> {
+    let pool = pools::pools().first().ok_or("no restricted pool: boot with `cargo xtask test`")?;
+    Ok(DmaDevice::new("test device", Route::Restricted(pool), pool.coherent, Constraints::NONE, pools::kernel_memory()))
+}
+
+/// Reads `length` bytes at a physical address the kernel maps.
+fn bytes_at(physical: PhysAddr, length: usize) -> vec::Vec<u8> {
+    let virt = pools::kernel_memory().virt(PhysRange::new(physical, length as u64).unwrap()).unwrap();
+    // SAFETY: mapped memory; the test owns the mapping it reads.
+    unsafe { core::slice::from_raw_parts(virt.as_ptr::<u8>(), length) }.to_vec()
+}
+
+fn dma_to_pool_phys(dma: DmaAddr) -> PhysAddr {
+    let pool = &pools::pools()[0];
+    let offset = dma.offset_from(pool.bounce.geometry().dma_base).unwrap();
+    pool.range.start().add(offset)
+}
+
+kernel_test! {
+    /// A to-device mapping hands the device a copy inside the pool, at a DMA address that keeps
+    /// nothing of the original's but its bytes.
+    fn to_device_mapping_copies_into_the_pool() {
+        let device = restricted_device()?;
+        let data = pattern(7, 3000);
+        let buffer = device.physical(VirtAddr::from_ptr(data.as_ptr()), data.len()).map_err(|e| alloc::format!("{e}"))?;
+        let mapping = Streaming::<ToDevice>::new(&device, buffer).map_err(|e| alloc::format!("{e}"))?;
+        let pool = &pools::pools()[0];
+        let copy = dma_to_pool_phys(mapping.dma());
+        ensure!(pool.range.contains(copy), "DMA {:?} is not in the pool", mapping.dma());
+        ensure!(bytes_at(copy, data.len()) == data, "the pool copy differs from the buffer");
+        mapping.unmap().map_err(|e| alloc::format!("{e}"))?;
+        ensure!(device.audit_report().violations == 0, "audit violation");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// What a device writes reaches the buffer on `sync_for_cpu` (only the synced part) and
+    /// on unmap (all of it).
+    fn device_writes_reach_the_buffer_on_sync_and_unmap() {
+        let device = restricted_device()?;
+        let mut buffer_bytes = vec![0u8; 4096];
+        let buffer = device.physical(VirtAddr::from_ptr(buffer_bytes.as_ptr()), 4096).map_err(|e| alloc::format!("{e}"))?;
+        let mapping = Streaming::<FromDevice>::new(&device, buffer).map_err(|e| alloc::format!("{e}"))?;
+        let copy = dma_to_pool_phys(mapping.dma());
+        let device_writes = pattern(11, 4096);
+        let virt = pools::kernel_memory().virt(PhysRange::new(copy, 4096).unwrap()).ok_or("pool not mapped")?;
+        // SAFETY: the mapping's bounce buffer, written as the device would.
+        unsafe { core::ptr::copy_nonoverlapping(device_writes.as_ptr(), virt.as_mut_ptr(), 4096) };
+        mapping.sync_for_cpu(1000, 500).map_err(|e| alloc::format!("{e}"))?;
+        // SAFETY: reading our own buffer while the mapping lives, after a sync, is allowed.
+        let seen = unsafe { core::ptr::read_volatile(buffer_bytes.as_ptr().cast::<[u8; 4096]>()) };
+        ensure!(seen[1000..1500] == device_writes[1000..1500], "synced part not copied");
+        ensure!(seen[..1000].iter().chain(&seen[1500..]).all(|&byte| byte == 0), "unsynced bytes copied");
+        mapping.unmap().map_err(|e| alloc::format!("{e}"))?;
+        buffer_bytes.truncate(4096);
+        ensure!(buffer_bytes == device_writes, "unmap did not copy everything back");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A direct device gets bus addresses through its `dma-ranges` window (the Raspberry Pi 4
+    /// shape: bus 0xC000_0000 + CPU address), and a buffer outside the window is refused.
+    fn direct_device_translates_through_its_bus_window() {
+        let heap = crate::machine().memory.heap;
+        let window = DmaWindow { cpu_start: heap.start(), bus_start: DmaAddr::new(0xc000_0000), size: 1 << 20 };
+        let mut windows = ArrayVec::new();
+        windows.push(window);
+        let description = DmaDescription { pool: None, pool_named_by: None, windows, coherent: false };
+        let device = DmaDevice::new("direct test device", Route::Direct(description), false, Constraints::NONE, pools::kernel_memory());
+        let inside = PhysRange::new(heap.start().add(0x1234), 100).unwrap();
+        let mapping = Streaming::<Bidirectional>::new(&device, inside).map_err(|e| alloc::format!("{e}"))?;
+        ensure!(mapping.dma() == DmaAddr::new(0xc000_1234), "DMA {:?}", mapping.dma());
+        mapping.sync_for_device(0, 100).map_err(|e| alloc::format!("{e}"))?;
+        mapping.sync_for_cpu(0, 100).map_err(|e| alloc::format!("{e}"))?;
+        mapping.unmap().map_err(|e| alloc::format!("{e}"))?;
+        let outside = PhysRange::new(heap.start().add(2 << 20), 100).unwrap();
+        let refused = Streaming::<ToDevice>::new(&device, outside).err();
+        ensure!(refused == Some(DmaApiError::Unreachable { buffer: outside }), "got {refused:?}");
+        ensure!(device.alloc_coherent(4096).err() == Some(DmaApiError::NoCoherentMemory), "coherent memory for a non-coherent direct device");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// Every pool is inside RAM, listed in the memory map, outside the heap, and mapped with
+    /// the caching its devices need (uncached unless all of them snoop the caches).
+    fn pools_are_reserved_and_mapped_for_their_devices() {
+        let machine = crate::machine();
+        ensure!(!pools::pools().is_empty(), "no restricted pool: boot with `cargo xtask test`");
+        for pool in pools::pools() {
+            ensure!(machine.memory.map.reserved().iter().any(|r| r.range == pool.range), "{} not reserved", pool.name);
+            ensure!(!machine.memory.heap.overlaps(&pool.range), "{} overlaps the heap", pool.name);
+            let translation = arch::mmu::walk(arch::layout::phys_to_virt(pool.range.start())).ok_or("pool not mapped")?;
+            let expected = if pool.coherent { MemoryType::Normal } else { MemoryType::NormalNonCacheable };
+            ensure!(translation.attributes.memory == expected, "{} mapped as {:?}", pool.name, translation.attributes.memory);
+        }
+        Ok(())
+    }
+}
