@@ -7,7 +7,9 @@
 //! - a `restricted-dma-pool` under `/reserved-memory`, static (`reg`) or dynamic (`size` and
 //!   `alignment`, placed by the kernel), with a `phandle`;
 //! - `memory-region = <that phandle>` on every `virtio_mmio` node, so that every virtio
-//!   transfer bounces through the pool (contract rule 12).
+//!   transfer bounces through the pool (contract rule 12);
+//! - with the dynamic pool, the virtio nodes also lose `dma-coherent`: the kernel then maps the
+//!   pool uncached, so both ways of sharing a pool with devices are tested.
 
 use fdt::node::FdtNode;
 use fdt::Fdt;
@@ -62,10 +64,19 @@ struct Additions {
     pool_phandle: u32,
 }
 
+fn is_virtio(path: &str) -> bool {
+    path.rsplit('/').next().is_some_and(|name| name.starts_with("virtio_mmio@"))
+}
+
 impl Additions {
+    /// Whether the node at `path` keeps its property `name`.
+    fn keeps(&self, path: &str, name: &str) -> bool {
+        !(self.pool == PoolForm::Dynamic && name == "dma-coherent" && is_virtio(path))
+    }
+
     /// Properties to add to the node at `path`, after its own.
     fn properties(&self, writer: &mut FdtWriter, path: &str) {
-        if path.rsplit('/').next().is_some_and(|name| name.starts_with("virtio_mmio@")) {
+        if is_virtio(path) {
             writer.property_cells("memory-region", &[self.pool_phandle]);
         }
     }
@@ -104,7 +115,7 @@ fn split(value: u64) -> [u32; 2] {
 /// Copies `node` and everything below it, with the additions.
 fn copy_node(writer: &mut FdtWriter, node: FdtNode<'_, '_>, path: &str, additions: &Additions, has_reserved: bool) {
     writer.begin_node(if path.is_empty() { "" } else { node.name });
-    for property in node.properties() {
+    for property in node.properties().filter(|property| additions.keeps(path, property.name)) {
         writer.property(property.name, property.value);
     }
     additions.properties(writer, path);
@@ -161,6 +172,7 @@ mod tests {
             w.begin_node(&format!("virtio_mmio@{address:x}"));
             w.property_string("compatible", "virtio,mmio");
             w.property_reg64("reg", &[(address, 0x200)]);
+            w.property("dma-coherent", &[]);
             w.end_node();
         }
         w.end_node();
@@ -178,6 +190,8 @@ mod tests {
             let virtio = dt.compatible_devices(&["virtio,mmio"]).unwrap();
             assert_eq!(virtio.len(), 2);
             assert!(virtio.iter().all(|device| device.dma.pool == Some(pools[0].name)), "{form:?}");
+            let coherent = form == PoolForm::Static;
+            assert!(virtio.iter().all(|device| device.dma.coherent == coherent), "{form:?}: dma-coherent");
             assert_eq!(dt.reservations().unwrap().len(), 2 + usize::from(form == PoolForm::Static), "{form:?}");
         }
     }
