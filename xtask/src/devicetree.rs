@@ -8,8 +8,9 @@
 //!   `alignment`, placed by the kernel), with a `phandle`;
 //! - `memory-region = <that phandle>` on every `virtio_mmio` node, so that every virtio
 //!   transfer bounces through the pool (contract rule 12);
-//! - with the dynamic pool, the virtio nodes also lose `dma-coherent`: the kernel then maps the
-//!   pool uncached, so both ways of sharing a pool with devices are tested.
+//! - with the dynamic pool, the virtio nodes are also declared `dma-noncoherent` (QEMU marks
+//!   the whole machine `dma-coherent`): the kernel then maps the pool uncached, so both ways of
+//!   sharing a pool with devices are tested.
 
 use fdt::node::FdtNode;
 use fdt::Fdt;
@@ -69,15 +70,22 @@ fn is_virtio(path: &str) -> bool {
 }
 
 impl Additions {
+    fn declares_non_coherent(&self, path: &str) -> bool {
+        self.pool == PoolForm::Dynamic && is_virtio(path)
+    }
+
     /// Whether the node at `path` keeps its property `name`.
     fn keeps(&self, path: &str, name: &str) -> bool {
-        !(self.pool == PoolForm::Dynamic && name == "dma-coherent" && is_virtio(path))
+        !(name == "dma-coherent" && self.declares_non_coherent(path))
     }
 
     /// Properties to add to the node at `path`, after its own.
     fn properties(&self, writer: &mut FdtWriter, path: &str) {
         if is_virtio(path) {
             writer.property_cells("memory-region", &[self.pool_phandle]);
+        }
+        if self.declares_non_coherent(path) {
+            writer.property("dma-noncoherent", &[]);
         }
     }
 
@@ -161,6 +169,7 @@ mod tests {
         w.begin_node("");
         w.property_cells("#address-cells", &[2]);
         w.property_cells("#size-cells", &[2]);
+        w.property("dma-coherent", &[]);
         w.begin_node("memory@40000000");
         w.property_string("device_type", "memory");
         w.property_reg64("reg", &[(0x4000_0000, 1 << 30)]);
