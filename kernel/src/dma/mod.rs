@@ -69,6 +69,12 @@ pub enum DmaApiError {
     Unreachable {
         buffer: PhysRange,
     },
+    /// A sync of bytes outside the mapping.
+    OutsideMapping {
+        offset: u64,
+        size: u64,
+        mapping_size: u64,
+    },
     /// The buffer is not in memory the kernel maps, or not physically contiguous.
     NotRam {
         address: VirtAddr,
@@ -93,6 +99,9 @@ impl fmt::Display for DmaApiError {
         match self {
             DmaApiError::Pool(error) => write!(f, "{error}"),
             DmaApiError::Unreachable { buffer } => write!(f, "buffer {buffer} is outside the device's DMA windows"),
+            DmaApiError::OutsideMapping { offset, size, mapping_size } => {
+                write!(f, "{size} bytes at offset {offset} are outside a {mapping_size}-byte mapping")
+            }
             DmaApiError::NotRam { address, size } => {
                 write!(f, "{size} bytes at {address:?} are not contiguous RAM the kernel maps")
             }

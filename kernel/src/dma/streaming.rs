@@ -73,7 +73,7 @@ impl<'d, D: Direction> Streaming<'d, D> {
 
     /// `[offset, offset + size)` of the mapping, in both address spaces.
     fn part(&self, offset: u64, size: u64) -> Result<(DmaAddr, PhysRange), DmaApiError> {
-        let out_of_range = DmaApiError::Unreachable { buffer: self.buffer };
+        let out_of_range = DmaApiError::OutsideMapping { offset, size, mapping_size: self.buffer.size() };
         let end = offset.checked_add(size).filter(|&end| end <= self.buffer.size()).ok_or(out_of_range)?;
         let part = PhysRange::new(self.buffer.start().add(offset), end - offset).ok_or(out_of_range)?;
         Ok((self.dma.add(offset), part))

@@ -89,6 +89,8 @@ kernel_test! {
         ensure!(mapping.dma() == DmaAddr::new(0xc000_1234), "DMA {:?}", mapping.dma());
         mapping.sync_for_device(0, 100).map_err(|e| alloc::format!("{e}"))?;
         mapping.sync_for_cpu(0, 100).map_err(|e| alloc::format!("{e}"))?;
+        let beyond = mapping.sync_for_cpu(90, 20).err();
+        ensure!(beyond == Some(DmaApiError::OutsideMapping { offset: 90, size: 20, mapping_size: 100 }), "got {beyond:?}");
         mapping.unmap().map_err(|e| alloc::format!("{e}"))?;
         let outside = PhysRange::new(heap.start().add(2 << 20), 100).unwrap();
         let refused = Streaming::<ToDevice>::new(&device, outside).err();
