@@ -32,9 +32,12 @@ impl SharedRam {
         Self { base: PhysAddr::new(RAM_BASE), bytes, size }
     }
 
-    fn slice(&self, address: PhysAddr, len: usize) -> &mut [u8] {
+    /// # Safety
+    /// No one else reads or writes these bytes while the slice lives.
+    #[expect(clippy::mut_from_ref, reason = "simulated RAM shared by threads; exclusivity is the caller's contract")]
+    unsafe fn slice(&self, address: PhysAddr, len: usize) -> &mut [u8] {
         let pointer = self.window(address, len).expect("inside RAM");
-        // SAFETY: inside the allocation; only this thread touches these bytes (see above).
+        // SAFETY: inside the allocation; the caller vouches for exclusive access.
         unsafe { std::slice::from_raw_parts_mut(pointer.as_ptr(), len) }
     }
 }
@@ -72,20 +75,24 @@ fn threads_sharing_a_pool_never_share_slots() {
                     let offset = (round * 0x1c8) as u64 % 0x1000;
                     let size = 512 + (round * 1531) % (48 << 10);
                     let orig = buffer.add(offset);
-                    let source = pool.memory().slice(orig, size);
+                    // SAFETY: this thread's own buffer region.
+                    let source = unsafe { pool.memory().slice(orig, size) };
                     source.iter_mut().enumerate().for_each(|(index, byte)| *byte = byte_for(thread, round, index));
                     let mapping = pool.map(orig, size, DmaDirection::Bidirectional, &constraints).unwrap();
                     assert_eq!(mapping.dma.as_u64() & 0xfff, orig.as_u64() & 0xfff, "offset kept");
 
                     // The device reads what this thread wrote, then answers with the bytes inverted.
-                    let bounce = pool.memory().slice(mapping.bounce, size);
+                    // SAFETY: this mapping's bounce slots, which the pool gave this thread alone.
+                    let bounce = unsafe { pool.memory().slice(mapping.bounce, size) };
                     for (index, byte) in bounce.iter_mut().enumerate() {
                         assert_eq!(*byte, byte_for(thread, round, index), "thread {thread} round {round}");
                         *byte = !*byte;
                     }
-                    pool.memory().slice(orig, size).fill(0);
+                    // SAFETY: this thread's own buffer region.
+                    unsafe { pool.memory().slice(orig, size) }.fill(0);
                     pool.unmap(mapping.dma, size).unwrap();
-                    let result = pool.memory().slice(orig, size);
+                    // SAFETY: this thread's own buffer region.
+                    let result = unsafe { pool.memory().slice(orig, size) };
                     let intact =
                         result.iter().enumerate().all(|(index, &byte)| byte == !byte_for(thread, round, index));
                     assert!(intact, "thread {thread} round {round}: copy-back corrupted");
