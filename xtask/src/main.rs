@@ -4,16 +4,20 @@
 //! - `cargo xtask qemu [-- QEMU ARGS]`: build, boot on QEMU `virt`, stream the console.
 //! - `cargo xtask test`: host tests of every pure crate, then the kernel's own tests under
 //!   QEMU at EL1 and EL2 on two CPU models; fails if anything fails or QEMU hangs.
+//! - `cargo xtask sdcard`: a Raspberry Pi 4 SD card image (firmware, devicetree, kernel).
 //!
 //! Each command checks its prerequisites first (the Rust target, QEMU >= 9) and installs
 //! them where it can, or says exactly what to run.
 
 mod devicetree;
+mod firmware;
 mod image;
 mod prerequisites;
 mod qemu;
+mod sdcard;
 mod test;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +53,19 @@ enum Command {
     },
     /// Run the host tests, then the kernel tests under QEMU.
     Test,
+    /// Build a Raspberry Pi 4 SD card image: firmware, devicetree, config.txt, kernel.
+    Sdcard {
+        /// Take start4.elf, fixup4.dat and bcm2711-rpi-4-b.dtb from DIR instead of fetching
+        /// them from Debian's packages.
+        #[arg(long, value_name = "DIR")]
+        firmware_dir: Option<PathBuf>,
+        /// Where to write the image [default: target/raspi/sdcard.img].
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Kernel command line, written to cmdline.txt, e.g. `kernel.test`.
+        #[arg(long, default_value = "")]
+        append: String,
+    },
 }
 
 /// An error for the user: one line saying what went wrong and what to do.
@@ -62,6 +79,9 @@ fn main() -> ExitCode {
             qemu::run_demo(&qemu::Machine::virt(el2, &cpu, pool), &append, &qemu_args)
         }
         Command::Test => test::run_all(),
+        Command::Sdcard { firmware_dir, output, append } => {
+            sdcard::run(firmware_dir.as_deref(), output.as_deref(), &append)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
