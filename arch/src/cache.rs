@@ -67,3 +67,10 @@ pub fn clean_and_invalidate_to_poc(start: u64, size: u64) {
 pub fn invalidate_to_poc(start: u64, size: u64) {
     for_each_line(start, size, Operation::Invalidate);
 }
+
+/// Makes every memory write before it visible to devices before any write after it: what a
+/// driver needs between filling a descriptor in shared memory and ringing the device's
+/// doorbell register (Linux's `wmb()` before `writel`).
+pub fn order_writes_before_doorbell() {
+    barrier::dsb(barrier::ST);
+}

@@ -111,12 +111,7 @@ impl Pl011 {
 
 impl fmt::Write for Pl011 {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        for byte in text.bytes() {
-            if byte == b'\n' {
-                self.write_byte(b'\r');
-            }
-            self.write_byte(byte);
-        }
+        crate::write_terminal_text(text, |byte| self.write_byte(byte));
         Ok(())
     }
 }

@@ -1,16 +1,23 @@
 //! Board code: which driver serves which device the devicetree lists.
 //!
-//! Nothing here names an address or a board. A new board (the Raspberry Pi 4's mini UART,
-//! say) adds a `compatible` match here and a driver in `drivers`; the generic kernel does not
-//! change.
+//! Nothing here names an address or a board. A new board adds a `compatible` match here and
+//! a driver in `drivers`; the generic kernel does not change. The Raspberry Pi 4 came in this
+//! way: its console is the mini UART, not the PL011 that QEMU `virt` has.
+
+use alloc::string::String;
 
 use dma::Constraints;
+use drivers::bcm2835_dma::Controller;
+use drivers::mini_uart::MiniUart;
 use drivers::pl011::Pl011;
 use log::{info, warn};
 use platform::devicetree::{Device, Devicetree};
 
 use crate::console::{self, ConsoleDevice};
 use crate::dma::{pools, DmaDevice, Route};
+
+/// virtio devices address all 64 bits (virtio 1.x, 2.4 "Virtqueues").
+const VIRTIO_DMA_MASK: u64 = u64::MAX;
 
 /// Why the console could not be started. Nothing can print this: the caller stops.
 #[derive(Debug)]
@@ -25,52 +32,58 @@ pub enum ConsoleError {
 pub fn start_console(devicetree: &Devicetree<'static>) -> Result<&'static str, ConsoleError> {
     let device = devicetree.stdout().map_err(|_| ConsoleError::Devicetree)?.ok_or(ConsoleError::NoStdoutPath)?;
     let registers = *device.regs.first().ok_or(ConsoleError::Devicetree)?;
-    if !device.is_compatible(Pl011::COMPATIBLE) {
+    let is_pl011 = device.is_compatible(Pl011::COMPATIBLE);
+    if !is_pl011 && !device.is_compatible(MiniUart::COMPATIBLE) {
         return Err(ConsoleError::NoDriver);
     }
     let mapped = arch::mmu::map_device(registers).map_err(|_| ConsoleError::Mapping)?;
-    // SAFETY: freshly mapped as device memory; the console is the UART's only user.
-    let uart = unsafe { Pl011::new(mapped.as_mut_ptr()) };
-    console::install(ConsoleDevice::Pl011(uart));
+    // SAFETY (both arms): freshly mapped as device memory; the console is the UART's only user.
+    let uart = match is_pl011 {
+        true => ConsoleDevice::Pl011(unsafe { Pl011::new(mapped.as_mut_ptr()) }),
+        false => ConsoleDevice::MiniUart(unsafe { MiniUart::new(mapped.as_mut_ptr()) }),
+    };
+    console::install(uart);
     Ok(device.name)
 }
 
 /// Starts a driver for every DMA-capable device that has one, each with its own DMA handle,
 /// and prints the DMA table: one row per device, how its transfers reach memory.
-pub fn start_dma_devices(devices: &[Device<'static>]) {
+pub fn start_dma_devices(devicetree: &Devicetree<'static>, devices: &[Device<'static>]) {
     info!("DMA devices:");
     for device in devices {
-        let Some(&registers) = device.regs.first() else { continue };
-        let transport = match crate::virtio::open_transport(registers) {
-            Ok(Some(transport)) => transport,
-            Ok(None) => continue, // an empty virtio-mmio slot
-            Err(problem) => {
-                warn!("  {:<22} {problem}", device.name);
-                continue;
-            }
+        let started = if device.is_compatible(Controller::COMPATIBLE) {
+            start_dma_engine(devicetree, device)
+        } else {
+            start_virtio(device)
         };
-        let dma = match dma_device(device) {
-            Ok(dma) => dma,
-            Err(problem) => {
-                warn!("  {:<22} not started: {problem}", device.name);
-                continue;
-            }
-        };
-        match crate::virtio::start(transport, dma) {
-            Ok(kind) => info!("  {:<22} {kind:<8} {}", device.name, device.dma),
+        match started {
+            Ok(Some(kind)) => info!("  {:<22} {kind:<8} {}", device.name, device.dma),
+            Ok(None) => {} // an empty virtio-mmio slot
             Err(problem) => warn!("  {:<22} not started: {problem}", device.name),
         }
     }
 }
 
+fn start_virtio(device: &Device<'static>) -> Result<Option<String>, String> {
+    let registers = *device.regs.first().ok_or("no registers")?;
+    let Some(transport) = crate::virtio::open_transport(registers)? else { return Ok(None) };
+    let dma = dma_device(device, VIRTIO_DMA_MASK)?;
+    Ok(Some(crate::virtio::start(transport, dma)?.into()))
+}
+
+fn start_dma_engine(devicetree: &Devicetree<'static>, device: &Device<'static>) -> Result<Option<String>, String> {
+    let dma = dma_device(device, crate::dma_engine::ENGINE_DMA_MASK)?;
+    Ok(Some(crate::dma_engine::start(devicetree, device, dma)?))
+}
+
 /// The DMA handle for `device`: through its restricted pool if it names one (force bounce,
-/// contract rule 12), otherwise direct through its bus windows.
-fn dma_device(device: &Device<'static>) -> Result<DmaDevice, &'static str> {
+/// contract rule 12), otherwise direct through its bus windows, bouncing what they do not
+/// reach through the default pool. `dma_mask` is what the device itself can address.
+pub fn dma_device(device: &Device<'static>, dma_mask: u64) -> Result<DmaDevice, &'static str> {
     let route = match device.dma.pool {
         Some(name) => Route::Restricted(pools::pool(name).ok_or("its restricted pool was not created")?),
-        None => Route::Direct(device.dma.clone()),
+        None => Route::Direct { windows: device.dma.clone(), bounce: pools::default_pool() },
     };
-    let dma_mask = device.dma.limit().map_or(u64::MAX, |limit| limit.as_u64() - 1);
     let constraints = Constraints::NONE.with_dma_mask(dma_mask);
     Ok(DmaDevice::new(device.name, route, device.dma.coherent, constraints, pools::kernel_memory()))
 }

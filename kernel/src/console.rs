@@ -9,6 +9,7 @@
 
 use core::fmt::{self, Write};
 
+use drivers::mini_uart::MiniUart;
 use drivers::pl011::Pl011;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use spin::Mutex;
@@ -16,12 +17,14 @@ use spin::Mutex;
 /// The UART drivers the console can use.
 pub enum ConsoleDevice {
     Pl011(Pl011),
+    MiniUart(MiniUart),
 }
 
 impl Write for ConsoleDevice {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         match self {
             ConsoleDevice::Pl011(uart) => uart.write_str(text),
+            ConsoleDevice::MiniUart(uart) => uart.write_str(text),
         }
     }
 }

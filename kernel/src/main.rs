@@ -18,6 +18,7 @@ extern crate alloc;
 mod board;
 mod console;
 mod dma;
+mod dma_engine;
 mod memory;
 mod net;
 mod power;
@@ -124,7 +125,7 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(
     info!("devicetree: {} ({} bytes in use)", boot.devicetree, devicetree.size_in_bytes());
     let plan = dma::pools::plan(&devicetree)?;
     let memory = memory::init(&boot, &devicetree, &plan)?;
-    board::start_dma_devices(&plan.devices);
+    board::start_dma_devices(&devicetree, &plan.devices);
     let psci = devicetree.psci().unwrap_or_else(|error| {
         log::warn!("{error}: powering off will not be possible");
         None
@@ -145,7 +146,8 @@ fn demo() -> power::Outcome {
         }
     };
     for pool in dma::pools::pools() {
-        info!("restricted pool '{}' after the demo:", pool.name);
+        let kind = if pool.restricted { "restricted pool" } else { "bounce pool" };
+        info!("{kind} '{}' after the demo:", pool.name);
         for line in alloc::format!("{}", pool.bounce.stats()).lines() {
             info!("  {line}");
         }
@@ -171,6 +173,24 @@ fn demo_transfers() -> Result<(), &'static str> {
         let mut entropy = [0u8; 16];
         rng.request_entropy(&mut entropy).map_err(|_| "entropy request failed")?;
         info!("demo: entropy device: {entropy:02x?}");
+    }
+    if let Some(engine) = dma_engine::DMA_ENGINE.lock().as_ref() {
+        let source: alloc::vec::Vec<u8> = (0..64 * 1024u32).map(|index| (index * 13 + 5) as u8).collect();
+        let mut destination = alloc::vec![0u8; source.len()];
+        let report = engine.copy(&source, &mut destination).map_err(|error| {
+            error!("demo: DMA engine: {error}");
+            "DMA engine copy failed"
+        })?;
+        if destination != source {
+            return Err("the DMA engine's copy differs from its source");
+        }
+        let at = engine.dma.physical(addr::VirtAddr::from_ptr(source.as_ptr()), source.len()).ok();
+        info!(
+            "demo: DMA engine: copied 64 KiB from {} identically; it was given bus addresses {} and {}",
+            at.map_or("?".into(), |range| alloc::format!("{range}")),
+            report.source,
+            report.destination
+        );
     }
     if let Some(net) = virtio::NETWORK_DEVICE.lock().as_mut() {
         let gateway = net::ask_gateway(net, 3)?;

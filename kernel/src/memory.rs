@@ -44,6 +44,7 @@ pub enum MemoryError {
     Pool(&'static str, dma::PoolError),
     /// The devices of a pool cannot all reach it at one bus address.
     PoolUnreachable(&'static str, PhysRange),
+    TooManyPools,
 }
 
 impl fmt::Display for MemoryError {
@@ -53,9 +54,12 @@ impl fmt::Display for MemoryError {
             MemoryError::MemoryMap(error) => write!(f, "{error}"),
             MemoryError::LinearMap(range, error) => write!(f, "cannot add {range} to the linear map: {error:?}"),
             MemoryError::NoFreeRam => write!(f, "no free RAM left for the heap"),
-            MemoryError::Pool(name, error) => write!(f, "restricted pool '{name}': {error}"),
+            MemoryError::Pool(name, error) => write!(f, "DMA pool '{name}': {error}"),
             MemoryError::PoolUnreachable(name, range) => {
-                write!(f, "restricted pool '{name}' {range}: not every device using it reaches it at one bus address")
+                write!(f, "DMA pool '{name}' {range}: not every device using it reaches it at one bus address")
+            }
+            MemoryError::TooManyPools => {
+                write!(f, "more than {MAX_POOLS} DMA pools (the devicetree's restricted pools and the default one)")
             }
         }
     }

@@ -7,18 +7,39 @@
 //!
 //! ```text
 //! test mmu::linear_map_translates_all_ram ... ok
-//! test exceptions::unmapped_read_is_a_data_abort ... ok
-//! kernel: 12 passed, 0 failed
+//! test dma_engine::copies_above_the_limit_through_the_default_pool ... skipped: no brcm,bcm2835-dma device
+//! kernel: 12 passed, 0 failed, 1 skipped
 //! ```
 //!
 //! A test returns `Err(message)` to fail. A panic in a test also fails it, and stops the run.
+//! A test of a device the machine does not have says so with [`skip!`]; `cargo xtask test`
+//! checks that on each machine the tests of its devices did run.
 
 use alloc::string::String;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::power::Outcome;
 
-pub type TestResult = Result<(), String>;
+pub type TestResult = Result<(), Verdict>;
+
+/// Why a test did not pass.
+pub enum Verdict {
+    Failed(String),
+    /// The machine lacks what the test is about.
+    Skipped(&'static str),
+}
+
+impl From<String> for Verdict {
+    fn from(message: String) -> Self {
+        Verdict::Failed(message)
+    }
+}
+
+impl From<&str> for Verdict {
+    fn from(message: &str) -> Self {
+        Verdict::Failed(message.into())
+    }
+}
 
 /// One test, as laid out in the `.kernel_tests` section.
 pub struct KernelTest {
@@ -47,12 +68,19 @@ macro_rules! kernel_test {
 macro_rules! ensure {
     ($condition:expr, $($message:tt)+) => {
         if !$condition {
-            return Err(alloc::format!($($message)+));
+            return Err(alloc::format!($($message)+).into());
         }
     };
 }
 
-pub(crate) use {ensure, kernel_test};
+/// Ends the test as skipped: the machine lacks what it is about.
+macro_rules! skip {
+    ($reason:literal) => {
+        return Err($crate::testing::Verdict::Skipped($reason))
+    };
+}
+
+pub(crate) use {ensure, kernel_test, skip};
 
 unsafe extern "C" {
     static __kernel_tests_start: u8;
@@ -72,7 +100,7 @@ static IN_TEST: AtomicBool = AtomicBool::new(false);
 pub fn run_all() -> Outcome {
     let tests = all_tests();
     crate::console::write_fmt(format_args!("running {} kernel tests\n", tests.len()));
-    let mut failed = 0;
+    let (mut failed, mut skipped) = (0, 0);
     for test in tests {
         let name = test.name.trim_start_matches("kernel::tests::");
         crate::console::write_fmt(format_args!("test {name} ... "));
@@ -81,14 +109,18 @@ pub fn run_all() -> Outcome {
         IN_TEST.store(false, Ordering::SeqCst);
         match result {
             Ok(()) => crate::console::write_fmt(format_args!("ok\n")),
-            Err(message) => {
+            Err(Verdict::Skipped(reason)) => {
+                skipped += 1;
+                crate::console::write_fmt(format_args!("skipped: {reason}\n"));
+            }
+            Err(Verdict::Failed(message)) => {
                 failed += 1;
                 crate::console::write_fmt(format_args!("FAILED\n    {message}\n"));
             }
         }
     }
-    let passed = tests.len() - failed;
-    crate::console::write_fmt(format_args!("kernel: {passed} passed, {failed} failed\n"));
+    let passed = tests.len() - failed - skipped;
+    crate::console::write_fmt(format_args!("kernel: {passed} passed, {failed} failed, {skipped} skipped\n"));
     if failed == 0 {
         Outcome::Success
     } else {

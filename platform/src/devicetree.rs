@@ -372,6 +372,16 @@ impl<'a> Devicetree<'a> {
         }
     }
 
+    /// A one-cell property of `device` (`brcm,dma-channel-mask`, say); `None` if absent.
+    /// Devices are told apart by node name, as [`Device::name`] explains.
+    pub fn u32_property(&self, device: &Device<'_>, property: &'static str) -> Result<Option<u32>, Error<'a>> {
+        let Some(node) = self.fdt.all_nodes().find(|node| node.name == device.name) else { return Ok(None) };
+        let Some(value) = node.property(property) else { return Ok(None) };
+        let not_one_cell = Error::BadProperty { node: node.name, property, problem: "is not one 32-bit cell" };
+        let cell: [u8; 4] = value.value.try_into().map_err(|_| not_one_cell)?;
+        Ok(Some(u32::from_be_bytes(cell)))
+    }
+
     /// Every enabled device with one of the given `compatible` strings, in document order.
     pub fn compatible_devices(&self, wanted: &[&str]) -> Result<ArrayVec<Device<'a>, MAX_RANGES>, Error<'a>> {
         let mut found = ArrayVec::new();

@@ -102,6 +102,13 @@ fn pi4_like() -> Vec<u8> {
     w.property_cells("#address-cells", &[1]);
     w.property_cells("#size-cells", &[1]);
     w.property_cells("ranges", &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000]);
+    w.property_cells("dma-ranges", &[0xc000_0000, 0, 0, 0x4000_0000]);
+    w.begin_node("dma@7e007000");
+    w.property_string("compatible", "brcm,bcm2835-dma");
+    w.property_cells("reg", &[0x7e00_7000, 0xb00]);
+    w.property_cells("brcm,dma-channel-mask", &[0x7f5]);
+    w.property("brcm,bad-mask", &[0, 1]);
+    w.end_node();
     w.begin_node("serial@7e201000");
     w.property("compatible", b"arm,pl011\0arm,primecell\0");
     w.property_cells("reg", &[0x7e20_1000, 0x200]);
@@ -161,6 +168,20 @@ fn console_address_is_translated_through_soc_ranges_and_alias() {
     assert_eq!(console.regs.as_slice(), &[range(0xfe20_1000, 0x200)]);
     assert_eq!(dt.psci(), Ok(None), "the Pi 4 starts CPUs with spin tables, not PSCI");
     assert_eq!(dt.cpus().enable_method, "spin-table");
+}
+
+#[test]
+fn the_pi4_dma_engine_is_found_below_soc_with_its_channel_mask() {
+    let blob = pi4_like();
+    let dt = parse(&blob).unwrap();
+    let engines = dt.compatible_devices(&["brcm,bcm2835-dma"]).unwrap();
+    let [engine] = engines.as_slice() else { panic!("one DMA engine expected, found {}", engines.len()) };
+    assert_eq!(engine.regs.as_slice(), &[range(0xfe00_7000, 0xb00)]);
+    assert_eq!(engine.dma.limit(), Some(PhysAddr::new(0x4000_0000)), "30-bit reach through /soc dma-ranges");
+    assert_eq!(dt.u32_property(engine, "brcm,dma-channel-mask"), Ok(Some(0x7f5)));
+    assert_eq!(dt.u32_property(engine, "brcm,absent"), Ok(None));
+    let error = dt.u32_property(engine, "brcm,bad-mask").unwrap_err();
+    assert_eq!(format!("{error}"), "devicetree node 'dma@7e007000': property 'brcm,bad-mask' is not one 32-bit cell");
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //!
 //! ```text
 //!                       ┌── direct ────────▶ DMA address = bus window(PA); caches cleaned
-//!  driver ──DmaDevice───┤                     and invalidated unless the device is coherent
+//!                       │                     and invalidated unless the device is coherent;
+//!                       │   └ out of reach ─▶ a buffer the windows do not reach is copied
+//!  driver ──DmaDevice───┤                     through the default pool, below the limit
 //!   map(buffer, dir)    └── restricted pool ─▶ the bytes are copied into the pool named by
 //!                                              `memory-region` (force bounce, contract rule 12),
 //!                                              the device gets the copy's DMA address
@@ -15,13 +17,14 @@
 //!   before, `unmap` after, `sync_*` in between if the CPU looks at the buffer while mapped.
 //!   [`Streaming`] carries the direction in its type, so a `sync_for_cpu` on a buffer the
 //!   device only reads does not compile.
-//! - *Coherent* memory is shared for a long time (virtqueues): CPU and device see each other's
-//!   writes without syncs. For a restricted device it comes from the pool; the pool is mapped
+//! - *Coherent* memory is shared for a long time (virtqueues, control blocks): CPU and device
+//!   see each other's writes without syncs. It comes from the device's pool; the pool is mapped
 //!   uncached when its devices do not snoop the CPU caches, so that holds without maintenance.
 //!
 //! Every DMA address handed to a device is audited: for a restricted device it must lie inside
 //! its pool, which is the whole point of the pool (a device restricted to it can be kept away
-//! from everything else, by an IOMMU-less firewall or a hypervisor).
+//! from everything else, by an IOMMU-less firewall or a hypervisor); for a direct device it
+//! must lie inside its bus windows.
 
 mod memory;
 pub mod pools;
@@ -37,27 +40,33 @@ use platform::dma_config::DmaDescription;
 pub use memory::KernelMemory;
 pub use streaming::{Bidirectional, FromDevice, Streaming, ToDevice};
 
-/// A restricted DMA pool: reserved RAM every transfer of its devices is copied through.
-pub struct RestrictedPool {
+/// A DMA pool: reserved RAM that transfers are copied through, either a restricted pool
+/// (every transfer of its devices) or the default pool (transfers a device cannot reach).
+pub struct DmaPool {
     pub name: &'static str,
+    /// Named by the devicetree (`restricted-dma-pool`), rather than the kernel's default pool.
+    pub restricted: bool,
     pub range: PhysRange,
     /// Whether every device using the pool snoops the CPU caches (the pool is then cached).
     pub coherent: bool,
     pub bounce: BouncePool<KernelMemory>,
 }
 
-impl RestrictedPool {
-    fn dma_range(&self) -> (DmaAddr, u64) {
-        (self.bounce.geometry().dma_base, self.range.size())
+impl DmaPool {
+    /// Whether `[dma, dma + size)` lies inside the pool.
+    pub fn holds(&self, dma: DmaAddr, size: u64) -> bool {
+        let base = self.bounce.geometry().dma_base;
+        dma.offset_from(base).is_some_and(|offset| offset.checked_add(size).is_some_and(|end| end <= self.range.size()))
     }
 }
 
 /// How a device's transfers reach memory.
 pub enum Route {
-    /// Through its bus windows (`dma-ranges`), on the caller's buffer itself.
-    Direct(DmaDescription<'static>),
+    /// Through its bus windows (`dma-ranges`), on the caller's buffer itself when the windows
+    /// reach it, otherwise through `bounce` (the default pool), if it lies within reach.
+    Direct { windows: DmaDescription<'static>, bounce: Option<&'static DmaPool> },
     /// Copied through the device's restricted pool.
-    Restricted(&'static RestrictedPool),
+    Restricted(&'static DmaPool),
 }
 
 /// Why the DMA layer refused a request.
@@ -65,9 +74,14 @@ pub enum Route {
 pub enum DmaApiError {
     /// The pool refused (no room, masks, bad address...).
     Pool(DmaError),
-    /// A direct device cannot reach this buffer through its bus windows.
+    /// A direct device cannot reach this buffer through its bus windows, and no pool within
+    /// its reach can bounce it.
     Unreachable {
         buffer: PhysRange,
+        /// One past the highest physical address the device reaches.
+        limit: Option<PhysAddr>,
+        /// The default pool, if there is one: out of the device's reach too.
+        pool: Option<PhysRange>,
     },
     /// A sync of bytes outside the mapping.
     OutsideMapping {
@@ -81,7 +95,7 @@ pub enum DmaApiError {
         size: usize,
     },
     /// Coherent memory for a direct device that does not snoop the caches would need an uncached
-    /// alias of heap memory; give the device a restricted pool or `dma-coherent` instead.
+    /// alias of heap memory; it needs an uncached pool in reach, or `dma-coherent`.
     NoCoherentMemory,
     OutOfMemory {
         size: usize,
@@ -98,14 +112,25 @@ impl fmt::Display for DmaApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DmaApiError::Pool(error) => write!(f, "{error}"),
-            DmaApiError::Unreachable { buffer } => write!(f, "buffer {buffer} is outside the device's DMA windows"),
+            DmaApiError::Unreachable { buffer, limit, pool } => {
+                write!(f, "buffer {buffer} is outside the device's DMA windows")?;
+                if let Some(limit) = limit {
+                    write!(f, " (it reaches below {limit:?} only)")?;
+                }
+                match pool {
+                    Some(pool) => write!(f, ", and so is the default bounce pool {pool}"),
+                    None => write!(f, ", and there is no bounce pool"),
+                }
+            }
             DmaApiError::OutsideMapping { offset, size, mapping_size } => {
                 write!(f, "{size} bytes at offset {offset} are outside a {mapping_size}-byte mapping")
             }
             DmaApiError::NotRam { address, size } => {
                 write!(f, "{size} bytes at {address:?} are not contiguous RAM the kernel maps")
             }
-            DmaApiError::NoCoherentMemory => write!(f, "no coherent memory for a non-coherent direct device"),
+            DmaApiError::NoCoherentMemory => {
+                write!(f, "no coherent memory: the device does not snoop the caches and has no uncached pool in reach")
+            }
             DmaApiError::OutOfMemory { size } => write!(f, "no memory for {size} coherent bytes"),
         }
     }
@@ -179,11 +204,16 @@ impl DmaDevice {
             Route::Restricted(pool) => {
                 pool.bounce.map(buffer.start(), buffer.size() as usize, direction, &self.constraints)?.dma
             }
-            Route::Direct(description) => {
-                let dma = self.direct_address(description, buffer)?;
-                self.for_device(buffer);
-                dma
-            }
+            Route::Direct { windows, bounce } => match self.direct_address(windows, buffer) {
+                Some(dma) => {
+                    self.for_device(buffer);
+                    dma
+                }
+                None => {
+                    let pool = self.reachable_bounce_pool(windows, *bounce, buffer)?;
+                    pool.bounce.map(buffer.start(), buffer.size() as usize, direction, &self.constraints)?.dma
+                }
+            },
         };
         self.audit(dma, buffer.size());
         Ok(dma)
@@ -191,52 +221,44 @@ impl DmaDevice {
 
     /// Ends a streaming mapping; for transfers from the device, the CPU sees its writes after.
     pub fn unmap(&self, dma: DmaAddr, buffer: PhysRange, direction: DmaDirection) -> Result<(), DmaApiError> {
-        match &self.route {
-            Route::Restricted(pool) => pool.bounce.unmap(dma, buffer.size() as usize)?,
-            Route::Direct(_) if direction != DmaDirection::ToDevice => self.for_cpu(buffer),
-            Route::Direct(_) => {}
+        match self.bounced_through(dma, buffer.size()) {
+            Some(pool) => pool.bounce.unmap(dma, buffer.size() as usize)?,
+            None if direction != DmaDirection::ToDevice => self.for_cpu(buffer),
+            None => {}
         }
         Ok(())
     }
 
     /// Makes the device's writes to `[dma, dma + size)` of a live mapping visible to the CPU.
     pub fn sync_for_cpu(&self, dma: DmaAddr, buffer: PhysRange) -> Result<(), DmaApiError> {
-        match &self.route {
-            Route::Restricted(pool) => pool.bounce.sync_for_cpu(dma, buffer.size() as usize)?,
-            Route::Direct(_) => self.for_cpu(buffer),
+        match self.bounced_through(dma, buffer.size()) {
+            Some(pool) => pool.bounce.sync_for_cpu(dma, buffer.size() as usize)?,
+            None => self.for_cpu(buffer),
         }
         Ok(())
     }
 
     /// Makes the CPU's writes to a live mapping visible to the device.
     pub fn sync_for_device(&self, dma: DmaAddr, buffer: PhysRange) -> Result<(), DmaApiError> {
-        match &self.route {
-            Route::Restricted(pool) => pool.bounce.sync_for_device(dma, buffer.size() as usize)?,
-            Route::Direct(_) => self.for_device(buffer),
+        match self.bounced_through(dma, buffer.size()) {
+            Some(pool) => pool.bounce.sync_for_device(dma, buffer.size() as usize)?,
+            None => self.for_device(buffer),
         }
         Ok(())
     }
 
-    /// Zeroed memory the CPU and the device share without syncs, page-aligned.
+    /// Zeroed memory the CPU and the device share without syncs, page-aligned: from the
+    /// heap for a coherent direct device that reaches it, otherwise from the device's pool.
     pub fn alloc_coherent(&self, size: usize) -> Result<CoherentMemory, DmaApiError> {
         let memory = match &self.route {
-            Route::Restricted(pool) => {
-                let buffer = pool.bounce.alloc(size, u64::MAX)?;
-                CoherentMemory { virt: buffer.virt, dma: buffer.dma, size: buffer.size }
-            }
-            Route::Direct(_) if !self.coherent => return Err(DmaApiError::NoCoherentMemory),
-            Route::Direct(description) => {
-                let layout =
-                    core::alloc::Layout::from_size_align(size, 4096).map_err(|_| DmaApiError::OutOfMemory { size })?;
-                // SAFETY: a non-zero-sized layout; freed in `free_coherent` with the same layout.
-                let pointer = unsafe { alloc::alloc::alloc_zeroed(layout) };
-                let virt = VirtAddr::from_ptr(pointer);
-                if pointer.is_null() {
-                    return Err(DmaApiError::OutOfMemory { size });
-                }
-                let physical = self.physical(virt, size)?;
-                CoherentMemory { virt, dma: self.direct_address(description, physical)?, size }
-            }
+            Route::Restricted(pool) => Self::alloc_from_pool(pool, size)?,
+            Route::Direct { windows, bounce } => match self.alloc_from_heap(windows, size) {
+                Ok(memory) => memory,
+                Err(refusal) => match bounce.filter(|pool| self.can_share(pool, windows)) {
+                    Some(pool) => Self::alloc_from_pool(pool, size)?,
+                    None => return Err(refusal),
+                },
+            },
         };
         self.audit(memory.dma, memory.size as u64);
         Ok(memory)
@@ -244,16 +266,24 @@ impl DmaDevice {
 
     /// Returns coherent memory from [`Self::alloc_coherent`].
     pub fn free_coherent(&self, memory: CoherentMemory) -> Result<(), DmaApiError> {
-        match &self.route {
-            Route::Restricted(pool) => pool.bounce.free(memory.dma, memory.size)?,
-            Route::Direct(_) => {
-                let layout = core::alloc::Layout::from_size_align(memory.size, 4096)
-                    .map_err(|_| DmaApiError::OutOfMemory { size: memory.size })?;
-                // SAFETY: allocated in `alloc_coherent` with this layout.
+        match self.bounced_through(memory.dma, memory.size as u64) {
+            Some(pool) => pool.bounce.free(memory.dma, memory.size)?,
+            None => {
+                let layout = Self::heap_layout(memory.size)?;
+                // SAFETY: allocated in `alloc_from_heap` with this layout.
                 unsafe { alloc::alloc::dealloc(memory.virt.as_mut_ptr(), layout) };
             }
         }
         Ok(())
+    }
+
+    /// The pool this device's transfers bounce through: every one (restricted), or those it
+    /// cannot reach in place (direct).
+    pub fn bounce_pool(&self) -> Option<&'static DmaPool> {
+        match &self.route {
+            Route::Restricted(pool) => Some(pool),
+            Route::Direct { bounce, .. } => *bounce,
+        }
     }
 
     pub fn audit_report(&self) -> AuditReport {
@@ -263,17 +293,69 @@ impl DmaDevice {
         }
     }
 
-    fn direct_address(&self, description: &DmaDescription<'_>, buffer: PhysRange) -> Result<DmaAddr, DmaApiError> {
-        let unreachable = DmaApiError::Unreachable { buffer };
-        let dma = description.phys_to_dma(buffer.start()).ok_or(unreachable)?;
-        let last = PhysAddr::new(buffer.end().as_u64().saturating_sub(1));
-        let last_dma = description.phys_to_dma(last).ok_or(unreachable)?;
-        let contiguous = last_dma.offset_from(dma) == Some(buffer.size().saturating_sub(1));
-        if contiguous {
-            Ok(dma)
-        } else {
-            Err(unreachable)
+    fn alloc_from_pool(pool: &DmaPool, size: usize) -> Result<CoherentMemory, DmaApiError> {
+        let buffer = pool.bounce.alloc(size, u64::MAX)?;
+        Ok(CoherentMemory { virt: buffer.virt, dma: buffer.dma, size: buffer.size })
+    }
+
+    /// Heap memory is mapped cached: shareable only with a device that snoops the caches.
+    fn alloc_from_heap(&self, windows: &DmaDescription<'_>, size: usize) -> Result<CoherentMemory, DmaApiError> {
+        if !self.coherent {
+            return Err(DmaApiError::NoCoherentMemory);
         }
+        let layout = Self::heap_layout(size)?;
+        // SAFETY: a non-zero-sized layout; freed in `free_coherent` with the same layout.
+        let pointer = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        if pointer.is_null() {
+            return Err(DmaApiError::OutOfMemory { size });
+        }
+        let virt = VirtAddr::from_ptr(pointer);
+        let placed = self.physical(virt, size).and_then(|buffer| {
+            let unreachable = DmaApiError::Unreachable { buffer, limit: windows.limit(), pool: None };
+            self.direct_address(windows, buffer).ok_or(unreachable)
+        });
+        if placed.is_err() {
+            // SAFETY: allocated just above with this layout, and not handed out.
+            unsafe { alloc::alloc::dealloc(pointer, layout) };
+        }
+        Ok(CoherentMemory { virt, dma: placed?, size })
+    }
+
+    fn heap_layout(size: usize) -> Result<core::alloc::Layout, DmaApiError> {
+        core::alloc::Layout::from_size_align(size, 4096).map_err(|_| DmaApiError::OutOfMemory { size })
+    }
+
+    /// Whether coherent memory from `pool` is shared without maintenance with this device:
+    /// it must be within reach, and uncached unless the device snoops the caches.
+    fn can_share(&self, pool: &DmaPool, windows: &DmaDescription<'_>) -> bool {
+        windows.reaches(pool.range) && (self.coherent || !pool.coherent)
+    }
+
+    /// The pool a mapping or allocation at `dma` went through, if it did not go direct.
+    fn bounced_through(&self, dma: DmaAddr, size: u64) -> Option<&'static DmaPool> {
+        match &self.route {
+            Route::Restricted(pool) => Some(pool),
+            Route::Direct { bounce, .. } => bounce.filter(|pool| pool.holds(dma, size)),
+        }
+    }
+
+    /// The pool to bounce `buffer` through, which the device cannot reach in place.
+    fn reachable_bounce_pool(
+        &self,
+        windows: &DmaDescription<'_>,
+        bounce: Option<&'static DmaPool>,
+        buffer: PhysRange,
+    ) -> Result<&'static DmaPool, DmaApiError> {
+        let unreachable =
+            DmaApiError::Unreachable { buffer, limit: windows.limit(), pool: bounce.map(|pool| pool.range) };
+        bounce.filter(|pool| windows.reaches(pool.range)).ok_or(unreachable)
+    }
+
+    /// `buffer`'s bus address, if one window reaches all of it.
+    fn direct_address(&self, windows: &DmaDescription<'_>, buffer: PhysRange) -> Option<DmaAddr> {
+        let dma = windows.phys_to_dma(buffer.start())?;
+        let last = windows.phys_to_dma(PhysAddr::new(buffer.end().as_u64().saturating_sub(1)))?;
+        (last.offset_from(dma) == Some(buffer.size().saturating_sub(1))).then_some(dma)
     }
 
     fn for_device(&self, buffer: PhysRange) {
@@ -292,16 +374,23 @@ impl DmaDevice {
         }
     }
 
-    /// Records an address given to the device; a restricted device's must be in its pool.
+    /// Records an address given to the device: a restricted device's must be in its pool, a
+    /// direct device's inside its bus windows.
     fn audit(&self, dma: DmaAddr, size: u64) {
         self.audit.addresses.fetch_add(1, Ordering::Relaxed);
-        if let Route::Restricted(pool) = &self.route {
-            let (base, pool_size) = pool.dma_range();
-            let inside = dma.offset_from(base).is_some_and(|offset| offset + size <= pool_size);
-            if !inside {
-                self.audit.violations.fetch_add(1, Ordering::Relaxed);
-                log::error!("DMA audit: {} was given {dma:?} (+{size}), outside pool {}", self.name, pool.name);
-            }
+        let (inside, allowed) = match &self.route {
+            Route::Restricted(pool) => (pool.holds(dma, size), pool.name),
+            Route::Direct { windows, .. } => (Self::within_windows(windows, dma, size), "its bus windows"),
+        };
+        if !inside {
+            self.audit.violations.fetch_add(1, Ordering::Relaxed);
+            log::error!("DMA audit: {} was given {dma:?} (+{size}), outside {allowed}", self.name);
         }
+    }
+
+    fn within_windows(windows: &DmaDescription<'_>, dma: DmaAddr, size: u64) -> bool {
+        let Some(start) = windows.dma_to_phys(dma) else { return false };
+        let last = dma.checked_add(size.saturating_sub(1)).and_then(|last| windows.dma_to_phys(last));
+        last.is_some_and(|last| last.offset_from(start) == Some(size.saturating_sub(1)))
     }
 }

@@ -1,8 +1,17 @@
-//! Restricted DMA pools: from the devicetree's description to bounce pools in memory.
+//! DMA pools: from the devicetree's description to bounce pools in memory.
+//!
+//! Two kinds of pool exist, as in Linux:
+//! - a *restricted* pool (`restricted-dma-pool`) is named by its devices' `memory-region`;
+//!   every one of their transfers is copied through it (force bounce);
+//! - the *default* pool, [`DEFAULT_POOL`], is the kernel's own, carved low in RAM when some
+//!   direct device cannot reach all of RAM (the Raspberry Pi 4's legacy DMA engine sees only
+//!   the first GiB through `/soc`'s `dma-ranges`). Those devices use buffers they can reach in
+//!   place and bounce the others through it, as Linux's swiotlb does for ZONE_DMA devices.
 //!
 //! At boot, before the heap exists:
-//! 1. [`plan`] reads every `restricted-dma-pool` and every DMA-capable device, and works out
-//!    for each pool the lowest DMA limit of its devices and whether they all snoop caches;
+//! 1. [`plan`] reads every `restricted-dma-pool` and every DMA-capable device, decides whether
+//!    the default pool is needed, and works out for each pool the lowest DMA limit of its
+//!    devices and whether they all snoop caches;
 //! 2. the memory map checks a static pool against everything else reserved, or carves a
 //!    dynamic one out of free RAM below that limit ([`crate::memory`]);
 //! 3. [`create`] maps each pool into the linear map (uncached if any of its devices does not
@@ -14,50 +23,84 @@ use arrayvec::ArrayVec;
 use dma::{BouncePool, PoolConfig};
 use log::info;
 use platform::devicetree::{Device, Devicetree, MAX_RANGES};
-use platform::dma_config::{self, PoolPlacement, RestrictedPool as PoolNode, MAX_POOLS};
+use platform::dma_config::{DmaDescription, PoolPlacement, RestrictedPool as PoolNode, MAX_POOLS};
 use platform::memmap::Size;
 use spin::Once;
 use vmsa::{Access, MemoryType};
 
-use super::{KernelMemory, RestrictedPool};
+use super::{DmaPool, KernelMemory};
 use crate::memory::MemoryError;
 
 /// The devices the kernel drives that do DMA, by `compatible`.
-pub const DMA_MASTERS: &[&str] = &["virtio,mmio"];
+pub const DMA_MASTERS: &[&str] = &["virtio,mmio", drivers::bcm2835_dma::Controller::COMPATIBLE];
+
+/// The default pool's name, as Linux calls its own.
+pub const DEFAULT_POOL: &str = "swiotlb";
+/// Linux's default is 64 MiB for a whole distribution's drivers; the few transfers in flight
+/// here at once fit many times over in 4 MiB (2048 slots).
+const DEFAULT_POOL_SIZE: u64 = 4 << 20;
+/// Aligned so that the pool's mapping can use 2 MiB blocks.
+const DEFAULT_POOL_ALIGNMENT: u64 = 2 << 20;
 
 /// What the devicetree asks for, before any memory is touched.
 pub struct Plan {
     pub pools: ArrayVec<PoolRequest, MAX_POOLS>,
     pub devices: ArrayVec<Device<'static>, MAX_RANGES>,
+    /// One past the highest byte of RAM.
+    pub ram_end: PhysAddr,
 }
 
 /// One pool and what its devices need of it.
 pub struct PoolRequest {
+    /// The devicetree node, or for the default pool a node-like description of it.
     pub node: PoolNode<'static>,
+    pub restricted: bool,
     /// One past the highest physical address every device of the pool can reach.
     pub limit: Option<PhysAddr>,
     /// Whether every device of the pool snoops the CPU caches.
     pub coherent: bool,
 }
 
-pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
-    let devices = devicetree.compatible_devices(DMA_MASTERS).map_err(MemoryError::Devicetree)?;
-    let nodes = devicetree.restricted_pools().map_err(MemoryError::Devicetree)?;
-    let pools = nodes
-        .into_iter()
-        .map(|node| {
-            let users = || devices.iter().map(|device| &device.dma).filter(|dma| dma.pool == Some(node.name));
-            PoolRequest {
-                limit: dma_config::pool_limit(node.name, users()),
-                coherent: users().all(|dma| dma.coherent),
-                node,
-            }
-        })
-        .collect();
-    Ok(Plan { pools, devices })
+impl PoolRequest {
+    /// Whether `device` bounces through this pool (always, or for buffers it cannot reach).
+    pub fn serves(&self, device: &Device<'_>, ram_end: PhysAddr) -> bool {
+        match self.restricted {
+            true => device.dma.pool == Some(self.node.name),
+            false => device.dma.pool.is_none() && device.dma.limit().is_some_and(|limit| limit < ram_end),
+        }
+    }
 }
 
-static POOLS: Once<ArrayVec<RestrictedPool, MAX_POOLS>> = Once::new();
+pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
+    let devices = devicetree.compatible_devices(DMA_MASTERS).map_err(MemoryError::Devicetree)?;
+    let ram = devicetree.memory().map_err(MemoryError::Devicetree)?;
+    let ram_end = ram.iter().map(PhysRange::end).max().unwrap_or(PhysAddr::new(0));
+    let restricted = devicetree.restricted_pools().map_err(MemoryError::Devicetree)?;
+    let default = PoolNode {
+        name: DEFAULT_POOL,
+        phandle: None,
+        placement: PoolPlacement::Dynamic {
+            size: DEFAULT_POOL_SIZE,
+            alignment: DEFAULT_POOL_ALIGNMENT,
+            alloc_ranges: Default::default(),
+        },
+    };
+    let requests = restricted.into_iter().map(|node| (node, true)).chain([(default, false)]);
+    let mut pools = ArrayVec::new();
+    for (node, restricted) in requests {
+        let request = PoolRequest { node, restricted, limit: None, coherent: true };
+        let users = || devices.iter().filter(|device| request.serves(device, ram_end)).map(|device| &device.dma);
+        if !restricted && users().next().is_none() {
+            continue; // Every direct device reaches all of RAM: no default pool is needed.
+        }
+        let limit = users().filter_map(DmaDescription::limit).min();
+        let coherent = users().all(|dma| dma.coherent);
+        pools.try_push(PoolRequest { limit, coherent, ..request }).map_err(|_| MemoryError::TooManyPools)?;
+    }
+    Ok(Plan { pools, devices, ram_end })
+}
+
+static POOLS: Once<ArrayVec<DmaPool, MAX_POOLS>> = Once::new();
 static KERNEL_MEMORY: Once<KernelMemory> = Once::new();
 static MAPPED_RAM: Once<ArrayVec<PhysRange, { 3 * MAX_RANGES }>> = Once::new();
 
@@ -66,12 +109,17 @@ pub fn kernel_memory() -> &'static KernelMemory {
     KERNEL_MEMORY.get().expect("DMA pools created at boot")
 }
 
-pub fn pools() -> &'static [RestrictedPool] {
+pub fn pools() -> &'static [DmaPool] {
     POOLS.get().map_or(&[], |pools| pools.as_slice())
 }
 
-pub fn pool(name: &str) -> Option<&'static RestrictedPool> {
+pub fn pool(name: &str) -> Option<&'static DmaPool> {
     pools().iter().find(|pool| pool.name == name)
+}
+
+/// The default pool, if some device needed it.
+pub fn default_pool() -> Option<&'static DmaPool> {
+    pools().iter().find(|pool| !pool.restricted)
 }
 
 /// Maps and builds every pool; `placed` holds where each of `plan.pools` ended up, and
@@ -92,17 +140,20 @@ pub fn create(
         let dma_base = bus_address(plan, request, range)?;
         let bounce = BouncePool::new(*memory, range, dma_base, PoolConfig::default())
             .map_err(|error| MemoryError::Pool(request.node.name, error))?;
-        let form = match request.node.placement {
-            PoolPlacement::Static(_) => "static",
-            PoolPlacement::Dynamic { .. } => "dynamic",
+        let form = match (request.restricted, &request.node.placement) {
+            (false, _) => "the kernel's default pool, below the lowest device DMA limit",
+            (true, PoolPlacement::Static(_)) => "static",
+            (true, PoolPlacement::Dynamic { .. }) => "dynamic",
         };
         let caching = if request.coherent { "cached" } else { "uncached: its devices do not snoop caches" };
+        let kind = if request.restricted { "restricted pool" } else { "bounce pool" };
         info!(
-            "restricted pool '{}': {range} {}, {form}, DMA address {dma_base}, {caching}",
+            "{kind} '{}': {range} {}, {form}, DMA address {dma_base}, {caching}",
             request.node.name,
             Size(range.size())
         );
-        pools.push(RestrictedPool { name: request.node.name, range, coherent: request.coherent, bounce });
+        let (name, restricted, coherent) = (request.node.name, request.restricted, request.coherent);
+        pools.push(DmaPool { name, restricted, range, coherent, bounce });
     }
     POOLS.call_once(|| pools);
     Ok(())
@@ -111,7 +162,7 @@ pub fn create(
 /// The pool's base as its devices address it; they must all agree.
 fn bus_address(plan: &Plan, request: &PoolRequest, range: PhysRange) -> Result<DmaAddr, MemoryError> {
     let name = request.node.name;
-    let mut users = plan.devices.iter().filter(|device| device.dma.pool == Some(name));
+    let mut users = plan.devices.iter().filter(|device| request.serves(device, plan.ram_end));
     let unreachable = MemoryError::PoolUnreachable(name, range);
     let Some(first) = users.next() else { return Ok(DmaAddr::new(range.start().as_u64())) };
     if !first.dma.reaches(range) {

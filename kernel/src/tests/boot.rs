@@ -1,5 +1,8 @@
 //! Boot found the machine the devicetree describes.
 
+use drivers::mini_uart::MiniUart;
+use drivers::pl011::Pl011;
+
 use crate::machine;
 use crate::testing::{ensure, kernel_test};
 
@@ -36,7 +39,8 @@ kernel_test! {
     /// The devicetree's console is the one in use, and it is mapped as device memory.
     fn console_comes_from_stdout_path_and_is_device_memory() {
         let console = machine().devicetree.stdout().map_err(|e| alloc::format!("{e}"))?.ok_or("no stdout-path")?;
-        ensure!(console.is_compatible("arm,pl011"), "stdout is {}", console.name);
+        let has_driver = [Pl011::COMPATIBLE, MiniUart::COMPATIBLE].iter().any(|driver| console.is_compatible(driver));
+        ensure!(has_driver, "stdout is {}, which has no driver", console.name);
         let registers = console.regs.first().ok_or("console has no reg")?;
         let mapped = (0..64u64)
             .map(|page| addr::VirtAddr::new(arch::layout::DEVICE_WINDOW_BASE + page * 4096))

@@ -83,7 +83,7 @@ kernel_test! {
         let mut windows = ArrayVec::new();
         windows.push(window);
         let description = DmaDescription { pool: None, pool_named_by: None, windows, coherent: false };
-        let device = DmaDevice::new("direct test device", Route::Direct(description), false, Constraints::NONE, pools::kernel_memory());
+        let device = DmaDevice::new("direct test device", Route::Direct { windows: description, bounce: None }, false, Constraints::NONE, pools::kernel_memory());
         let inside = PhysRange::new(heap.start().add(0x1234), 100).unwrap();
         let mapping = Streaming::<Bidirectional>::new(&device, inside).map_err(|e| alloc::format!("{e}"))?;
         ensure!(mapping.dma() == DmaAddr::new(0xc000_1234), "DMA {:?}", mapping.dma());
@@ -94,7 +94,8 @@ kernel_test! {
         mapping.unmap().map_err(|e| alloc::format!("{e}"))?;
         let outside = PhysRange::new(heap.start().add(2 << 20), 100).unwrap();
         let refused = Streaming::<ToDevice>::new(&device, outside).err();
-        ensure!(refused == Some(DmaApiError::Unreachable { buffer: outside }), "got {refused:?}");
+        let limit = Some(heap.start().add(1 << 20));
+        ensure!(refused == Some(DmaApiError::Unreachable { buffer: outside, limit, pool: None }), "got {refused:?}");
         ensure!(device.alloc_coherent(4096).err() == Some(DmaApiError::NoCoherentMemory), "coherent memory for a non-coherent direct device");
         Ok(())
     }
@@ -113,6 +114,36 @@ kernel_test! {
             let expected = if pool.coherent { MemoryType::Normal } else { MemoryType::NormalNonCacheable };
             ensure!(translation.attributes.memory == expected, "{} mapped as {:?}", pool.name, translation.attributes.memory);
         }
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A device whose DMA limit no pool satisfies (it reaches only the first 16 MiB of RAM, and
+    /// its bounce pool lies above that) is refused, with an error that names the buffer, the
+    /// limit and the pool, before the pool is touched.
+    fn a_limit_no_pool_satisfies_is_refused_clearly() {
+        let pool = pools::pools().first().ok_or("no DMA pool: boot with `cargo xtask test`")?;
+        let lowest_ram = crate::machine().memory.map.ram().iter().map(|ram| ram.start()).min().ok_or("no RAM")?;
+        let reach = PhysRange::new(lowest_ram, 16 << 20).unwrap();
+        ensure!(!pool.range.overlaps(&reach), "pool {} lies within the first 16 MiB", pool.range);
+        let mut windows = ArrayVec::new();
+        windows.push(DmaWindow { cpu_start: lowest_ram, bus_start: DmaAddr::new(0), size: reach.size() });
+        let description = DmaDescription { pool: None, pool_named_by: None, windows, coherent: true };
+        let route = Route::Direct { windows: description, bounce: Some(pool) };
+        let device = DmaDevice::new("16 MiB device", route, true, Constraints::NONE, pools::kernel_memory());
+        let data = vec![0u8; 4096];
+        let buffer = device.physical(VirtAddr::from_ptr(data.as_ptr()), data.len()).map_err(|e| alloc::format!("{e}"))?;
+        ensure!(!buffer.overlaps(&reach), "the heap buffer {buffer} lies within the first 16 MiB");
+        let before = pool.bounce.stats();
+        let refused = Streaming::<ToDevice>::new(&device, buffer).err();
+        let expected = DmaApiError::Unreachable { buffer, limit: Some(reach.end()), pool: Some(pool.range) };
+        ensure!(refused == Some(expected), "got {refused:?}");
+        let message = alloc::format!("{expected}");
+        ensure!(message.contains("outside the device's DMA windows") && message.contains("bounce pool"), "unclear: {message}");
+        ensure!(device.alloc_coherent(4096).is_err(), "coherent memory handed to a device that cannot reach it");
+        ensure!(pool.bounce.stats().maps == before.maps, "the pool was used for a device that cannot reach it");
+        log::info!("refused as expected: {message}");
         Ok(())
     }
 }

@@ -30,7 +30,8 @@ kernel_test! {
         let last_ram = *machine().memory.map.ram().last().ok_or("no RAM")?;
         let address = VirtAddr::new(phys_to_virt(last_ram.end()).as_u64() + 0x1238);
         ensure!(walk(address).is_none(), "{address:?} is mapped");
-        ensure_unmapped(address, "beyond RAM").map(|_| ())
+        ensure_unmapped(address, "beyond RAM")?;
+        Ok(())
     }
 }
 
@@ -52,7 +53,8 @@ kernel_test! {
     fn boot_stack_has_an_unmapped_guard_page() {
         let guard = ImageLayout::current().stack_guard();
         ensure!(guard.size == 4096, "guard is {} bytes", guard.size);
-        ensure_unmapped(VirtAddr::new(KERNEL_IMAGE_BASE + guard.offset + 8), "the stack guard page").map(|_| ())
+        ensure_unmapped(VirtAddr::new(KERNEL_IMAGE_BASE + guard.offset + 8), "the stack guard page")?;
+        Ok(())
     }
 }
 

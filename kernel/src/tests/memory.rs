@@ -16,10 +16,10 @@ kernel_test! {
         let heap = machine.memory.heap;
         ensure!(!heap.overlaps(&machine.boot.image), "heap {heap} overlaps the image {}", machine.boot.image);
         ensure!(!heap.overlaps(&machine.boot.devicetree), "heap {heap} overlaps the devicetree");
-        let reservations = machine.devicetree.reservations().map_err(|e| alloc::format!("{e}"))?;
-        ensure!(reservations.iter().any(|r| r.label == "/memreserve/") && reservations.iter().any(|r| r.label != "/memreserve/"),
-            "the devicetree lacks a /memreserve/ entry or a /reserved-memory node: boot with `cargo xtask test`");
-        for reservation in &reservations {
+        let reservations = machine.memory.map.reserved();
+        ensure!(reservations.iter().any(|r| r.label == "/memreserve/") && reservations.len() >= 4,
+            "only {} reservations (image, devicetree, a /memreserve/ entry and a pool or /reserved-memory node expected): boot with `cargo xtask test`", reservations.len());
+        for reservation in reservations {
             ensure!(!heap.overlaps(&reservation.range), "heap {heap} overlaps {} {}", reservation.label, reservation.range);
             for free in machine.memory.map.free() {
                 ensure!(!free.overlaps(&reservation.range), "free {free} overlaps {}", reservation.label);

@@ -110,6 +110,6 @@ kernel_test! {
         ensure!(walk(data).ok_or("data not mapped")?.attributes.access == Access::ReadWrite, "data is read-only");
         ensure_write_refused(phys_to_virt(data_physical), "the linear alias of kernel data")?;
         let devicetree = phys_to_virt(machine().boot.devicetree.start().align_down(8));
-        ensure_write_refused(devicetree, "the devicetree")
+        Ok(ensure_write_refused(devicetree, "the devicetree")?)
     }
 }

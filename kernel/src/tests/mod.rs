@@ -3,6 +3,7 @@
 
 mod boot;
 mod dma;
+mod dma_engine;
 mod exceptions;
 mod memory;
 mod mmu;

@@ -1,0 +1,223 @@
+//! The Raspberry Pi 4's DMA engine behind the kernel's DMA API: memory-to-memory copies.
+//!
+//! The engine is the textbook device with a DMA limit. It addresses RAM with 32-bit bus
+//! addresses, and `/soc`'s `dma-ranges` gives it only the first GiB, at bus `0xC000_0000`.
+//! A copy therefore goes:
+//!
+//! ```text
+//!  source ──map ToDevice──▶ bus address ◀─┐            ┌─▶ bus address ◀──map FromDevice── destination
+//!   (above 1 GiB: bounced into the pool)  control block (coherent memory)   (bounced back at unmap)
+//!                                          └── engine: CONBLK_AD, CS.ACTIVE ──┘
+//! ```
+//!
+//! The driver never turns a CPU address into a bus address itself: the device's [`DmaDevice`]
+//! does, and refuses what the engine cannot reach. Long copies are split into a chain of
+//! control blocks, each within the channel's `TXFR_LEN` limit.
+
+use core::time::Duration;
+
+use addr::{DmaAddr, VirtAddr};
+use drivers::bcm2835_dma::{Channel, ControlBlock, Controller, Status, TransferError};
+use platform::devicetree::{Device, Devicetree};
+use spin::Mutex;
+
+use crate::dma::{CoherentMemory, DmaApiError, DmaDevice, FromDevice, Streaming, ToDevice};
+
+/// The engine moves 32-bit words; QEMU's model even assumes whole words (it would run past
+/// the end of a shorter tail), so copies are whole words everywhere.
+pub const WORD: usize = 4;
+/// A copy that has not finished after this long is aborted.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// The engine's own address width: its registers and control blocks hold 32-bit addresses.
+pub const ENGINE_DMA_MASK: u64 = u32::MAX as u64;
+
+/// The started engine, if the devicetree has one.
+pub static DMA_ENGINE: Mutex<Option<DmaEngine>> = Mutex::new(None);
+
+/// Why a copy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyError {
+    /// Source and destination differ in length, or the length is not whole words.
+    BadLength {
+        source: usize,
+        destination: usize,
+    },
+    Dma(DmaApiError),
+    /// A bus address that does not fit the engine's 32 bits.
+    AddressTooWide(DmaAddr),
+    Engine(TransferError),
+    TimedOut {
+        after: Duration,
+    },
+}
+
+impl From<DmaApiError> for CopyError {
+    fn from(error: DmaApiError) -> Self {
+        CopyError::Dma(error)
+    }
+}
+
+impl core::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CopyError::BadLength { source, destination } => write!(
+                f,
+                "cannot copy {source} bytes into {destination}: lengths must be equal, non-zero, whole {WORD}-byte words"
+            ),
+            CopyError::Dma(error) => write!(f, "{error}"),
+            CopyError::AddressTooWide(dma) => write!(f, "bus address {dma} does not fit the engine's 32 bits"),
+            CopyError::Engine(error) => write!(f, "the engine failed: {error}"),
+            CopyError::TimedOut { after } => write!(f, "the engine had not finished after {after:?}; aborted"),
+        }
+    }
+}
+
+/// What the engine was given for one copy: enough to check that it only saw addresses within
+/// its reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyReport {
+    pub source: DmaAddr,
+    pub destination: DmaAddr,
+    pub first_block: DmaAddr,
+    pub blocks: usize,
+}
+
+/// The engine: one channel the firmware leaves to the ARM, and the device's DMA handle.
+pub struct DmaEngine {
+    pub dma: DmaDevice,
+    channel: Channel,
+}
+
+/// Maps the controller, picks its first usable full (non-Lite) channel and installs the engine.
+/// Returns a description for the boot log's DMA table.
+pub fn start(
+    devicetree: &Devicetree<'static>,
+    device: &Device<'static>,
+    dma: DmaDevice,
+) -> Result<alloc::string::String, &'static str> {
+    let registers = *device.regs.first().ok_or("no registers in the devicetree")?;
+    let mask = devicetree
+        .u32_property(device, Controller::CHANNEL_MASK_PROPERTY)
+        .map_err(|_| "malformed brcm,dma-channel-mask")?
+        .ok_or("no brcm,dma-channel-mask: which channels the firmware leaves free is unknown")?;
+    let mapped = arch::mmu::map_device(registers).map_err(|_| "cannot map the registers")?;
+    // SAFETY: the controller's registers, freshly mapped as device memory; the channel mask
+    // comes from the firmware's devicetree, so those channels are the kernel's.
+    let controller = unsafe { Controller::new(mapped.as_mut_ptr(), registers.size() as usize, mask) };
+    let channels = || controller.usable_channels().filter_map(|index| controller.channel(index));
+    let channel = channels().find(|channel| !channel.is_lite()).ok_or("no usable full DMA channel")?;
+    channel.reset();
+    let description = alloc::format!("engine, channel {} of mask {mask:#x}", channel.index);
+    *DMA_ENGINE.lock() = Some(DmaEngine { dma, channel });
+    Ok(description)
+}
+
+impl DmaEngine {
+    /// Copies `source` into `destination` with the engine; both lent to it for the copy only.
+    pub fn copy(&self, source: &[u8], destination: &mut [u8]) -> Result<CopyReport, CopyError> {
+        self.copy_in_blocks(source, destination, self.channel.max_block_length() as usize)
+    }
+
+    /// [`Self::copy`] with control blocks of at most `block_length` bytes (whole words, at
+    /// most the channel's limit): a chain, when the copy is longer.
+    pub fn copy_in_blocks(
+        &self,
+        source: &[u8],
+        destination: &mut [u8],
+        block_length: usize,
+    ) -> Result<CopyReport, CopyError> {
+        let block_length = block_length.min(self.channel.max_block_length() as usize) / WORD * WORD;
+        let bad_length = CopyError::BadLength { source: source.len(), destination: destination.len() };
+        let whole_words = !source.is_empty() && source.len().is_multiple_of(WORD);
+        if source.len() != destination.len() || !whole_words || block_length == 0 {
+            return Err(bad_length);
+        }
+        let from = self.dma.physical(VirtAddr::from_ptr(source.as_ptr()), source.len())?;
+        let to = self.dma.physical(VirtAddr::from_ptr(destination.as_ptr()), destination.len())?;
+        let reading = Streaming::<ToDevice>::new(&self.dma, from)?;
+        let writing = Streaming::<FromDevice>::new(&self.dma, to)?;
+        let chain = Chain { source: reading.dma(), destination: writing.dma(), length: source.len(), block_length };
+        let blocks = self.control_blocks(&chain)?;
+        let finished = self.run(blocks.dma);
+        let report = CopyReport {
+            source: chain.source,
+            destination: chain.destination,
+            first_block: blocks.dma,
+            blocks: chain.count(),
+        };
+        // Unmapping copies a bounced destination back, so it must come after the engine stops.
+        reading.unmap()?;
+        writing.unmap()?;
+        self.dma.free_coherent(blocks)?;
+        finished.map(|()| report)
+    }
+
+    /// The chain's control blocks, written into coherent memory.
+    fn control_blocks(&self, chain: &Chain) -> Result<CoherentMemory, CopyError> {
+        let memory = self.dma.alloc_coherent(chain.count() * size_of::<ControlBlock>())?;
+        let written = chain.write(&memory);
+        if written.is_err() {
+            self.dma.free_coherent(memory)?;
+        }
+        written.map(|()| memory)
+    }
+
+    /// Starts the chain and waits for the engine to finish it, fail, or time out.
+    fn run(&self, first_block: DmaAddr) -> Result<(), CopyError> {
+        // The blocks are in coherent memory: ordering the writes before the doorbell is enough.
+        arch::cache::order_writes_before_doorbell();
+        self.channel.start(bus32(first_block)?);
+        let started = arch::timer::uptime();
+        loop {
+            match self.channel.status() {
+                Status::Done => return Ok(()),
+                Status::Failed(error) => {
+                    self.channel.reset();
+                    return Err(CopyError::Engine(error));
+                }
+                Status::Running if arch::timer::uptime() - started > TIMEOUT => {
+                    self.channel.abort();
+                    return Err(CopyError::TimedOut { after: TIMEOUT });
+                }
+                Status::Running => core::hint::spin_loop(),
+            }
+        }
+    }
+}
+
+/// One copy cut into control blocks of `block_length` bytes (the last one shorter).
+struct Chain {
+    source: DmaAddr,
+    destination: DmaAddr,
+    length: usize,
+    block_length: usize,
+}
+
+impl Chain {
+    fn count(&self) -> usize {
+        self.length.div_ceil(self.block_length)
+    }
+
+    /// Writes block `i` at `memory + 32 * i`, linked to block `i + 1`; the last links to 0.
+    fn write(&self, memory: &CoherentMemory) -> Result<(), CopyError> {
+        let blocks = memory.virt.as_mut_ptr::<ControlBlock>();
+        for index in 0..self.count() {
+            let offset = index * self.block_length;
+            let length = (self.length - offset).min(self.block_length) as u32;
+            let source = bus32(self.source.add(offset as u64))?;
+            let destination = bus32(self.destination.add(offset as u64))?;
+            let mut block = ControlBlock::memory_to_memory(source, destination, length);
+            if index + 1 < self.count() {
+                block.next = bus32(memory.dma.add(((index + 1) * size_of::<ControlBlock>()) as u64))?;
+            }
+            // SAFETY: coherent memory sized for `count` blocks, page-aligned (so 32-byte
+            // aligned), owned by this copy; volatile because the engine reads it.
+            unsafe { blocks.add(index).write_volatile(block) };
+        }
+        Ok(())
+    }
+}
+
+fn bus32(dma: DmaAddr) -> Result<u32, CopyError> {
+    u32::try_from(dma.as_u64()).map_err(|_| CopyError::AddressTooWide(dma))
+}

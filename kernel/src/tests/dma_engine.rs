@@ -1,0 +1,155 @@
+//! The Raspberry Pi 4's DMA engine through the DMA API: copies that only work because the
+//! kernel bounces what the engine cannot reach, and bus addresses that always lie within it.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use addr::{DmaAddr, PhysRange, VirtAddr};
+use drivers::bcm2835_dma::Controller;
+use platform::dma_config::DmaDescription;
+
+use crate::dma::DmaPool;
+use crate::dma_engine::{CopyReport, DmaEngine, DMA_ENGINE};
+use crate::machine;
+use crate::testing::{ensure, kernel_test, skip};
+use crate::tests::virtio::pattern;
+
+/// The engine's bus windows, as the devicetree gives them.
+fn engine_windows() -> Result<DmaDescription<'static>, String> {
+    let engines =
+        machine().devicetree.compatible_devices(&[Controller::COMPATIBLE]).map_err(|e| alloc::format!("{e}"))?;
+    Ok(engines.first().ok_or("no DMA engine in the devicetree")?.dma.clone())
+}
+
+/// Each bus address the engine was given maps back, through its windows, into RAM below its
+/// limit, for the whole length.
+fn ensure_within_reach(windows: &DmaDescription<'_>, report: &CopyReport, length: usize) -> Result<(), String> {
+    let limit = windows.limit().ok_or("the engine has no DMA limit")?;
+    let block_bytes = report.blocks * 32;
+    for (what, dma, size) in [
+        ("source", report.source, length),
+        ("destination", report.destination, length),
+        ("control blocks", report.first_block, block_bytes),
+    ] {
+        let last = dma.checked_add(size as u64 - 1).ok_or("address overflow")?;
+        let (Some(start), Some(end)) = (windows.dma_to_phys(dma), windows.dma_to_phys(last)) else {
+            return Err(alloc::format!("the engine was given {what} bus address {dma}, outside its windows"));
+        };
+        ensure!(end < limit && start <= end, "{what} {dma} reaches {end:?}, not below the limit {limit:?}");
+        ensure!(dma.as_u64() <= u64::from(u32::MAX), "{what} {dma} does not fit 32 bits");
+    }
+    Ok(())
+}
+
+fn physical(engine: &DmaEngine, bytes: &[u8]) -> Result<PhysRange, String> {
+    engine.dma.physical(VirtAddr::from_ptr(bytes.as_ptr()), bytes.len()).map_err(|e| alloc::format!("{e}"))
+}
+
+fn bounce_pool(engine: &DmaEngine) -> Result<&'static DmaPool, String> {
+    Ok(engine
+        .dma
+        .bounce_pool()
+        .ok_or("the engine has no bounce pool: boot with the devicetree `cargo xtask test` gives")?)
+}
+
+kernel_test! {
+    /// Source and destination above 1 GiB, where the engine cannot reach: every copy, at many
+    /// sizes and start offsets, succeeds through the bounce pool, byte for byte, and the engine
+    /// only ever sees bus addresses below its limit.
+    fn copies_above_the_limit_through_the_bounce_pool() {
+        let guard = DMA_ENGINE.lock();
+        let Some(engine) = guard.as_ref() else { skip!("no brcm,bcm2835-dma device") };
+        let windows = engine_windows()?;
+        let limit = windows.limit().ok_or("the engine has no DMA limit")?;
+        let pool = bounce_pool(engine)?;
+        let before = pool.bounce.stats();
+        let mut copied = 0u64;
+        let sizes = [4usize, 64, 512, 2048, 4096, 3 * 4096 + 12, 65536, 128 << 10];
+        let offsets = [0usize, 1, 0x7c8, 0xfa0];
+        for (round, (&size, &offset)) in sizes.iter().flat_map(|size| offsets.iter().map(move |offset| (size, offset))).enumerate() {
+            let source_bytes = pattern(round as u64 + 1000, size + 4096);
+            let mut destination_bytes = vec![0u8; size + 4096];
+            let source = &source_bytes[offset..offset + size];
+            let destination = &mut destination_bytes[(offset * 3) % 4096..][..size];
+            let (from, to) = (physical(engine, source)?, physical(engine, destination)?);
+            ensure!(from.start() >= limit && to.start() >= limit, "buffers {from} and {to} are not above the limit {limit:?}");
+            let report = engine.copy(source, destination).map_err(|e| alloc::format!("{size} bytes at offset {offset:#x}: {e}"))?;
+            ensure!(destination == source, "{size} bytes at offset {offset:#x}: the copy differs");
+            ensure_within_reach(&windows, &report, size)?;
+            copied += size as u64;
+        }
+        let after = pool.bounce.stats();
+        ensure!(after.bytes_to_cpu - before.bytes_to_cpu == copied, "bounced {} B back to the CPU for {copied} B copied", after.bytes_to_cpu - before.bytes_to_cpu);
+        ensure!(after.bytes_to_device - before.bytes_to_device >= copied, "bounced only {} B to the engine", after.bytes_to_device - before.bytes_to_device);
+        ensure!(after.slots_in_use == before.slots_in_use, "{} slots leaked", after.slots_in_use - before.slots_in_use);
+        ensure!(engine.dma.audit_report().violations == 0, "the audit saw addresses outside the engine's reach");
+        log::info!("DMA engine: {copied} B copied above {limit:?}; pool '{}' bounced {} B in and {} B out", pool.name, after.bytes_to_device - before.bytes_to_device, after.bytes_to_cpu - before.bytes_to_cpu);
+        Ok(())
+    }
+}
+
+/// Below 1 GiB on the Pi: the kernel image's own memory (the heap is the upper GiB).
+static mut LOW_SOURCE: [u8; 16384] = [0; 16384];
+static mut LOW_DESTINATION: [u8; 16384] = [0; 16384];
+
+kernel_test! {
+    /// A buffer the engine reaches is lent to it in place: bus address = 0xC000_0000 + its
+    /// physical address, nothing bounced (unless the devicetree restricts the engine to a pool).
+    fn buffers_within_reach_are_not_bounced() {
+        let guard = DMA_ENGINE.lock();
+        let Some(engine) = guard.as_ref() else { skip!("no brcm,bcm2835-dma device") };
+        let pool = bounce_pool(engine)?;
+        if pool.restricted {
+            skip!("the devicetree restricts the engine to a pool: every transfer bounces");
+        }
+        // SAFETY: only this test touches these buffers, under the engine lock.
+        let (source, destination) = unsafe { (&mut *(&raw mut LOW_SOURCE), &mut *(&raw mut LOW_DESTINATION)) };
+        let length = source.len();
+        source.copy_from_slice(&pattern(5, length));
+        destination.fill(0);
+        let windows = engine_windows()?;
+        let from = physical(engine, source)?;
+        let before = pool.bounce.stats();
+        let report = engine.copy(source, destination).map_err(|e| alloc::format!("{e}"))?;
+        ensure!(destination[..] == source[..], "the copy differs");
+        ensure!(Some(report.source) == windows.phys_to_dma(from.start()), "source bus {} is not the buffer's own {:?}", report.source, windows.phys_to_dma(from.start()));
+        ensure!(report.source == DmaAddr::new(0xc000_0000 + from.start().as_u64()), "the Pi 4's /soc window is bus = 0xC000_0000 + CPU, got {}", report.source);
+        let after = pool.bounce.stats();
+        ensure!(after.maps == before.maps, "{} buffers were bounced", after.maps - before.maps);
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A copy longer than one control block runs as a chain, each block linked by its bus
+    /// address; every byte arrives.
+    fn long_copies_run_as_a_chain_of_control_blocks() {
+        let guard = DMA_ENGINE.lock();
+        let Some(engine) = guard.as_ref() else { skip!("no brcm,bcm2835-dma device") };
+        let source = pattern(77, 20 * 1024 + 8);
+        let mut destination: Vec<u8> = vec![0; source.len()];
+        let report = engine.copy_in_blocks(&source, &mut destination, 4096).map_err(|e| alloc::format!("{e}"))?;
+        ensure!(report.blocks == 6, "{} control blocks for 20 KiB + 8 B in 4 KiB blocks", report.blocks);
+        ensure!(destination == source, "the chained copy differs");
+        ensure_within_reach(&engine_windows()?, &report, source.len())?;
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// Lengths the engine cannot move as whole words, and mismatched buffers, are refused
+    /// before the engine sees anything.
+    fn bad_lengths_are_refused_with_the_reason() {
+        let guard = DMA_ENGINE.lock();
+        let Some(engine) = guard.as_ref() else { skip!("no brcm,bcm2835-dma device") };
+        let source = [1u8; 10];
+        let mut destination = [0u8; 10];
+        let refused = engine.copy(&source, &mut destination).err().ok_or("a 10-byte copy was accepted")?;
+        let message = alloc::format!("{refused}");
+        ensure!(message.contains("whole 4-byte words"), "unclear refusal: {message}");
+        ensure!(engine.copy(&source[..8], &mut destination[..4]).is_err(), "mismatched lengths were accepted");
+        ensure!(destination == [0u8; 10], "a refused copy wrote the destination");
+        Ok(())
+    }
+}
