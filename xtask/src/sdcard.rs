@@ -22,25 +22,26 @@
 //!   specification, "FAT Type Determination"), not by its size: 64 MiB in clusters of one
 //!   512-byte sector gives about 129000, and one sector per cluster is one of the two layouts
 //!   Raspberry Pi OS images use (the other is four).
-//! - Everything is written in Rust (the `fatfs` crate), without `mkfs` or `mtools`. Without
-//!   a clock, `fatfs` stamps every file 1980-01-01, so the same inputs give the same image
-//!   byte for byte.
+//! - Everything is written in Rust (the `fatfs` crate), without `mkfs` or `mtools`. Every
+//!   file is stamped 1980-01-01 00:00, so the same inputs give the same image byte for byte.
+//!   The image is assembled in memory (65 MiB) and written sparsely: only the 4 KiB blocks
+//!   that are not all zero take room on the host's disk, under 3 MiB.
 //! - The devicetree on the card is Linux's with a restricted DMA pool for the legacy DMA
 //!   engine ([`devicetree::for_raspi`]); the firmware fills in `/memory` itself.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
-use fscommon::StreamSlice;
+use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
 use platform::devicetree::Devicetree;
 
 use crate::devicetree::{self, RaspiPool, PI_LEGACY_DMA};
 use crate::firmware::{self, PiFiles, DEVICETREE, FIXUP_DAT, START_ELF};
 use crate::{image, Result};
 
-const SECTOR_SIZE: u64 = 512;
+const SECTOR_SIZE: usize = 512;
 /// The partition's first sector: 1 MiB into the card.
 const PARTITION_START_LBA: u32 = 2048;
 /// 64 MiB: FAT32 with 512-byte clusters, room to spare for the ~4 MiB of files.
@@ -126,28 +127,57 @@ pub fn write_image(output: &Path, files: &PiFiles, kernel: &Path, bootargs: &str
         (DEVICETREE, devicetree),
         (KERNEL, read(kernel)?),
     ];
-    if let Some(parent) = output.parent() {
+    let mut image = vec![0; image_size()];
+    image[..512].copy_from_slice(&master_boot_record());
+    fill_partition(&mut image[partition_bytes()], &contents)
+        .map_err(|error| format!("cannot build the FAT partition of {}: {error}", output.display()))?;
+    write_sparse(output, &image)
+}
+
+/// Formats `partition` as FAT32 and writes `contents` into its root directory.
+fn fill_partition(partition: &mut [u8], contents: &[(&str, Vec<u8>)]) -> std::io::Result<()> {
+    let options = FormatVolumeOptions::new()
+        .fat_type(FatType::Fat32)
+        .bytes_per_cluster(CLUSTER_SIZE)
+        .volume_label(VOLUME_LABEL)
+        .volume_id(VOLUME_ID);
+    fatfs::format_volume(Cursor::new(&mut *partition), options)?;
+    record_hidden_sectors(partition);
+    let filesystem = FileSystem::new(Cursor::new(partition), FsOptions::new().time_provider(&FIXED_TIME))?;
+    // Counts the free clusters, which FSInfo then records on unmount: `fsck` wants the count.
+    filesystem.stats()?;
+    for (name, bytes) in contents {
+        filesystem.root_dir().create_file(name)?.write_all(bytes)?;
+    }
+    filesystem.unmount()
+}
+
+/// Writes `image` to `path`, skipping 4 KiB blocks of zeros: the file system leaves holes
+/// there that read as zeros and take no room.
+fn write_sparse(path: &Path, image: &[u8]) -> Result<()> {
+    const BLOCK: usize = 4096;
+    if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
     }
-    let failed = |error: std::io::Error| format!("cannot write {}: {error}", output.display());
-    // Readable too: `fatfs` reads back the tables it writes.
-    let mut file = File::options().read(true).write(true).create(true).truncate(true).open(output).map_err(failed)?;
-    // The file is sparse: only what is written takes room on the host's disk.
-    file.set_len(image_size()).map_err(failed)?;
-    file.write_all(&master_boot_record()).map_err(failed)?;
-    format_partition(&file).map_err(failed)?;
-    record_hidden_sectors(&mut file).map_err(failed)?;
-    let filesystem = FileSystem::new(partition(&file).map_err(failed)?, FsOptions::new()).map_err(failed)?;
-    for (name, bytes) in &contents {
-        let mut fat_file = filesystem.root_dir().create_file(name).map_err(failed)?;
-        fat_file.write_all(bytes).map_err(|error| format!("{}: cannot write {name}: {error}", output.display()))?;
+    let failed = |error: std::io::Error| format!("cannot write {}: {error}", path.display());
+    let mut file = File::create(path).map_err(failed)?;
+    file.set_len(image.len() as u64).map_err(failed)?;
+    for (index, block) in image.chunks(BLOCK).enumerate() {
+        if block.iter().any(|&byte| byte != 0) {
+            file.seek(SeekFrom::Start((index * BLOCK) as u64)).map_err(failed)?;
+            file.write_all(block).map_err(failed)?;
+        }
     }
-    filesystem.unmount().map_err(failed)?;
     file.sync_all().map_err(failed)
 }
 
-fn image_size() -> u64 {
-    (u64::from(PARTITION_START_LBA) + u64::from(PARTITION_SECTORS)) * SECTOR_SIZE
+fn image_size() -> usize {
+    (PARTITION_START_LBA + PARTITION_SECTORS) as usize * SECTOR_SIZE
+}
+
+/// Where the partition lies in the image, in bytes.
+fn partition_bytes() -> Range<usize> {
+    PARTITION_START_LBA as usize * SECTOR_SIZE..image_size()
 }
 
 /// The classic MBR (UEFI specification 2.10, 5.2.1, tables 5-1 and 5-2):
@@ -191,38 +221,39 @@ fn chs(lba: u32) -> [u8; 3] {
     [head as u8, sector as u8 | ((cylinder >> 2) as u8 & 0xc0), cylinder as u8]
 }
 
-/// The partition's bytes as a stream of their own, which is what `fatfs` works on.
-fn partition(file: &File) -> std::io::Result<StreamSlice<File>> {
-    let start = u64::from(PARTITION_START_LBA) * SECTOR_SIZE;
-    StreamSlice::new(file.try_clone()?, start, start + u64::from(PARTITION_SECTORS) * SECTOR_SIZE)
-}
+/// The earliest valid DOS date and time, on every file and directory.
+const EPOCH: DateTime =
+    DateTime { date: Date { year: 1980, month: 1, day: 1 }, time: Time { hour: 0, min: 0, sec: 0, millis: 0 } };
 
-fn format_partition(file: &File) -> std::io::Result<()> {
-    let options = FormatVolumeOptions::new()
-        .fat_type(FatType::Fat32)
-        .bytes_per_cluster(CLUSTER_SIZE)
-        .volume_label(VOLUME_LABEL)
-        .volume_id(VOLUME_ID);
-    fatfs::format_volume(partition(file)?, options)
+/// A clock stopped at [`EPOCH`]: a fixed stamp keeps the image reproducible, and a valid one
+/// keeps `fsck` quiet (`fatfs` without a clock writes month 0, day 0).
+#[derive(Debug)]
+struct FixedTime;
+
+static FIXED_TIME: FixedTime = FixedTime;
+
+impl TimeProvider for FixedTime {
+    fn get_current_date(&self) -> Date {
+        EPOCH.date
+    }
+
+    fn get_current_date_time(&self) -> DateTime {
+        EPOCH
+    }
 }
 
 /// Byte offsets in a FAT boot sector (Microsoft's FAT specification, "BPB").
-const BPB_HIDDEN_SECTORS: u64 = 0x1c;
-const BPB_BACKUP_BOOT_SECTOR: u64 = 0x32;
+const BPB_HIDDEN_SECTORS: usize = 0x1c;
+const BPB_BACKUP_BOOT_SECTOR: usize = 0x32;
 
 /// Sets `BPB_HiddSec`, the number of sectors before the partition, in the boot sector and its
 /// FAT32 backup copy. `fatfs` writes 0, which is right for a volume without a partition table.
-fn record_hidden_sectors(file: &mut File) -> std::io::Result<()> {
-    let boot_sector = u64::from(PARTITION_START_LBA) * SECTOR_SIZE;
-    let mut backup = [0; 2];
-    file.seek(SeekFrom::Start(boot_sector + BPB_BACKUP_BOOT_SECTOR))?;
-    file.read_exact(&mut backup)?;
-    let backup_sector = boot_sector + u64::from(u16::from_le_bytes(backup)) * SECTOR_SIZE;
-    for sector in [boot_sector, backup_sector] {
-        file.seek(SeekFrom::Start(sector + BPB_HIDDEN_SECTORS))?;
-        file.write_all(&PARTITION_START_LBA.to_le_bytes())?;
+fn record_hidden_sectors(partition: &mut [u8]) {
+    let backup = [partition[BPB_BACKUP_BOOT_SECTOR], partition[BPB_BACKUP_BOOT_SECTOR + 1]];
+    for sector in [0, usize::from(u16::from_le_bytes(backup))] {
+        let at = sector * SECTOR_SIZE + BPB_HIDDEN_SECTORS;
+        partition[at..at + 4].copy_from_slice(&PARTITION_START_LBA.to_le_bytes());
     }
-    Ok(())
 }
 
 /// Reads an image back and checks everything the Pi needs from it (see the module doc), and
@@ -233,8 +264,9 @@ pub fn check_image(path: &Path, kernel: &Path) -> Result<String> {
 }
 
 fn check(path: &Path, kernel: &[u8]) -> Result<String> {
-    let file = File::open(path).map_err(|error| format!("cannot open: {error}"))?;
-    let filesystem = FileSystem::new(check_partition_table(&file)?, FsOptions::new())
+    let mut image = std::fs::read(path).map_err(|error| format!("cannot read: {error}"))?;
+    let partition = check_partition_table(&image)?;
+    let filesystem = FileSystem::new(Cursor::new(&mut image[partition]), FsOptions::new())
         .map_err(|error| format!("the partition is not a FAT file system: {error}"))?;
     let stats = filesystem.stats().map_err(|error| format!("cannot read the FAT: {error}"))?;
     if stats.total_clusters() < FAT32_MIN_CLUSTERS {
@@ -264,10 +296,9 @@ fn check(path: &Path, kernel: &[u8]) -> Result<String> {
 }
 
 /// Checks the MBR: its signature and one bootable FAT32 partition inside the image, the
-/// other three entries empty. Returns the partition's bytes.
-fn check_partition_table(file: &File) -> Result<StreamSlice<File>> {
-    let mut mbr = [0; 512];
-    (&*file).read_exact(&mut mbr).map_err(|_| "shorter than one sector".to_string())?;
+/// other three entries empty. Returns where the partition lies.
+fn check_partition_table(image: &[u8]) -> Result<Range<usize>> {
+    let mbr = image.get(..512).ok_or("shorter than one sector")?;
     if mbr[510..512] != [0x55, 0xaa] {
         return Err(format!("no MBR signature (bytes 510-511 are {:02x} {:02x}, not 55 aa)", mbr[510], mbr[511]));
     }
@@ -281,14 +312,15 @@ fn check_partition_table(file: &File) -> Result<StreamSlice<File>> {
     if mbr[462..510].iter().any(|&byte| byte != 0) {
         return Err("partitions 2 to 4 are not empty".into());
     }
-    let number = |at: usize| u64::from(u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]));
-    let (start, end) = (number(8) * SECTOR_SIZE, (number(8) + number(12)) * SECTOR_SIZE);
-    let length = file.metadata().map_err(|error| error.to_string())?.len();
-    if start == 0 || end > length {
-        return Err(format!("partition 1 ([{start:#x}..{end:#x}) in bytes) lies outside the {length}-byte image"));
+    let sectors = |at: usize| u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]]) as usize;
+    let (start, end) = (sectors(8) * SECTOR_SIZE, (sectors(8) + sectors(12)) * SECTOR_SIZE);
+    if start == 0 || end > image.len() {
+        return Err(format!(
+            "partition 1 ([{start:#x}..{end:#x}) in bytes) lies outside the {}-byte image",
+            image.len()
+        ));
     }
-    let copy = file.try_clone().map_err(|error| error.to_string())?;
-    StreamSlice::new(copy, start, end).map_err(|error| error.to_string())
+    Ok(start..end)
 }
 
 /// The devicetree parses, its restricted pools are valid, and the legacy DMA controller's
@@ -307,7 +339,7 @@ fn check_devicetree(blob: &[u8]) -> Result<String> {
 }
 
 /// The file `name` in the partition's root directory, which must not be empty.
-fn read_fat_file(filesystem: &FileSystem<StreamSlice<File>>, name: &str) -> Result<Vec<u8>> {
+fn read_fat_file(filesystem: &FileSystem<Cursor<&mut [u8]>>, name: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     let mut file =
         filesystem.root_dir().open_file(name).map_err(|error| format!("no {name} on the partition: {error}"))?;
@@ -392,10 +424,12 @@ mod tests {
         let boot_sector = &image[1 << 20..(1 << 20) + 512];
         assert_eq!(u32::from_le_bytes(boot_sector[0x1c..0x20].try_into().unwrap()), 2048, "BPB_HiddSec");
         assert_eq!(boot_sector[0x52..0x5a], *b"FAT32   ");
+        let fs_info = &image[(1 << 20) + 512..(1 << 20) + 1024];
+        assert_ne!(fs_info[488..492], [0xff; 4], "FSInfo records the free cluster count");
 
         // The files, through fatfs on a slice of the image.
-        let partition = fscommon::StreamSlice::new(std::io::Cursor::new(image), 1 << 20, 65 << 20).unwrap();
-        let filesystem = FileSystem::new(partition, FsOptions::new()).unwrap();
+        let mut partition = image[1 << 20..].to_vec();
+        let filesystem = FileSystem::new(Cursor::new(&mut partition[..]), FsOptions::new()).unwrap();
         assert_eq!(filesystem.fat_type(), FatType::Fat32);
         assert!(filesystem.stats().unwrap().total_clusters() >= FAT32_MIN_CLUSTERS);
         let devicetree = devicetree::for_raspi(&pi_like(), RaspiPool::Restricted, None).unwrap();
@@ -407,7 +441,9 @@ mod tests {
             (DEVICETREE, devicetree),
             (KERNEL, std::fs::read(&inputs.kernel).unwrap()),
         ];
-        let mut names: Vec<String> = filesystem.root_dir().iter().map(|entry| entry.unwrap().file_name()).collect();
+        let entries: Vec<_> = filesystem.root_dir().iter().map(|entry| entry.unwrap()).collect();
+        assert!(entries.iter().all(|entry| entry.modified() == EPOCH), "every file stamped 1980-01-01 00:00");
+        let mut names: Vec<String> = entries.iter().map(|entry| entry.file_name()).collect();
         names.sort();
         let mut expected_names: Vec<String> = expected.iter().map(|(name, _)| name.to_string()).collect();
         expected_names.sort();
