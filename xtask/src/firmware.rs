@@ -84,7 +84,10 @@ pub fn pi_files(firmware_dir: Option<&Path>) -> Result<PiFiles> {
     let files = PiFiles::in_directory(&directory);
     if files.first_missing().is_some() {
         fetch_from_debian(&directory).map_err(|error| {
-            format!("{error}; or bring {START_ELF}, {FIXUP_DAT} and {DEVICETREE} with --firmware-dir DIR")
+            format!(
+                "cannot fetch the Raspberry Pi firmware from Debian: {error}; \
+                 or bring {START_ELF}, {FIXUP_DAT} and {DEVICETREE} with --firmware-dir DIR"
+            )
         })?;
     }
     Ok(files)
@@ -92,14 +95,7 @@ pub fn pi_files(firmware_dir: Option<&Path>) -> Result<PiFiles> {
 
 /// Downloads the two packages, extracts the three files into `directory`, deletes the rest.
 fn fetch_from_debian(directory: &Path) -> Result<()> {
-    for tool in ["apt-get", "apt-cache", "dpkg-deb", "tar"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            return Err(format!("cannot fetch the Raspberry Pi firmware: `{tool}` not found (Debian's apt and dpkg)"));
-        }
-    }
-    if !Path::new(DEBIAN_KEYRING).is_file() {
-        return Err(format!("cannot fetch the Raspberry Pi firmware: no {DEBIAN_KEYRING} (debian-archive-keyring)"));
-    }
+    check_host_tools()?;
     let apt = Apt::new(&directory.join("debian"))?;
     println!("xtask: reading Debian's arm64 package lists");
     apt.update()?;
@@ -119,6 +115,19 @@ fn fetch_from_debian(directory: &Path) -> Result<()> {
         rename(&extracted.join(member), &directory.join(name))?;
     }
     std::fs::remove_dir_all(&apt.root).map_err(|error| format!("cannot delete {}: {error}", apt.root.display()))
+}
+
+/// apt and dpkg, and the key Debian signs its archive with.
+fn check_host_tools() -> Result<()> {
+    for tool in ["apt-get", "apt-cache", "dpkg-deb", "tar"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(format!("`{tool}` not found (Debian's apt and dpkg)"));
+        }
+    }
+    if !Path::new(DEBIAN_KEYRING).is_file() {
+        return Err(format!("no {DEBIAN_KEYRING} (package debian-archive-keyring)"));
+    }
+    Ok(())
 }
 
 /// apt-get and apt-cache on a private state directory that lists only Debian 12's arm64
