@@ -16,7 +16,8 @@
 //! checks that on each machine the tests of its devices did run.
 
 use alloc::string::String;
-use core::sync::atomic::{AtomicBool, Ordering};
+
+use spin::Mutex;
 
 use crate::power::Outcome;
 
@@ -95,7 +96,8 @@ fn all_tests() -> &'static [KernelTest] {
     unsafe { core::slice::from_raw_parts(start, count) }
 }
 
-static IN_TEST: AtomicBool = AtomicBool::new(false);
+/// The test running now, for the panic handler.
+static CURRENT_TEST: Mutex<Option<&'static str>> = Mutex::new(None);
 
 pub fn run_all() -> Outcome {
     let tests = all_tests();
@@ -103,10 +105,11 @@ pub fn run_all() -> Outcome {
     let (mut failed, mut skipped) = (0, 0);
     for test in tests {
         let name = test.name.trim_start_matches("kernel::tests::");
-        crate::console::write_fmt(format_args!("test {name} ... "));
-        IN_TEST.store(true, Ordering::SeqCst);
+        // The verdict line comes after the test, so that what the test logs stays whole.
+        *CURRENT_TEST.lock() = Some(name);
         let result = (test.run)();
-        IN_TEST.store(false, Ordering::SeqCst);
+        *CURRENT_TEST.lock() = None;
+        crate::console::write_fmt(format_args!("test {name} ... "));
         match result {
             Ok(()) => crate::console::write_fmt(format_args!("ok\n")),
             Err(Verdict::Skipped(reason)) => {
@@ -130,7 +133,10 @@ pub fn run_all() -> Outcome {
 
 /// Called by the panic handler: a panic inside a test is that test's failure.
 pub fn report_panic_during_test() {
-    if IN_TEST.load(Ordering::SeqCst) {
-        crate::console::emergency_print(format_args!("FAILED (panicked)\nkernel: run aborted by a panic\n"));
+    // A panic while the lock is held cannot be in a test: the lock is never held across one.
+    if let Some(name) = CURRENT_TEST.try_lock().and_then(|current| *current) {
+        crate::console::emergency_print(format_args!(
+            "test {name} ... FAILED (panicked)\nkernel: run aborted by a panic\n"
+        ));
     }
 }

@@ -25,7 +25,7 @@
 //!   `/soc`'s `dma-ranges = <0xc0000000 0x0 0x0 0x40000000>` maps bus `0xc000_0000` to CPU 0
 //!   for 1 GiB. The pool's numbers are written with the cell counts `/reserved-memory`
 //!   declares (2 address cells and 1 size cell on the Pi, unlike `virt`'s 2 and 2);
-//! - optionally, a second `/memory` node. QEMU `raspi4b` has 2 GiB but writes only the first
+//! - optionally, a second RAM bank node. QEMU `raspi4b` has 2 GiB but writes only the first
 //!   960 MiB into `/memory` (its `modify_dtb` compares the VideoCore base, not the RAM size, to
 //!   decide whether RAM goes past 1 GiB); the real firmware lists all of RAM itself.
 
@@ -84,8 +84,6 @@ pub fn for_kernel(qemu_blob: &[u8], pool: PoolForm) -> Result<Vec<u8>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RaspiPool {
     /// No pool in the devicetree: the kernel carves its own low bounce pool.
-    // Only QEMU `raspi4b` boots without the pool, and qemu.rs does not boot it yet.
-    #[allow(dead_code)]
     Default,
     /// A dynamic `restricted-dma-pool` in the first GiB, named by the legacy DMA controller.
     Restricted,
@@ -297,7 +295,11 @@ impl PiPool {
     }
 }
 
-/// A `/memory@<base>` node, placed right after the first existing `/memory` node.
+/// A RAM bank node (`device_type = "memory"`), placed right after the first `/memory` node.
+///
+/// It is named `sdram@<base>`, not `memory@<base>`: QEMU deletes every node named `memory*`
+/// from a `-dtb` before writing its own `/memory@0`. What makes a node RAM is its
+/// `device_type`, which the kernel (and Linux) go by.
 struct MemoryBank {
     name: String,
     /// Path of the `/memory` node it follows.
@@ -313,10 +315,16 @@ impl MemoryBank {
         let root = fdt.find_node("/").ok_or(format!("{PI_SOURCE} has no root"))?;
         let cells = Cells::of(&root, "the root node")?;
         cells.check(base, size)?;
-        let name = format!("memory@{base:x}");
-        if root.children().any(|child| child.name == name) {
-            return Err(format!("{PI_SOURCE} already has /{name}"));
+        let is_ram = |node: &FdtNode<'_, '_>| node.property("device_type").is_some_and(|p| p.value == b"memory\0");
+        let listed = root.children().filter(is_ram).flat_map(|node| node.reg().into_iter().flatten());
+        let overlaps = |region: fdt::standard_nodes::MemoryRegion| {
+            let start = region.starting_address as u64;
+            start < base + size && base < start + region.size.unwrap_or(0) as u64
+        };
+        if listed.into_iter().any(overlaps) {
+            return Err(format!("{PI_SOURCE} already lists RAM in [{base:#x}, {:#x})", base + size));
         }
+        let name = format!("sdram@{base:x}");
         let first_memory = root.children().find(|child| child.name == "memory" || child.name.starts_with("memory@"));
         let after = first_memory.ok_or(format!("{PI_SOURCE} has no /memory node"))?.name;
         Ok(Self { name, after: format!("/{after}"), cells, base, size })
@@ -590,7 +598,7 @@ pub(crate) mod tests {
         let fdt = Fdt::new(&blob).unwrap();
         let names: Vec<&str> = fdt.find_node("/").unwrap().children().map(|node| node.name).collect();
         let first = names.iter().position(|&name| name == "memory@0").unwrap();
-        assert_eq!(names[first + 1], "memory@40000000");
+        assert_eq!(names[first + 1], "sdram@40000000");
     }
 
     #[test]
@@ -605,7 +613,7 @@ pub(crate) mod tests {
         let error = for_raspi(&no_legacy_dma, RaspiPool::Restricted, None).unwrap_err();
         assert!(error.contains("brcm,bcm2835-dma"), "{error}");
         let error = for_raspi(&pi_like(), RaspiPool::Default, Some((0, 1 << 30))).unwrap_err();
-        assert!(error.contains("already has /memory@0"), "{error}");
+        assert!(error.contains("already lists RAM in [0x0, 0x40000000)"), "{error}");
         let error = for_raspi(&pi_like(), RaspiPool::Default, Some((1 << 32, 1 << 32))).unwrap_err();
         assert!(error.contains("does not fit in 2 address and 1 size cells"), "{error}");
         let error = for_raspi(b"not a devicetree", RaspiPool::Default, None).unwrap_err();

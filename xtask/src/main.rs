@@ -1,9 +1,11 @@
 //! `cargo xtask`: everything around the kernel that runs on the developer's machine.
 //!
 //! - `cargo xtask build`: the kernel ELF and the raw `kernel8.img` a boot loader loads.
-//! - `cargo xtask qemu [-- QEMU ARGS]`: build, boot on QEMU `virt`, stream the console.
+//! - `cargo xtask qemu [--board raspi4b] [-- QEMU ARGS]`: build, boot on QEMU `virt` (or the
+//!   Raspberry Pi 4 model), stream the console.
 //! - `cargo xtask test`: host tests of every pure crate, then the kernel's own tests under
-//!   QEMU at EL1 and EL2 on two CPU models; fails if anything fails or QEMU hangs.
+//!   QEMU `virt` at EL1 and EL2 on two CPU models and on `raspi4b`, then the SD card image read
+//!   back; fails if anything fails or QEMU hangs.
 //! - `cargo xtask sdcard`: a Raspberry Pi 4 SD card image (firmware, devicetree, kernel).
 //!
 //! Each command checks its prerequisites first (the Rust target, QEMU >= 9) and installs
@@ -33,15 +35,20 @@ struct Cli {
 enum Command {
     /// Build the kernel ELF and kernel8.img.
     Build,
-    /// Build, then boot on QEMU virt and stream the console.
+    /// Build, then boot on QEMU and stream the console.
     Qemu {
-        /// Boot at EL2, as on a Raspberry Pi 4 (QEMU `virtualization=on`).
+        /// The board: QEMU `virt` with virtio devices, or `raspi4b` with the Pi firmware's
+        /// devicetree (fetched on demand) and its 30-bit DMA engine.
+        #[arg(long, value_enum, default_value = "virt")]
+        board: BoardChoice,
+        /// Boot at EL2, as on a Raspberry Pi 4 (QEMU `virtualization=on`). virt only.
         #[arg(long)]
         el2: bool,
-        /// CPU model.
+        /// CPU model. virt only.
         #[arg(long, default_value = "cortex-a72")]
         cpu: String,
-        /// How the devicetree describes the restricted DMA pool.
+        /// How the devicetree describes virt's restricted DMA pool. (raspi4b boots with the SD
+        /// card's devicetree: a restricted pool for the DMA engine.)
         #[arg(long, value_enum, default_value = "static")]
         pool: devicetree::PoolForm,
         /// Kernel command line, e.g. `kernel.fault-demo` or `kernel.test`.
@@ -68,6 +75,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BoardChoice {
+    Virt,
+    Raspi4b,
+}
+
 /// An error for the user: one line saying what went wrong and what to do.
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -75,8 +88,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build => image::build().map(|image| println!("kernel: {}", image.display())),
-        Command::Qemu { el2, cpu, pool, append, qemu_args } => {
-            qemu::run_demo(&qemu::Machine::virt(el2, &cpu, pool), &append, &qemu_args)
+        Command::Qemu { board, el2, cpu, pool, append, qemu_args } => {
+            let machine = match board {
+                BoardChoice::Virt => qemu::Machine::virt(el2, &cpu, pool),
+                BoardChoice::Raspi4b => qemu::Machine::raspi4b(devicetree::RaspiPool::Restricted),
+            };
+            qemu::run_demo(&machine, &append, &qemu_args)
         }
         Command::Test => test::run_all(),
         Command::Sdcard { firmware_dir, output, append } => {

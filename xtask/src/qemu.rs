@@ -1,4 +1,4 @@
-//! Running the kernel on QEMU `virt`.
+//! Running the kernel on QEMU: `virt`, or `raspi4b` with the Raspberry Pi firmware's devicetree.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -6,39 +6,75 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::devicetree::PoolForm;
+use crate::devicetree::{PoolForm, RaspiPool};
 use crate::prerequisites::ensure_qemu;
-use crate::{devicetree, image, Result};
+use crate::{devicetree, firmware, image, Result};
 
 const QEMU: &str = "qemu-system-aarch64";
 
+/// Which board QEMU emulates, and how its devicetree describes DMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Board {
+    /// `-M virt`: virtio-mmio devices, every transfer through a restricted pool.
+    Virt { el2: bool, pool: PoolForm },
+    /// `-M raspi4b` (2 GiB), with the devicetree the Pi firmware uses: a legacy DMA engine
+    /// that reaches only the first GiB.
+    Raspi4b { pool: RaspiPool },
+}
+
 /// A QEMU machine configuration.
 pub struct Machine {
-    /// `-M` value.
-    pub machine: String,
+    pub board: Board,
+    /// `-cpu` value; the Pi has its own Cortex-A72.
     pub cpu: String,
     /// The exception level the kernel is entered at.
     pub entry_el: u8,
-    /// How the devicetree describes the restricted DMA pool.
-    pub pool: PoolForm,
 }
 
 /// Size of the virtio block device's disk image.
 const DISK_SIZE: u64 = 16 << 20;
+/// QEMU's raspi4b has 2 GiB of RAM but writes only the first 960 MiB into the devicetree
+/// (its `raspi4_modify_dtb` compares the VideoCore base, not the RAM size, with 1 GiB). The
+/// real firmware lists every bank; xtask, acting as the firmware, adds the upper GiB.
+const RASPI4B_UPPER_RAM: (u64, u64) = (1 << 30, 1 << 30);
 
 impl Machine {
     pub fn virt(el2: bool, cpu: &str, pool: PoolForm) -> Self {
-        let machine = if el2 { "virt,virtualization=on" } else { "virt" };
-        Self { machine: machine.into(), cpu: cpu.into(), entry_el: if el2 { 2 } else { 1 }, pool }
+        Self { board: Board::Virt { el2, pool }, cpu: cpu.into(), entry_el: if el2 { 2 } else { 1 } }
+    }
+
+    /// The Pi's firmware (and QEMU in its place) starts the kernel at EL2.
+    pub fn raspi4b(pool: RaspiPool) -> Self {
+        Self { board: Board::Raspi4b { pool }, cpu: "cortex-a72".into(), entry_el: 2 }
+    }
+
+    fn machine(&self) -> &'static str {
+        match self.board {
+            Board::Virt { el2: false, .. } => "virt",
+            Board::Virt { el2: true, .. } => "virt,virtualization=on",
+            Board::Raspi4b { .. } => "raspi4b",
+        }
     }
 
     pub fn name(&self) -> String {
-        format!("{} -cpu {} (EL{}, {:?} pool)", self.machine, self.cpu, self.entry_el, self.pool)
+        match self.board {
+            Board::Virt { pool, .. } => {
+                format!("{} -cpu {} (EL{}, {pool:?} pool)", self.machine(), self.cpu, self.entry_el)
+            }
+            Board::Raspi4b { pool: RaspiPool::Default } => "raspi4b (EL2, the kernel's default bounce pool)".into(),
+            Board::Raspi4b { pool: RaspiPool::Restricted } => {
+                "raspi4b (EL2, restricted pool, as on the SD card)".into()
+            }
+        }
     }
 
     /// virtio devices on the MMIO transport: a disk, an entropy source, a network card on
     /// QEMU's user network. `force-legacy=false` asks for virtio 1.x ("modern") transports.
+    /// The Pi's devices are its own.
     fn devices(&self) -> Result<Vec<String>> {
+        if let Board::Raspi4b { .. } = self.board {
+            return Ok(Vec::new());
+        }
         let disk = image::build_directory().join("virtio-disk.img");
         let file =
             std::fs::File::create(&disk).map_err(|error| format!("cannot create {}: {error}", disk.display()))?;
@@ -54,25 +90,50 @@ impl Machine {
         Ok(arguments.map(String::from).to_vec())
     }
 
+    /// The Pi 4's console is its mini UART, QEMU's second serial port (`stdout-path` is
+    /// `serial1`); the first, the PL011, goes nowhere.
     fn base_arguments(&self) -> Vec<String> {
-        ["-M", &self.machine, "-cpu", &self.cpu, "-smp", "2", "-m", "1G", "-nographic", "-no-reboot"]
-            .map(String::from)
-            .to_vec()
+        let arguments: &[&str] = match self.board {
+            Board::Virt { .. } => &["-cpu", &self.cpu, "-smp", "2", "-m", "1G", "-nographic"],
+            Board::Raspi4b { .. } => &["-nographic", "-serial", "null", "-serial", "mon:stdio"],
+        };
+        let mut all = vec!["-M".to_string(), self.machine().to_string()];
+        all.extend(arguments.iter().map(|argument| argument.to_string()));
+        all.push("-no-reboot".into());
+        all
     }
 
-    /// QEMU's devicetree for this machine, with the kernel's test reservations added.
+    /// The devicetree the kernel boots with.
     fn devicetree(&self) -> Result<PathBuf> {
-        let stem = format!("{}-{}-{:?}", self.machine.replace([',', '='], "-"), self.cpu, self.pool).to_lowercase();
+        match self.board {
+            Board::Virt { pool, .. } => self.virt_devicetree(pool),
+            Board::Raspi4b { pool } => {
+                let files = firmware::pi_files(None)?;
+                let source = &files.devicetree;
+                let blob =
+                    std::fs::read(source).map_err(|error| format!("cannot read {}: {error}", source.display()))?;
+                let blob = devicetree::for_raspi(&blob, pool, Some(RASPI4B_UPPER_RAM))?;
+                let path = firmware::raspi_directory().join(format!("qemu-raspi4b-{pool:?}.dtb").to_lowercase());
+                std::fs::write(&path, blob).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+                Ok(path)
+            }
+        }
+    }
+
+    /// QEMU generates `virt`'s devicetree from its options: dumped, then given the kernel's
+    /// test reservations and restricted pool.
+    fn virt_devicetree(&self, pool: PoolForm) -> Result<PathBuf> {
+        let stem = format!("{}-{}-{:?}", self.machine().replace([',', '='], "-"), self.cpu, pool).to_lowercase();
         let dumped = image::build_directory().join(format!("{stem}.qemu.dtb"));
         let augmented = image::build_directory().join(format!("{stem}.dtb"));
         let mut arguments = self.base_arguments();
-        arguments[1] = format!("{},dumpdtb={}", self.machine, dumped.display());
+        arguments[1] = format!("{},dumpdtb={}", self.machine(), dumped.display());
         let output =
             Command::new(QEMU).args(&arguments).output().map_err(|error| format!("cannot run {QEMU}: {error}"))?;
         let blob = std::fs::read(&dumped).map_err(|_| {
             format!("QEMU did not dump its devicetree: {}", String::from_utf8_lossy(&output.stderr).trim())
         })?;
-        let blob = devicetree::for_kernel(&blob, self.pool)?;
+        let blob = devicetree::for_kernel(&blob, pool)?;
         std::fs::write(&augmented, blob).map_err(|error| format!("cannot write {}: {error}", augmented.display()))?;
         Ok(augmented)
     }
