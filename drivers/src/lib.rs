@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod bcm2835_dma;
+pub mod bcm2835_pm;
 pub mod mini_uart;
 pub mod pl011;
 

@@ -8,6 +8,7 @@ use alloc::string::String;
 
 use dma::Constraints;
 use drivers::bcm2835_dma::Controller;
+use drivers::bcm2835_pm::PowerManagement;
 use drivers::mini_uart::MiniUart;
 use drivers::pl011::Pl011;
 use log::{info, warn};
@@ -44,6 +45,17 @@ pub fn start_console(devicetree: &Devicetree<'static>) -> Result<&'static str, C
     };
     console::install(uart);
     Ok(device.name)
+}
+
+/// Finds the Raspberry Pi's power-management watchdog, the way to power off without PSCI.
+pub fn start_watchdog(devicetree: &Devicetree<'static>) {
+    let Ok(found) = devicetree.compatible_devices(&[PowerManagement::COMPATIBLE]) else { return };
+    let Some(&registers) = found.first().and_then(|device| device.regs.first()) else { return };
+    match arch::mmu::map_device(registers) {
+        // SAFETY: the PM block's registers, freshly mapped as device memory, for power-off only.
+        Ok(mapped) => crate::power::set_watchdog(unsafe { PowerManagement::new(mapped.as_mut_ptr()) }),
+        Err(error) => warn!("watchdog {registers}: cannot map its registers ({error:?}): powering off will halt"),
+    }
 }
 
 /// Starts a driver for every DMA-capable device that has one, each with its own DMA handle,

@@ -131,6 +131,9 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(
         None
     });
     power::set_psci(psci);
+    if psci.is_none() {
+        board::start_watchdog(&devicetree);
+    }
     MACHINE.call_once(|| Machine { boot, devicetree, memory });
     Ok(())
 }

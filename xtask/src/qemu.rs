@@ -170,11 +170,11 @@ pub struct TestRun {
     pub exit_code: Option<i32>,
 }
 
-/// Boots the kernel with a semihosting host for the exit status, streaming the console.
+/// Boots the kernel with a semihosting host (used if `bootargs` say `kernel.semihosting`),
+/// streaming the console; returns what it printed and how QEMU exited.
 pub fn run_captured(machine: &Machine, kernel: &Path, bootargs: &str, timeout: Duration) -> Result<TestRun> {
-    let bootargs = format!("kernel.semihosting {bootargs}");
     let mut child = machine
-        .command(kernel, &bootargs)?
+        .command(kernel, bootargs)?
         .arg("-semihosting")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

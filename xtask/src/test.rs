@@ -30,7 +30,7 @@ pub fn run_all() -> Result<()> {
     let mut summaries = Vec::new();
     for machine in &machines {
         println!("xtask: kernel tests on {}", machine.name());
-        let bootargs = format!("kernel.test test.entry-el={}", machine.entry_el);
+        let bootargs = format!("kernel.semihosting kernel.test test.entry-el={}", machine.entry_el);
         let run = qemu::run_captured(machine, &kernel, &bootargs, KERNEL_TIMEOUT)?;
         let summary = run.console.lines().rev().find(|line| line.starts_with("kernel: ")).map(str::to_owned);
         let summary = summary
@@ -44,6 +44,7 @@ pub fn run_all() -> Result<()> {
         summaries.push(format!("{}: {summary}", machine.name()));
     }
     summaries.push(crash_report(&machines[0], &kernel)?);
+    summaries.push(raspi_demo_powers_off(&machines[5], &kernel)?);
     summaries.push(sdcard_read_back()?);
     println!();
     println!("host: {passed} passed, {failed} failed");
@@ -81,6 +82,21 @@ fn passed_in(console: &str, test: &str) -> bool {
     console.lines().any(|line| line.starts_with(&format!("test {test} ... ")) && line.ends_with(" ok"))
 }
 
+/// The Pi demo as a user sees it: the DMA engine's copy, then a power-off through the
+/// watchdog (no semihosting, no PSCI), which QEMU's `-no-reboot` turns into an exit.
+fn raspi_demo_powers_off(machine: &Machine, kernel: &std::path::Path) -> Result<String> {
+    println!("xtask: demo on {}", machine.name());
+    let run = qemu::run_captured(machine, kernel, "", KERNEL_TIMEOUT)?;
+    let expected = ["demo: DMA engine: copied 64 KiB", "identically", "powering off: watchdog reset"];
+    if let Some(missing) = expected.iter().find(|text| !run.console.contains(*text)) {
+        return Err(format!("raspi4b demo: the console lacks \"{missing}\""));
+    }
+    if run.exit_code != Some(0) {
+        return Err(format!("raspi4b demo: QEMU exit status {:?}, expected 0 after the watchdog reset", run.exit_code));
+    }
+    Ok("raspi4b demo: DMA engine copy verified, powered off through the watchdog".into())
+}
+
 /// `cargo xtask sdcard`'s image, built with the real Pi firmware and read back.
 fn sdcard_read_back() -> Result<String> {
     println!("xtask: SD card image");
@@ -91,7 +107,7 @@ fn sdcard_read_back() -> Result<String> {
 /// handler names where it stopped, and the machine stops with a failure status.
 fn crash_report(machine: &Machine, kernel: &std::path::Path) -> Result<String> {
     println!("xtask: crash report on {}", machine.name());
-    let run = qemu::run_captured(machine, kernel, "kernel.fault-demo", KERNEL_TIMEOUT)?;
+    let run = qemu::run_captured(machine, kernel, "kernel.semihosting kernel.fault-demo", KERNEL_TIMEOUT)?;
     let expected = [
         "synchronous exception: data abort from EL1, translation fault at level 0, on a read",
         "FAR 0x0000000000001000",

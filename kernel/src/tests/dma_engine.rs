@@ -90,8 +90,7 @@ kernel_test! {
 }
 
 /// Below 1 GiB on the Pi: the kernel image's own memory (the heap is the upper GiB).
-static mut LOW_SOURCE: [u8; 16384] = [0; 16384];
-static mut LOW_DESTINATION: [u8; 16384] = [0; 16384];
+static LOW_BUFFERS: spin::Mutex<[[u8; 16384]; 2]> = spin::Mutex::new([[0; 16384]; 2]);
 
 kernel_test! {
     /// A buffer the engine reaches is lent to it in place: bus address = 0xC000_0000 + its
@@ -103,10 +102,9 @@ kernel_test! {
         if pool.restricted {
             skip!("the devicetree restricts the engine to a pool: every transfer bounces");
         }
-        // SAFETY: only this test touches these buffers, under the engine lock.
-        let (source, destination) = unsafe { (&mut *(&raw mut LOW_SOURCE), &mut *(&raw mut LOW_DESTINATION)) };
-        let length = source.len();
-        source.copy_from_slice(&pattern(5, length));
+        let mut buffers = LOW_BUFFERS.lock();
+        let [source, destination] = &mut *buffers;
+        source.copy_from_slice(&pattern(5, 16384));
         destination.fill(0);
         let windows = engine_windows()?;
         let from = physical(engine, source)?;
