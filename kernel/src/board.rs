@@ -69,7 +69,7 @@ pub fn start_dma_devices(devicetree: &Devicetree<'static>, devices: &[Device<'st
             start_virtio(device)
         };
         match started {
-            Ok(Some(kind)) => info!("  {:<22} {kind:<8} {}", device.name, device.dma),
+            Ok(Some(kind)) => info!("  {:<22} {kind:<11} {}", device.name, device.dma),
             Ok(None) => {} // an empty virtio-mmio slot
             Err(problem) => warn!("  {:<22} not started: {problem}", device.name),
         }

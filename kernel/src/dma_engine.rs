@@ -107,7 +107,8 @@ pub fn start(
     let channels = || controller.usable_channels().filter_map(|index| controller.channel(index));
     let channel = channels().find(|channel| !channel.is_lite()).ok_or("no usable full DMA channel")?;
     channel.reset();
-    let description = alloc::format!("engine, channel {} of mask {mask:#x}", channel.index);
+    let description = alloc::format!("engine ch{}", channel.index);
+    log::info!("DMA engine: channel {} of the firmware's mask {mask:#x}, a full (not Lite) channel", channel.index);
     *DMA_ENGINE.lock() = Some(DmaEngine { dma, channel });
     Ok(description)
 }

@@ -47,8 +47,8 @@ enum Command {
         /// CPU model. virt only.
         #[arg(long, default_value = "cortex-a72")]
         cpu: String,
-        /// How the devicetree describes virt's restricted DMA pool. (raspi4b boots with the SD
-        /// card's devicetree: a restricted pool for the DMA engine.)
+        /// How the devicetree describes virt's restricted DMA pool. (raspi4b boots with the Pi
+        /// firmware's devicetree as is: the kernel carves its own bounce pool.)
         #[arg(long, value_enum, default_value = "static")]
         pool: devicetree::PoolForm,
         /// Kernel command line, e.g. `kernel.fault-demo` or `kernel.test`.
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Command::Qemu { board, el2, cpu, pool, append, qemu_args } => {
             let machine = match board {
                 BoardChoice::Virt => qemu::Machine::virt(el2, &cpu, pool),
-                BoardChoice::Raspi4b => qemu::Machine::raspi4b(devicetree::RaspiPool::Restricted),
+                BoardChoice::Raspi4b => qemu::Machine::raspi4b(devicetree::RaspiPool::Default),
             };
             qemu::run_demo(&machine, &append, &qemu_args)
         }
