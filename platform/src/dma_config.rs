@@ -210,13 +210,10 @@ impl DmaDescription<'_> {
     }
 }
 
-/// The lowest [`DmaDescription::limit`] among `devices` that use `pool`: where the kernel must
-/// place a dynamic pool so that every one of its devices can reach it. `None`: no limit.
-pub fn pool_limit<'d, 'a: 'd>(
-    pool: &str,
-    devices: impl IntoIterator<Item = &'d DmaDescription<'a>>,
-) -> Option<PhysAddr> {
-    devices.into_iter().filter(|dma| dma.pool == Some(pool)).filter_map(DmaDescription::limit).min()
+/// The lowest [`DmaDescription::limit`] among the devices of a pool: where the kernel must
+/// place a dynamic pool so that every one of them can reach it. `None`: no limit.
+pub fn lowest_limit<'d, 'a: 'd>(devices: impl IntoIterator<Item = &'d DmaDescription<'a>>) -> Option<PhysAddr> {
+    devices.into_iter().filter_map(DmaDescription::limit).min()
 }
 
 impl fmt::Display for DmaDescription<'_> {

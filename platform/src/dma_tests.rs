@@ -8,7 +8,7 @@ use addr::{DmaAddr, PhysAddr};
 use arrayvec::ArrayVec;
 
 use crate::devicetree::{Devicetree, Error as DtError, Reservation};
-use crate::dma_config::{pool_limit, DmaDescription, DmaWindow, PoolPlacement, PoolProblem, RestrictedPool};
+use crate::dma_config::{lowest_limit, DmaDescription, DmaWindow, PoolPlacement, PoolProblem, RestrictedPool};
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap};
 use crate::tests::{assert_free_is_ram_minus_reservations, parse, range, reservation, GIB, MIB};
@@ -759,7 +759,7 @@ fn a_dynamic_pool_is_carved_below_the_limit_of_every_device_that_uses_it() {
     let dt = parse(&blob).unwrap();
     let found = devices(&dt);
     let descriptions: Vec<&DmaDescription<'_>> = found.iter().map(|device| &device.dma).collect();
-    let limit = pool_limit("bounce", descriptions.iter().copied());
+    let limit = lowest_limit(descriptions.iter().copied().filter(|dma| dma.pool == Some("bounce")));
     assert_eq!(limit, Some(PhysAddr::new(GIB)));
     let pools = dt.restricted_pools().unwrap();
     let pool = &pools[0];
@@ -773,7 +773,7 @@ fn a_dynamic_pool_is_carved_below_the_limit_of_every_device_that_uses_it() {
 }
 
 #[test]
-fn pool_limit_ignores_devices_of_other_pools() {
+fn the_lowest_limit_is_the_smallest_window_end_and_unlimited_devices_impose_none() {
     let limited = DmaDescription {
         pool: Some("a"),
         pool_named_by: Some("dev"),
@@ -781,6 +781,6 @@ fn pool_limit_ignores_devices_of_other_pools() {
         coherent: false,
     };
     let unlimited = DmaDescription { pool: Some("b"), pool_named_by: None, windows: ArrayVec::new(), coherent: true };
-    assert_eq!(pool_limit("a", [&limited, &unlimited]), Some(PhysAddr::new(GIB)));
-    assert_eq!(pool_limit("b", [&limited, &unlimited]), None);
+    assert_eq!(lowest_limit([&limited, &unlimited]), Some(PhysAddr::new(GIB)));
+    assert_eq!(lowest_limit([&unlimited]), None);
 }

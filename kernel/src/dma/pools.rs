@@ -23,7 +23,7 @@ use arrayvec::ArrayVec;
 use dma::{BouncePool, PoolConfig};
 use log::info;
 use platform::devicetree::{Device, Devicetree, MAX_RANGES};
-use platform::dma_config::{DmaDescription, PoolPlacement, RestrictedPool as PoolNode, MAX_POOLS};
+use platform::dma_config::{self, PoolPlacement, RestrictedPool as PoolNode, MAX_POOLS};
 use platform::memmap::Size;
 use spin::Once;
 use vmsa::{Access, MemoryType};
@@ -93,7 +93,7 @@ pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
         if !restricted && users().next().is_none() {
             continue; // Every direct device reaches all of RAM: no default pool is needed.
         }
-        let limit = users().filter_map(DmaDescription::limit).min();
+        let limit = dma_config::lowest_limit(users());
         let coherent = users().all(|dma| dma.coherent);
         pools.try_push(PoolRequest { limit, coherent, ..request }).map_err(|_| MemoryError::TooManyPools)?;
     }
