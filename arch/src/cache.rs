@@ -74,3 +74,10 @@ pub fn invalidate_to_poc(start: u64, size: u64) {
 pub fn order_writes_before_doorbell() {
     barrier::dsb(barrier::ST);
 }
+
+/// Keeps every memory read after it from being satisfied before the device-register read
+/// before it: what a driver needs between seeing a device's "done" status and reading what the
+/// device wrote (the barrier Linux's `readl` carries).
+pub fn order_reads_after_status() {
+    barrier::dmb(barrier::OSHLD);
+}

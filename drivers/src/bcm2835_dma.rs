@@ -41,7 +41,7 @@ register_bitfields! {
         PRIORITY OFFSET(16) NUMBITS(4) [],
         /// An error is flagged in `DEBUG` (read only).
         ERROR OFFSET(8) NUMBITS(1) [],
-        /// The last control block ended (write 1 to clear).
+        /// The chain ended (write 1 to clear).
         END OFFSET(1) NUMBITS(1) [],
         /// The channel is running; writing 1 starts it at `CONBLK_AD`.
         ACTIVE OFFSET(0) NUMBITS(1) []
@@ -49,22 +49,12 @@ register_bitfields! {
 
     /// TI, transfer information: the first word of a control block (4.2.1.2).
     pub TI [
-        /// Don't do wide writes as 2-beat bursts.
-        NO_WIDE_BURSTS OFFSET(26) NUMBITS(1) [],
-        /// Burst length in words, minus one.
-        BURST_LENGTH OFFSET(12) NUMBITS(4) [],
-        /// Read 128 bits at a time.
-        SRC_WIDTH OFFSET(9) NUMBITS(1) [],
         /// Increment the source address after each read.
         SRC_INC OFFSET(8) NUMBITS(1) [],
-        /// Write 128 bits at a time.
-        DEST_WIDTH OFFSET(5) NUMBITS(1) [],
         /// Increment the destination address after each write.
         DEST_INC OFFSET(4) NUMBITS(1) [],
         /// Wait for each write's AXI response before the next one.
-        WAIT_RESP OFFSET(3) NUMBITS(1) [],
-        /// Interrupt when this block completes.
-        INTEN OFFSET(0) NUMBITS(1) []
+        WAIT_RESP OFFSET(3) NUMBITS(1) []
     ],
 
     /// DEBUG (4.2.1.3, offset 0x20): error flags are write-1-to-clear.
@@ -100,13 +90,16 @@ register_structs! {
 
 /// Distance between two channels' register blocks.
 const CHANNEL_STRIDE: usize = 0x100;
-/// Channels 0 to 14 sit in the controller's block; channel 15 lives elsewhere and is the
-/// firmware's.
-const CHANNELS: usize = 15;
+/// Channels 0 to 10 are the legacy engine's (0 to 6 full, 7 to 10 Lite). Channels 11 to 14,
+/// at offset 0xb00, are the BCM2711's 40-bit DMA4 engines with another register layout
+/// (`brcm,bcm2711-dma`), and channel 15 lives elsewhere: neither is this driver's.
+const CHANNELS: usize = 11;
 /// Most bytes one control block moves: `TXFR_LEN` has 30 bits on a full channel, 16 on a
 /// Lite one (4.2.1.2).
 const FULL_CHANNEL_MAX: u32 = (1 << 30) - 4;
 const LITE_CHANNEL_MAX: u32 = (1 << 16) - 4;
+/// Reads of `CS` to wait for a reset to finish.
+const RESET_POLLS: usize = 100_000;
 /// Middle priorities, as Linux's driver uses.
 const PRIORITY: u32 = 8;
 
@@ -126,15 +119,11 @@ pub struct ControlBlock {
 }
 
 impl ControlBlock {
-    /// Memory to memory: both addresses incremented, 128-bit accesses, each write
-    /// acknowledged before the block counts as done (what Linux's `prep_dma_memcpy` asks).
+    /// Memory to memory: both addresses incremented, each write acknowledged before the
+    /// block counts as done. 32-bit accesses (no `*_WIDTH` bits): the engine packs byte-aligned
+    /// buffers itself (4.1), and wide accesses would add alignment questions for no need here.
     pub fn memory_to_memory(source: u32, destination: u32, length: u32) -> Self {
-        let information = TI::SRC_INC::SET
-            + TI::DEST_INC::SET
-            + TI::SRC_WIDTH::SET
-            + TI::DEST_WIDTH::SET
-            + TI::WAIT_RESP::SET
-            + TI::BURST_LENGTH.val(0);
+        let information = TI::SRC_INC::SET + TI::DEST_INC::SET + TI::WAIT_RESP::SET;
         Self { transfer_information: information.value, source, destination, length, ..Self::default() }
     }
 }
@@ -161,19 +150,23 @@ impl Controller {
         Self { base, usable: channel_mask & inside }
     }
 
-    /// The channels the ARM may use, lowest first.
-    pub fn usable_channels(&self) -> impl Iterator<Item = u8> + '_ {
-        (0..CHANNELS as u8).filter(|index| self.usable & 1 << index != 0)
+    /// Hands out the lowest usable full (not Lite) channel, for good: each channel has one
+    /// owner.
+    pub fn take_full_channel(&mut self) -> Option<Channel> {
+        let index = (0..CHANNELS as u8).filter(|index| self.usable & 1 << index != 0).find(|&index| {
+            // SAFETY: `new` checked that the channel's block lies inside the mapped registers.
+            !unsafe { self.registers(index) }.debug.is_set(DEBUG::LITE)
+        })?;
+        self.usable &= !(1 << index);
+        // SAFETY: as above; the index is no longer usable, so this is its only handle.
+        Some(Channel { registers: unsafe { self.registers(index) }, index })
     }
 
-    /// Channel `index`, if the ARM may use it.
-    pub fn channel(&self, index: u8) -> Option<Channel> {
-        if self.usable & 1u32.checked_shl(u32::from(index))? == 0 {
-            return None;
-        }
-        // SAFETY: `new` checked that the channel's block lies inside the mapped registers.
-        let registers = unsafe { &*(self.base.add(usize::from(index) * CHANNEL_STRIDE) as *const ChannelRegisters) };
-        Some(Channel { registers, index })
+    /// # Safety
+    /// `index` is one of the channels `new` found inside the mapped registers.
+    unsafe fn registers(&self, index: u8) -> &'static ChannelRegisters {
+        // SAFETY: the caller vouches that the block lies inside the mapping.
+        unsafe { &*(self.base.add(usize::from(index) * CHANNEL_STRIDE) as *const ChannelRegisters) }
     }
 }
 
@@ -183,10 +176,16 @@ pub struct Channel {
     pub index: u8,
 }
 
-// SAFETY: a Channel is the only handle on its registers (the controller hands each index out
-// to one owner), and MMIO is reachable from every CPU.
+// SAFETY: a Channel is the only handle on its registers (`take_full_channel` hands each index
+// out once), and MMIO is reachable from every CPU.
 unsafe impl Send for Channel {}
 unsafe impl Sync for Channel {}
+
+/// A channel whose `CS.RESET` never cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelStuck {
+    pub index: u8,
+}
 
 /// Where a channel is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,13 +245,13 @@ impl Channel {
         }
     }
 
-    /// Stops whatever the channel was doing and clears its flags.
-    pub fn reset(&self) {
+    /// Stops whatever the channel was doing and clears its flags. `RESET` clears itself
+    /// within a few bus cycles; a channel that keeps it set is reported, not waited on forever.
+    pub fn reset(&self) -> Result<(), ChannelStuck> {
         self.registers.cs.write(CS::RESET::SET);
-        while self.registers.cs.is_set(CS::RESET) {
-            core::hint::spin_loop();
-        }
+        let cleared = (0..RESET_POLLS).any(|_| !self.registers.cs.is_set(CS::RESET));
         self.clear_errors();
+        cleared.then_some(()).ok_or(ChannelStuck { index: self.index })
     }
 
     /// Starts the chain of control blocks at bus address `first_block` (32-byte aligned).
@@ -270,22 +269,21 @@ impl Channel {
         );
     }
 
+    /// Done means stopped *and* `END` set: a channel that stopped without reaching the end of
+    /// its chain (after an abort, say) failed.
     pub fn status(&self) -> Status {
         let cs = self.registers.cs.extract();
-        if cs.is_set(CS::ERROR) {
-            return Status::Failed(self.error());
-        }
-        if cs.is_set(CS::ACTIVE) {
-            Status::Running
-        } else {
-            Status::Done
+        match (cs.is_set(CS::ERROR), cs.is_set(CS::ACTIVE), cs.is_set(CS::END)) {
+            (true, _, _) | (false, false, false) => Status::Failed(self.error()),
+            (false, true, _) => Status::Running,
+            (false, false, true) => Status::Done,
         }
     }
 
     /// Aborts the running block and stops the channel (after a timeout).
-    pub fn abort(&self) {
+    pub fn abort(&self) -> Result<(), ChannelStuck> {
         self.registers.cs.modify(CS::ABORT::SET + CS::ACTIVE::CLEAR);
-        self.reset();
+        self.reset()
     }
 
     fn error(&self) -> TransferError {

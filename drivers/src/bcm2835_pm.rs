@@ -9,28 +9,45 @@
 //! The PM block is not in the BCM2711 ARM Peripherals datasheet; offsets, bits and the
 //! password come from that Linux driver. Every write carries the password in its top byte.
 
-use tock_registers::interfaces::{Readable, Writeable};
-use tock_registers::register_structs;
+use tock_registers::interfaces::{ReadWriteable, Writeable};
 use tock_registers::registers::ReadWrite;
+use tock_registers::{register_bitfields, register_structs};
+
+register_bitfields! {
+    u32,
+
+    /// PM_RSTC, reset control.
+    RSTC [
+        PASSWORD OFFSET(24) NUMBITS(8) [Magic = 0x5a],
+        /// What the watchdog resets when it fires.
+        WRCFG OFFSET(4) NUMBITS(2) [FullReset = 0b10]
+    ],
+
+    /// PM_RSTS, reset status: the firmware reads the partition to boot from it, one bit of the
+    /// number in each even bit 0-10.
+    RSTS [
+        PASSWORD OFFSET(24) NUMBITS(8) [Magic = 0x5a],
+        /// Partition 63 (0x555 spread out): the firmware halts instead of booting.
+        PARTITION OFFSET(0) NUMBITS(11) [Halt = 0x555]
+    ],
+
+    /// PM_WDOG, the watchdog countdown, in ticks of about 16 µs.
+    WDOG [
+        PASSWORD OFFSET(24) NUMBITS(8) [Magic = 0x5a],
+        TIME OFFSET(0) NUMBITS(20) []
+    ]
+}
 
 register_structs! {
     Registers {
         (0x00 => _reserved),
-        /// PM_RSTC: reset control; WRCFG (bits 4-5) chooses what the watchdog resets.
-        (0x1c => rstc: ReadWrite<u32>),
-        /// PM_RSTS: reset status; the firmware reads the boot partition from it.
-        (0x20 => rsts: ReadWrite<u32>),
-        /// PM_WDOG: watchdog countdown, in ticks of about 16 µs.
-        (0x24 => wdog: ReadWrite<u32>),
+        (0x1c => rstc: ReadWrite<u32, RSTC::Register>),
+        (0x20 => rsts: ReadWrite<u32, RSTS::Register>),
+        (0x24 => wdog: ReadWrite<u32, WDOG::Register>),
         (0x28 => @END),
     }
 }
 
-const PASSWORD: u32 = 0x5a00_0000;
-const RSTC_WRCFG_MASK: u32 = 0x30;
-const RSTC_WRCFG_FULL_RESET: u32 = 0x20;
-/// Partition 63, spread over the even bits 0-10, as the firmware reads it: "halt".
-const RSTS_PARTITION_HALT: u32 = 0x555;
 /// Ticks before the watchdog fires: immediately, for practical purposes.
 const WDOG_SOON: u32 = 10;
 
@@ -57,10 +74,8 @@ impl PowerManagement {
     /// Marks the next boot "halt" and has the watchdog reset the chip. On hardware the
     /// firmware then stays halted; returns only if the reset did not happen.
     pub fn halt_via_reset(&self) {
-        let status = self.registers.rsts.get();
-        self.registers.rsts.set(PASSWORD | status | RSTS_PARTITION_HALT);
-        self.registers.wdog.set(PASSWORD | WDOG_SOON);
-        let control = self.registers.rstc.get() & !RSTC_WRCFG_MASK;
-        self.registers.rstc.set(PASSWORD | control | RSTC_WRCFG_FULL_RESET);
+        self.registers.rsts.modify(RSTS::PASSWORD::Magic + RSTS::PARTITION::Halt);
+        self.registers.wdog.write(WDOG::PASSWORD::Magic + WDOG::TIME.val(WDOG_SOON));
+        self.registers.rstc.modify(RSTC::PASSWORD::Magic + RSTC::WRCFG::FullReset);
     }
 }

@@ -94,7 +94,7 @@ fn start_dma_engine(devicetree: &Devicetree<'static>, device: &Device<'static>) 
 pub fn dma_device(device: &Device<'static>, dma_mask: u64) -> Result<DmaDevice, &'static str> {
     let route = match device.dma.pool {
         Some(name) => Route::Restricted(pools::pool(name).ok_or("its restricted pool was not created")?),
-        None => Route::Direct { windows: device.dma.clone(), bounce: pools::default_pool() },
+        None => Route::Direct { windows: device.dma.clone(), bounce: pools::default_pool_for(device) },
     };
     let constraints = Constraints::NONE.with_dma_mask(dma_mask);
     Ok(DmaDevice::new(device.name, route, device.dma.coherent, constraints, pools::kernel_memory()))

@@ -16,8 +16,10 @@
 
 use core::time::Duration;
 
+use alloc::vec::Vec;
+
 use addr::{DmaAddr, VirtAddr};
-use drivers::bcm2835_dma::{Channel, ControlBlock, Controller, Status, TransferError};
+use drivers::bcm2835_dma::{Channel, ChannelStuck, ControlBlock, Controller, Status, TransferError};
 use platform::devicetree::{Device, Devicetree};
 use spin::Mutex;
 
@@ -45,9 +47,14 @@ pub enum CopyError {
     Dma(DmaApiError),
     /// A bus address that does not fit the engine's 32 bits.
     AddressTooWide(DmaAddr),
-    Engine(TransferError),
+    /// The engine flagged an error; `stuck` if the channel would not even reset after it.
+    Engine {
+        error: TransferError,
+        stuck: Option<ChannelStuck>,
+    },
     TimedOut {
         after: Duration,
+        stuck: Option<ChannelStuck>,
     },
 }
 
@@ -66,9 +73,22 @@ impl core::fmt::Display for CopyError {
             ),
             CopyError::Dma(error) => write!(f, "{error}"),
             CopyError::AddressTooWide(dma) => write!(f, "bus address {dma} does not fit the engine's 32 bits"),
-            CopyError::Engine(error) => write!(f, "the engine failed: {error}"),
-            CopyError::TimedOut { after } => write!(f, "the engine had not finished after {after:?}; aborted"),
+            CopyError::Engine { error, stuck } => {
+                write!(f, "the engine failed: {error}")?;
+                stuck_note(f, *stuck)
+            }
+            CopyError::TimedOut { after, stuck } => {
+                write!(f, "the engine had not finished after {after:?}; aborted")?;
+                stuck_note(f, *stuck)
+            }
         }
+    }
+}
+
+fn stuck_note(f: &mut core::fmt::Formatter<'_>, stuck: Option<ChannelStuck>) -> core::fmt::Result {
+    match stuck {
+        Some(ChannelStuck { index }) => write!(f, "; channel {index} then stayed in reset"),
+        None => Ok(()),
     }
 }
 
@@ -103,10 +123,9 @@ pub fn start(
     let mapped = arch::mmu::map_device(registers).map_err(|_| "cannot map the registers")?;
     // SAFETY: the controller's registers, freshly mapped as device memory; the channel mask
     // comes from the firmware's devicetree, so those channels are the kernel's.
-    let controller = unsafe { Controller::new(mapped.as_mut_ptr(), registers.size() as usize, mask) };
-    let channels = || controller.usable_channels().filter_map(|index| controller.channel(index));
-    let channel = channels().find(|channel| !channel.is_lite()).ok_or("no usable full DMA channel")?;
-    channel.reset();
+    let mut controller = unsafe { Controller::new(mapped.as_mut_ptr(), registers.size() as usize, mask) };
+    let channel = controller.take_full_channel().ok_or("no full (not Lite) channel in brcm,dma-channel-mask")?;
+    channel.reset().map_err(|_| "the channel stays in reset")?;
     let description = alloc::format!("engine ch{}", channel.index);
     log::info!("DMA engine: channel {} of the firmware's mask {mask:#x}, a full (not Lite) channel", channel.index);
     *DMA_ENGINE.lock() = Some(DmaEngine { dma, channel });
@@ -146,11 +165,12 @@ impl DmaEngine {
             first_block: blocks.dma,
             blocks: chain.count(),
         };
-        // Unmapping copies a bounced destination back, so it must come after the engine stops.
-        reading.unmap()?;
-        writing.unmap()?;
-        self.dma.free_coherent(blocks)?;
-        finished.map(|()| report)
+        // Unmapping copies a bounced destination back, so it must come after the engine
+        // stops; all three clean-ups run whatever happened, and the engine's verdict wins.
+        let cleaned = [reading.unmap(), writing.unmap(), self.dma.free_coherent(blocks)];
+        finished?;
+        cleaned.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(report)
     }
 
     /// The chain's control blocks, written into coherent memory.
@@ -171,14 +191,18 @@ impl DmaEngine {
         let started = arch::timer::uptime();
         loop {
             match self.channel.status() {
-                Status::Done => return Ok(()),
+                Status::Done => {
+                    // What the engine wrote is read only after its status said it was done.
+                    arch::cache::order_reads_after_status();
+                    return Ok(());
+                }
                 Status::Failed(error) => {
-                    self.channel.reset();
-                    return Err(CopyError::Engine(error));
+                    let stuck = self.channel.reset().err();
+                    return Err(CopyError::Engine { error, stuck });
                 }
                 Status::Running if arch::timer::uptime() - started > TIMEOUT => {
-                    self.channel.abort();
-                    return Err(CopyError::TimedOut { after: TIMEOUT });
+                    let stuck = self.channel.abort().err();
+                    return Err(CopyError::TimedOut { after: TIMEOUT, stuck });
                 }
                 Status::Running => core::hint::spin_loop(),
             }

@@ -7,13 +7,13 @@
 //!
 //! ```text
 //! test mmu::linear_map_translates_all_ram ... ok
-//! test dma_engine::copies_above_the_limit_through_the_default_pool ... skipped: no brcm,bcm2835-dma device
+//! test dma_engine::copies_above_the_limit_through_the_bounce_pool ... skipped: no brcm,bcm2835-dma device
 //! kernel: 12 passed, 0 failed, 1 skipped
 //! ```
 //!
 //! A test returns `Err(message)` to fail. A panic in a test also fails it, and stops the run.
 //! A test of a device the machine does not have says so with [`skip!`]; `cargo xtask test`
-//! checks that on each machine the tests of its devices did run.
+//! fails a skip on a board that has the device.
 
 use alloc::string::String;
 

@@ -351,11 +351,13 @@ impl DmaDevice {
         bounce.filter(|pool| windows.reaches(pool.range)).ok_or(unreachable)
     }
 
-    /// `buffer`'s bus address, if one window reaches all of it.
+    /// `buffer`'s bus address, if one window reaches all of it and the device can address
+    /// every byte of it (its DMA mask: Linux's `dma_capable` checks both).
     fn direct_address(&self, windows: &DmaDescription<'_>, buffer: PhysRange) -> Option<DmaAddr> {
         let dma = windows.phys_to_dma(buffer.start())?;
         let last = windows.phys_to_dma(PhysAddr::new(buffer.end().as_u64().saturating_sub(1)))?;
-        (last.offset_from(dma) == Some(buffer.size().saturating_sub(1))).then_some(dma)
+        let contiguous = last.offset_from(dma) == Some(buffer.size().saturating_sub(1));
+        (contiguous && last.as_u64() <= self.constraints.dma_mask).then_some(dma)
     }
 
     fn for_device(&self, buffer: PhysRange) {

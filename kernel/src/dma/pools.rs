@@ -66,9 +66,16 @@ impl PoolRequest {
     pub fn serves(&self, device: &Device<'_>, ram_end: PhysAddr) -> bool {
         match self.restricted {
             true => device.dma.pool == Some(self.node.name),
-            false => device.dma.pool.is_none() && device.dma.limit().is_some_and(|limit| limit < ram_end),
+            false => needs_default_pool(device, ram_end),
         }
     }
+}
+
+/// A direct device needs the default pool if it cannot reach all of RAM, or if it does not
+/// snoop the caches: coherent memory for it must then be uncached, and the heap is not.
+fn needs_default_pool(device: &Device<'_>, ram_end: PhysAddr) -> bool {
+    let limited = device.dma.limit().is_some_and(|limit| limit < ram_end);
+    device.dma.pool.is_none() && (limited || !device.dma.coherent)
 }
 
 pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
@@ -103,6 +110,7 @@ pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
 static POOLS: Once<ArrayVec<DmaPool, MAX_POOLS>> = Once::new();
 static KERNEL_MEMORY: Once<KernelMemory> = Once::new();
 static MAPPED_RAM: Once<ArrayVec<PhysRange, { 3 * MAX_RANGES }>> = Once::new();
+static RAM_END: Once<PhysAddr> = Once::new();
 
 /// The kernel's CPU window onto RAM and pools (valid once [`create`] ran).
 pub fn kernel_memory() -> &'static KernelMemory {
@@ -117,9 +125,11 @@ pub fn pool(name: &str) -> Option<&'static DmaPool> {
     pools().iter().find(|pool| pool.name == name)
 }
 
-/// The default pool, if some device needed it.
-pub fn default_pool() -> Option<&'static DmaPool> {
-    pools().iter().find(|pool| !pool.restricted)
+/// The default pool, for a device the plan made it for (its bus address and caching were
+/// chosen for those devices only).
+pub fn default_pool_for(device: &Device<'_>) -> Option<&'static DmaPool> {
+    let ram_end = *RAM_END.get()?;
+    pools().iter().find(|pool| !pool.restricted).filter(|_| needs_default_pool(device, ram_end))
 }
 
 /// Maps and builds every pool; `placed` holds where each of `plan.pools` ended up, and
@@ -132,6 +142,7 @@ pub fn create(
 ) -> Result<(), MemoryError> {
     let mapped: ArrayVec<PhysRange, { 3 * MAX_RANGES }> = writable_ram.iter().chain(placed).copied().collect();
     let memory = KERNEL_MEMORY.call_once(|| KernelMemory::new(image, MAPPED_RAM.call_once(|| mapped)));
+    RAM_END.call_once(|| plan.ram_end);
     let mut pools = ArrayVec::new();
     for (request, &range) in plan.pools.iter().zip(placed) {
         let memory_type = if request.coherent { MemoryType::Normal } else { MemoryType::NormalNonCacheable };
