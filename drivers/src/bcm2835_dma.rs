@@ -94,10 +94,9 @@ const CHANNEL_STRIDE: usize = 0x100;
 /// at offset 0xb00, are the BCM2711's 40-bit DMA4 engines with another register layout
 /// (`brcm,bcm2711-dma`), and channel 15 lives elsewhere: neither is this driver's.
 const CHANNELS: usize = 11;
-/// Most bytes one control block moves: `TXFR_LEN` has 30 bits on a full channel, 16 on a
-/// Lite one (4.2.1.2).
-const FULL_CHANNEL_MAX: u32 = (1 << 30) - 4;
-const LITE_CHANNEL_MAX: u32 = (1 << 16) - 4;
+/// Most bytes one control block moves on a full channel: `TXFR_LEN` has 30 bits (4.2.1.2);
+/// Lite channels, with 16, are never taken.
+pub const MAX_BLOCK_LENGTH: u32 = (1 << 30) - 4;
 /// Reads of `CS` to wait for a reset to finish.
 const RESET_POLLS: usize = 100_000;
 /// Middle priorities, as Linux's driver uses.
@@ -232,19 +231,6 @@ impl fmt::Display for TransferError {
 }
 
 impl Channel {
-    pub fn is_lite(&self) -> bool {
-        self.registers.debug.is_set(DEBUG::LITE)
-    }
-
-    /// Most bytes one control block of this channel moves.
-    pub fn max_block_length(&self) -> u32 {
-        if self.is_lite() {
-            LITE_CHANNEL_MAX
-        } else {
-            FULL_CHANNEL_MAX
-        }
-    }
-
     /// Stops whatever the channel was doing and clears its flags. `RESET` clears itself
     /// within a few bus cycles; a channel that keeps it set is reported, not waited on forever.
     pub fn reset(&self) -> Result<(), ChannelStuck> {

@@ -19,7 +19,7 @@ use core::time::Duration;
 use alloc::vec::Vec;
 
 use addr::{DmaAddr, VirtAddr};
-use drivers::bcm2835_dma::{Channel, ChannelStuck, ControlBlock, Controller, Status, TransferError};
+use drivers::bcm2835_dma::{Channel, ChannelStuck, ControlBlock, Controller, Status, TransferError, MAX_BLOCK_LENGTH};
 use platform::devicetree::{Device, Devicetree};
 use spin::Mutex;
 
@@ -135,7 +135,7 @@ pub fn start(
 impl DmaEngine {
     /// Copies `source` into `destination` with the engine; both lent to it for the copy only.
     pub fn copy(&self, source: &[u8], destination: &mut [u8]) -> Result<CopyReport, CopyError> {
-        self.copy_in_blocks(source, destination, self.channel.max_block_length() as usize)
+        self.copy_in_blocks(source, destination, MAX_BLOCK_LENGTH as usize)
     }
 
     /// [`Self::copy`] with control blocks of at most `block_length` bytes (whole words, at
@@ -146,7 +146,7 @@ impl DmaEngine {
         destination: &mut [u8],
         block_length: usize,
     ) -> Result<CopyReport, CopyError> {
-        let block_length = block_length.min(self.channel.max_block_length() as usize) / WORD * WORD;
+        let block_length = block_length.min(MAX_BLOCK_LENGTH as usize) / WORD * WORD;
         let bad_length = CopyError::BadLength { source: source.len(), destination: destination.len() };
         let whole_words = !source.is_empty() && source.len().is_multiple_of(WORD);
         if source.len() != destination.len() || !whole_words || block_length == 0 {
