@@ -10,6 +10,13 @@
 //! `V` marks the entry valid. `T` (bit 1) set means "table" at levels 0-2 and "page" at
 //! level 3; clear at levels 1-2 means "block". `AttrIndx` selects one of the eight memory
 //! types programmed in `MAIR` (the CPU's `MAIR_EL1`, or the SMMU context descriptor's MAIR).
+//!
+//! The same leaves serve SMMUv3 stage 1 (SMMUv3, IHI 0070, 5.4 "CD" with `AA64` = 1). There,
+//! AP[2] makes a mapping read-only for the device as well; SH = inner shareable gives a
+//! coherent device the CPUs' view of Normal memory; and AF is always set, because with
+//! AF = 0 an SMMU takes an Access flag fault unless `CD.AFFD` (or `CD.HA`) says otherwise.
+//! AP[1] stays 0, so only privileged accesses are allowed: a stream whose device issues
+//! unprivileged transactions needs `STE.PRIVCFG` = 0b11 (privileged) to use these tables.
 
 use addr::PhysAddr;
 
@@ -30,6 +37,8 @@ const PRIVILEGED_EXECUTE_NEVER: u64 = 1 << 53;
 /// UXN: not executable at EL0.
 const UNPRIVILEGED_EXECUTE_NEVER: u64 = 1 << 54;
 const OUTPUT_ADDRESS_BITS: u64 = (1 << 48) - 1;
+/// Bits 47..12: where a block or page points (its low bits are zero), or the next table.
+const ADDRESS_FIELD: u64 = OUTPUT_ADDRESS_BITS & !0xfff;
 
 /// The memory types this kernel uses, and their `MAIR` indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +81,9 @@ impl Attributes {
 pub(crate) struct Descriptor(u64);
 
 impl Descriptor {
+    /// V = 0: translates nothing, and is never held in a TLB.
+    pub(crate) const INVALID: Self = Self(0);
+
     pub(crate) fn from_bits(bits: u64) -> Self {
         Self(bits)
     }
@@ -101,6 +113,14 @@ impl Descriptor {
             bits |= PRIVILEGED_EXECUTE_NEVER;
         }
         Self(bits)
+    }
+
+    /// The entry, one level down, for the part of this block that maps to `output`: every
+    /// attribute bit kept, so the part means exactly what the block meant there.
+    pub(crate) fn part(self, output: PhysAddr, is_page: bool) -> Self {
+        let attributes = self.0 & !ADDRESS_FIELD & !TABLE_OR_PAGE;
+        let kind = if is_page { TABLE_OR_PAGE } else { 0 };
+        Self(attributes | output.as_u64() | kind)
     }
 
     pub(crate) fn is_valid(self) -> bool {

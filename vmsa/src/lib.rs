@@ -23,14 +23,60 @@
 //! The table memory is supplied by the user through [`TableMemory`], so the same code runs
 //! on the host in tests (tables in a `Vec`), in the kernel before the MMU is on (tables at
 //! their physical addresses) and after it (tables through a virtual mapping).
+//!
+//! # Unmapping: TLB maintenance and break-before-make
+//!
+//! [`PageTable::map`] only turns invalid entries valid. A TLB never holds an entry that
+//! faults (Arm ARM DDI 0487, rule I_WZCBG), so nothing cached can be stale. Unmapping is the
+//! other way round: the TLBs of every CPU, and of the SMMU, may hold the old translation and
+//! keep using it until told to forget it. So [`PageTable::unmap`] writes each entry invalid
+//! and then asks the caller's [`TlbMaintenance`] to invalidate it: `TLBI VALE1IS` on the
+//! CPU, `CMD_TLBI_NH_VA` on the SMMU (SMMUv3, IHI 0070, 4.4.2.4).
+//!
+//! It does so in *strict* mode: before `unmap` returns, one `sync` (a `DSB ISH`, or a
+//! `CMD_SYNC` the driver waits for, 4.7.3) has completed every invalidation, and with it
+//! every access that used the old translation (3.21.1). Only then may the caller free the
+//! buffer or hand it to someone else: no device can reach it any more. (Linux's *lazy* mode
+//! batches the invalidations instead, and lives with that window.)
+//!
+//! Unmapping part of a block means replacing the block by a table of smaller entries that
+//! map the rest. Writing the table descriptor straight over the block would let a TLB hold
+//! the old block and a new page for the same address at once. The architecture makes that a
+//! TLB conflict abort or CONSTRAINED UNPREDICTABLE: a translation from either entry, or a
+//! mix of both ("Using break-before-make when updating translation table entries", rule
+//! R_WHZWS; SMMUv3 3.21.1.1, "Translation tables update procedure"). The cure is
+//! *break-before-make* (rule R_DDMVT):
+//!
+//! ```text
+//!  1. fill a new table that maps every part of the block as before     nothing live yet
+//!  2. write the block entry invalid                                     break
+//!  3. invalidate the block's translation, then sync                     no TLB holds it
+//!  4. write a table entry pointing at the new table                     make
+//! ```
+//!
+//! The new table is allocated in step 1, so running out of table memory leaves the block
+//! as it was. Between steps 2 and 4 the whole block is unmapped, including the part that
+//! is to stay mapped: the caller must make sure nothing uses it meanwhile (no CPU running
+//! from it, no device DMA into it). FEAT_BBML2, and SMMUv3.2's `SMMU_IDR3.BBML`, allow a split without
+//! that window; this crate does not rely on them. Linux's io-pgtable-arm once split blocks
+//! without break-before-make, and then dropped splitting altogether as not hitless on
+//! SMMUv3 ("iommu/io-pgtable-arm: Remove split on unmap behavior").
+//!
+//! Tables that an unmap leaves empty stay in place, as in io-pgtable-arm: freeing them
+//! would need the same invalidation for the table entry, and a way to give memory back.
+//! So where a block was split, mapping the range again gives pages, not the block.
 #![no_std]
 
 mod descriptor;
+mod unmap;
+
+use core::fmt;
 
 use addr::PhysAddr;
 
 use descriptor::Descriptor;
 pub use descriptor::{Access, Attributes, MemoryType, MAIR};
+pub use unmap::TlbMaintenance;
 
 /// The translation granule: the size of a page and of every table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,18 +124,45 @@ impl Granule {
     }
 }
 
-/// Why a mapping request was refused.
+/// Why a mapping or unmapping request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     /// An address or size is not a multiple of the granule.
     Misaligned { input: u64, output: PhysAddr, size: u64, granule: u64 },
+    /// The input address or size of an unmap is not a multiple of the granule.
+    MisalignedUnmap { input: u64, size: u64, granule: u64 },
     /// The input range does not fit the table's input address width.
     OutOfRange { input: u64, size: u64, input_bits: u32 },
     /// Part of the range is already mapped, differently.
     AlreadyMapped { input: u64 },
+    /// Part of a range to unmap is not mapped; `input` is its first such address.
+    NotMapped { input: u64 },
     /// [`TableMemory::allocate_table`] had no table to give.
     OutOfTables,
 }
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Misaligned { input, output, size, granule } => write!(
+                f,
+                "input {input:#x}, output {output} and size {size:#x} must all be multiples of the \
+                 {granule:#x}-byte granule"
+            ),
+            Self::MisalignedUnmap { input, size, granule } => {
+                write!(f, "input {input:#x} and size {size:#x} must both be multiples of the {granule:#x}-byte granule")
+            }
+            Self::OutOfRange { input, size, input_bits } => {
+                write!(f, "{size:#x} bytes at {input:#x} do not fit a {input_bits}-bit input address space")
+            }
+            Self::AlreadyMapped { input } => write!(f, "{input:#x} is already mapped, differently"),
+            Self::NotMapped { input } => write!(f, "{input:#x} is not mapped, so the range cannot be unmapped"),
+            Self::OutOfTables => write!(f, "no memory left for another translation table"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
 
 /// Memory for translation tables.
 pub trait TableMemory {
@@ -124,6 +197,13 @@ pub struct PageTable<M: TableMemory> {
     granule: Granule,
     input_bits: u32,
     memory: M,
+}
+
+/// A valid block or page entry, where a walk ended.
+struct Leaf {
+    entry: *mut u64,
+    descriptor: Descriptor,
+    level: u32,
 }
 
 /// The entry a mapping step stops at.
@@ -196,27 +276,38 @@ impl<M: TableMemory> PageTable<M> {
 
     /// Walks the tables as the MMU would.
     pub fn translate(&self, input: u64) -> Option<Translation> {
+        let Leaf { descriptor, level, .. } = self.leaf(input)?;
+        let offset = input & (self.entry_span(level) - 1);
+        Some(Translation {
+            output: descriptor.output_address(self.granule).add(offset),
+            attributes: descriptor.attributes(),
+            level,
+        })
+    }
+
+    /// The valid block or page entry that translates `input`, if any.
+    fn leaf(&self, input: u64) -> Option<Leaf> {
         self.check_range(input, 1).ok()?;
         let mut table = self.root;
         let mut level = self.granule.start_level(self.input_bits);
         loop {
-            // SAFETY: the index is within the table, which this tree owns.
-            let descriptor = Descriptor::from_bits(unsafe { self.entry(table, input, level).read_volatile() });
+            let entry = self.entry(table, input, level);
+            // SAFETY: `entry` points into a table owned by this tree.
+            let descriptor = Descriptor::from_bits(unsafe { entry.read_volatile() });
             if !descriptor.is_valid() {
                 return None;
             }
-            if level < 3 && descriptor.is_table() {
-                table = descriptor.output_address(self.granule);
-                level += 1;
-                continue;
+            if level == 3 || !descriptor.is_table() {
+                return Some(Leaf { entry, descriptor, level });
             }
-            let offset = input & ((1 << self.granule.level_shift(level)) - 1);
-            return Some(Translation {
-                output: descriptor.output_address(self.granule).add(offset),
-                attributes: descriptor.attributes(),
-                level,
-            });
+            table = descriptor.output_address(self.granule);
+            level += 1;
         }
+    }
+
+    /// How many bytes of input address one entry at `level` translates.
+    fn entry_span(&self, level: u32) -> u64 {
+        1 << self.granule.level_shift(level)
     }
 
     /// Finds (creating tables on the way) the entry at which to map `input` → `output`:
