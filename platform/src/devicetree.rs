@@ -32,6 +32,7 @@ use fdt::node::FdtNode;
 use fdt::Fdt;
 
 use crate::dma_config::{self, DmaDescription, PoolProblem, RestrictedPool, MAX_POOLS};
+use crate::memmap::Size;
 
 /// How deep nodes may nest; real devicetrees stay below 8.
 pub const MAX_DEPTH: usize = 16;
@@ -113,6 +114,27 @@ pub enum Error<'a> {
         node: &'a str,
         bus: &'a str,
     },
+    /// A property made of fixed-size entries whose length is not a whole number of them.
+    BadEntryLength {
+        node: &'a str,
+        property: &'static str,
+        cells: usize,
+        entry_cells: usize,
+        /// What one entry holds, in words.
+        layout: &'static str,
+    },
+    /// A phandle in `property` that no node carries.
+    UnknownPhandle {
+        node: &'a str,
+        property: &'static str,
+        phandle: u32,
+    },
+    /// A PCI host bridge whose ECAM region cannot hold the configuration space of its buses.
+    EcamTooSmall {
+        node: &'a str,
+        ecam_size: u64,
+        buses: u16,
+    },
 }
 
 impl fmt::Display for Error<'_> {
@@ -164,6 +186,21 @@ impl fmt::Display for Error<'_> {
                 f,
                 "devicetree node '{node}': the 'dma-ranges' of '{bus}' and the buses below it share no \
                  address, so the device can reach no memory"
+            ),
+            Error::BadEntryLength { node, property, cells, entry_cells, layout } => write!(
+                f,
+                "devicetree node '{node}': property '{property}' holds {cells} cells, not a whole number of \
+                 {entry_cells}-cell entries ({layout})"
+            ),
+            Error::UnknownPhandle { node, property, phandle } => write!(
+                f,
+                "devicetree node '{node}': property '{property}' names phandle {phandle:#x}, which no node has"
+            ),
+            Error::EcamTooSmall { node, ecam_size, buses } => write!(
+                f,
+                "PCI host bridge '{node}': its ECAM region of {} cannot hold the configuration space of \
+                 {buses} buses (1 MiB each)",
+                Size(ecam_size)
             ),
         }
     }
@@ -249,9 +286,9 @@ pub struct Cpus<'a> {
 }
 
 /// A node found by walking from the root, with every node above it (root first).
-struct Located<'b, 'a> {
-    node: FdtNode<'b, 'a>,
-    ancestors: ArrayVec<FdtNode<'b, 'a>, MAX_DEPTH>,
+pub(crate) struct Located<'b, 'a> {
+    pub(crate) node: FdtNode<'b, 'a>,
+    pub(crate) ancestors: ArrayVec<FdtNode<'b, 'a>, MAX_DEPTH>,
 }
 
 impl<'a> Devicetree<'a> {
@@ -385,30 +422,46 @@ impl<'a> Devicetree<'a> {
     /// Every enabled device with one of the given `compatible` strings, in document order.
     pub fn compatible_devices(&self, wanted: &[&str]) -> Result<ArrayVec<Device<'a>, MAX_RANGES>, Error<'a>> {
         let mut found = ArrayVec::new();
-        let mut ancestors = ArrayVec::new();
-        self.collect_compatible(self.root(), &mut ancestors, wanted, &mut found)?;
+        self.visit_compatible(wanted, &mut |located| {
+            let device = self.device(located)?;
+            found.try_push(device).map_err(|_| Error::TooManyRanges { what: "matching devices" })
+        })?;
         Ok(found)
     }
 
-    fn collect_compatible<'b>(
+    /// Calls `visit` on every enabled node with one of the given `compatible` strings, in
+    /// document order, stopping at the first error.
+    pub(crate) fn visit_compatible<'b>(
         &'b self,
+        wanted: &[&str],
+        visit: &mut dyn FnMut(&Located<'b, 'a>) -> Result<(), Error<'a>>,
+    ) -> Result<(), Error<'a>> {
+        let mut ancestors = ArrayVec::new();
+        Self::walk_compatible(self.root(), &mut ancestors, wanted, visit)
+    }
+
+    fn walk_compatible<'b>(
         node: FdtNode<'b, 'a>,
         ancestors: &mut ArrayVec<FdtNode<'b, 'a>, MAX_DEPTH>,
         wanted: &[&str],
-        found: &mut ArrayVec<Device<'a>, MAX_RANGES>,
+        visit: &mut dyn FnMut(&Located<'b, 'a>) -> Result<(), Error<'a>>,
     ) -> Result<(), Error<'a>> {
         let matches = node.compatible().is_some_and(|c| c.all().any(|c| wanted.contains(&c)));
         if matches && is_enabled(&node) {
-            let device = self.device(&Located { node, ancestors: ancestors.clone() })?;
-            found.try_push(device).map_err(|_| Error::TooManyRanges { what: "matching devices" })?;
+            visit(&Located { node, ancestors: ancestors.clone() })?;
         }
         // Validation bounded the depth, so the ancestor list cannot overflow.
         ancestors.push(node);
         for child in node.children() {
-            self.collect_compatible(child, ancestors, wanted, found)?;
+            Self::walk_compatible(child, ancestors, wanted, visit)?;
         }
         ancestors.pop();
         Ok(())
+    }
+
+    /// The node whose `phandle` property is `phandle`.
+    pub(crate) fn node_by_phandle(&self, phandle: u32) -> Option<FdtNode<'_, 'a>> {
+        self.fdt.find_phandle(phandle)
     }
 
     fn root(&self) -> FdtNode<'_, 'a> {
@@ -430,7 +483,7 @@ impl<'a> Devicetree<'a> {
         Some(Located { node, ancestors })
     }
 
-    fn device(&self, located: &Located<'_, 'a>) -> Result<Device<'a>, Error<'a>> {
+    pub(crate) fn device(&self, located: &Located<'_, 'a>) -> Result<Device<'a>, Error<'a>> {
         let node = &located.node;
         let mut regs = RangeList::new();
         if let Some(parent) = located.ancestors.last() {
@@ -448,7 +501,7 @@ impl<'a> Devicetree<'a> {
 
 /// Translates a bus address of a node below `ancestors` (root first) to a physical address,
 /// through the `ranges` of each ancestor below the root.
-fn translate<'a>(node: &'a str, mut address: u64, ancestors: &[FdtNode<'_, 'a>]) -> Result<u64, Error<'a>> {
+pub(crate) fn translate<'a>(node: &'a str, mut address: u64, ancestors: &[FdtNode<'_, 'a>]) -> Result<u64, Error<'a>> {
     for pair in ancestors.windows(2).rev() {
         let (parent, bus) = (&pair[0], &pair[1]);
         let Some(ranges) = bus.property("ranges") else {

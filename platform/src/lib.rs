@@ -13,8 +13,11 @@ pub mod dma_config;
 #[cfg(any(test, feature = "writer"))]
 pub mod fdt_writer;
 pub mod memmap;
+pub mod pci;
 
 #[cfg(test)]
 mod dma_tests;
+#[cfg(test)]
+mod pci_tests;
 #[cfg(test)]
 mod tests;
