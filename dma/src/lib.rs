@@ -37,7 +37,8 @@
 //! - [`slots`] (with the word-at-a-time free map): areas, cursors, the complete search;
 //! - [`limits`]: `max_mapping_size` that holds whatever the pool's base alignment;
 //! - [`pool`]: the copies, the records, coherent allocations;
-//! - [`error`], [`stats`], [`memory`]: refusals, counters, and how the CPU reaches bytes.
+//! - [`error`], [`stats`], [`memory`]: refusals, counters, and how the CPU reaches bytes;
+//! - [`iova`]: for devices behind an IOMMU, the allocator of their domain's IOVA space.
 //!
 //! The rules and regression cases come from `dma-contract.md` and the Linux threads it cites;
 //! each regression case has a test of the same name in `tests/regressions.rs`.
@@ -48,6 +49,7 @@ extern crate alloc;
 pub mod constraints;
 pub mod error;
 mod freemap;
+pub mod iova;
 pub mod limits;
 pub mod memory;
 pub mod placement;
@@ -58,6 +60,7 @@ pub mod stats;
 pub use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 pub use constraints::{Constraints, DmaDirection};
 pub use error::{DmaError, FailureReason, MaskKind, PoolError, RegionKind};
+pub use iova::{IovaAllocator, IovaError, IovaStats};
 pub use memory::{HeapMemory, PhysMemory};
 pub use placement::Placement;
 pub use pool::{BouncePool, CoherentBuffer, Mapping, PoolConfig};

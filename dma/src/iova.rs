@@ -1,0 +1,505 @@
+//! IOVA allocation for one IOMMU domain, with Linux's per-size caches.
+//!
+//! Three kinds of address meet in DMA behind an IOMMU:
+//!
+//! ```text
+//!   CPU ──VA──▶ MMU ──PA──▶ memory ◀──PA── SMMU (stage-1 tables of the device's domain) ◀──IOVA── device
+//! ```
+//!
+//! - a *virtual address* (VA) is what the CPU's loads and stores use; the MMU translates it;
+//! - a *physical address* (PA) is where the bytes are in memory;
+//! - an *I/O virtual address* (IOVA, a [`DmaAddr`]) is what the device is told and puts on the
+//!   bus. The SMMU walks the page tables of the device's *domain* to turn it into a PA, one
+//!   granule at a time, so a device can reach only what its domain maps.
+//!
+//! Each domain therefore needs its own allocator of IOVA space: to map a buffer, the DMA layer
+//! takes a free IOVA range from [`IovaAllocator::allocate`], writes page table entries from it
+//! to the buffer's granules, and hands the device the IOVA; unmapping removes the entries and
+//! gives the range back with [`IovaAllocator::free`]. This is Linux's `drivers/iommu/iova.c`
+//! as `drivers/iommu/dma-iommu.c` drives it (`alloc_iova_fast` / `free_iova_fast`), and these
+//! are its rules:
+//!
+//! - **Granules.** The space is counted in IOMMU granules: 4, 16 or 64 KiB, the three
+//!   VMSAv8-64 translation granules an SMMUv3 context descriptor can select (IHI 0070, §5.4,
+//!   CD.TG0). A request of `n` bytes takes `ceil(n / granule)` granules. IOVA 0 is never handed
+//!   out (the space starts above it), so a device given a zeroed address faults instead of
+//!   reaching a mapping.
+//! - **Top-down.** The highest free place that fits is taken first, below the end of the space
+//!   (the device's DMA limit), as `__alloc_and_insert_iova_range` does. Low IOVAs, which every
+//!   device can reach, stay free for as long as possible.
+//! - **Size alignment** (`alloc_iova(..., size_aligned = true)`): an IOVA is aligned to its size
+//!   rounded up to a power of two granules, so a 3-granule request starts on a 4-granule
+//!   boundary. A 2 MiB mapping then starts on a 2 MiB boundary, where the page tables can map it
+//!   with one block entry instead of 512 page entries, and the SMMU's TLB holds it in one entry.
+//! - **Size classes** (`iommu_dma_alloc_iova` rounds small sizes up): a request of at most 32
+//!   granules reserves a whole power of two, 1, 2, 4, 8, 16 or 32 granules
+//!   (`IOVA_RANGE_CACHE_MAX_SIZE` = 6 classes). Together with the alignment this makes any two
+//!   IOVAs of one class interchangeable: each is a naturally aligned block of the same size.
+//!   Only the `ceil(n / granule)` granules asked for are mapped; the rest of the block is
+//!   reserved address space, nothing more.
+//!
+//! ## The caches ("rcaches")
+//!
+//! Devices map and unmap the same few sizes over and over (a network card, one packet buffer
+//! per descriptor). Linux found the tree walk and its lock to be the bottleneck and added, per
+//! class, *magazines* of freed IOVAs (`iova_rcache_insert`, `iova_rcache_get`): a freed IOVA of
+//! a class is not returned to the free space but kept, still reserved, and the next allocation
+//! of that class takes it back without touching the tree. Here each class has one bounded LIFO
+//! cache (the kernel serialises a domain's allocator behind one lock, so per-CPU magazines would
+//! buy nothing):
+//!
+//! - `free` of a class pushes the IOVA on its cache; when the cache is full its *oldest* entry
+//!   goes back to the free space first. (Linux also keeps the newest entries in the CPU's loaded
+//!   magazine and pushes older magazines out to the depot and then the tree.)
+//! - `allocate` of a class pops the newest entry of its cache if there is one (a *hit*) and
+//!   searches the free space otherwise (a *miss*).
+//! - When the free space has no room, every cache is flushed back into it and the search runs
+//!   once more before the request is refused, as `alloc_iova_fast` does with
+//!   `free_cpu_cached_iovas` and `free_global_cached_iovas`. A cache can thus delay a refusal,
+//!   never cause one.
+//!
+//! **Reuse guarantee:** with caching on, if IOVA `X` of a class is freed and the next operation
+//! on the allocator allocates the same class, it returns `X`: the cache is a stack, and its
+//! newest entry is never the one evicted. The kernel's isolation tests rely on this to know
+//! which IOVA a stale device access would hit. Without a class (over 32 granules, or caching
+//! off) the top-down search gives `X` back as long as nothing else was returned to the free
+//! space since `X` was allocated: nothing above `X` fitted then, and the space has only shrunk.
+//!
+//! ## The free space
+//!
+//! Free IOVA space is kept as coalesced ranges, each listed by the largest naturally aligned
+//! block of `2^k` granules it holds (list `k` holds every range with such a block: the lists of
+//! a buddy allocator, but of whole ranges instead of split blocks). A power-of-two request of
+//! `2^k` granules takes the highest range of list `k`, whose top aligned block is the highest
+//! fitting place: O(log n), which covers every class. A larger request of `s` granules,
+//! `2^(k-1) < s < 2^k`, must begin with an aligned `2^(k-1)` block, so it walks list `k-1`
+//! downwards until a range has an aligned start with room for `s` (Linux walks its whole tree
+//! the same way). Freeing and looking up an allocation are O(log n) in the live allocations.
+//!
+//! ## Compared with the bounce pool
+//!
+//! The bounce pool ([`crate::pool`]) hands out *physical* memory: slots of a real buffer that
+//! the CPU copies data into, for devices that must not or cannot see the original. An IOVA is
+//! only a *name*: allocating one reserves no memory, it reserves a window of the device's
+//! address space that page tables then point at the caller's own buffer, with no copy.
+//! Running out of IOVA space means running out of names, which caches can hold on to, so
+//! they are flushed before a refusal.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use core::fmt;
+
+use crate::DmaAddr;
+
+/// Number of cached size classes: 1, 2, 4, 8, 16 and 32 granules (Linux:
+/// `IOVA_RANGE_CACHE_MAX_SIZE`).
+pub const CACHED_CLASSES: usize = 6;
+/// The largest request, in granules, that is rounded up to its class and cached.
+pub const LARGEST_CACHED_GRANULES: u64 = 1 << (CACHED_CLASSES - 1);
+/// Freed IOVAs each class keeps by default (Linux: `IOVA_MAG_SIZE`, 127 in a magazine).
+pub const DEFAULT_CACHE_CAPACITY: usize = 128;
+
+/// IOMMU granules this allocator accepts (IHI 0070, §5.4, CD.TG0).
+const GRANULES: [u64; 3] = [4 << 10, 16 << 10, 64 << 10];
+/// One free-space list per possible block order; orders above 52 never occur with 4 KiB granules.
+const ORDERS: usize = 64;
+
+/// A request or release the allocator refused. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IovaError {
+    /// A granule other than 4, 16 or 64 KiB.
+    UnsupportedGranule { granule: u64 },
+    /// A bound of the IOVA space that is not a multiple of the granule.
+    UnalignedBound { bound: DmaAddr, granule: u64 },
+    /// A space that would hand out IOVA 0.
+    ZeroInSpace { end: DmaAddr },
+    /// A space whose end is not above its start.
+    EmptySpace { start: DmaAddr, end: DmaAddr },
+    /// An allocation of zero bytes.
+    ZeroSize,
+    /// No size-aligned place for the request exists in the whole space, even empty.
+    TooLarge { size: u64, start: DmaAddr, end: DmaAddr },
+    /// No free place fits the request now, even after the caches were flushed.
+    NoRoom { size: u64, granules: u64, free_granules: u64 },
+    /// No live allocation contains this IOVA (never allocated, or already freed).
+    UnknownAddress { iova: DmaAddr },
+    /// The IOVA lies inside a live allocation that starts elsewhere.
+    NotAllocationStart { iova: DmaAddr, allocation_start: DmaAddr },
+    /// A free whose size rounds to a different number of granules than was allocated.
+    SizeMismatch { iova: DmaAddr, allocated_granules: u64, given_size: u64, given_granules: u64 },
+}
+
+impl fmt::Display for IovaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::UnsupportedGranule { granule } => {
+                write!(f, "an IOMMU granule of {granule} bytes: only 4, 16 and 64 KiB exist")
+            }
+            Self::UnalignedBound { bound, granule } => {
+                write!(f, "IOVA space bound {bound} is not a multiple of the {granule}-byte granule")
+            }
+            Self::ZeroInSpace { end } => {
+                write!(f, "the IOVA space [0x0, {end}) would hand out IOVA 0; start it one granule up")
+            }
+            Self::EmptySpace { start, end } => write!(f, "the IOVA space [{start}, {end}) is empty"),
+            Self::ZeroSize => write!(f, "an IOVA allocation of zero bytes"),
+            Self::TooLarge { size, start, end } => write!(
+                f,
+                "{size} bytes have no size-aligned place in the IOVA space [{start}, {end}), even when it is empty"
+            ),
+            Self::NoRoom { size, granules, free_granules } => write!(
+                f,
+                "no free size-aligned run of {granules} granules for {size} bytes \
+                 ({free_granules} granules free, caches flushed)"
+            ),
+            Self::UnknownAddress { iova } => write!(f, "no live IOVA allocation at {iova}"),
+            Self::NotAllocationStart { iova, allocation_start } => {
+                write!(f, "{iova} lies inside the IOVA allocation that starts at {allocation_start}")
+            }
+            Self::SizeMismatch { iova, allocated_granules, given_size, given_granules } => write!(
+                f,
+                "the IOVA allocation at {iova} was {allocated_granules} granules; \
+                 {given_size} bytes are {given_granules}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for IovaError {}
+
+/// A snapshot of the allocator's state and counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IovaStats {
+    pub live_allocations: usize,
+    /// IOVA space the live allocations reserve: a class request counts its whole power of two.
+    pub live_bytes: u64,
+    /// Class allocations served from a cache.
+    pub cache_hits: u64,
+    /// Class allocations whose cache was empty (every one, when caching is disabled).
+    pub cache_misses: u64,
+    /// Freed IOVAs held in the caches, still reserved.
+    pub cached_entries: usize,
+    /// Times a full space made the allocator return the caches' entries to it.
+    pub cache_flushes: u64,
+}
+
+impl fmt::Display for IovaStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} live ({} bytes), cache {} hits {} misses, {} cached, {} flushes",
+            self.live_allocations,
+            self.live_bytes,
+            self.cache_hits,
+            self.cache_misses,
+            self.cached_entries,
+            self.cache_flushes
+        )
+    }
+}
+
+/// The IOVA space of one IOMMU domain. All internal positions are in granules.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IovaAllocator {
+    granule_shift: u32,
+    /// The usable space `[first, end)`.
+    first: u64,
+    end: u64,
+    free: FreeSpace,
+    /// Live allocations by first granule.
+    live: BTreeMap<u64, Allocation>,
+    /// `caches[k]`: freed blocks of `2^k` granules, newest at the back.
+    caches: [VecDeque<u64>; CACHED_CLASSES],
+    cache_capacity: usize,
+    live_granules: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+    cache_flushes: u64,
+}
+
+/// What a live allocation was asked for and what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Allocation {
+    requested: u64,
+    reserved: u64,
+}
+
+/// A request in granules: what was asked, what it reserves, and its alignment.
+#[derive(Clone, Copy)]
+struct Shape {
+    requested: u64,
+    reserved: u64,
+    align_order: u32,
+}
+
+impl IovaAllocator {
+    /// An allocator for the IOVA space `[start, end)`, with [`DEFAULT_CACHE_CAPACITY`] freed
+    /// IOVAs cached per class.
+    pub fn new(granule: u64, start: DmaAddr, end: DmaAddr) -> Result<Self, IovaError> {
+        Self::with_cache_capacity(granule, start, end, DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// As [`Self::new`], keeping at most `capacity` freed IOVAs per class; 0 disables caching
+    /// (every free returns to the free space at once).
+    pub fn with_cache_capacity(granule: u64, start: DmaAddr, end: DmaAddr, capacity: usize) -> Result<Self, IovaError> {
+        check_space(granule, start, end)?;
+        let granule_shift = granule.trailing_zeros();
+        let (first, end) = (start.as_u64() >> granule_shift, end.as_u64() >> granule_shift);
+        Ok(Self {
+            granule_shift,
+            first,
+            end,
+            free: FreeSpace::new(first, end),
+            live: BTreeMap::new(),
+            caches: core::array::from_fn(|_| VecDeque::with_capacity(capacity)),
+            cache_capacity: capacity,
+            live_granules: 0,
+            cache_hits: 0,
+            cache_misses: 0,
+            cache_flushes: 0,
+        })
+    }
+
+    pub const fn granule(&self) -> u64 {
+        1 << self.granule_shift
+    }
+
+    /// An IOVA for `size` bytes, aligned to the size rounded up to a power of two granules.
+    pub fn allocate(&mut self, size: u64) -> Result<DmaAddr, IovaError> {
+        let shape = self.shape(size)?;
+        let first = match self.take_cached(shape) {
+            Some(first) => first,
+            None => self.take_free(shape, size)?,
+        };
+        self.live.insert(first, Allocation { requested: shape.requested, reserved: shape.reserved });
+        self.live_granules += shape.reserved;
+        Ok(self.address(first))
+    }
+
+    /// Release the allocation that [`Self::allocate`] returned as `iova` for `size` bytes (any
+    /// size with the same number of granules). Anything else is refused and changes nothing.
+    pub fn free(&mut self, iova: DmaAddr, size: u64) -> Result<(), IovaError> {
+        let (first, allocation) = self.allocation_at(iova)?;
+        let given_granules = size.div_ceil(self.granule());
+        if given_granules != allocation.requested {
+            return Err(IovaError::SizeMismatch {
+                iova,
+                allocated_granules: allocation.requested,
+                given_size: size,
+                given_granules,
+            });
+        }
+        self.live.remove(&first);
+        self.live_granules -= allocation.reserved;
+        self.release(first, allocation.reserved);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> IovaStats {
+        IovaStats {
+            live_allocations: self.live.len(),
+            live_bytes: self.live_granules << self.granule_shift,
+            cache_hits: self.cache_hits,
+            cache_misses: self.cache_misses,
+            cached_entries: self.caches.iter().map(VecDeque::len).sum(),
+            cache_flushes: self.cache_flushes,
+        }
+    }
+
+    fn address(&self, granule_index: u64) -> DmaAddr {
+        DmaAddr::new(granule_index << self.granule_shift)
+    }
+
+    /// The request in granules, or a refusal if it can never be served.
+    fn shape(&self, size: u64) -> Result<Shape, IovaError> {
+        if size == 0 {
+            return Err(IovaError::ZeroSize);
+        }
+        let requested = size.div_ceil(self.granule());
+        let reserved = if requested <= LARGEST_CACHED_GRANULES { requested.next_power_of_two() } else { requested };
+        let align_order = reserved.next_power_of_two().trailing_zeros();
+        let highest_start = self.end.checked_sub(reserved).map(|top| align_down(top, align_order));
+        if highest_start.is_none_or(|start| start < self.first) {
+            let (start, end) = (self.address(self.first), self.address(self.end));
+            return Err(IovaError::TooLarge { size, start, end });
+        }
+        Ok(Shape { requested, reserved, align_order })
+    }
+
+    /// The newest cached block of the request's class, if it has a class and the cache has one.
+    fn take_cached(&mut self, shape: Shape) -> Option<u64> {
+        let class = class_of(shape.reserved)?;
+        let hit = self.caches[class].pop_back();
+        match hit {
+            Some(_) => self.cache_hits += 1,
+            None => self.cache_misses += 1,
+        }
+        hit
+    }
+
+    /// The highest fitting place in the free space, flushing the caches into it once if needed.
+    fn take_free(&mut self, shape: Shape, size: u64) -> Result<u64, IovaError> {
+        let fit = self.free.highest_fit(shape.reserved, shape.align_order).or_else(|| {
+            self.flush_caches().then(|| self.free.highest_fit(shape.reserved, shape.align_order)).flatten()
+        });
+        let Some((range, first)) = fit else {
+            return Err(IovaError::NoRoom { size, granules: shape.reserved, free_granules: self.free.granules });
+        };
+        self.free.take(range, first, shape.reserved);
+        Ok(first)
+    }
+
+    /// Return every cached block to the free space; false if there was none.
+    fn flush_caches(&mut self) -> bool {
+        let mut flushed = false;
+        for (class, cache) in self.caches.iter_mut().enumerate() {
+            for first in cache.drain(..) {
+                self.free.give_back(first, first + (1 << class));
+                flushed = true;
+            }
+        }
+        self.cache_flushes += u64::from(flushed);
+        flushed
+    }
+
+    /// The live allocation that starts at `iova`.
+    fn allocation_at(&self, iova: DmaAddr) -> Result<(u64, Allocation), IovaError> {
+        let granule_index = iova.as_u64() >> self.granule_shift;
+        let containing = self.live.range(..=granule_index).next_back();
+        match containing {
+            Some((&first, &allocation)) if granule_index < first + allocation.reserved => {
+                if iova == self.address(first) {
+                    Ok((first, allocation))
+                } else {
+                    Err(IovaError::NotAllocationStart { iova, allocation_start: self.address(first) })
+                }
+            }
+            _ => Err(IovaError::UnknownAddress { iova }),
+        }
+    }
+
+    /// Keep a freed block in its class's cache, evicting the oldest entry when full, or return
+    /// it to the free space.
+    fn release(&mut self, first: u64, reserved: u64) {
+        let cache = match class_of(reserved) {
+            Some(class) if self.cache_capacity > 0 => &mut self.caches[class],
+            _ => return self.free.give_back(first, first + reserved),
+        };
+        let evicted = if cache.len() == self.cache_capacity { cache.pop_front() } else { None };
+        cache.push_back(first);
+        if let Some(oldest) = evicted {
+            self.free.give_back(oldest, oldest + reserved);
+        }
+    }
+}
+
+fn check_space(granule: u64, start: DmaAddr, end: DmaAddr) -> Result<(), IovaError> {
+    if !GRANULES.contains(&granule) {
+        return Err(IovaError::UnsupportedGranule { granule });
+    }
+    if let Some(bound) = [start, end].into_iter().find(|bound| !bound.is_aligned(granule)) {
+        return Err(IovaError::UnalignedBound { bound, granule });
+    }
+    if start.as_u64() == 0 {
+        return Err(IovaError::ZeroInSpace { end });
+    }
+    if end <= start {
+        return Err(IovaError::EmptySpace { start, end });
+    }
+    Ok(())
+}
+
+/// The cache class of a reservation of `granules`, if it has one (it is then a power of two).
+fn class_of(granules: u64) -> Option<usize> {
+    (granules <= LARGEST_CACHED_GRANULES).then(|| granules.trailing_zeros() as usize)
+}
+
+fn align_down(value: u64, order: u32) -> u64 {
+    value & !((1 << order) - 1)
+}
+
+/// A free range `[start, end)` of granules. Ordered by start: ranges never overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Range {
+    start: u64,
+    end: u64,
+}
+
+impl Range {
+    /// The highest start of a run of `length` granules aligned to `2^order` inside this range.
+    fn highest_fit(self, length: u64, order: u32) -> Option<u64> {
+        let start = align_down(self.end.checked_sub(length)?, order);
+        (start >= self.start).then_some(start)
+    }
+
+    /// The largest `k` such that a block of `2^k` granules aligned to `2^k` fits.
+    fn largest_block_order(self) -> usize {
+        (1..ORDERS).take_while(|&order| self.highest_fit(1 << order, order as u32).is_some()).count()
+    }
+}
+
+/// The free IOVA space: coalesced ranges, listed by the aligned blocks they hold.
+#[derive(Debug, PartialEq, Eq)]
+struct FreeSpace {
+    /// `holding[k]`: the ranges that hold a block of `2^k` granules aligned to `2^k`. Every
+    /// range holds a block of one granule, so `holding[0]` lists them all.
+    holding: [BTreeSet<Range>; ORDERS],
+    granules: u64,
+}
+
+impl FreeSpace {
+    fn new(first: u64, end: u64) -> Self {
+        let mut space = Self { holding: [const { BTreeSet::new() }; ORDERS], granules: 0 };
+        space.give_back(first, end);
+        space
+    }
+
+    /// The range and start of the highest place for `length` granules aligned to `2^order`.
+    fn highest_fit(&self, length: u64, order: u32) -> Option<(Range, u64)> {
+        // A fit starts with an aligned block of 2^floor(log2 length) granules. For a power of
+        // two that is the whole request, so the first candidate fits.
+        let candidates = &self.holding[length.ilog2() as usize];
+        candidates.iter().rev().find_map(|&range| Some((range, range.highest_fit(length, order)?)))
+    }
+
+    /// Remove `[first, first + length)` from `range`, which holds it.
+    fn take(&mut self, range: Range, first: u64, length: u64) {
+        self.unlist(range);
+        self.list(Range { start: range.start, end: first });
+        self.list(Range { start: first + length, end: range.end });
+        self.granules -= length;
+    }
+
+    /// Add the free granules `[start, end)`, merging them with the ranges they touch.
+    fn give_back(&mut self, start: u64, end: u64) {
+        self.granules += end - start;
+        let mut merged = Range { start, end };
+        let below = self.holding[0].range(..merged).next_back().copied();
+        if let Some(below) = below.filter(|below| below.end == start) {
+            self.unlist(below);
+            merged.start = below.start;
+        }
+        let above = self.holding[0].range(Range { start: end, end }..).next().copied();
+        if let Some(above) = above.filter(|above| above.start == end) {
+            self.unlist(above);
+            merged.end = above.end;
+        }
+        self.list(merged);
+    }
+
+    fn list(&mut self, range: Range) {
+        if range.start < range.end {
+            for list in &mut self.holding[..=range.largest_block_order()] {
+                list.insert(range);
+            }
+        }
+    }
+
+    fn unlist(&mut self, range: Range) {
+        for list in &mut self.holding[..=range.largest_block_order()] {
+            list.remove(&range);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
