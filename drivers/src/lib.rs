@@ -6,6 +6,7 @@ pub mod bcm2835_dma;
 pub mod bcm2835_pm;
 pub mod mini_uart;
 pub mod pl011;
+pub mod smmuv3;
 
 /// Feeds `text` to a UART byte by byte, with each `\n` sent as `\r\n`, as a serial
 /// terminal expects.
