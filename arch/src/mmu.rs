@@ -126,7 +126,11 @@ pub fn map_device(registers: PhysRange) -> Result<VirtAddr, MapError> {
     let end = registers.end().align_up(layout::PAGE_SIZE).ok_or(MapError::DeviceWindowFull)?;
     let size = end.offset_from(start).unwrap_or(0);
     let window = with_tables(|kernel| {
-        let window = kernel.next_device;
+        // Placing the window on the block alignment the registers have lets large regions (a
+        // 256 MiB PCIe ECAM) use 2 MiB blocks instead of thousands of pages and tables.
+        let block = 1u64 << Granule::Size4KiB.level_shift(2);
+        let alignment = if size >= block && start.as_u64().is_multiple_of(block) { block } else { layout::PAGE_SIZE };
+        let window = kernel.next_device.next_multiple_of(alignment);
         if window + size > layout::DEVICE_WINDOW_BASE + layout::DEVICE_WINDOW_SIZE {
             return Err(MapError::DeviceWindowFull);
         }

@@ -16,6 +16,8 @@ use platform::devicetree::{Device, Devicetree};
 
 use crate::console::{self, ConsoleDevice};
 use crate::dma::{pools, DmaDevice, Route};
+use crate::iommu;
+use crate::pci::{self, PciFunction};
 
 /// virtio devices address all 64 bits (virtio 1.x, 2.4 "Virtqueues").
 const VIRTIO_DMA_MASK: u64 = u64::MAX;
@@ -86,6 +88,72 @@ fn start_virtio(device: &Device<'static>) -> Result<Option<String>, String> {
 fn start_dma_engine(devicetree: &Devicetree<'static>, device: &Device<'static>) -> Result<Option<String>, String> {
     let dma = dma_device(device, crate::dma_engine::ENGINE_DMA_MASK)?;
     Ok(Some(crate::dma_engine::start(devicetree, device, dma)?))
+}
+
+/// Starts the SMMU, enumerates PCIe, gives each function behind the SMMU a domain of its
+/// own and starts its driver; prints the PCIe device table.
+pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
+    match iommu::start(devicetree) {
+        Ok(_) => {}
+        Err(problem) => warn!("iommu: not started: {problem}; devices behind it stay off"),
+    }
+    let bus = match pci::start(devicetree) {
+        Ok(Some(bus)) => bus,
+        Ok(None) => return,
+        Err(problem) => return warn!("pci: {problem}"),
+    };
+    info!("PCIe devices:");
+    info!(
+        "  {:<8} {:<9} {:<6} {:<8} {:<6} {:<7} {:<9} {:<6}",
+        "address", "id", "driver", "stream", "domain", "granule", "trust", "INTA"
+    );
+    for function in &bus.functions {
+        let id = alloc::format!("{:04x}:{:04x}", function.info.vendor_id, function.info.device_id);
+        if function.info.class == PCI_CLASS_BRIDGE {
+            info!("  {:<8} {id:<9} bridge (no DMA of its own)", function.address);
+            continue;
+        }
+        if !crate::virtio::is_pci_disk(&function.info) {
+            warn!("  {:<8} {id:<9} not started: no driver", function.address);
+            continue;
+        }
+        let name: &'static str = alloc::boxed::Box::leak(alloc::format!("pci {}", function.address).into_boxed_str());
+        let started =
+            pci_dma_device(name, function).and_then(|(dma, row)| Ok((crate::virtio::start_pci(function, dma)?, row)));
+        let intx = function.intx.map_or("-".into(), |spi| alloc::format!("SPI {spi}"));
+        match started {
+            Ok((driver, row)) => info!("  {:<8} {id:<9} {driver:<6} {row} {intx:<6}", function.address),
+            Err(problem) => warn!("  {:<8} {id:<9} not started: {problem}", function.address),
+        }
+    }
+}
+
+/// PCI base class 0x06: host and PCI-to-PCI bridges (PCI Code and ID Assignment, 1.7).
+const PCI_CLASS_BRIDGE: u8 = 0x06;
+
+/// The DMA handle of a PCIe function, and its device-table columns: translated through a
+/// domain of its own when `iommu-map` names the running SMMU.
+fn pci_dma_device(name: &'static str, function: &PciFunction) -> Result<(DmaDevice, String), &'static str> {
+    let stream = function.stream.filter(|stream| iommu::translates_for(stream.iommu));
+    let (Some(stream), Some(policy)) = (stream, iommu::policy()) else {
+        return Err("its DMA is not translated by a running IOMMU, and untranslated PCIe DMA is not supported");
+    };
+    let domain = iommu::attach(name, stream.stream_id, VIRTIO_DMA_MASK).map_err(|error| {
+        warn!("{name}: cannot attach to the IOMMU: {error}");
+        "no IOMMU domain"
+    })?;
+    let untrusted = policy.is_untrusted(function.address);
+    let route = Route::Iommu { domain, untrusted, bounce: pools::default_pool() };
+    let constraints = Constraints::NONE.with_dma_mask(VIRTIO_DMA_MASK);
+    let coherent = crate::pci::bus().is_some_and(|bus| bus.bridge.coherent);
+    let trust = if untrusted { "untrusted" } else { "trusted" };
+    let row = alloc::format!(
+        "{:<8} {:<6} {:<7} {trust:<9}",
+        alloc::format!("{:#06x}", stream.stream_id),
+        domain.id,
+        alloc::format!("{}K", domain.granule_size() >> 10)
+    );
+    Ok((DmaDevice::new(name, route, coherent, constraints, pools::kernel_memory()), row))
 }
 
 /// The DMA handle for `device`: through its restricted pool if it names one (force bounce,

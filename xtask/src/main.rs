@@ -51,6 +51,10 @@ enum Command {
         /// firmware's devicetree as is: the kernel carves its own bounce pool.)
         #[arg(long, value_enum, default_value = "static")]
         pool: devicetree::PoolForm,
+        /// The IOMMU granule of virt's SMMUv3, which translates two virtio-blk-pci disks (the
+        /// second untrusted); `off` boots without an SMMU. virt only.
+        #[arg(long, default_value = "4K", value_parser = ["off", "4K", "16K", "64K"])]
+        iommu: String,
         /// Kernel command line, e.g. `kernel.fault-demo` or `kernel.test`.
         #[arg(long, default_value = "")]
         append: String,
@@ -88,9 +92,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build => image::build().map(|image| println!("kernel: {}", image.display())),
-        Command::Qemu { board, el2, cpu, pool, append, qemu_args } => {
+        Command::Qemu { board, el2, cpu, pool, iommu, append, qemu_args } => {
+            let iommu = <qemu::IommuGranule as clap::ValueEnum>::from_str(&iommu, false).ok();
             let machine = match board {
-                BoardChoice::Virt => qemu::Machine::virt(el2, &cpu, pool),
+                BoardChoice::Virt => qemu::Machine::virt(el2, &cpu, pool, iommu),
                 BoardChoice::Raspi4b => qemu::Machine::raspi4b(devicetree::RaspiPool::Default),
             };
             qemu::run_demo(&machine, &append, &qemu_args)

@@ -15,12 +15,38 @@ const QEMU: &str = "qemu-system-aarch64";
 /// Which board QEMU emulates, and how its devicetree describes DMA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Board {
-    /// `-M virt`: virtio-mmio devices, every transfer through a restricted pool.
-    Virt { el2: bool, pool: PoolForm },
+    /// `-M virt`: virtio-mmio devices, every transfer through a restricted pool; with an
+    /// SMMUv3 in front of PCIe, two virtio-blk-pci disks behind it.
+    Virt { el2: bool, pool: PoolForm, iommu: Option<IommuGranule> },
     /// `-M raspi4b` (2 GiB), with the devicetree the Pi firmware uses: a legacy DMA engine
     /// that reaches only the first GiB.
     Raspi4b { pool: RaspiPool },
 }
+
+/// The page size of the IOMMU's domains (`iommu.granule=`), when `virt` has an SMMUv3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IommuGranule {
+    #[value(name = "4K")]
+    Size4K,
+    #[value(name = "16K")]
+    Size16K,
+    #[value(name = "64K")]
+    Size64K,
+}
+
+impl IommuGranule {
+    fn name(self) -> &'static str {
+        match self {
+            IommuGranule::Size4K => "4K",
+            IommuGranule::Size16K => "16K",
+            IommuGranule::Size64K => "64K",
+        }
+    }
+}
+
+/// The PCIe slots of the two disks behind the SMMU; the second is the untrusted one.
+const TRUSTED_DISK_SLOT: u8 = 2;
+const UNTRUSTED_DISK_SLOT: u8 = 3;
 
 /// A QEMU machine configuration.
 pub struct Machine {
@@ -39,8 +65,8 @@ const DISK_SIZE: u64 = 16 << 20;
 const RASPI4B_UPPER_RAM: (u64, u64) = (1 << 30, 1 << 30);
 
 impl Machine {
-    pub fn virt(el2: bool, cpu: &str, pool: PoolForm) -> Self {
-        Self { board: Board::Virt { el2, pool }, cpu: cpu.into(), entry_el: if el2 { 2 } else { 1 } }
+    pub fn virt(el2: bool, cpu: &str, pool: PoolForm, iommu: Option<IommuGranule>) -> Self {
+        Self { board: Board::Virt { el2, pool, iommu }, cpu: cpu.into(), entry_el: if el2 { 2 } else { 1 } }
     }
 
     /// The Pi's firmware (and QEMU in its place) starts the kernel at EL2.
@@ -48,18 +74,37 @@ impl Machine {
         Self { board: Board::Raspi4b { pool }, cpu: "cortex-a72".into(), entry_el: 2 }
     }
 
-    fn machine(&self) -> &'static str {
+    fn machine(&self) -> String {
         match self.board {
-            Board::Virt { el2: false, .. } => "virt",
-            Board::Virt { el2: true, .. } => "virt,virtualization=on",
-            Board::Raspi4b { .. } => "raspi4b",
+            Board::Virt { el2, iommu, .. } => {
+                let mut machine = String::from("virt");
+                if el2 {
+                    machine.push_str(",virtualization=on");
+                }
+                if iommu.is_some() {
+                    machine.push_str(",iommu=smmuv3");
+                }
+                machine
+            }
+            Board::Raspi4b { .. } => "raspi4b".into(),
+        }
+    }
+
+    /// What the kernel is told besides the caller's command line: the IOMMU policy.
+    fn kernel_arguments(&self) -> String {
+        match self.board {
+            Board::Virt { iommu: Some(granule), .. } => {
+                format!("iommu.granule={} iommu.untrusted=00:{UNTRUSTED_DISK_SLOT:02x}.0", granule.name())
+            }
+            _ => String::new(),
         }
     }
 
     pub fn name(&self) -> String {
         match self.board {
-            Board::Virt { pool, .. } => {
-                format!("{} -cpu {} (EL{}, {pool:?} pool)", self.machine(), self.cpu, self.entry_el)
+            Board::Virt { pool, iommu, .. } => {
+                let granule = iommu.map_or(String::new(), |granule| format!(", {} IOMMU granule", granule.name()));
+                format!("{} -cpu {} (EL{}, {pool:?} pool{granule})", self.machine(), self.cpu, self.entry_el)
             }
             Board::Raspi4b { pool: RaspiPool::Default } => "raspi4b (EL2, the kernel's default bounce pool)".into(),
             Board::Raspi4b { pool: RaspiPool::Restricted } => {
@@ -75,19 +120,22 @@ impl Machine {
         if let Board::Raspi4b { .. } = self.board {
             return Ok(Vec::new());
         }
-        let disk = image::build_directory().join("virtio-disk.img");
-        let file =
-            std::fs::File::create(&disk).map_err(|error| format!("cannot create {}: {error}", disk.display()))?;
-        file.set_len(DISK_SIZE).map_err(|error| format!("cannot size {}: {error}", disk.display()))?;
-        let drive = format!("if=none,format=raw,id=disk0,file={}", disk.display());
         #[rustfmt::skip]
-        let arguments = [
+        let mut arguments: Vec<String> = [
             "-global", "virtio-mmio.force-legacy=false",
-            "-drive", &drive, "-device", "virtio-blk-device,drive=disk0",
+            "-drive", &disk_drive("disk0")?, "-device", "virtio-blk-device,drive=disk0",
             "-device", "virtio-rng-device",
             "-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
-        ];
-        Ok(arguments.map(String::from).to_vec())
+        ].map(String::from).to_vec();
+        if let Board::Virt { iommu: Some(_), .. } = self.board {
+            // `iommu_platform=on` puts the device's DMA behind the SMMU (the driver must accept
+            // VIRTIO_F_ACCESS_PLATFORM); `disable-legacy=on` makes it a virtio 1.x device.
+            for (id, slot) in [("pcidisk0", TRUSTED_DISK_SLOT), ("pcidisk1", UNTRUSTED_DISK_SLOT)] {
+                arguments.extend(["-drive".into(), disk_drive(id)?, "-device".into()]);
+                arguments.push(format!("virtio-blk-pci,drive={id},iommu_platform=on,disable-legacy=on,addr={slot}"));
+            }
+        }
+        Ok(arguments)
     }
 
     /// The Pi 4's console is its mini UART, QEMU's second serial port (`stdout-path` is
@@ -141,10 +189,19 @@ impl Machine {
     fn command(&self, kernel: &Path, bootargs: &str) -> Result<Command> {
         let mut command = Command::new(QEMU);
         command.args(self.base_arguments());
-        command.arg("-kernel").arg(kernel).arg("-dtb").arg(self.devicetree()?).args(["-append", bootargs]);
+        let bootargs = format!("{} {bootargs}", self.kernel_arguments());
+        command.arg("-kernel").arg(kernel).arg("-dtb").arg(self.devicetree()?).args(["-append", bootargs.trim()]);
         command.args(self.devices()?);
         Ok(command)
     }
+}
+
+/// A fresh, zeroed disk image for drive `id`; its `-drive` argument.
+fn disk_drive(id: &str) -> Result<String> {
+    let disk = image::build_directory().join(format!("{id}.img"));
+    let file = std::fs::File::create(&disk).map_err(|error| format!("cannot create {}: {error}", disk.display()))?;
+    file.set_len(DISK_SIZE).map_err(|error| format!("cannot size {}: {error}", disk.display()))?;
+    Ok(format!("if=none,format=raw,id={id},file={}", disk.display()))
 }
 
 /// `cargo xtask qemu`: boot the demo with the console on this terminal.

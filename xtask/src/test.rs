@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crate::devicetree::{PoolForm, RaspiPool};
 use crate::prerequisites::ensure_qemu;
-use crate::qemu::{self, Board, Machine};
+use crate::qemu::{self, Board, IommuGranule, Machine};
 use crate::{image, sdcard, Result};
 
 /// Crates that build for the host and carry their tests with them.
-const HOST_CRATES: [&str; 5] = ["addr", "platform", "vmsa", "dma", "xtask"];
+const HOST_CRATES: [&str; 6] = ["addr", "platform", "vmsa", "dma", "drivers", "xtask"];
 /// Generous: a kernel test run takes a few seconds; only a hang takes this long.
 const KERNEL_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -17,13 +17,14 @@ pub fn run_all() -> Result<()> {
     let (passed, failed) = host_tests()?;
     ensure_qemu()?;
     let kernel = image::build()?;
-    // Both entry levels, both CPU models, both forms of the restricted pool; the Pi 4 with
-    // the kernel's own bounce pool and with the SD card's restricted pool.
+    // Both entry levels, both CPU models, both forms of the restricted pool, every IOMMU
+    // granule and a machine without an IOMMU; the Pi 4 with the kernel's own bounce pool and
+    // with the SD card's restricted pool.
     let machines = [
-        Machine::virt(false, "cortex-a72", PoolForm::Static),
-        Machine::virt(true, "cortex-a72", PoolForm::Dynamic),
-        Machine::virt(false, "max", PoolForm::Dynamic),
-        Machine::virt(true, "max", PoolForm::Static),
+        Machine::virt(false, "cortex-a72", PoolForm::Static, Some(IommuGranule::Size4K)),
+        Machine::virt(true, "cortex-a72", PoolForm::Dynamic, Some(IommuGranule::Size16K)),
+        Machine::virt(false, "max", PoolForm::Dynamic, Some(IommuGranule::Size64K)),
+        Machine::virt(true, "max", PoolForm::Static, None),
         Machine::raspi4b(RaspiPool::Default),
         Machine::raspi4b(RaspiPool::Restricted),
     ];
@@ -58,11 +59,12 @@ pub fn run_all() -> Result<()> {
 /// names a whole module). Any other skip is a failure: a device went missing.
 fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
     match machine.board {
-        Board::Virt { .. } => &["dma_engine::"],
-        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::"],
+        Board::Virt { iommu: Some(_), .. } => &["dma_engine::"],
+        Board::Virt { iommu: None, .. } => &["dma_engine::", "iommu::"],
+        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::"],
         // A restricted engine bounces everything: nothing is lent in place.
         Board::Raspi4b { pool: RaspiPool::Restricted } => {
-            &["virtio::", "dma_engine::buffers_within_reach_are_not_bounced"]
+            &["virtio::", "iommu::", "dma_engine::buffers_within_reach_are_not_bounced"]
         }
     }
 }

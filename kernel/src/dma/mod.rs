@@ -29,6 +29,7 @@
 mod memory;
 pub mod pools;
 mod streaming;
+mod translated;
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +38,11 @@ use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 use dma::{BouncePool, Constraints, DmaDirection, DmaError};
 use platform::dma_config::DmaDescription;
 
+use crate::iommu::{Domain, DomainError};
+
 pub use memory::KernelMemory;
 pub use streaming::{Bidirectional, FromDevice, Streaming, ToDevice};
+pub use translated::Fault;
 
 /// A DMA pool: reserved RAM that transfers are copied through, either a restricted pool
 /// (every transfer of its devices) or the default pool (transfers a device cannot reach).
@@ -67,6 +71,9 @@ pub enum Route {
     Direct { windows: DmaDescription<'static>, bounce: Option<&'static DmaPool> },
     /// Copied through the device's restricted pool.
     Restricted(&'static DmaPool),
+    /// Translated by the IOMMU through the device's own domain. An untrusted device's buffers
+    /// that do not fill whole granules are copied through `bounce` first (rule 10).
+    Iommu { domain: &'static Domain, untrusted: bool, bounce: Option<&'static DmaPool> },
 }
 
 /// Why the DMA layer refused a request.
@@ -100,6 +107,17 @@ pub enum DmaApiError {
     OutOfMemory {
         size: usize,
     },
+    /// The IOMMU refused (no IOVA space, unknown mapping, SMMU error...).
+    Iommu(DomainError),
+    /// An untrusted device's buffer does not fill its granules and there is no pool to
+    /// bounce it through.
+    NoBouncePool,
+}
+
+impl From<DomainError> for DmaApiError {
+    fn from(error: DomainError) -> Self {
+        DmaApiError::Iommu(error)
+    }
 }
 
 impl From<DmaError> for DmaApiError {
@@ -132,6 +150,10 @@ impl fmt::Display for DmaApiError {
                 write!(f, "no coherent memory: the device does not snoop the caches and has no uncached pool in reach")
             }
             DmaApiError::OutOfMemory { size } => write!(f, "no memory for {size} coherent bytes"),
+            DmaApiError::Iommu(error) => write!(f, "{error}"),
+            DmaApiError::NoBouncePool => {
+                write!(f, "an untrusted device's buffer does not fill its IOMMU granules, and there is no bounce pool")
+            }
         }
     }
 }
@@ -169,6 +191,7 @@ pub struct DmaDevice {
     pub constraints: Constraints,
     memory: &'static KernelMemory,
     audit: Audit,
+    injection: spin::Mutex<Option<translated::Injection>>,
 }
 
 impl DmaDevice {
@@ -179,7 +202,8 @@ impl DmaDevice {
         constraints: Constraints,
         memory: &'static KernelMemory,
     ) -> Self {
-        Self { name, route, coherent, constraints, memory, audit: Audit::default() }
+        let injection = spin::Mutex::new(None);
+        Self { name, route, coherent, constraints, memory, audit: Audit::default(), injection }
     }
 
     /// The physical range behind a kernel virtual buffer, if it is contiguous RAM.
@@ -214,6 +238,9 @@ impl DmaDevice {
                     pool.bounce.map(buffer.start(), buffer.size() as usize, direction, &self.constraints)?.dma
                 }
             },
+            Route::Iommu { domain, untrusted, bounce } => {
+                self.map_translated(domain, *untrusted, *bounce, buffer, direction)?
+            }
         };
         self.audit(dma, buffer.size());
         Ok(dma)
@@ -221,6 +248,9 @@ impl DmaDevice {
 
     /// Ends a streaming mapping; for transfers from the device, the CPU sees its writes after.
     pub fn unmap(&self, dma: DmaAddr, buffer: PhysRange, direction: DmaDirection) -> Result<(), DmaApiError> {
+        if let Route::Iommu { domain, bounce, .. } = &self.route {
+            return self.unmap_translated(domain, *bounce, dma, buffer, direction);
+        }
         match self.bounced_through(dma, buffer.size()) {
             Some(pool) => pool.bounce.unmap(dma, buffer.size() as usize)?,
             None if direction != DmaDirection::ToDevice => self.for_cpu(buffer),
@@ -231,6 +261,13 @@ impl DmaDevice {
 
     /// Makes the device's writes to `[dma, dma + size)` of a live mapping visible to the CPU.
     pub fn sync_for_cpu(&self, dma: DmaAddr, buffer: PhysRange) -> Result<(), DmaApiError> {
+        if let Route::Iommu { domain, bounce, .. } = &self.route {
+            match Self::translated_bounce(domain, *bounce, dma, buffer.size())? {
+                Some((pool, pool_dma)) => pool.bounce.sync_for_cpu(pool_dma, buffer.size() as usize)?,
+                None => self.for_cpu(buffer),
+            }
+            return Ok(());
+        }
         match self.bounced_through(dma, buffer.size()) {
             Some(pool) => pool.bounce.sync_for_cpu(dma, buffer.size() as usize)?,
             None => self.for_cpu(buffer),
@@ -240,6 +277,13 @@ impl DmaDevice {
 
     /// Makes the CPU's writes to a live mapping visible to the device.
     pub fn sync_for_device(&self, dma: DmaAddr, buffer: PhysRange) -> Result<(), DmaApiError> {
+        if let Route::Iommu { domain, bounce, .. } = &self.route {
+            match Self::translated_bounce(domain, *bounce, dma, buffer.size())? {
+                Some((pool, pool_dma)) => pool.bounce.sync_for_device(pool_dma, buffer.size() as usize)?,
+                None => self.for_device(buffer),
+            }
+            return Ok(());
+        }
         match self.bounced_through(dma, buffer.size()) {
             Some(pool) => pool.bounce.sync_for_device(dma, buffer.size() as usize)?,
             None => self.for_device(buffer),
@@ -259,6 +303,7 @@ impl DmaDevice {
                     None => return Err(refusal),
                 },
             },
+            Route::Iommu { domain, .. } => self.alloc_translated(domain, size)?,
         };
         self.audit(memory.dma, memory.size as u64);
         Ok(memory)
@@ -266,6 +311,9 @@ impl DmaDevice {
 
     /// Returns coherent memory from [`Self::alloc_coherent`].
     pub fn free_coherent(&self, memory: CoherentMemory) -> Result<(), DmaApiError> {
+        if let Route::Iommu { domain, .. } = &self.route {
+            return Self::free_translated(domain, memory);
+        }
         match self.bounced_through(memory.dma, memory.size as u64) {
             Some(pool) => pool.bounce.free(memory.dma, memory.size)?,
             None => {
@@ -282,8 +330,23 @@ impl DmaDevice {
     pub fn bounce_pool(&self) -> Option<&'static DmaPool> {
         match &self.route {
             Route::Restricted(pool) => Some(pool),
-            Route::Direct { bounce, .. } => *bounce,
+            Route::Direct { bounce, .. } | Route::Iommu { bounce, .. } => *bounce,
         }
+    }
+
+    /// The largest streaming mapping that always succeeds (contract rule 7): the bounce
+    /// pool's, under this device's masks, for a device whose buffers may be bounced; `None`
+    /// when nothing but memory limits a mapping.
+    pub fn max_mapping_size(&self) -> Result<Option<usize>, DmaApiError> {
+        let (pool, constraints) = match &self.route {
+            Route::Restricted(pool) => (*pool, self.constraints),
+            Route::Direct { bounce: Some(pool), .. } => (*pool, self.constraints),
+            Route::Iommu { domain, untrusted: true, bounce: Some(pool) } => {
+                (*pool, self.constraints.with_alloc_align_mask(domain.granule_size() - 1))
+            }
+            Route::Direct { bounce: None, .. } | Route::Iommu { .. } => return Ok(None),
+        };
+        Ok(Some(pool.bounce.max_mapping_size(&constraints)?))
     }
 
     pub fn audit_report(&self) -> AuditReport {
@@ -336,6 +399,7 @@ impl DmaDevice {
         match &self.route {
             Route::Restricted(pool) => Some(pool),
             Route::Direct { bounce, .. } => bounce.filter(|pool| pool.holds(dma, size)),
+            Route::Iommu { .. } => None,
         }
     }
 
@@ -383,6 +447,7 @@ impl DmaDevice {
         let (inside, allowed) = match &self.route {
             Route::Restricted(pool) => (pool.holds(dma, size), pool.name),
             Route::Direct { windows, .. } => (Self::within_windows(windows, dma, size), "its bus windows"),
+            Route::Iommu { domain, .. } => (domain.lookup(dma, size).is_some(), "its live IOMMU mappings"),
         };
         if !inside {
             self.audit.violations.fetch_add(1, Ordering::Relaxed);

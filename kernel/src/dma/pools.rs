@@ -7,6 +7,8 @@
 //!   direct device cannot reach all of RAM (the Raspberry Pi 4's legacy DMA engine sees only
 //!   the first GiB through `/soc`'s `dma-ranges`). Those devices use buffers they can reach in
 //!   place and bounce the others through it, as Linux's swiotlb does for ZONE_DMA devices.
+//!   Untrusted devices behind an IOMMU bounce through it too (buffers that do not fill whole
+//!   granules), so a PCIe bridge with an `iommu-map` also calls for it.
 //!
 //! At boot, before the heap exists:
 //! 1. [`plan`] reads every `restricted-dma-pool` and every DMA-capable device, decides whether
@@ -92,16 +94,22 @@ pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
             alloc_ranges: Default::default(),
         },
     };
+    // Untrusted devices behind an IOMMU bounce what does not fill whole granules, through the
+    // default pool: a translated PCIe bridge needs it, whether or not a direct device does.
+    let bridges = devicetree.pci_host_bridges().map_err(MemoryError::Devicetree)?;
+    let translated: ArrayVec<bool, MAX_RANGES> =
+        bridges.iter().filter(|bridge| !bridge.iommu_map.is_empty()).map(|bridge| bridge.coherent).collect();
     let requests = restricted.into_iter().map(|node| (node, true)).chain([(default, false)]);
     let mut pools = ArrayVec::new();
     for (node, restricted) in requests {
         let request = PoolRequest { node, restricted, limit: None, coherent: true };
         let users = || devices.iter().filter(|device| request.serves(device, ram_end)).map(|device| &device.dma);
-        if !restricted && users().next().is_none() {
-            continue; // Every direct device reaches all of RAM: no default pool is needed.
+        let translated_users = if restricted { &[][..] } else { &translated[..] };
+        if !restricted && users().next().is_none() && translated_users.is_empty() {
+            continue; // Every direct device reaches all of RAM, and no device is translated.
         }
         let limit = dma_config::lowest_limit(users());
-        let coherent = users().all(|dma| dma.coherent);
+        let coherent = users().all(|dma| dma.coherent) && translated_users.iter().all(|&coherent| coherent);
         pools.try_push(PoolRequest { limit, coherent, ..request }).map_err(|_| MemoryError::TooManyPools)?;
     }
     Ok(Plan { pools, devices, ram_end })
@@ -132,6 +140,12 @@ pub fn default_pool_for(device: &Device<'_>) -> Option<&'static DmaPool> {
     pools().iter().find(|pool| !pool.restricted).filter(|_| needs_default_pool(device, ram_end))
 }
 
+/// The default pool, for an untrusted device behind the IOMMU: the IOMMU reaches any RAM, so
+/// neither the pool's placement nor its bus address matter to it.
+pub fn default_pool() -> Option<&'static DmaPool> {
+    pools().iter().find(|pool| !pool.restricted)
+}
+
 /// Maps and builds every pool; `placed` holds where each of `plan.pools` ended up, and
 /// `writable_ram` what the linear map covers read-write.
 pub fn create(
@@ -152,7 +166,7 @@ pub fn create(
         let bounce = BouncePool::new(*memory, range, dma_base, PoolConfig::default())
             .map_err(|error| MemoryError::Pool(request.node.name, error))?;
         let form = match (request.restricted, &request.node.placement) {
-            (false, _) => "the kernel's default pool, below the lowest device DMA limit",
+            (false, _) => "the kernel's default pool",
             (true, PoolPlacement::Static(_)) => "static",
             (true, PoolPlacement::Dynamic { .. }) => "dynamic",
         };

@@ -5,6 +5,7 @@ mod boot;
 mod dma;
 mod dma_engine;
 mod exceptions;
+mod iommu;
 mod memory;
 mod mmu;
 pub mod virtio;

@@ -25,12 +25,12 @@ pub fn pattern(seed: u64, length: usize) -> Vec<u8> {
 /// The largest transfer the block device's DMA route takes in one mapping, in whole sectors.
 fn largest_block_transfer() -> Result<usize, alloc::string::String> {
     let device = virtio::dma_device(BLOCK).ok_or("no virtio block device")?;
-    let largest = match &device.route {
-        Route::Restricted(pool) => {
-            pool.bounce.max_mapping_size(&device.constraints).map_err(|e| alloc::format!("{e}"))?
-        }
-        Route::Direct { .. } => 1 << 20,
-    };
+    largest_transfer(device)
+}
+
+/// The largest transfer `device` takes in one mapping, in whole sectors (1 MiB if unlimited).
+pub fn largest_transfer(device: &crate::dma::DmaDevice) -> Result<usize, alloc::string::String> {
+    let largest = device.max_mapping_size().map_err(|e| alloc::format!("{e}"))?.unwrap_or(1 << 20);
     Ok(largest / SECTOR * SECTOR)
 }
 

@@ -23,26 +23,40 @@ use virtio_drivers::device::blk::VirtIOBlk;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::pci::bus::{DeviceFunction, DeviceFunctionInfo};
+use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, Transport};
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
 
 use crate::dma::DmaDevice;
+use crate::pci::PciFunction;
+
+mod access_platform;
+
+use access_platform::AccessPlatform;
 
 pub const BLOCK: usize = 0;
 pub const ENTROPY: usize = 1;
 pub const NETWORK: usize = 2;
-const SLOTS: usize = 3;
+/// Disks on the PCIe bus, behind the IOMMU: two, so that one can be trusted and one not.
+pub const PCI_DISK_A: usize = 3;
+pub const PCI_DISK_B: usize = 4;
+const SLOTS: usize = 5;
 const NETWORK_QUEUE_SIZE: usize = 16;
 
 type Mmio = MmioTransport<'static>;
+type Pci = AccessPlatform<PciTransport>;
 pub type BlockDevice = VirtIOBlk<VirtioHal<BLOCK>, Mmio>;
 pub type EntropyDevice = VirtIORng<VirtioHal<ENTROPY>, Mmio>;
 pub type NetworkDevice = VirtIONetRaw<VirtioHal<NETWORK>, Mmio, NETWORK_QUEUE_SIZE>;
+pub type PciDisk<const SLOT: usize> = VirtIOBlk<VirtioHal<SLOT>, Pci>;
 
 static DEVICES: [Once<DmaDevice>; SLOTS] = [const { Once::new() }; SLOTS];
 pub static BLOCK_DEVICE: Mutex<Option<BlockDevice>> = Mutex::new(None);
 pub static ENTROPY_DEVICE: Mutex<Option<EntropyDevice>> = Mutex::new(None);
 pub static NETWORK_DEVICE: Mutex<Option<NetworkDevice>> = Mutex::new(None);
+pub static PCI_DISK_A_DEVICE: Mutex<Option<PciDisk<PCI_DISK_A>>> = Mutex::new(None);
+pub static PCI_DISK_B_DEVICE: Mutex<Option<PciDisk<PCI_DISK_B>>> = Mutex::new(None);
 
 /// The DMA handle of the device in `slot`, once probed.
 pub fn dma_device(slot: usize) -> Option<&'static DmaDevice> {
@@ -166,4 +180,36 @@ fn start_in<const SLOT: usize, D>(
     let started = create().map_err(|_| "the driver could not initialise the device")?;
     *driver.lock() = Some(started);
     Ok(kind)
+}
+
+/// Whether `function` is a virtio-blk-pci disk, the virtio-pci device this kernel drives.
+pub fn is_pci_disk(function: &DeviceFunctionInfo) -> bool {
+    virtio_device_type(function) == Some(DeviceType::Block)
+}
+
+/// Opens the virtio-pci transport of `function` and starts its driver, DMA through `device`.
+pub fn start_pci(function: &PciFunction, device: DmaDevice) -> Result<&'static str, &'static str> {
+    let slot = if DEVICES[PCI_DISK_A].get().is_none() { PCI_DISK_A } else { PCI_DISK_B };
+    if DEVICES[slot].get().is_some() {
+        return Err("both PCI disk slots are taken");
+    }
+    DEVICES[slot].call_once(|| device);
+    match slot {
+        PCI_DISK_A => open_pci_disk::<PCI_DISK_A>(function.address, &PCI_DISK_A_DEVICE),
+        _ => open_pci_disk::<PCI_DISK_B>(function.address, &PCI_DISK_B_DEVICE),
+    }
+}
+
+/// Opens the transport of the PCI disk in `SLOT` and starts a driver on it.
+fn open_pci_disk<const SLOT: usize>(
+    function: DeviceFunction,
+    driver: &Mutex<Option<PciDisk<SLOT>>>,
+) -> Result<&'static str, &'static str> {
+    let bus = crate::pci::bus().ok_or("no PCIe bus")?;
+    let transport = PciTransport::new::<VirtioHal<SLOT>, _>(&mut bus.root.lock(), function)
+        .map_err(|_| "not a virtio-pci device")?;
+    let disk =
+        VirtIOBlk::new(AccessPlatform::new(transport)).map_err(|_| "the driver could not initialise the device")?;
+    *driver.lock() = Some(disk);
+    Ok("block")
 }

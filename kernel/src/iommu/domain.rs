@@ -1,0 +1,255 @@
+//! An IOMMU domain: one device's private I/O address space.
+//!
+//! A domain is three things kept in step under one lock:
+//!
+//! ```text
+//!   IovaAllocator          which IOVA ranges are in use        (dma::iova)
+//!   PageTable              IOVA granule → physical granule     (vmsa, read by the SMMU)
+//!   mappings               what each live range is for         (this module)
+//! ```
+//!
+//! A mapping always covers whole granules, because that is what a page table entry maps:
+//! a buffer `[phys, phys + size)` gets the granules that enclose it, and the device is told
+//! `IOVA base + (phys & (granule - 1))` — the buffer's offset inside its granule is kept
+//! (Linux's `iova_offset`). Whatever else lies in those granules is exposed to the device
+//! too; that is why untrusted devices bounce buffers that do not fill their granules
+//! ([`crate::dma`]).
+//!
+//! Unmapping is strict: the entries are cleared, every cached translation of them is
+//! invalidated (`CMD_TLBI_NH_VA`) and a `CMD_SYNC` waits for that to finish before the IOVA is
+//! reused or the memory returned. Until the sync completes, the device could still reach the
+//! old page through a stale TLB entry.
+
+use alloc::collections::BTreeMap;
+use core::alloc::Layout;
+use core::fmt;
+
+use addr::{DmaAddr, PhysAddr, PhysRange};
+use dma::iova::{IovaAllocator, IovaError};
+use drivers::smmuv3::{Smmu, SmmuError};
+use spin::Mutex;
+use vmsa::{Access, Attributes, Granule, MemoryType, PageTable, TableMemory, TlbMaintenance};
+
+/// IOVA width of every domain: the SMMU walks 48-bit inputs (T0SZ = 16) like the CPU.
+pub const INPUT_BITS: u32 = 48;
+
+/// What a live IOVA range was made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A caller's buffer, lent in place.
+    Buffer,
+    /// A bounce buffer in a pool; `pool_dma` is the pool's own address of the copy.
+    Bounce { pool_dma: DmaAddr },
+    /// Coherent memory the domain's user allocated.
+    Coherent,
+}
+
+/// One live mapping: `size` bytes of whole granules at `iova`, onto `physical`; the mapped
+/// buffer is `length` bytes, `offset` bytes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub iova: DmaAddr,
+    pub physical: PhysAddr,
+    pub size: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub origin: Origin,
+    /// Its entries were removed while the mapping stayed on record ([`Domain::revoke`]).
+    pub revoked: bool,
+}
+
+impl Mapping {
+    fn contains(&self, dma: DmaAddr, size: u64) -> bool {
+        dma.offset_from(self.iova).is_some_and(|offset| offset.checked_add(size).is_some_and(|end| end <= self.size))
+    }
+}
+
+/// Why a domain refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainError {
+    Iova(IovaError),
+    Tables(vmsa::Error),
+    Smmu(SmmuError),
+    /// No live mapping starts at this address with this size.
+    UnknownMapping {
+        dma: DmaAddr,
+        size: u64,
+    },
+    OutOfMemory,
+}
+
+impl fmt::Display for DomainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainError::Iova(error) => write!(f, "IOVA space: {error}"),
+            DomainError::Tables(error) => write!(f, "IOMMU page tables: {error:?}"),
+            DomainError::Smmu(error) => write!(f, "SMMU: {error}"),
+            DomainError::UnknownMapping { dma, size } => {
+                write!(f, "no live IOMMU mapping of {size} bytes at {dma:?}")
+            }
+            DomainError::OutOfMemory => write!(f, "no memory for IOMMU page tables"),
+        }
+    }
+}
+
+/// Page tables of a domain: one granule each, zeroed, from the heap, never freed (a domain
+/// lives as long as its device).
+struct DomainTables {
+    granule: Granule,
+}
+
+impl TableMemory for DomainTables {
+    fn allocate_table(&mut self) -> Option<PhysAddr> {
+        let size = self.granule.size() as usize;
+        let layout = Layout::from_size_align(size, size).ok()?;
+        // SAFETY: a non-zero-sized layout; the table is owned by this domain for good.
+        let pointer = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        arch::layout::linear_virt_to_phys(addr::VirtAddr::from_ptr(pointer.cast_const()))
+    }
+
+    fn table_pointer(&self, table: PhysAddr) -> *mut u64 {
+        arch::layout::phys_to_virt(table).as_mut_ptr()
+    }
+}
+
+struct State {
+    tables: PageTable<DomainTables>,
+    iova: IovaAllocator,
+    mappings: BTreeMap<u64, Mapping>,
+}
+
+/// One device's address space behind the SMMU.
+pub struct Domain {
+    /// Also the ASID its TLB entries are tagged with.
+    pub id: u16,
+    pub stream_id: u32,
+    pub granule: Granule,
+    state: Mutex<State>,
+}
+
+/// The SMMU's TLB, as the page tables see it: invalidations queued by address, one sync.
+struct SmmuTlb<'a> {
+    smmu: &'a mut Smmu,
+    asid: u16,
+    failure: Option<SmmuError>,
+}
+
+impl TlbMaintenance for SmmuTlb<'_> {
+    fn invalidate(&mut self, input: u64, _level: u32) {
+        if let Err(error) = self.smmu.invalidate_va(self.asid, input) {
+            self.failure.get_or_insert(error);
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Err(error) = self.smmu.sync() {
+            self.failure.get_or_insert(error);
+        }
+    }
+}
+
+impl Domain {
+    /// An empty domain: no IOVA mapped, so every access by its device faults.
+    /// `dma_limit` is the highest IOVA the device can put on the bus.
+    pub fn new(id: u16, stream_id: u32, granule: Granule, dma_limit: u64) -> Result<Self, DomainError> {
+        let tables = PageTable::new(granule, INPUT_BITS, DomainTables { granule }).map_err(DomainError::Tables)?;
+        let end = dma_limit.min((1 << INPUT_BITS) - 1).saturating_add(1) & !(granule.size() - 1);
+        // IOVA 0 is never handed out: a zero address in a descriptor is always a bug.
+        let iova = IovaAllocator::new(granule.size(), DmaAddr::new(granule.size()), DmaAddr::new(end))
+            .map_err(DomainError::Iova)?;
+        let state = State { tables, iova, mappings: BTreeMap::new() };
+        Ok(Self { id, stream_id, granule, state: Mutex::new(state) })
+    }
+
+    /// Physical address of the root table: the context descriptor's TTB0.
+    pub fn root(&self) -> PhysAddr {
+        self.state.lock().tables.root()
+    }
+
+    pub fn granule_size(&self) -> u64 {
+        self.granule.size()
+    }
+
+    /// Maps the granules enclosing `buffer`; returns the IOVA of its first byte.
+    pub fn map(&self, buffer: PhysRange, access: Access, origin: Origin) -> Result<DmaAddr, DomainError> {
+        let mask = self.granule.size() - 1;
+        let physical = buffer.start().align_down(self.granule.size());
+        let end = buffer.end().as_u64().checked_add(mask).ok_or(DomainError::OutOfMemory)? & !mask;
+        let size = (end - physical.as_u64()).max(self.granule.size());
+        let mut state = self.state.lock();
+        let iova = state.iova.allocate(size).map_err(DomainError::Iova)?;
+        let attributes = Attributes::new(MemoryType::Normal, access, false);
+        if let Err(error) = state.tables.map(iova.as_u64(), physical, size, attributes) {
+            // The range was free in the allocator, so nothing of it can be mapped yet.
+            let _ = state.iova.free(iova, size);
+            return Err(DomainError::Tables(error));
+        }
+        let offset = buffer.start().as_u64() & mask;
+        let mapping = Mapping { iova, physical, size, offset, length: buffer.size(), origin, revoked: false };
+        state.mappings.insert(iova.as_u64(), mapping);
+        Ok(iova.add(offset))
+    }
+
+    /// The live mapping that holds `[dma, dma + size)`.
+    pub fn lookup(&self, dma: DmaAddr, size: u64) -> Option<Mapping> {
+        let state = self.state.lock();
+        let (_, mapping) = state.mappings.range(..=dma.as_u64()).next_back()?;
+        mapping.contains(dma, size).then_some(*mapping)
+    }
+
+    /// Ends the mapping `map` returned `dma` for (a buffer of `size` bytes): clears its
+    /// entries, invalidates them and waits (strict mode), then frees the IOVA range.
+    pub fn unmap(&self, smmu: &Mutex<Smmu>, dma: DmaAddr, size: u64) -> Result<Mapping, DomainError> {
+        let mut state = self.state.lock();
+        let unknown = DomainError::UnknownMapping { dma, size };
+        let base = dma.as_u64() & !(self.granule.size() - 1);
+        let mapping = *state.mappings.get(&base).ok_or(unknown)?;
+        if dma != mapping.iova.add(mapping.offset) || size != mapping.length {
+            return Err(unknown);
+        }
+        if !mapping.revoked {
+            Self::clear(&mut state, smmu, self.id, &mapping)?;
+        }
+        state.mappings.remove(&base);
+        state.iova.free(mapping.iova, mapping.size).map_err(DomainError::Iova)?;
+        Ok(mapping)
+    }
+
+    /// Removes the entries of the live mapping at `dma` (strictly invalidated) but keeps it on
+    /// record, so that its owner still unmaps it: the device now faults on an IOVA its driver
+    /// believes mapped — a use after unmap, made on purpose to show that the SMMU refuses it.
+    pub fn revoke(&self, smmu: &Mutex<Smmu>, dma: DmaAddr) -> Result<(), DomainError> {
+        let mut state = self.state.lock();
+        let base = dma.as_u64() & !(self.granule.size() - 1);
+        let mapping = state.mappings.get(&base).copied().filter(|mapping| !mapping.revoked);
+        let mapping = mapping.ok_or(DomainError::UnknownMapping { dma, size: 0 })?;
+        Self::clear(&mut state, smmu, self.id, &mapping)?;
+        state.mappings.insert(base, Mapping { revoked: true, ..mapping });
+        Ok(())
+    }
+
+    /// Clears a mapping's entries; returns once the SMMU can no longer use them.
+    fn clear(state: &mut State, smmu: &Mutex<Smmu>, asid: u16, mapping: &Mapping) -> Result<(), DomainError> {
+        let mut smmu = smmu.lock();
+        let mut tlb = SmmuTlb { smmu: &mut smmu, asid, failure: None };
+        state.tables.unmap(mapping.iova.as_u64(), mapping.size, &mut tlb).map_err(DomainError::Tables)?;
+        match tlb.failure {
+            // The entries are gone but the SMMU may still cache them: the caller must keep
+            // the IOVA range from being reused. It stays allocated, leaked on purpose.
+            Some(error) => {
+                state.mappings.remove(&mapping.iova.as_u64());
+                Err(DomainError::Smmu(error))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Where the domain's tables send `iova`, read by walking them in software.
+    pub fn translate(&self, iova: DmaAddr) -> Option<PhysAddr> {
+        self.state.lock().tables.translate(iova.as_u64()).map(|translation| translation.output)
+    }
+
+    pub fn live_mappings(&self) -> usize {
+        self.state.lock().mappings.len()
+    }
+}

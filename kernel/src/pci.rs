@@ -1,0 +1,136 @@
+//! PCI Express: the host bridge the devicetree describes, its functions, their BARs.
+//!
+//! A PCIe host bridge (`pci-host-ecam-generic`) exposes the configuration space of every
+//! function below it as memory: the Enhanced Configuration Access Mechanism gives each
+//! (bus, device, function) 4 KiB at `ECAM base + (bus << 20 | device << 15 | function << 12)`
+//! (PCIe Base Specification 6.0, 7.2.2 "PCI Express Enhanced Configuration Access Mechanism").
+//! In it sit the vendor and device IDs, the Command register and six Base Address Registers.
+//!
+//! Nothing decides where a device's registers live but software: boot firmware on a PC, the
+//! kernel here. Each BAR is sized (write all ones, read back which address bits stick), then
+//! given a naturally aligned address inside one of the bridge's `ranges` windows (a 64-bit BAR
+//! prefers the 64-bit window), and finally the Command register enables memory decoding and
+//! *bus mastering* — without `BUS_MASTER` the function cannot start a DMA at all.
+//!
+//! Every DMA the function then makes carries its requester ID (`bus << 8 | device << 3 |
+//! function`); the bridge's `iommu-map` turns it into the StreamID under which the SMMU looks
+//! up the function's translation ([`crate::iommu`]).
+//!
+//! Legacy INTx interrupts are resolved through `interrupt-map` and shown in the device table;
+//! the drivers here poll, so none is enabled.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+
+use log::{info, warn};
+use platform::devicetree::Devicetree;
+use platform::pci::{self as pci_dt, BarAllocator, BarKind, BarRequest, IntxPin, PciHostBridge, StreamRoute};
+use spin::{Mutex, Once};
+use virtio_drivers::transport::pci::bus::{
+    BarInfo, Cam, Command, DeviceFunction, DeviceFunctionInfo, HeaderType, MemoryBarType, MmioCam, PciRoot,
+};
+
+/// Configuration space access through the bridge's ECAM window.
+pub type Root = PciRoot<MmioCam<'static>>;
+
+/// A function found on the bus, its BARs assigned and enabled.
+pub struct PciFunction {
+    pub address: DeviceFunction,
+    pub info: DeviceFunctionInfo,
+    /// Where its DMA goes: the IOMMU and StreamID `iommu-map` names, if any.
+    pub stream: Option<StreamRoute>,
+    /// The GIC SPI its INTA# is routed to (`interrupt-map`), if any.
+    pub intx: Option<u32>,
+}
+
+/// The enumerated host bridge.
+pub struct PciBus {
+    pub bridge: PciHostBridge<'static>,
+    pub root: Mutex<Root>,
+    pub functions: Vec<PciFunction>,
+}
+
+static PCI: Once<PciBus> = Once::new();
+
+/// The PCIe bus, once [`start`] enumerated it.
+pub fn bus() -> Option<&'static PciBus> {
+    PCI.get()
+}
+
+/// Why the host bridge could not be used.
+#[derive(Debug)]
+pub enum PciError {
+    Devicetree(String),
+    Ecam(arch::mmu::MapError),
+}
+
+impl fmt::Display for PciError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PciError::Devicetree(problem) => write!(f, "{problem}"),
+            PciError::Ecam(error) => write!(f, "cannot map the ECAM window: {error:?}"),
+        }
+    }
+}
+
+/// Finds the first ECAM host bridge, enumerates its root bus and assigns every BAR.
+/// `Ok(None)` when the machine has no PCIe.
+pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>, PciError> {
+    let bridges = devicetree.pci_host_bridges().map_err(|error| PciError::Devicetree(alloc::format!("{error}")))?;
+    let Some(bridge) = bridges.into_iter().next() else { return Ok(None) };
+    let ecam = arch::mmu::map_device(bridge.ecam).map_err(PciError::Ecam)?;
+    let base = NonNull::new(ecam.as_mut_ptr::<u8>()).expect("device window is not at 0");
+    // SAFETY: the ECAM window, freshly mapped as device memory, used through this root only.
+    let mut root = PciRoot::new(unsafe { MmioCam::new(base.as_ptr(), Cam::Ecam) });
+    let mut windows = BarAllocator::new(&bridge.windows);
+    let first_bus = bridge.buses.first;
+    let mut functions = Vec::new();
+    for (address, info) in root.enumerate_bus(first_bus) {
+        if info.header_type != HeaderType::Standard {
+            warn!("pci {address}: {info}: bridges are not configured; nothing behind it is used");
+            continue;
+        }
+        if let Err(problem) = assign_bars(&mut root, &mut windows, address) {
+            warn!("pci {address}: {problem}; left disabled");
+            continue;
+        }
+        let located = pci_dt::PciFunction::new(address.bus, address.device, address.function);
+        let stream = located.and_then(|located| bridge.stream_id(located.requester_id()));
+        let intx = located.and_then(|located| bridge.legacy_interrupt(located, IntxPin::A)?.gic_spi());
+        functions.push(PciFunction { address, info, stream, intx });
+    }
+    info!("pci: {} ({}), {} function(s) on bus {first_bus}", bridge.name, bridge.ecam, functions.len());
+    Ok(Some(PCI.call_once(|| PciBus { bridge, root: Mutex::new(root), functions })))
+}
+
+/// Sizes every BAR of `address`, places it in a bridge window, then enables decoding and
+/// bus mastering.
+fn assign_bars(root: &mut Root, windows: &mut BarAllocator, address: DeviceFunction) -> Result<(), String> {
+    let bars = root.bars(address).map_err(|error| alloc::format!("cannot size its BARs: {error:?}"))?;
+    let mut command = Command::MEMORY_SPACE | Command::BUS_MASTER;
+    for (index, bar) in bars.iter().enumerate() {
+        let Some(bar) = bar else { continue };
+        let index = index as u8;
+        match *bar {
+            BarInfo::Memory { address_type, prefetchable, size, .. } => {
+                let is_64bit = address_type == MemoryBarType::Width64;
+                let request = BarRequest { size, kind: BarKind::Memory { is_64bit, prefetchable } };
+                let placed = windows.allocate(request).map_err(|error| alloc::format!("BAR{index}: {error}"))?;
+                match is_64bit {
+                    true => root.set_bar_64(address, index, placed.pci_address),
+                    false => root.set_bar_32(address, index, placed.pci_address as u32),
+                }
+            }
+            BarInfo::IO { size, .. } => {
+                let request = BarRequest { size: size.into(), kind: BarKind::Io };
+                let placed = windows.allocate(request).map_err(|error| alloc::format!("BAR{index}: {error}"))?;
+                root.set_bar_32(address, index, placed.pci_address as u32);
+                command |= Command::IO_SPACE;
+            }
+        }
+    }
+    root.set_command(address, command);
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! The IOMMU path: virtio-blk-pci disks behind the SMMUv3, one trusted and one untrusted,
+//! with whatever granule this boot's `iommu.granule=` chose.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use addr::{PhysRange, VirtAddr};
+use dma::DmaDirection;
+use spin::Mutex;
+use virtio_drivers::device::blk::{BlkReq, BlkResp};
+
+use crate::dma::{DmaDevice, Fault, Route};
+use crate::iommu::{self, Domain};
+use crate::testing::{ensure, kernel_test, skip};
+use crate::tests::virtio::{largest_transfer, pattern};
+use crate::virtio::{self, PciDisk, PCI_DISK_A, PCI_DISK_A_DEVICE, PCI_DISK_B, PCI_DISK_B_DEVICE};
+use drivers::smmuv3::EventKind;
+
+const SECTOR: usize = 512;
+
+/// The domain and trust of the disk in `slot`.
+fn translated(slot: usize) -> Result<(&'static DmaDevice, &'static Domain, bool), String> {
+    let Some(device) = virtio::dma_device(slot) else { return Err("no virtio-blk-pci disk".into()) };
+    match &device.route {
+        Route::Iommu { domain, untrusted, .. } => Ok((device, domain, *untrusted)),
+        _ => Err(format!("{}: not behind the IOMMU", device.name)),
+    }
+}
+
+kernel_test! {
+    /// Both disks are translated, each in a domain of its own with this boot's granule, one
+    /// trusted and one not, as `iommu.untrusted=` said.
+    fn pci_disks_have_domains_of_their_own() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        let policy = iommu::policy().ok_or("no policy")?;
+        let (a, domain_a, untrusted_a) = translated(PCI_DISK_A)?;
+        let (b, domain_b, untrusted_b) = translated(PCI_DISK_B)?;
+        ensure!(domain_a.id != domain_b.id, "{} and {} share domain {}", a.name, b.name, domain_a.id);
+        ensure!(domain_a.stream_id != domain_b.stream_id, "both disks use StreamID {:#x}", domain_a.stream_id);
+        for domain in [domain_a, domain_b] {
+            ensure!(domain.granule == policy.granule, "domain {} has granule {:?}, policy {:?}", domain.id, domain.granule, policy.granule);
+        }
+        ensure!(untrusted_a != untrusted_b, "expected one trusted and one untrusted disk, got {untrusted_a} and {untrusted_b}");
+        Ok(())
+    }
+}
+
+/// Writes and reads back sectors at many sizes and buffer offsets; every byte compared.
+/// Returns the bytes moved.
+fn round_trips<const SLOT: usize>(disk: &mut PciDisk<SLOT>, largest: usize) -> Result<usize, String> {
+    let sizes = [SECTOR, 2 * SECTOR, 4096, 4096 + SECTOR, 16 << 10, 60 << 10, 128 << 10, largest];
+    let offsets = [0usize, 0x200, 0x7c8, 0xfa0];
+    let capacity = disk.capacity() as usize;
+    let mut written = vec![0u8; largest + 4096];
+    let mut read = vec![0u8; largest + 4096];
+    let (mut sector, mut moved) = (0usize, 0usize);
+    for (round, (&size, &offset)) in
+        sizes.iter().flat_map(|size| offsets.iter().map(move |offset| (size, offset))).enumerate()
+    {
+        let data = pattern(round as u64 + 1000 * SLOT as u64, size);
+        let read_offset = (offset + 0x3c8) % 4096;
+        if sector + size / SECTOR > capacity {
+            sector = 0;
+        }
+        written[offset..offset + size].copy_from_slice(&data);
+        disk.write_blocks(sector, &written[offset..offset + size])
+            .map_err(|e| format!("write {size} at {offset:#x}: {e:?}"))?;
+        read[read_offset..read_offset + size].fill(0);
+        disk.read_blocks(sector, &mut read[read_offset..read_offset + size])
+            .map_err(|e| format!("read {size} at {read_offset:#x}: {e:?}"))?;
+        let first_difference = (0..size).find(|&index| read[read_offset + index] != data[index]);
+        ensure!(
+            first_difference.is_none(),
+            "{size} bytes at offset {offset:#x}, sector {sector}: byte {first_difference:?} differs"
+        );
+        sector += size / SECTOR + 1;
+        moved += 2 * size;
+    }
+    Ok(moved)
+}
+
+/// Runs [`round_trips`] on one disk and checks what its route did: an untrusted disk bounced
+/// through the pool, a trusted one did not, neither faulted, nothing stayed mapped.
+fn disk_round_trips<const SLOT: usize>(driver: &Mutex<Option<PciDisk<SLOT>>>) -> Result<(), String> {
+    let (device, domain, untrusted) = translated(SLOT)?;
+    let pool = device.bounce_pool().ok_or("no default bounce pool")?;
+    let largest = largest_transfer(device)?;
+    let before = pool.bounce.stats();
+    let live_before = domain.live_mappings();
+    let moved = {
+        let mut guard = driver.lock();
+        let disk = guard.as_mut().ok_or("disk not started")?;
+        round_trips(disk, largest)?
+    };
+    let after = pool.bounce.stats();
+    let bounced = after.bytes_to_device - before.bytes_to_device;
+    log::info!(
+        "{}: {moved} bytes moved through domain {} ({} KiB granule, {}), largest transfer {largest}; pool bounced {bounced} bytes to the device",
+        device.name,
+        domain.id,
+        domain.granule_size() >> 10,
+        if untrusted { "untrusted" } else { "trusted" }
+    );
+    match untrusted {
+        true => ensure!(bounced > 0, "{}: untrusted, yet nothing was bounced", device.name),
+        false => ensure!(
+            after.maps == before.maps,
+            "{}: trusted, yet {} buffers were bounced",
+            device.name,
+            after.maps - before.maps
+        ),
+    }
+    ensure!(
+        domain.live_mappings() == live_before,
+        "{}: {} mappings left behind",
+        device.name,
+        domain.live_mappings() - live_before
+    );
+    let faults = iommu::take_faults();
+    ensure!(faults.is_empty(), "the SMMU reported {} faults, first: {}", faults.len(), faults[0]);
+    let audit = device.audit_report();
+    ensure!(audit.violations == 0, "{}: {} DMA addresses outside its live mappings", device.name, audit.violations);
+    Ok(())
+}
+
+kernel_test! {
+    /// The first disk moves data at many sizes and offsets through its domain.
+    fn first_pci_disk_round_trips_every_size_and_offset() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        Ok(disk_round_trips(&PCI_DISK_A_DEVICE)?)
+    }
+}
+
+kernel_test! {
+    /// So does the second, with the other trust.
+    fn second_pci_disk_round_trips_every_size_and_offset() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        Ok(disk_round_trips(&PCI_DISK_B_DEVICE)?)
+    }
+}
+
+/// The disk whose trust is `untrusted`.
+fn disk_with_trust(untrusted: bool) -> Result<(usize, &'static DmaDevice, &'static Domain), String> {
+    for slot in [PCI_DISK_A, PCI_DISK_B] {
+        let (device, domain, is_untrusted) = translated(slot)?;
+        if is_untrusted == untrusted {
+            return Ok((slot, device, domain));
+        }
+    }
+    Err(format!("no {} disk", if untrusted { "untrusted" } else { "trusted" }))
+}
+
+/// A page-aligned heap page of `fill` bytes, and its physical range.
+fn page_of(device: &DmaDevice, fill: u8) -> Result<(Vec<u8>, PhysRange), String> {
+    let mut pages = vec![fill; 3 * 4096];
+    let offset = pages.as_ptr().align_offset(4096);
+    let page = pages[offset..offset + 4096].as_ptr();
+    let physical = device.physical(VirtAddr::from_ptr(page), 4096).map_err(|e| format!("{e}"))?;
+    pages.truncate(offset + 4096);
+    Ok((pages, physical))
+}
+
+/// The bytes of the granule an IOVA translates into, read through the linear map.
+fn granule_behind(domain: &Domain, iova: addr::DmaAddr) -> Result<(PhysRange, &'static [u8]), String> {
+    let granule = domain.granule_size();
+    let physical = domain.translate(iova).ok_or(format!("{iova:?} is not mapped"))?;
+    let start = physical.align_down(granule);
+    let range = PhysRange::new(start, granule).ok_or("granule range")?;
+    let virt = arch::layout::phys_to_virt(start);
+    // SAFETY: RAM the linear map covers (the pool or the heap); read only, while mapped.
+    Ok((range, unsafe { core::slice::from_raw_parts(virt.as_ptr::<u8>(), granule as usize) }))
+}
+
+kernel_test! {
+    /// R9: for the untrusted disk, a 512-byte buffer inside a page of 0xAA bytes is bounced
+    /// into a granule of its own: the device sees the buffer, and zeros everywhere else in
+    /// the granule — none of the 0xAA around it. After the unmap the IOVA translates to nothing.
+    fn untrusted_buffer_is_alone_in_its_granule() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        let (_, device, domain) = disk_with_trust(true)?;
+        let (_page, physical) = page_of(device, 0xaa)?;
+        let buffer = PhysRange::new(physical.start().add(0x7c8), SECTOR as u64).ok_or("range")?;
+        let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        let granule = domain.granule_size();
+        let (behind, bytes) = granule_behind(domain, iova)?;
+        let pool = device.bounce_pool().ok_or("no pool")?;
+        ensure!(pool.range.covers(&behind), "granule {behind} is not in the bounce pool {}", pool.range);
+        let at = (iova.as_u64() & (granule - 1)) as usize;
+        let leaked = bytes.iter().enumerate().filter(|&(index, &byte)| !(at..at + SECTOR).contains(&index) && byte != 0).count();
+        ensure!(leaked == 0, "{leaked} bytes of the {granule}-byte granule are not zero");
+        ensure!(bytes[at..at + SECTOR].iter().all(|&byte| byte == 0xaa), "the buffer's bytes did not reach the copy");
+        device.unmap(iova, buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A trusted disk's buffer is mapped in place: the IOVA keeps the buffer's offset in its
+    /// granule and translates to the buffer itself, with no copy.
+    fn trusted_buffer_is_mapped_in_place() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        let (_, device, domain) = disk_with_trust(false)?;
+        let (_page, physical) = page_of(device, 0x55)?;
+        let buffer = PhysRange::new(physical.start().add(0xfa0), 0x60).ok_or("range")?;
+        let iova = device.map(buffer, DmaDirection::FromDevice).map_err(|e| format!("{e}"))?;
+        let mask = domain.granule_size() - 1;
+        ensure!(iova.as_u64() & mask == buffer.start().as_u64() & mask, "IOVA {iova:?} vs buffer {buffer}: offset not kept");
+        ensure!(domain.translate(iova) == Some(buffer.start()), "{iova:?} translates to {:?}, not {buffer}", domain.translate(iova));
+        device.unmap(iova, buffer, DmaDirection::FromDevice).map_err(|e| format!("{e}"))?;
+        ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// Rule 11: unmapping an IOVA that is not mapped, or with the wrong size, is refused and
+    /// leaves the live mapping as it was.
+    fn bad_unmaps_are_refused() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        let (_, device, domain) = disk_with_trust(false)?;
+        let (_page, physical) = page_of(device, 0x11)?;
+        let buffer = PhysRange::new(physical.start(), 4096).ok_or("range")?;
+        let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        let shorter = PhysRange::new(physical.start(), 2048).ok_or("range")?;
+        ensure!(device.unmap(iova, shorter, DmaDirection::ToDevice).is_err(), "an unmap of the wrong size was accepted");
+        let elsewhere = iova.add(domain.granule_size() * 64);
+        ensure!(device.unmap(elsewhere, buffer, DmaDirection::ToDevice).is_err(), "an unmap of an unmapped IOVA was accepted");
+        ensure!(domain.translate(iova) == Some(buffer.start()), "the live mapping changed");
+        device.unmap(iova, buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        ensure!(device.unmap(iova, buffer, DmaDirection::ToDevice).is_err(), "a second unmap was accepted");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// Isolation: the trusted disk reads a sector into a buffer, so the SMMU has used (and may
+    /// cache) the buffer's IOVA. The next read into the same buffer gets the same IOVA, which
+    /// is unmapped — strictly, with invalidation — before the disk is told. The SMMU must refuse
+    /// the disk's write and report F_TRANSLATION at that IOVA, and the buffer must keep its
+    /// bytes. The disk then carries on.
+    fn use_after_unmap_is_refused_by_the_smmu() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        let (slot, device, domain) = disk_with_trust(false)?;
+        let driver = if slot == PCI_DISK_A { &PCI_DISK_A_DEVICE } else { return Err("the trusted disk is expected first".into()) };
+        let mut guard = driver.lock();
+        let disk = guard.as_mut().ok_or("disk not started")?;
+        let mut buffer = vec![0u8; SECTOR];
+        let physical = device.physical(VirtAddr::from_ptr(buffer.as_ptr()), SECTOR).map_err(|e| format!("{e}"))?;
+
+        device.inject(physical, Fault::None);
+        disk.read_blocks(0, &mut buffer).map_err(|e| format!("warm-up read: {e:?}"))?;
+        let warm = device.injected_iova().ok_or("the warm-up read did not map the buffer")?;
+
+        buffer.fill(0x5a);
+        device.inject(physical, Fault::UseAfterUnmap);
+        let (mut request, mut response) = (BlkReq::default(), BlkResp::default());
+        // SAFETY: the buffers outlive the request, which completes below before they drop.
+        let token = unsafe { disk.read_blocks_nb(0, &mut request, &mut buffer, &mut response) };
+        let token = token.map_err(|e| format!("submit: {e:?}"))?;
+        let revoked = device.injected_iova().ok_or("the read did not map the buffer")?;
+        let completed = wait_for_completion(disk);
+        let faults = iommu::take_faults();
+        ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed: the disk's write went through");
+        ensure!(revoked == warm, "the second read got IOVA {revoked:?}, not {warm:?}: the IOTLB was not warm");
+        let ours = |fault: &&iommu::Fault| fault.event.stream_id == domain.stream_id;
+        let fault = faults.iter().find(ours).ok_or(format!("no fault from StreamID {:#x}", domain.stream_id))?;
+        ensure!(fault.event.kind == EventKind::TranslationFault, "fault {fault}, not a translation fault");
+        ensure!(fault.event.input_address == Some(revoked.as_u64()), "fault at {:?}, expected IOVA {revoked:?}", fault.event.input_address);
+        ensure!(fault.event.access.is_some_and(|access| access.write), "fault {fault}: not a write");
+        ensure!(completed, "the disk did not complete the refused request within a second");
+        // SAFETY: the same buffers as submitted with `token`.
+        let outcome = unsafe { disk.complete_read_blocks(token, &request, &mut buffer, &mut response) };
+        log::info!("{}: the refused read completed with {outcome:?}; {} SMMU event(s)", device.name, faults.len());
+        ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed on completion");
+        let data = pattern(7, SECTOR);
+        disk.write_blocks(1, &data).map_err(|e| format!("write afterwards: {e:?}"))?;
+        disk.read_blocks(1, &mut buffer).map_err(|e| format!("read afterwards: {e:?}"))?;
+        ensure!(buffer == data, "the disk returned other data afterwards");
+        Ok(())
+    }
+}
+
+/// Whether the disk completes its request within a second (its DMA runs in QEMU's own
+/// thread); the fault events are in the queue by then.
+fn wait_for_completion<const SLOT: usize>(disk: &mut PciDisk<SLOT>) -> bool {
+    let deadline = arch::timer::uptime() + core::time::Duration::from_secs(1);
+    while disk.peek_used().is_none() {
+        if arch::timer::uptime() > deadline {
+            return false;
+        }
+    }
+    true
+}
