@@ -31,6 +31,7 @@ pub mod pools;
 mod streaming;
 mod translated;
 
+use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,7 +39,7 @@ use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 use dma::{BouncePool, Constraints, DmaDirection, DmaError};
 use platform::dma_config::DmaDescription;
 
-use crate::iommu::{Domain, DomainError};
+use crate::iommu::{self, Domain, DomainError, Origin};
 
 pub use memory::KernelMemory;
 pub use streaming::{Bidirectional, FromDevice, Streaming, ToDevice};
@@ -255,6 +256,53 @@ impl DmaDevice {
             Some(pool) => pool.bounce.unmap(dma, buffer.size() as usize)?,
             None if direction != DmaDirection::ToDevice => self.for_cpu(buffer),
             None => {}
+        }
+        Ok(())
+    }
+
+    /// Lends a scatter list for one transfer; returns each buffer's DMA address. Behind the
+    /// IOMMU a trusted device gets one IOVA range for the whole list, each buffer keeping its
+    /// offset in its granule (contract R12); every other route maps buffer by buffer.
+    pub fn map_scatter(&self, buffers: &[PhysRange], direction: DmaDirection) -> Result<Vec<DmaAddr>, DmaApiError> {
+        if let Route::Iommu { domain, untrusted: false, .. } = &self.route {
+            buffers.iter().for_each(|buffer| self.for_device(*buffer));
+            let addresses = domain.map_segments(buffers, translated::access(direction), Origin::Buffer)?;
+            for (dma, buffer) in addresses.iter().zip(buffers) {
+                self.audit(*dma, buffer.size());
+            }
+            return Ok(addresses);
+        }
+        let mut addresses = Vec::with_capacity(buffers.len());
+        for buffer in buffers {
+            match self.map(*buffer, direction) {
+                Ok(dma) => addresses.push(dma),
+                Err(error) => {
+                    for (dma, mapped) in addresses.iter().zip(buffers) {
+                        self.unmap(*dma, *mapped, direction)?;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(addresses)
+    }
+
+    /// Ends a mapping [`Self::map_scatter`] made; `addresses` are what it returned.
+    pub fn unmap_scatter(
+        &self,
+        addresses: &[DmaAddr],
+        buffers: &[PhysRange],
+        direction: DmaDirection,
+    ) -> Result<(), DmaApiError> {
+        if let (Route::Iommu { domain, untrusted: false, .. }, Some(&first)) = (&self.route, addresses.first()) {
+            iommu::unmap(domain, first, buffers.iter().map(PhysRange::size).sum())?;
+            if direction != DmaDirection::ToDevice {
+                buffers.iter().for_each(|buffer| self.for_cpu(*buffer));
+            }
+            return Ok(());
+        }
+        for (dma, buffer) in addresses.iter().zip(buffers) {
+            self.unmap(*dma, *buffer, direction)?;
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ pub(super) struct Injection {
 }
 
 /// What the device may do to a mapping: read it only, for a transfer to the device.
-fn access(direction: DmaDirection) -> Access {
+pub(super) fn access(direction: DmaDirection) -> Access {
     match direction {
         DmaDirection::ToDevice => Access::ReadOnly,
         DmaDirection::FromDevice | DmaDirection::Bidirectional => Access::ReadWrite,

@@ -21,6 +21,7 @@
 //! old page through a stale TLB entry.
 
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::fmt;
 
@@ -44,12 +45,11 @@ pub enum Origin {
     Coherent,
 }
 
-/// One live mapping: `size` bytes of whole granules at `iova`, onto `physical`; the mapped
-/// buffer is `length` bytes, `offset` bytes in.
+/// One live mapping: `size` bytes of whole granules at `iova`; the mapped buffer (or scatter
+/// list, in total) is `length` bytes and starts `offset` bytes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mapping {
     pub iova: DmaAddr,
-    pub physical: PhysAddr,
     pub size: u64,
     pub offset: u64,
     pub length: u64,
@@ -127,6 +127,14 @@ pub struct Domain {
     state: Mutex<State>,
 }
 
+/// For entries no device was ever told about: nothing can cache them.
+struct NeverUsed;
+
+impl TlbMaintenance for NeverUsed {
+    fn invalidate(&mut self, _input: u64, _level: u32) {}
+    fn sync(&mut self) {}
+}
+
 /// The SMMU's TLB, as the page tables see it: invalidations queued by address, one sync.
 struct SmmuTlb<'a> {
     smmu: &'a mut Smmu,
@@ -172,22 +180,57 @@ impl Domain {
 
     /// Maps the granules enclosing `buffer`; returns the IOVA of its first byte.
     pub fn map(&self, buffer: PhysRange, access: Access, origin: Origin) -> Result<DmaAddr, DomainError> {
-        let mask = self.granule.size() - 1;
-        let physical = buffer.start().align_down(self.granule.size());
-        let end = buffer.end().as_u64().checked_add(mask).ok_or(DomainError::OutOfMemory)? & !mask;
-        let size = (end - physical.as_u64()).max(self.granule.size());
+        Ok(self.map_segments(&[buffer], access, origin)?[0])
+    }
+
+    /// Maps a scatter list into one IOVA range: each buffer gets the granules that enclose it,
+    /// one after the other, so each keeps its offset in its granule; buffers that end and start
+    /// on granule boundaries come out contiguous. Returns the IOVA of each buffer's first byte;
+    /// one record covers them all (unmapped with the first IOVA and the total length).
+    pub fn map_segments(
+        &self,
+        buffers: &[PhysRange],
+        access: Access,
+        origin: Origin,
+    ) -> Result<Vec<DmaAddr>, DomainError> {
+        let granule = self.granule.size();
+        let spans: Vec<(PhysAddr, u64)> = buffers
+            .iter()
+            .map(|buffer| self.enclosing_granules(buffer))
+            .collect::<Option<_>>()
+            .ok_or(DomainError::OutOfMemory)?;
+        let size = spans.iter().map(|(_, span)| span).sum::<u64>();
         let mut state = self.state.lock();
         let iova = state.iova.allocate(size).map_err(DomainError::Iova)?;
         let attributes = Attributes::new(MemoryType::Normal, access, false);
-        if let Err(error) = state.tables.map(iova.as_u64(), physical, size, attributes) {
-            // The range was free in the allocator, so nothing of it can be mapped yet.
-            let _ = state.iova.free(iova, size);
-            return Err(DomainError::Tables(error));
+        let (mut at, mut addresses) = (iova.as_u64(), Vec::with_capacity(buffers.len()));
+        for (buffer, &(physical, span)) in buffers.iter().zip(&spans) {
+            if let Err(error) = state.tables.map(at, physical, span, attributes) {
+                // Nothing of the range was handed out yet, so no TLB can hold it: the entries
+                // already written are cleared without invalidation.
+                if at > iova.as_u64() {
+                    let _ = state.tables.unmap(iova.as_u64(), at - iova.as_u64(), &mut NeverUsed);
+                }
+                let _ = state.iova.free(iova, size);
+                return Err(DomainError::Tables(error));
+            }
+            addresses.push(DmaAddr::new(at + (buffer.start().as_u64() & (granule - 1))));
+            at += span;
         }
-        let offset = buffer.start().as_u64() & mask;
-        let mapping = Mapping { iova, physical, size, offset, length: buffer.size(), origin, revoked: false };
+        let offset = addresses[0].as_u64() - iova.as_u64();
+        let length = buffers.iter().map(PhysRange::size).sum();
+        let mapping = Mapping { iova, size, offset, length, origin, revoked: false };
         state.mappings.insert(iova.as_u64(), mapping);
-        Ok(iova.add(offset))
+        Ok(addresses)
+    }
+
+    /// The first granule and the granule-multiple size that enclose `buffer` (one granule at
+    /// least, so that an empty buffer still has an address).
+    fn enclosing_granules(&self, buffer: &PhysRange) -> Option<(PhysAddr, u64)> {
+        let mask = self.granule.size() - 1;
+        let first = buffer.start().align_down(self.granule.size());
+        let end = buffer.end().as_u64().checked_add(mask)? & !mask;
+        Some((first, (end - first.as_u64()).max(self.granule.size())))
     }
 
     /// The live mapping that holds `[dma, dma + size)`.

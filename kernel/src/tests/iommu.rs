@@ -174,25 +174,64 @@ fn granule_behind(domain: &Domain, iova: addr::DmaAddr) -> Result<(PhysRange, &'
 }
 
 kernel_test! {
-    /// R9: for the untrusted disk, a 512-byte buffer inside a page of 0xAA bytes is bounced
-    /// into a granule of its own: the device sees the buffer, and zeros everywhere else in
-    /// the granule — none of the 0xAA around it. After the unmap the IOVA translates to nothing.
+    /// R9 and R12: for the untrusted disk, a 512-byte buffer inside a page of 0xAA bytes, and a
+    /// whole 4 KiB page, are each bounced into a granule of their own unless they fill whole
+    /// granules: the device sees the buffer and zeros everywhere else in the granule — none
+    /// of the 0xAA around it. A buffer that fills its granules is mapped in place. After the
+    /// unmap the IOVA translates to nothing.
     fn untrusted_buffer_is_alone_in_its_granule() {
         if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
         let (_, device, domain) = disk_with_trust(true)?;
         let (_page, physical) = page_of(device, 0xaa)?;
-        let buffer = PhysRange::new(physical.start().add(0x7c8), SECTOR as u64).ok_or("range")?;
-        let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
         let granule = domain.granule_size();
-        let (behind, bytes) = granule_behind(domain, iova)?;
-        let pool = device.bounce_pool().ok_or("no pool")?;
-        ensure!(pool.range.covers(&behind), "granule {behind} is not in the bounce pool {}", pool.range);
-        let at = (iova.as_u64() & (granule - 1)) as usize;
-        let leaked = bytes.iter().enumerate().filter(|&(index, &byte)| !(at..at + SECTOR).contains(&index) && byte != 0).count();
-        ensure!(leaked == 0, "{leaked} bytes of the {granule}-byte granule are not zero");
-        ensure!(bytes[at..at + SECTOR].iter().all(|&byte| byte == 0xaa), "the buffer's bytes did not reach the copy");
-        device.unmap(iova, buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
-        ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
+        for (offset, size) in [(0x7c8, SECTOR as u64), (0, 4096)] {
+            let buffer = PhysRange::new(physical.start().add(offset), size).ok_or("range")?;
+            let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+            let fills_granules = (buffer.start().as_u64() | buffer.end().as_u64()) & (granule - 1) == 0;
+            if fills_granules {
+                ensure!(domain.translate(iova) == Some(buffer.start()), "{buffer} fills its granule, yet was not mapped in place");
+            } else {
+                let (behind, bytes) = granule_behind(domain, iova)?;
+                let pool = device.bounce_pool().ok_or("no pool")?;
+                ensure!(pool.range.covers(&behind), "granule {behind} is not in the bounce pool {}", pool.range);
+                let at = (iova.as_u64() & (granule - 1)) as usize;
+                let inside = at..at + size as usize;
+                let leaked = bytes.iter().enumerate().filter(|&(index, &byte)| !inside.contains(&index) && byte != 0).count();
+                ensure!(leaked == 0, "{size} bytes: {leaked} other bytes of the {granule}-byte granule are not zero");
+                ensure!(bytes[inside].iter().all(|&byte| byte == 0xaa), "the buffer's bytes did not reach the copy");
+            }
+            device.unmap(iova, buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+            ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
+        }
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// R12: a scatter list of four 4 KiB pages, not physically contiguous, maps for the trusted
+    /// disk into one IOVA range: each page keeps its offset in its granule, the pages follow
+    /// each other granule by granule, and each IOVA translates to its own page.
+    fn trusted_scatter_list_maps_to_one_iova_range() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        let (_, device, domain) = disk_with_trust(false)?;
+        let granule = domain.granule_size();
+        let (_pages, physical) = (0..8).map(|_| page_of(device, 0x33)).collect::<Result<(Vec<_>, Vec<_>), _>>()?;
+        let pages: Vec<PhysRange> = physical.into_iter().step_by(2).collect();
+        let addresses = device.map_scatter(&pages, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        for (index, (iova, page)) in addresses.iter().zip(&pages).enumerate() {
+            ensure!(iova.as_u64() & (granule - 1) == page.start().as_u64() & (granule - 1), "page {index}: IOVA {iova:?} lost the offset of {page}");
+            ensure!(domain.translate(*iova) == Some(page.start()), "page {index}: {iova:?} does not translate to {page}");
+            if index > 0 {
+                let previous_granule = addresses[index - 1].as_u64() & !(granule - 1);
+                ensure!(iova.as_u64() & !(granule - 1) == previous_granule + granule, "page {index} does not follow page {} in IOVA space", index - 1);
+            }
+        }
+        if granule == 4096 {
+            let last = addresses[addresses.len() - 1].as_u64();
+            ensure!(last - addresses[0].as_u64() == 3 * 4096, "4 KiB granule: the pages should be one contiguous DMA segment");
+        }
+        device.unmap_scatter(&addresses, &pages, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        ensure!(addresses.iter().all(|iova| domain.translate(*iova).is_none()), "a page still translates after the unmap");
         Ok(())
     }
 }
