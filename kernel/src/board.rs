@@ -102,6 +102,7 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
         Ok(None) => return,
         Err(problem) => return warn!("pci: {problem}"),
     };
+    report_declined_force_bounce(devicetree, bus);
     info!("PCIe devices:");
     info!(
         "  {:<8} {:<9} {:<6} {:<8} {:<6} {:<7} {:<9} {:<6}",
@@ -126,6 +127,28 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
             Err(problem) => warn!("  {:<8} {id:<9} not started: {problem}", function.address),
         }
     }
+}
+
+/// A bridge whose `memory-region` names a restricted pool asks that its devices bounce every
+/// transfer through it (force bounce). Behind an IOMMU that is declined, and said so: the SMMU
+/// already confines each device to what is mapped for it, in place, and bouncing would only
+/// add copies (contract R11; Linux's iommu-dma ignores `swiotlb=force` for the same reason,
+/// seed 004). Untrusted devices still bounce what does not fill whole granules.
+fn report_declined_force_bounce(devicetree: &Devicetree<'static>, bus: &pci::PciBus) {
+    let Some(pool) = bridge_pool(devicetree, bus.bridge.name) else { return };
+    match iommu::policy() {
+        Some(_) => warn!(
+            "{}: memory-region names restricted pool '{pool}' (force bounce); declined: its devices are behind the IOMMU, which isolates them in place",
+            bus.bridge.name
+        ),
+        None => warn!("{}: memory-region names restricted pool '{pool}', but untranslated PCIe DMA is not supported", bus.bridge.name),
+    }
+}
+
+/// The restricted pool a PCIe host bridge's `memory-region` names, if any.
+pub fn bridge_pool(devicetree: &Devicetree<'static>, bridge: &str) -> Option<&'static str> {
+    let bridges = devicetree.compatible_devices(&["pci-host-ecam-generic"]).ok()?;
+    bridges.iter().find(|device| device.name == bridge)?.dma.pool
 }
 
 /// PCI base class 0x06: host and PCI-to-PCI bridges (PCI Code and ID Assignment, 1.7).

@@ -174,6 +174,12 @@ fn is_virtio(path: &str) -> bool {
     path.rsplit('/').next().is_some_and(|name| name.starts_with("virtio_mmio@"))
 }
 
+/// QEMU `virt`'s PCIe host bridge. It names the restricted pool too: a force-bounce request
+/// for devices the SMMU translates, which the kernel must report and decline (contract R11).
+fn is_pcie_bridge(path: &str) -> bool {
+    path.rsplit('/').next().is_some_and(|name| name.starts_with("pcie@"))
+}
+
 impl VirtAdditions {
     fn declares_non_coherent(&self, path: &str) -> bool {
         self.pool == PoolForm::Dynamic && is_virtio(path)
@@ -216,7 +222,7 @@ impl Edits for VirtAdditions {
     }
 
     fn add_properties(&self, writer: &mut FdtWriter, path: &str) {
-        if is_virtio(path) {
+        if is_virtio(path) || is_pcie_bridge(path) {
             writer.property_cells("memory-region", &[self.pool_phandle]);
         }
         if self.declares_non_coherent(path) {

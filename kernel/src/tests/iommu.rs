@@ -237,6 +237,24 @@ kernel_test! {
 }
 
 kernel_test! {
+    /// R11: the PCIe bridge's `memory-region` asks for force bounce through a restricted pool;
+    /// behind the IOMMU that is declined (and logged at boot): both disks stay translated, and
+    /// only the default pool serves the untrusted one's partial granules.
+    fn force_bounce_behind_the_iommu_is_declined() {
+        if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
+        let bus = crate::pci::bus().ok_or("no PCIe bus")?;
+        let devicetree = &crate::machine().devicetree;
+        let pool = crate::board::bridge_pool(devicetree, bus.bridge.name).ok_or(format!("{} names no restricted pool: boot with `cargo xtask test`", bus.bridge.name))?;
+        for slot in [PCI_DISK_A, PCI_DISK_B] {
+            let (device, _, _) = translated(slot)?;
+            let bounce = device.bounce_pool().ok_or(format!("{}: no bounce pool", device.name))?;
+            ensure!(!bounce.restricted && bounce.name != pool, "{} bounces through restricted pool {}", device.name, bounce.name);
+        }
+        Ok(())
+    }
+}
+
+kernel_test! {
     /// A trusted disk's buffer is mapped in place: the IOVA keeps the buffer's offset in its
     /// granule and translates to the buffer itself, with no copy.
     fn trusted_buffer_is_mapped_in_place() {
