@@ -119,8 +119,10 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
             continue;
         }
         let name: &'static str = alloc::boxed::Box::leak(alloc::format!("pci {}", function.address).into_boxed_str());
-        let started =
-            pci_dma_device(name, function).and_then(|(dma, row)| Ok((crate::virtio::start_pci(function, dma)?, row)));
+        let started = pci_dma_device(name, function).and_then(|(dma, row)| {
+            pci::enable_dma(bus, function);
+            Ok((crate::virtio::start_pci(function, dma)?, row))
+        });
         let intx = function.intx.map_or("-".into(), |spi| alloc::format!("SPI {spi}"));
         match started {
             Ok((driver, row)) => info!("  {:<8} {id:<9} {driver:<6} {row} {intx:<6}", function.address),

@@ -9,8 +9,9 @@
 //! Nothing decides where a device's registers live but software: boot firmware on a PC, the
 //! kernel here. Each BAR is sized (write all ones, read back which address bits stick), then
 //! given a naturally aligned address inside one of the bridge's `ranges` windows (a 64-bit BAR
-//! prefers the 64-bit window), and finally the Command register enables memory decoding and
-//! *bus mastering* — without `BUS_MASTER` the function cannot start a DMA at all.
+//! prefers the 64-bit window), and the Command register enables decoding. *Bus mastering*
+//! comes last, in [`enable_dma`], once the function's IOMMU domain is attached — without
+//! `BUS_MASTER` the function cannot start a DMA at all.
 //!
 //! Every DMA the function then makes carries its requester ID (`bus << 8 | device << 3 |
 //! function`); the bridge's `iommu-map` turns it into the StreamID under which the SMMU looks
@@ -105,11 +106,10 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>
     Ok(Some(PCI.call_once(|| PciBus { bridge, root: Mutex::new(root), functions })))
 }
 
-/// Sizes every BAR of `address`, places it in a bridge window, then enables decoding and
-/// bus mastering.
+/// Sizes every BAR of `address`, places it in a bridge window, then enables decoding.
 fn assign_bars(root: &mut Root, windows: &mut BarAllocator, address: DeviceFunction) -> Result<(), String> {
     let bars = root.bars(address).map_err(|error| alloc::format!("cannot size its BARs: {error:?}"))?;
-    let mut command = Command::MEMORY_SPACE | Command::BUS_MASTER;
+    let mut command = Command::MEMORY_SPACE;
     for (index, bar) in bars.iter().enumerate() {
         let Some(bar) = bar else { continue };
         let index = index as u8;
@@ -133,4 +133,11 @@ fn assign_bars(root: &mut Root, windows: &mut BarAllocator, address: DeviceFunct
     }
     root.set_command(address, command);
     Ok(())
+}
+
+/// Lets `function` master the bus: start DMA. Only once its DMA route exists.
+pub fn enable_dma(bus: &PciBus, function: &PciFunction) {
+    let mut root = bus.root.lock();
+    let (_, command) = root.get_status_command(function.address);
+    root.set_command(function.address, command | Command::BUS_MASTER);
 }

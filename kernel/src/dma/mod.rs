@@ -8,9 +8,13 @@
 //!                       │                     and invalidated unless the device is coherent;
 //!                       │   └ out of reach ─▶ a buffer the windows do not reach is copied
 //!  driver ──DmaDevice───┤                     through the default pool, below the limit
-//!   map(buffer, dir)    └── restricted pool ─▶ the bytes are copied into the pool named by
-//!                                              `memory-region` (force bounce, contract rule 12),
-//!                                              the device gets the copy's DMA address
+//!   map(buffer, dir)    ├── restricted pool ─▶ the bytes are copied into the pool named by
+//!                       │                      `memory-region` (force bounce, contract rule 12),
+//!                       │                      the device gets the copy's DMA address
+//!                       └── IOMMU ───────────▶ the granules around the buffer are mapped in
+//!                                              the device's domain, the device gets an IOVA;
+//!                                              an untrusted device's partial granules are
+//!                                              bounced first ([`translated`])
 //! ```
 //!
 //! - *Streaming* mappings lend an existing buffer to the device for one transfer: `map`
@@ -24,7 +28,7 @@
 //! Every DMA address handed to a device is audited: for a restricted device it must lie inside
 //! its pool, which is the whole point of the pool (a device restricted to it can be kept away
 //! from everything else, by an IOMMU-less firewall or a hypervisor); for a direct device it
-//! must lie inside its bus windows.
+//! must lie inside its bus windows; for a translated device, inside one of its live mappings.
 
 mod memory;
 pub mod pools;
@@ -164,7 +168,7 @@ impl fmt::Display for DmaApiError {
 pub struct AuditReport {
     /// DMA addresses handed to the device.
     pub addresses: u64,
-    /// Of those, how many lay outside the device's restricted pool.
+    /// Of those, how many lay outside what the route allows (pool, windows, live mappings).
     pub violations: u64,
 }
 
@@ -295,7 +299,7 @@ impl DmaDevice {
         direction: DmaDirection,
     ) -> Result<(), DmaApiError> {
         if let (Route::Iommu { domain, untrusted: false, .. }, Some(&first)) = (&self.route, addresses.first()) {
-            iommu::unmap(domain, first, buffers.iter().map(PhysRange::size).sum())?;
+            iommu::unmap(domain, first, buffers.iter().map(PhysRange::size).sum(), false)?;
             if direction != DmaDirection::ToDevice {
                 buffers.iter().for_each(|buffer| self.for_cpu(*buffer));
             }
@@ -360,7 +364,7 @@ impl DmaDevice {
     /// Returns coherent memory from [`Self::alloc_coherent`].
     pub fn free_coherent(&self, memory: CoherentMemory) -> Result<(), DmaApiError> {
         if let Route::Iommu { domain, .. } = &self.route {
-            return Self::free_translated(domain, memory);
+            return self.free_translated(domain, memory);
         }
         match self.bounced_through(memory.dma, memory.size as u64) {
             Some(pool) => pool.bounce.free(memory.dma, memory.size)?,

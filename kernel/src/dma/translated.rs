@@ -126,7 +126,7 @@ impl DmaDevice {
         direction: DmaDirection,
     ) -> Result<(), DmaApiError> {
         // The device loses access first; only then is the copy read back.
-        let mapping = iommu::unmap(domain, dma, buffer.size())?;
+        let mapping = iommu::unmap(domain, dma, buffer.size(), false)?;
         match mapping.origin {
             Origin::Bounce { pool_dma } => {
                 let pool = bounce.ok_or(DmaApiError::NoBouncePool)?;
@@ -146,7 +146,8 @@ impl DmaDevice {
         size: u64,
     ) -> Result<Option<(&'static DmaPool, DmaAddr)>, DmaApiError> {
         let unknown = DmaApiError::Iommu(DomainError::UnknownMapping { dma, size });
-        let mapping = domain.lookup(dma, size).ok_or(unknown)?;
+        let mapping = domain.lookup(dma, size).filter(|mapping| !mapping.revoked && mapping.origin != Origin::Coherent);
+        let mapping = mapping.ok_or(unknown)?;
         let Origin::Bounce { pool_dma } = mapping.origin else { return Ok(None) };
         let pool = bounce.ok_or(DmaApiError::NoBouncePool)?;
         let offset = dma.offset_from(mapping.iova.add(mapping.offset)).ok_or(unknown)?;
@@ -178,9 +179,13 @@ impl DmaDevice {
         }
     }
 
-    pub(super) fn free_translated(domain: &Domain, memory: CoherentMemory) -> Result<(), DmaApiError> {
+    pub(super) fn free_translated(&self, domain: &Domain, memory: CoherentMemory) -> Result<(), DmaApiError> {
         let layout = Self::granule_layout(domain, memory.size)?;
-        iommu::unmap(domain, memory.dma, layout.size() as u64)?;
+        let physical = self.physical(memory.virt, layout.size())?;
+        if domain.translate(memory.dma) != Some(physical.start()) {
+            return Err(DmaApiError::Iommu(DomainError::UnknownMapping { dma: memory.dma, size: memory.size as u64 }));
+        }
+        iommu::unmap(domain, memory.dma, layout.size() as u64, true)?;
         // SAFETY: allocated in `alloc_translated` with this layout; the device lost access above.
         unsafe { alloc::alloc::dealloc(memory.virt.as_mut_ptr(), layout) };
         Ok(())

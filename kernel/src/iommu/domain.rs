@@ -54,13 +54,21 @@ pub struct Mapping {
     pub offset: u64,
     pub length: u64,
     pub origin: Origin,
+    /// How many buffers share the range: more than one for a scatter list.
+    pub segments: usize,
     /// Its entries were removed while the mapping stayed on record ([`Domain::revoke`]).
     pub revoked: bool,
 }
 
 impl Mapping {
+    /// Whether `[dma, dma + size)` lies within the mapped bytes: the buffer itself, or for a
+    /// scatter list (whose buffers sit in granules of their own) the mapped granules.
     fn contains(&self, dma: DmaAddr, size: u64) -> bool {
-        dma.offset_from(self.iova).is_some_and(|offset| offset.checked_add(size).is_some_and(|end| end <= self.size))
+        let (start, end) = match self.segments {
+            1 => (self.offset, self.offset + self.length),
+            _ => (self.offset, self.size),
+        };
+        dma.offset_from(self.iova).is_some_and(|at| at >= start && at.checked_add(size).is_some_and(|last| last <= end))
     }
 }
 
@@ -70,7 +78,9 @@ pub enum DomainError {
     Iova(IovaError),
     Tables(vmsa::Error),
     Smmu(SmmuError),
-    /// No live mapping starts at this address with this size.
+    /// A buffer of no bytes: mapping it would still expose a whole granule.
+    EmptyBuffer,
+    /// No live mapping of this kind starts at this address with this size.
     UnknownMapping {
         dma: DmaAddr,
         size: u64,
@@ -82,7 +92,8 @@ impl fmt::Display for DomainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DomainError::Iova(error) => write!(f, "IOVA space: {error}"),
-            DomainError::Tables(error) => write!(f, "IOMMU page tables: {error:?}"),
+            DomainError::Tables(error) => write!(f, "IOMMU page tables: {error}"),
+            DomainError::EmptyBuffer => write!(f, "an empty buffer cannot be mapped"),
             DomainError::Smmu(error) => write!(f, "SMMU: {error}"),
             DomainError::UnknownMapping { dma, size } => {
                 write!(f, "no live IOMMU mapping of {size} bytes at {dma:?}")
@@ -194,6 +205,9 @@ impl Domain {
         origin: Origin,
     ) -> Result<Vec<DmaAddr>, DomainError> {
         let granule = self.granule.size();
+        if buffers.is_empty() || buffers.iter().any(PhysRange::is_empty) {
+            return Err(DomainError::EmptyBuffer);
+        }
         let spans: Vec<(PhysAddr, u64)> = buffers
             .iter()
             .map(|buffer| self.enclosing_granules(buffer))
@@ -206,11 +220,9 @@ impl Domain {
         let (mut at, mut addresses) = (iova.as_u64(), Vec::with_capacity(buffers.len()));
         for (buffer, &(physical, span)) in buffers.iter().zip(&spans) {
             if let Err(error) = state.tables.map(at, physical, span, attributes) {
-                // Nothing of the range was handed out yet, so no TLB can hold it: the entries
-                // already written are cleared without invalidation.
-                if at > iova.as_u64() {
-                    let _ = state.tables.unmap(iova.as_u64(), at - iova.as_u64(), &mut NeverUsed);
-                }
+                // A map that runs out of tables keeps what it wrote. Nothing of the range was
+                // handed out yet, so no TLB can hold it: cleared without invalidation.
+                Self::clear_unused(&mut state.tables, iova.as_u64(), at + span);
                 let _ = state.iova.free(iova, size);
                 return Err(DomainError::Tables(error));
             }
@@ -219,18 +231,33 @@ impl Domain {
         }
         let offset = addresses[0].as_u64() - iova.as_u64();
         let length = buffers.iter().map(PhysRange::size).sum();
-        let mapping = Mapping { iova, size, offset, length, origin, revoked: false };
+        let mapping = Mapping { iova, size, offset, length, origin, segments: buffers.len(), revoked: false };
         state.mappings.insert(iova.as_u64(), mapping);
         Ok(addresses)
     }
 
-    /// The first granule and the granule-multiple size that enclose `buffer` (one granule at
-    /// least, so that an empty buffer still has an address).
+    /// Clears every leaf in `[start, end)`, one whole leaf at a time so that no block is split.
+    fn clear_unused(tables: &mut PageTable<DomainTables>, start: u64, end: u64) {
+        let mut at = start;
+        while at < end {
+            let leaf = match tables.translate(at) {
+                Some(translation) => 1 << tables.granule().level_shift(translation.level),
+                None => tables.granule().size(),
+            };
+            let leaf_start = at & !(leaf - 1);
+            if tables.translate(at).is_some() {
+                let _ = tables.unmap(leaf_start, leaf, &mut NeverUsed);
+            }
+            at = leaf_start + leaf;
+        }
+    }
+
+    /// The first granule and the granule-multiple size that enclose a non-empty `buffer`.
     fn enclosing_granules(&self, buffer: &PhysRange) -> Option<(PhysAddr, u64)> {
         let mask = self.granule.size() - 1;
         let first = buffer.start().align_down(self.granule.size());
         let end = buffer.end().as_u64().checked_add(mask)? & !mask;
-        Some((first, (end - first.as_u64()).max(self.granule.size())))
+        Some((first, end - first.as_u64()))
     }
 
     /// The live mapping that holds `[dma, dma + size)`.
@@ -240,14 +267,16 @@ impl Domain {
         mapping.contains(dma, size).then_some(*mapping)
     }
 
-    /// Ends the mapping `map` returned `dma` for (a buffer of `size` bytes): clears its
-    /// entries, invalidates them and waits (strict mode), then frees the IOVA range.
-    pub fn unmap(&self, smmu: &Mutex<Smmu>, dma: DmaAddr, size: u64) -> Result<Mapping, DomainError> {
+    /// Ends the mapping `map` returned `dma` for (a buffer of `size` bytes), which must be
+    /// coherent memory if `coherent` and a streaming mapping otherwise: clears its entries,
+    /// invalidates them and waits (strict mode), then frees the IOVA range.
+    pub fn unmap(&self, smmu: &Mutex<Smmu>, dma: DmaAddr, size: u64, coherent: bool) -> Result<Mapping, DomainError> {
         let mut state = self.state.lock();
         let unknown = DomainError::UnknownMapping { dma, size };
         let base = dma.as_u64() & !(self.granule.size() - 1);
         let mapping = *state.mappings.get(&base).ok_or(unknown)?;
-        if dma != mapping.iova.add(mapping.offset) || size != mapping.length {
+        let same_kind = (mapping.origin == Origin::Coherent) == coherent;
+        if dma != mapping.iova.add(mapping.offset) || size != mapping.length || !same_kind {
             return Err(unknown);
         }
         if !mapping.revoked {

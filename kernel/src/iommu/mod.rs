@@ -70,7 +70,10 @@ impl Policy {
             } else if let Some(value) = word.strip_prefix("iommu.untrusted=") {
                 match parse_untrusted(value) {
                     Some(untrusted) => policy.untrusted = untrusted,
-                    None => warn!("iommu.untrusted={value}: expected all, none or BB:DD.F,...; trusting every device"),
+                    None => {
+                        warn!("iommu.untrusted={value}: expected all, none or BB:DD.F,...; distrusting every device");
+                        policy.untrusted = Untrusted::All;
+                    }
                 }
             }
         }
@@ -209,6 +212,8 @@ pub fn translates_for(phandle: u32) -> bool {
 /// Gives `device` (StreamID `stream_id`) a fresh domain and points its STE at it.
 pub fn attach(device: &'static str, stream_id: u32, dma_limit: u64) -> Result<&'static Domain, DomainError> {
     let iommu = IOMMU.get().expect("attach after the SMMU started");
+    // Lock order, everywhere: a domain's state, the SMMU, `attached`, `faults`.
+    let mut smmu = iommu.smmu.lock();
     let mut attached = iommu.attached.lock();
     let id = attached.len() as u16 + 1;
     let domain = Domain::new(id, stream_id, iommu.policy.granule, dma_limit)?;
@@ -219,15 +224,16 @@ pub fn attach(device: &'static str, stream_id: u32, dma_limit: u64) -> Result<&'
         input_bits: domain::INPUT_BITS,
         mair: vmsa::MAIR,
     };
-    iommu.smmu.lock().attach_stage1(stream_id, &context, &mut HeapForSmmu).map_err(DomainError::Smmu)?;
+    smmu.attach_stage1(stream_id, &context, &mut HeapForSmmu).map_err(DomainError::Smmu)?;
     attached.push((stream_id, device));
     Ok(alloc::boxed::Box::leak(alloc::boxed::Box::new(domain)))
 }
 
-/// Ends a mapping of `domain`, invalidating it in the SMMU before returning.
-pub fn unmap(domain: &Domain, dma: addr::DmaAddr, size: u64) -> Result<Mapping, DomainError> {
+/// Ends a streaming mapping (or, if `coherent`, a coherent one) of `domain`, invalidating it in
+/// the SMMU before returning.
+pub fn unmap(domain: &Domain, dma: addr::DmaAddr, size: u64, coherent: bool) -> Result<Mapping, DomainError> {
     let iommu = IOMMU.get().expect("domains exist only once the SMMU started");
-    domain.unmap(&iommu.smmu, dma, size)
+    domain.unmap(&iommu.smmu, dma, size, coherent)
 }
 
 /// Removes the entries of a live mapping but keeps it on record ([`Domain::revoke`]).

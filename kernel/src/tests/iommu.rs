@@ -162,6 +162,18 @@ fn page_of(device: &DmaDevice, fill: u8) -> Result<(Vec<u8>, PhysRange), String>
     Ok((pages, physical))
 }
 
+/// Fills every free slot of `pool` with 0xEE, so that padding reads as zero only if the map
+/// zeroed it, not because the pool was never used.
+fn dirty_free_slots(pool: &crate::dma::DmaPool) {
+    for (index, free) in pool.bounce.slot_states().into_iter().enumerate() {
+        if free {
+            let slot = arch::layout::phys_to_virt(pool.range.start().add((index * dma::SLOT_SIZE) as u64));
+            // SAFETY: a free slot of the pool, in the linear map; no mapping owns it.
+            unsafe { core::ptr::write_bytes(slot.as_mut_ptr::<u8>(), 0xee, dma::SLOT_SIZE) };
+        }
+    }
+}
+
 /// The bytes of the granule an IOVA translates into, read through the linear map.
 fn granule_behind(domain: &Domain, iova: addr::DmaAddr) -> Result<(PhysRange, &'static [u8]), String> {
     let granule = domain.granule_size();
@@ -184,6 +196,7 @@ kernel_test! {
         let (_, device, domain) = disk_with_trust(true)?;
         let (_page, physical) = page_of(device, 0xaa)?;
         let granule = domain.granule_size();
+        dirty_free_slots(device.bounce_pool().ok_or("no pool")?);
         for (offset, size) in [(0x7c8, SECTOR as u64), (0, 4096)] {
             let buffer = PhysRange::new(physical.start().add(offset), size).ok_or("range")?;
             let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
@@ -273,8 +286,8 @@ kernel_test! {
 }
 
 kernel_test! {
-    /// Rule 11: unmapping an IOVA that is not mapped, or with the wrong size, is refused and
-    /// leaves the live mapping as it was.
+    /// Rule 11: unmapping an IOVA that is not mapped, or with the wrong size, and syncing past
+    /// the buffer's end, are refused and leave the live mapping as it was.
     fn bad_unmaps_are_refused() {
         if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
         let (_, device, domain) = disk_with_trust(false)?;
@@ -283,8 +296,11 @@ kernel_test! {
         let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
         let shorter = PhysRange::new(physical.start(), 2048).ok_or("range")?;
         ensure!(device.unmap(iova, shorter, DmaDirection::ToDevice).is_err(), "an unmap of the wrong size was accepted");
-        let elsewhere = iova.add(domain.granule_size() * 64);
-        ensure!(device.unmap(elsewhere, buffer, DmaDirection::ToDevice).is_err(), "an unmap of an unmapped IOVA was accepted");
+        // IOVA 0 is never handed out.
+        let never_mapped = addr::DmaAddr::new(0x800);
+        ensure!(device.unmap(never_mapped, buffer, DmaDirection::ToDevice).is_err(), "an unmap of an unmapped IOVA was accepted");
+        let beyond = PhysRange::new(physical.start().add(2048), 4096).ok_or("range")?;
+        ensure!(device.sync_for_cpu(iova.add(2048), beyond).is_err(), "a sync past the end of the buffer was accepted");
         ensure!(domain.translate(iova) == Some(buffer.start()), "the live mapping changed");
         device.unmap(iova, buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
         ensure!(device.unmap(iova, buffer, DmaDirection::ToDevice).is_err(), "a second unmap was accepted");
@@ -317,20 +333,25 @@ kernel_test! {
         // SAFETY: the buffers outlive the request, which completes below before they drop.
         let token = unsafe { disk.read_blocks_nb(0, &mut request, &mut buffer, &mut response) };
         let token = token.map_err(|e| format!("submit: {e:?}"))?;
-        let revoked = device.injected_iova().ok_or("the read did not map the buffer")?;
+        let revoked = device.injected_iova();
         let completed = wait_for_completion(disk);
         let faults = iommu::take_faults();
-        ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed: the disk's write went through");
+        let unchanged = buffer.iter().all(|&byte| byte == 0x5a);
+        if completed {
+            // SAFETY: the same buffers as submitted with `token`. Completed before any check,
+            // so that no failure below leaves the device a request into freed memory.
+            let outcome = unsafe { disk.complete_read_blocks(token, &request, &mut buffer, &mut response) };
+            log::info!("{}: the refused read completed with {outcome:?}; {} SMMU event(s)", device.name, faults.len());
+        }
+        ensure!(completed, "the disk did not complete the refused request within a second");
+        ensure!(unchanged, "the buffer changed: the disk's write went through");
+        let revoked = revoked.ok_or("the read did not map the buffer")?;
         ensure!(revoked == warm, "the second read got IOVA {revoked:?}, not {warm:?}: the IOTLB was not warm");
         let ours = |fault: &&iommu::Fault| fault.event.stream_id == domain.stream_id;
         let fault = faults.iter().find(ours).ok_or(format!("no fault from StreamID {:#x}", domain.stream_id))?;
         ensure!(fault.event.kind == EventKind::TranslationFault, "fault {fault}, not a translation fault");
         ensure!(fault.event.input_address == Some(revoked.as_u64()), "fault at {:?}, expected IOVA {revoked:?}", fault.event.input_address);
         ensure!(fault.event.access.is_some_and(|access| access.write), "fault {fault}: not a write");
-        ensure!(completed, "the disk did not complete the refused request within a second");
-        // SAFETY: the same buffers as submitted with `token`.
-        let outcome = unsafe { disk.complete_read_blocks(token, &request, &mut buffer, &mut response) };
-        log::info!("{}: the refused read completed with {outcome:?}; {} SMMU event(s)", device.name, faults.len());
         ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed on completion");
         let data = pattern(7, SECTOR);
         disk.write_blocks(1, &data).map_err(|e| format!("write afterwards: {e:?}"))?;

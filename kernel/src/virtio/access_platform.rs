@@ -8,9 +8,10 @@
 //!
 //! `virtio-drivers` 0.13 accepts only the features it knows. [`AccessPlatform`] wraps a
 //! transport, forwards everything, and adds bit 33 to the driver's features when the device
-//! offers it. Nothing else is needed: every address `virtio-drivers` writes into a queue
-//! comes from the [`Hal`](virtio_drivers::Hal), which for these devices maps through the
-//! device's IOMMU domain.
+//! offers it. The kernel starts a translated device only if it offers the bit (a device that
+//! does not would bypass the IOMMU). Nothing else is needed: every address `virtio-drivers`
+//! writes into a queue comes from the [`Hal`](virtio_drivers::Hal), which for these devices
+//! maps through the device's IOMMU domain.
 
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::Result;

@@ -206,8 +206,12 @@ fn open_pci_disk<const SLOT: usize>(
     driver: &Mutex<Option<PciDisk<SLOT>>>,
 ) -> Result<&'static str, &'static str> {
     let bus = crate::pci::bus().ok_or("no PCIe bus")?;
-    let transport = PciTransport::new::<VirtioHal<SLOT>, _>(&mut bus.root.lock(), function)
+    let mut transport = PciTransport::new::<VirtioHal<SLOT>, _>(&mut bus.root.lock(), function)
         .map_err(|_| "not a virtio-pci device")?;
+    // Without the feature the device's DMA would bypass the IOMMU while the driver hands it IOVAs.
+    if transport.read_device_features() & access_platform::VIRTIO_F_ACCESS_PLATFORM == 0 {
+        return Err("the device does not offer VIRTIO_F_ACCESS_PLATFORM: its DMA would not be translated");
+    }
     let disk =
         VirtIOBlk::new(AccessPlatform::new(transport)).map_err(|_| "the driver could not initialise the device")?;
     *driver.lock() = Some(disk);
