@@ -22,8 +22,8 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::alloc::Layout;
 use core::fmt;
+use drivers::smmuv3::SmmuMemory;
 
 use addr::{DmaAddr, PhysAddr, PhysRange};
 use dma::iova::{IovaAllocator, IovaError};
@@ -112,10 +112,7 @@ struct DomainTables {
 impl TableMemory for DomainTables {
     fn allocate_table(&mut self) -> Option<PhysAddr> {
         let size = self.granule.size() as usize;
-        let layout = Layout::from_size_align(size, size).ok()?;
-        // SAFETY: a non-zero-sized layout; the table is owned by this domain for good.
-        let pointer = unsafe { alloc::alloc::alloc_zeroed(layout) };
-        arch::layout::linear_virt_to_phys(addr::VirtAddr::from_ptr(pointer.cast_const()))
+        super::HeapForSmmu.allocate(size, size).map(|(_, table)| table)
     }
 
     fn table_pointer(&self, table: PhysAddr) -> *mut u64 {
@@ -240,12 +237,11 @@ impl Domain {
     fn clear_unused(tables: &mut PageTable<DomainTables>, start: u64, end: u64) {
         let mut at = start;
         while at < end {
-            let leaf = match tables.translate(at) {
-                Some(translation) => 1 << tables.granule().level_shift(translation.level),
-                None => tables.granule().size(),
-            };
+            let mapped =
+                tables.translate(at).map(|translation| 1u64 << tables.granule().level_shift(translation.level));
+            let leaf = mapped.unwrap_or(tables.granule().size());
             let leaf_start = at & !(leaf - 1);
-            if tables.translate(at).is_some() {
+            if mapped.is_some() {
                 let _ = tables.unmap(leaf_start, leaf, &mut NeverUsed);
             }
             at = leaf_start + leaf;

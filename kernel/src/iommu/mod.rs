@@ -143,8 +143,8 @@ struct Iommu {
 
 static IOMMU: Once<Iommu> = Once::new();
 
-/// Zeroed heap memory for the stream table, queues and context descriptors: the SMMU reads
-/// them coherently, and they live as long as the SMMU.
+/// Zeroed heap memory for the stream table, queues, context descriptors and the domains' page
+/// tables: the SMMU reads them coherently, and they live as long as the SMMU.
 struct HeapForSmmu;
 
 impl SmmuMemory for HeapForSmmu {
