@@ -5,6 +5,7 @@
 pub mod bcm2835_dma;
 pub mod bcm2835_pm;
 pub mod mini_uart;
+pub mod nvme;
 pub mod pl011;
 pub mod smmuv3;
 
