@@ -21,6 +21,8 @@ use crate::pci::{self, PciFunction};
 
 /// virtio devices address all 64 bits (virtio 1.x, 2.4 "Virtqueues").
 const VIRTIO_DMA_MASK: u64 = u64::MAX;
+/// NVMe PRP entries are 64-bit addresses (NVMe Base 2.0, 4.3.1).
+const NVME_DMA_MASK: u64 = u64::MAX;
 
 /// Why the console could not be started. Nothing can print this: the caller stops.
 #[derive(Debug)]
@@ -114,19 +116,61 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
             info!("  {:<8} {id:<9} bridge (no DMA of its own)", function.address);
             continue;
         }
-        if !crate::virtio::is_pci_disk(&function.info) {
-            warn!("  {:<8} {id:<9} not started: no driver", function.address);
-            continue;
-        }
+        let driver = match (crate::nvme::is_nvme(&function.info), crate::virtio::is_pci_disk(&function.info)) {
+            (true, _) => PciDriver::Nvme,
+            (false, true) => PciDriver::VirtioBlock,
+            (false, false) => {
+                warn!("  {:<8} {id:<9} not started: no driver", function.address);
+                continue;
+            }
+        };
         let name: &'static str = alloc::boxed::Box::leak(alloc::format!("pci {}", function.address).into_boxed_str());
-        let started = pci_dma_device(name, function).and_then(|(dma, row)| {
-            pci::enable_dma(bus, function);
-            Ok((crate::virtio::start_pci(function, dma)?, row))
-        });
         let intx = function.intx.map_or("-".into(), |spi| alloc::format!("SPI {spi}"));
-        match started {
-            Ok((driver, row)) => info!("  {:<8} {id:<9} {driver:<6} {row} {intx:<6}", function.address),
+        let (dma, row) = match pci_dma_device(name, function, driver.constraints()) {
+            Ok(device) => device,
+            Err(problem) => {
+                warn!("  {:<8} {id:<9} not started: {problem}", function.address);
+                continue;
+            }
+        };
+        pci::enable_dma(bus, function);
+        match driver.start(name, function, dma) {
+            Ok(()) => info!("  {:<8} {id:<9} {:<6} {row} {intx:<6}", function.address, driver.name()),
             Err(problem) => warn!("  {:<8} {id:<9} not started: {problem}", function.address),
+        }
+    }
+}
+
+/// The PCIe functions this kernel drives.
+#[derive(Clone, Copy)]
+enum PciDriver {
+    VirtioBlock,
+    Nvme,
+}
+
+impl PciDriver {
+    fn name(self) -> &'static str {
+        match self {
+            PciDriver::VirtioBlock => "block",
+            PciDriver::Nvme => "nvme",
+        }
+    }
+
+    /// What the device imposes on every streaming mapping: NVMe's PRP entries carry the
+    /// buffer's offset within its 4 KiB page, so mappings must keep it (contract rule 1).
+    fn constraints(self) -> Constraints {
+        match self {
+            PciDriver::VirtioBlock => Constraints::NONE.with_dma_mask(VIRTIO_DMA_MASK),
+            PciDriver::Nvme => {
+                Constraints::NONE.with_dma_mask(NVME_DMA_MASK).with_min_align_mask(crate::nvme::MIN_ALIGN_MASK)
+            }
+        }
+    }
+
+    fn start(self, name: &'static str, function: &PciFunction, dma: DmaDevice) -> Result<(), String> {
+        match self {
+            PciDriver::VirtioBlock => crate::virtio::start_pci(function, dma).map(|_| ()).map_err(String::from),
+            PciDriver::Nvme => crate::nvme::start(name, function, dma).map_err(|error| alloc::format!("{error}")),
         }
     }
 }
@@ -158,7 +202,11 @@ const PCI_CLASS_BRIDGE: u8 = 0x06;
 
 /// The DMA handle of a PCIe function, and its device-table columns: translated through a
 /// domain of its own when `iommu-map` names the running SMMU.
-fn pci_dma_device(name: &'static str, function: &PciFunction) -> Result<(DmaDevice, String), &'static str> {
+fn pci_dma_device(
+    name: &'static str,
+    function: &PciFunction,
+    constraints: Constraints,
+) -> Result<(DmaDevice, String), &'static str> {
     let stream = function.stream.filter(|stream| iommu::translates_for(stream.iommu));
     let (Some(stream), Some(policy)) = (stream, iommu::policy()) else {
         return Err("its DMA is not translated by a running IOMMU, and untranslated PCIe DMA is not supported");
@@ -169,7 +217,6 @@ fn pci_dma_device(name: &'static str, function: &PciFunction) -> Result<(DmaDevi
     })?;
     let untrusted = policy.is_untrusted(function.address);
     let route = Route::Iommu { domain, untrusted, bounce: pools::default_pool() };
-    let constraints = Constraints::NONE.with_dma_mask(VIRTIO_DMA_MASK);
     let coherent = crate::pci::bus().is_some_and(|bus| bus.bridge.coherent);
     let trust = if untrusted { "untrusted" } else { "trusted" };
     let row = alloc::format!(

@@ -15,6 +15,7 @@
 
 extern crate alloc;
 
+mod block;
 mod board;
 mod console;
 mod dma;
@@ -22,6 +23,7 @@ mod dma_engine;
 mod iommu;
 mod memory;
 mod net;
+mod nvme;
 mod pci;
 mod power;
 mod testing;
@@ -172,22 +174,26 @@ fn demo_transfers() -> Result<(), &'static str> {
     if let Some(disk) = virtio::BLOCK_DEVICE.lock().as_mut() {
         let written: alloc::vec::Vec<u8> = (0..64 * 1024u32).map(|index| (index * 7 + 3) as u8).collect();
         let mut read = alloc::vec![0u8; written.len()];
-        disk.write_blocks(8, &written).map_err(|_| "block write failed")?;
-        disk.read_blocks(8, &mut read).map_err(|_| "block read failed")?;
+        block::write(disk, 8, &written).map_err(|_| "block write failed")?;
+        block::read(disk, 8, &mut read).map_err(|_| "block read failed")?;
         if read != written {
             return Err("the block device returned other data than was written");
         }
         info!("demo: block device: wrote and read back 64 KiB at sector 8, identical");
     }
     if let Some(disk) = virtio::PCI_DISK_A_DEVICE.lock().as_mut() {
-        demo_pci_disk(virtio::PCI_DISK_A, |data, read| {
-            disk.write_blocks(8, data).and_then(|()| disk.read_blocks(8, read)).map_err(|_| "PCI disk transfer failed")
-        })?;
+        demo_translated_disk(disk)?;
     }
     if let Some(disk) = virtio::PCI_DISK_B_DEVICE.lock().as_mut() {
-        demo_pci_disk(virtio::PCI_DISK_B, |data, read| {
-            disk.write_blocks(8, data).and_then(|()| disk.read_blocks(8, read)).map_err(|_| "PCI disk transfer failed")
-        })?;
+        demo_translated_disk(disk)?;
+    }
+    for controller in nvme::controllers() {
+        let mut controller = controller.lock();
+        info!("demo: {}: {}", controller.name, controller.summary());
+        demo_translated_disk(&mut *controller)?;
+        if let Some(received) = controller.last_received() {
+            info!("demo: {}: the last command, as the controller fetched it: {received}", controller.name);
+        }
     }
     if let Some(rng) = virtio::ENTROPY_DEVICE.lock().as_mut() {
         let mut entropy = [0u8; 16];
@@ -219,28 +225,38 @@ fn demo_transfers() -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Writes 64 KiB to a PCIe disk behind the IOMMU and reads them back with `transfer`; shows
-/// what its route did.
-fn demo_pci_disk(
-    slot: usize,
-    transfer: impl FnOnce(&[u8], &mut [u8]) -> Result<(), &'static str>,
-) -> Result<(), &'static str> {
-    let device = virtio::dma_device(slot).ok_or("PCI disk without a DMA handle")?;
+/// Writes 600 KiB from page offset 0x7c8 to a disk behind the IOMMU, in as many requests as
+/// its limit needs, flushes, and reads them back; shows what its route did.
+fn demo_translated_disk(disk: &mut dyn block::BlockDevice) -> Result<(), &'static str> {
+    const SIZE: usize = 600 << 10;
+    const PAGE_OFFSET: usize = 0x7c8;
+    let device = disk.dma_device();
     let dma::Route::Iommu { domain, untrusted, bounce } = &device.route else { return Err("PCI disk not translated") };
     let before = bounce.map_or(0, |pool| pool.bounce.stats().bytes_to_device);
-    let written: alloc::vec::Vec<u8> = (0..64 * 1024u32).map(|index| (index * 11 + 1) as u8).collect();
-    let mut read = alloc::vec![0u8; written.len()];
-    transfer(&written, &mut read)?;
-    if read != written {
+    let mut storage = alloc::vec![0u8; SIZE + 2 * 4096];
+    let start = storage.as_ptr().align_offset(4096) + PAGE_OFFSET;
+    let written: alloc::vec::Vec<u8> = (0..SIZE as u32).map(|index| (index * 11 + 1) as u8).collect();
+    storage[start..start + SIZE].copy_from_slice(&written);
+    let buffer = &mut storage[start..start + SIZE];
+    let stored = block::write(disk, 8, buffer).and_then(|()| disk.flush());
+    buffer.fill(0);
+    let moved = stored.and_then(|()| block::read(disk, 8, buffer));
+    if let Err(problem) = moved {
+        error!("demo: {}: {problem}", disk.describe());
+        return Err("a transfer through the IOMMU failed");
+    }
+    if *buffer != written[..] {
         return Err("a PCI disk returned other data than was written");
     }
     let bounced = bounce.map_or(0, |pool| pool.bounce.stats().bytes_to_device) - before;
     info!(
-        "demo: {} ({}, domain {}, {} KiB granule): wrote and read back 64 KiB through the SMMU, identical; {bounced} bytes bounced",
-        device.name,
+        "demo: {} ({}, domain {}, {} KiB granule): wrote 600 KiB from page offset {PAGE_OFFSET:#x} ({}: {} request(s)), read them back into the same buffer, identical; {bounced} bytes bounced",
+        disk.describe(),
         if *untrusted { "untrusted" } else { "trusted" },
         domain.id,
-        domain.granule_size() >> 10
+        domain.granule_size() >> 10,
+        block::describe_limit(disk),
+        disk.max_transfer().map_or(1, |limit| SIZE.div_ceil(limit)),
     );
     Ok(())
 }

@@ -25,6 +25,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 
+use addr::PhysRange;
 use log::{info, warn};
 use platform::devicetree::Devicetree;
 use platform::pci::{self as pci_dt, BarAllocator, BarKind, BarRequest, IntxPin, PciHostBridge, StreamRoute};
@@ -44,6 +45,8 @@ pub struct PciFunction {
     pub stream: Option<StreamRoute>,
     /// The GIC SPI its INTA# is routed to (`interrupt-map`), if any.
     pub intx: Option<u32>,
+    /// Where the CPU reaches each memory BAR, by BAR index.
+    pub memory_bars: [Option<PhysRange>; 6],
 }
 
 /// The enumerated host bridge.
@@ -93,23 +96,32 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>
             warn!("pci {address}: {info}: bridges are not configured; nothing behind it is used");
             continue;
         }
-        if let Err(problem) = assign_bars(&mut root, &mut windows, address) {
-            warn!("pci {address}: {problem}; left disabled");
-            continue;
-        }
+        let memory_bars = match assign_bars(&mut root, &mut windows, address) {
+            Ok(memory_bars) => memory_bars,
+            Err(problem) => {
+                warn!("pci {address}: {problem}; left disabled");
+                continue;
+            }
+        };
         let located = pci_dt::PciFunction::new(address.bus, address.device, address.function);
         let stream = located.and_then(|located| bridge.stream_id(located.requester_id()));
         let intx = located.and_then(|located| bridge.legacy_interrupt(located, IntxPin::A)?.gic_spi());
-        functions.push(PciFunction { address, info, stream, intx });
+        functions.push(PciFunction { address, info, stream, intx, memory_bars });
     }
     info!("pci: {} ({}), {} function(s) on bus {first_bus}", bridge.name, bridge.ecam, functions.len());
     Ok(Some(PCI.call_once(|| PciBus { bridge, root: Mutex::new(root), functions })))
 }
 
-/// Sizes every BAR of `address`, places it in a bridge window, then enables decoding.
-fn assign_bars(root: &mut Root, windows: &mut BarAllocator, address: DeviceFunction) -> Result<(), String> {
+/// Sizes every BAR of `address`, places it in a bridge window, then enables decoding;
+/// returns where the CPU reaches each memory BAR.
+fn assign_bars(
+    root: &mut Root,
+    windows: &mut BarAllocator,
+    address: DeviceFunction,
+) -> Result<[Option<PhysRange>; 6], String> {
     let bars = root.bars(address).map_err(|error| alloc::format!("cannot size its BARs: {error:?}"))?;
     let mut command = Command::MEMORY_SPACE;
+    let mut memory_bars = [None; 6];
     for (index, bar) in bars.iter().enumerate() {
         let Some(bar) = bar else { continue };
         let index = index as u8;
@@ -122,6 +134,7 @@ fn assign_bars(root: &mut Root, windows: &mut BarAllocator, address: DeviceFunct
                     true => root.set_bar_64(address, index, placed.pci_address),
                     false => root.set_bar_32(address, index, placed.pci_address as u32),
                 }
+                memory_bars[usize::from(index)] = PhysRange::new(placed.cpu_address, size);
             }
             BarInfo::IO { size, .. } => {
                 let request = BarRequest { size: size.into(), kind: BarKind::Io };
@@ -132,7 +145,7 @@ fn assign_bars(root: &mut Root, windows: &mut BarAllocator, address: DeviceFunct
         }
     }
     root.set_command(address, command);
-    Ok(())
+    Ok(memory_bars)
 }
 
 /// Lets `function` master the bus: start DMA. Only once its DMA route exists.

@@ -51,8 +51,8 @@ enum Command {
         /// firmware's devicetree as is: the kernel carves its own bounce pool.)
         #[arg(long, value_enum, default_value = "static")]
         pool: devicetree::PoolForm,
-        /// The IOMMU granule of virt's SMMUv3, which translates two virtio-blk-pci disks (the
-        /// second untrusted); `off` boots without an SMMU. virt only.
+        /// The IOMMU granule of virt's SMMUv3, which translates two virtio-blk-pci disks and two
+        /// NVMe controllers (the second of each untrusted); `off` boots without an SMMU. virt only.
         #[arg(long, default_value = "4K", value_parser = ["off", "4K", "16K", "64K"])]
         iommu: String,
         /// Kernel command line, e.g. `kernel.fault-demo` or `kernel.test`.

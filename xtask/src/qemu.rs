@@ -16,7 +16,7 @@ const QEMU: &str = "qemu-system-aarch64";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Board {
     /// `-M virt`: virtio-mmio devices, every transfer through a restricted pool; with an
-    /// SMMUv3 in front of PCIe, two virtio-blk-pci disks behind it.
+    /// SMMUv3 in front of PCIe, two virtio-blk-pci disks and two NVMe controllers behind it.
     Virt { el2: bool, pool: PoolForm, iommu: Option<IommuGranule> },
     /// `-M raspi4b` (2 GiB), with the devicetree the Pi firmware uses: a legacy DMA engine
     /// that reaches only the first GiB.
@@ -44,9 +44,12 @@ impl IommuGranule {
     }
 }
 
-/// The PCIe slots of the two disks behind the SMMU; the second is the untrusted one.
+/// The PCIe slots of the disks behind the SMMU: a virtio-blk pair and an NVMe pair, the
+/// second of each untrusted.
 const TRUSTED_DISK_SLOT: u8 = 2;
 const UNTRUSTED_DISK_SLOT: u8 = 3;
+const TRUSTED_NVME_SLOT: u8 = 4;
+const UNTRUSTED_NVME_SLOT: u8 = 5;
 
 /// A QEMU machine configuration.
 pub struct Machine {
@@ -94,7 +97,10 @@ impl Machine {
     fn kernel_arguments(&self) -> String {
         match self.board {
             Board::Virt { iommu: Some(granule), .. } => {
-                format!("iommu.granule={} iommu.untrusted=00:{UNTRUSTED_DISK_SLOT:02x}.0", granule.name())
+                format!(
+                    "iommu.granule={} iommu.untrusted=00:{UNTRUSTED_DISK_SLOT:02x}.0,00:{UNTRUSTED_NVME_SLOT:02x}.0",
+                    granule.name()
+                )
             }
             _ => String::new(),
         }
@@ -133,6 +139,12 @@ impl Machine {
             for (id, slot) in [("pcidisk0", TRUSTED_DISK_SLOT), ("pcidisk1", UNTRUSTED_DISK_SLOT)] {
                 arguments.extend(["-drive".into(), disk_drive(id)?, "-device".into()]);
                 arguments.push(format!("virtio-blk-pci,drive={id},iommu_platform=on,disable-legacy=on,addr={slot}"));
+            }
+            // An NVMe controller's DMA always goes through the IOMMU: it has no
+            // `iommu_platform` switch to bypass it, as a real PCIe device has none.
+            for (id, slot) in [("nvme0", TRUSTED_NVME_SLOT), ("nvme1", UNTRUSTED_NVME_SLOT)] {
+                arguments.extend(["-drive".into(), disk_drive(id)?, "-device".into()]);
+                arguments.push(format!("nvme,drive={id},serial=dma-os-{id},addr={slot}"));
             }
         }
         Ok(arguments)

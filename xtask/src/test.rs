@@ -60,11 +60,11 @@ pub fn run_all() -> Result<()> {
 fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
     match machine.board {
         Board::Virt { iommu: Some(_), .. } => &["dma_engine::"],
-        Board::Virt { iommu: None, .. } => &["dma_engine::", "iommu::"],
-        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::"],
+        Board::Virt { iommu: None, .. } => &["dma_engine::", "iommu::", "nvme::"],
+        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::"],
         // A restricted engine bounces everything: nothing is lent in place.
         Board::Raspi4b { pool: RaspiPool::Restricted } => {
-            &["virtio::", "iommu::", "dma_engine::buffers_within_reach_are_not_bounced"]
+            &["virtio::", "iommu::", "nvme::", "dma_engine::buffers_within_reach_are_not_bounced"]
         }
     }
 }

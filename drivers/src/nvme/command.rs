@@ -143,16 +143,6 @@ impl SubmissionEntry {
         Self { prp1: dma, cdw10, cdw11, ..Self::new(admin_opcode::CREATE_IO_SUBMISSION_QUEUE) }
     }
 
-    /// Delete I/O Submission Queue (5.7): the controller aborts the queue's outstanding commands.
-    pub fn delete_io_submission_queue(queue: u16) -> Self {
-        Self { cdw10: u32::from(queue), ..Self::new(admin_opcode::DELETE_IO_SUBMISSION_QUEUE) }
-    }
-
-    /// Delete I/O Completion Queue (5.6): only once every submission queue posting to it is gone.
-    pub fn delete_io_completion_queue(queue: u16) -> Self {
-        Self { cdw10: u32::from(queue), ..Self::new(admin_opcode::DELETE_IO_COMPLETION_QUEUE) }
-    }
-
     /// Read (NVM Command Set 1.0, 3.2.4): `blocks` logical blocks from `lba` of `namespace`
     /// into the memory PRP1 and PRP2 describe.
     pub fn read(namespace: u32, lba: u64, blocks: u32, prp1: u64, prp2: u64) -> Result<Self, CommandError> {
@@ -343,15 +333,6 @@ mod tests {
     }
 
     #[test]
-    fn delete_queues() {
-        let submission = dwords(&SubmissionEntry::delete_io_submission_queue(5));
-        assert_eq!((bits(submission[0], 0, 8), submission[10]), (0x00, 5));
-        let completion = dwords(&SubmissionEntry::delete_io_completion_queue(6));
-        assert_eq!((bits(completion[0], 0, 8), completion[10]), (0x04, 6));
-        assert_zero(&completion, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15]);
-    }
-
-    #[test]
     fn read_and_write() {
         let read = SubmissionEntry::read(1, 0x1_2345_6789, 8, 0xa000_0200, 0xb000_0000).unwrap();
         let command = dwords(&read);
@@ -405,6 +386,5 @@ mod tests {
         assert_eq!((write.name(false), write.name(true)), ("Write", "Create I/O Submission Queue"));
         let flush = SubmissionEntry::flush(1);
         assert_eq!((flush.name(false), flush.name(true)), ("Flush", "Delete I/O Submission Queue"));
-        assert_eq!(SubmissionEntry::delete_io_completion_queue(1).name(true), "Delete I/O Completion Queue");
     }
 }

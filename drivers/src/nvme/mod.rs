@@ -24,8 +24,7 @@
 //! - I/O queue pairs carry Read and Write (NVM Command Set Specification, 3 "I/O Commands").
 //! - The controller never interrupts to say "this entry is new": each completion entry carries a
 //!   *phase* bit that the controller inverts on every pass around the ring, so the host knows an
-//!   entry is fresh when its phase matches the one it expects (`queue.rs`, 4.6 "Completion Queue
-//!   Entry").
+//!   entry is fresh when its phase matches the one it expects (`queue.rs`, 4.2.4 "Phase Tag").
 //! - Data is described by *Physical Region Page* entries: the first may start anywhere in a
 //!   memory page, every later one must start on a page boundary (4.3.1 "Physical Region Page
 //!   Entry and List"). A buffer's offset within its 4 KiB page therefore travels in the DMA

@@ -11,10 +11,12 @@ use dma::DmaDirection;
 use spin::Mutex;
 use virtio_drivers::device::blk::{BlkReq, BlkResp};
 
+use crate::block::BlockDevice;
 use crate::dma::{DmaDevice, Fault, Route};
 use crate::iommu::{self, Domain};
 use crate::testing::{ensure, kernel_test, skip};
-use crate::tests::virtio::{largest_transfer, pattern};
+use crate::tests::block::{round_trips, PAGE_OFFSETS};
+use crate::tests::virtio::pattern;
 use crate::virtio::{self, PciDisk, PCI_DISK_A, PCI_DISK_A_DEVICE, PCI_DISK_B, PCI_DISK_B_DEVICE};
 use drivers::smmuv3::EventKind;
 
@@ -47,61 +49,33 @@ kernel_test! {
     }
 }
 
-/// Writes and reads back sectors at many sizes and buffer offsets; every byte compared.
-/// Returns the bytes moved.
-fn round_trips<const SLOT: usize>(disk: &mut PciDisk<SLOT>, largest: usize) -> Result<usize, String> {
-    let sizes = [SECTOR, 2 * SECTOR, 4096, 4096 + SECTOR, 16 << 10, 60 << 10, 128 << 10, largest];
-    let offsets = [0usize, 0x200, 0x7c8, 0xfa0];
-    let capacity = disk.capacity() as usize;
-    let mut written = vec![0u8; largest + 4096];
-    let mut read = vec![0u8; largest + 4096];
-    let (mut sector, mut moved) = (0usize, 0usize);
-    for (round, (&size, &offset)) in
-        sizes.iter().flat_map(|size| offsets.iter().map(move |offset| (size, offset))).enumerate()
-    {
-        let data = pattern(round as u64 + 1000 * SLOT as u64, size);
-        let read_offset = (offset + 0x3c8) % 4096;
-        if sector + size / SECTOR > capacity {
-            sector = 0;
-        }
-        written[offset..offset + size].copy_from_slice(&data);
-        disk.write_blocks(sector, &written[offset..offset + size])
-            .map_err(|e| format!("write {size} at {offset:#x}: {e:?}"))?;
-        read[read_offset..read_offset + size].fill(0);
-        disk.read_blocks(sector, &mut read[read_offset..read_offset + size])
-            .map_err(|e| format!("read {size} at {read_offset:#x}: {e:?}"))?;
-        let first_difference = (0..size).find(|&index| read[read_offset + index] != data[index]);
-        ensure!(
-            first_difference.is_none(),
-            "{size} bytes at offset {offset:#x}, sector {sector}: byte {first_difference:?} differs"
-        );
-        sector += size / SECTOR + 1;
-        moved += 2 * size;
+/// The route of a translated disk: its DMA handle, domain and trust.
+pub fn route_of(disk: &dyn BlockDevice) -> Result<(&'static DmaDevice, &'static Domain, bool), String> {
+    let device = disk.dma_device();
+    match &device.route {
+        Route::Iommu { domain, untrusted, .. } => Ok((device, domain, *untrusted)),
+        _ => Err(format!("{}: not behind the IOMMU", device.name)),
     }
-    Ok(moved)
 }
 
-/// Runs [`round_trips`] on one disk and checks what its route did: an untrusted disk bounced
-/// through the pool, a trusted one did not, neither faulted, nothing stayed mapped.
-fn disk_round_trips<const SLOT: usize>(driver: &Mutex<Option<PciDisk<SLOT>>>) -> Result<(), String> {
-    let (device, domain, untrusted) = translated(SLOT)?;
+/// Runs the integrity test over a disk behind the IOMMU at `sizes` and the R6 page offsets,
+/// and checks what its route did: an untrusted disk bounced through the pool, a trusted one
+/// did not, neither faulted, nothing stayed mapped, every address lay in a live mapping.
+pub fn translated_round_trips(disk: &mut dyn BlockDevice, sizes: &[usize], seed: u64) -> Result<(), String> {
+    let (device, domain, untrusted) = route_of(disk)?;
     let pool = device.bounce_pool().ok_or("no default bounce pool")?;
-    let largest = largest_transfer(device)?;
     let before = pool.bounce.stats();
     let live_before = domain.live_mappings();
-    let moved = {
-        let mut guard = driver.lock();
-        let disk = guard.as_mut().ok_or("disk not started")?;
-        round_trips(disk, largest)?
-    };
+    let moved = round_trips(disk, sizes, &PAGE_OFFSETS, seed)?;
     let after = pool.bounce.stats();
     let bounced = after.bytes_to_device - before.bytes_to_device;
     log::info!(
-        "{}: {moved} bytes moved through domain {} ({} KiB granule, {}), largest transfer {largest}; pool bounced {bounced} bytes to the device",
-        device.name,
+        "{}: {moved} bytes moved through domain {} ({} KiB granule, {}), {}; pool bounced {bounced} bytes to the device",
+        disk.describe(),
         domain.id,
         domain.granule_size() >> 10,
-        if untrusted { "untrusted" } else { "trusted" }
+        if untrusted { "untrusted" } else { "trusted" },
+        crate::block::describe_limit(disk),
     );
     match untrusted {
         true => ensure!(bounced > 0, "{}: untrusted, yet nothing was bounced", device.name),
@@ -123,6 +97,15 @@ fn disk_round_trips<const SLOT: usize>(driver: &Mutex<Option<PciDisk<SLOT>>>) ->
     let audit = device.audit_report();
     ensure!(audit.violations == 0, "{}: {} DMA addresses outside its live mappings", device.name, audit.violations);
     Ok(())
+}
+
+/// The integrity test of a virtio-blk-pci disk: from one sector to beyond its largest request.
+fn disk_round_trips<const SLOT: usize>(driver: &Mutex<Option<PciDisk<SLOT>>>) -> Result<(), String> {
+    let mut guard = driver.lock();
+    let disk = guard.as_mut().ok_or("disk not started")?;
+    let largest = disk.max_transfer().map_or(1 << 20, |limit| limit.min(1 << 20));
+    let sizes = [SECTOR, 2 * SECTOR, 4096, 4096 + SECTOR, 16 << 10, 60 << 10, 128 << 10, largest, largest + 4096];
+    translated_round_trips(disk, &sizes, 1000 * SLOT as u64)
 }
 
 kernel_test! {

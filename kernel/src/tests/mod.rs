@@ -1,6 +1,7 @@
 //! Kernel tests: what can only be checked on the machine itself. Each file covers one
 //! subsystem; `testing` runs them all when the command line says `kernel.test`.
 
+mod block;
 mod boot;
 mod dma;
 mod dma_engine;
@@ -8,4 +9,5 @@ mod exceptions;
 mod iommu;
 mod memory;
 mod mmu;
+mod nvme;
 pub mod virtio;

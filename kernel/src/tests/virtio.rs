@@ -3,9 +3,11 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use crate::block::BlockDevice;
 use crate::dma::Route;
 use crate::testing::{ensure, kernel_test, skip};
-use crate::virtio::{self, BLOCK, ENTROPY};
+use crate::tests::block::round_trips;
+use crate::virtio::{self, ENTROPY};
 
 const SECTOR: usize = 512;
 
@@ -22,46 +24,18 @@ pub fn pattern(seed: u64, length: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The largest transfer the block device's DMA route takes in one mapping, in whole sectors.
-fn largest_block_transfer() -> Result<usize, alloc::string::String> {
-    let device = virtio::dma_device(BLOCK).ok_or("no virtio block device")?;
-    largest_transfer(device)
-}
-
-/// The largest transfer `device` takes in one mapping, in whole sectors (1 MiB if unlimited).
-pub fn largest_transfer(device: &crate::dma::DmaDevice) -> Result<usize, alloc::string::String> {
-    let largest = device.max_mapping_size().map_err(|e| alloc::format!("{e}"))?.unwrap_or(1 << 20);
-    Ok(largest / SECTOR * SECTOR)
-}
-
 kernel_test! {
     /// Writes and reads back virtio-blk sectors through the restricted pool, with buffers from
-    /// one sector to the largest one mapping takes, starting at many offsets within a page;
-    /// every byte is compared.
+    /// one sector to beyond the largest one mapping takes, starting at many offsets within a
+    /// page, odd ones included; every byte is compared.
     fn block_device_round_trips_every_size_and_offset() {
         let mut guard = virtio::BLOCK_DEVICE.lock();
         let Some(disk) = guard.as_mut() else { skip!("no virtio block device") };
-        let largest = largest_block_transfer()?;
+        let largest = disk.max_transfer().map_or(1 << 20, |limit| limit.min(1 << 20));
         ensure!(largest >= 64 * SECTOR, "largest transfer only {largest} bytes");
-        let sizes = [SECTOR, 2 * SECTOR, 4096, 4096 + SECTOR, 16 << 10, 60 << 10, 128 << 10, largest];
+        let sizes = [SECTOR, 2 * SECTOR, 4096, 4096 + SECTOR, 16 << 10, 60 << 10, 128 << 10, largest, largest + 4096];
         let offsets = [0usize, 1, 0x200, 0x7c8, 0xfa0, 0xfff];
-        let capacity = disk.capacity() as usize;
-        let mut written = vec![0u8; largest + 4096];
-        let mut read = vec![0u8; largest + 4096];
-        let mut sector = 0usize;
-        for (round, (&size, &offset)) in sizes.iter().flat_map(|size| offsets.iter().map(move |offset| (size, offset))).enumerate() {
-            let (read_offset, data) = ((offset * 7 + 0x123) % 4096, pattern(round as u64, size));
-            if sector + size / SECTOR > capacity {
-                sector = 0;
-            }
-            written[offset..offset + size].copy_from_slice(&data);
-            disk.write_blocks(sector, &written[offset..offset + size]).map_err(|e| alloc::format!("write: {e:?}"))?;
-            read[read_offset..read_offset + size].fill(0);
-            disk.read_blocks(sector, &mut read[read_offset..read_offset + size]).map_err(|e| alloc::format!("read: {e:?}"))?;
-            let first_difference = (0..size).find(|&index| read[read_offset + index] != data[index]);
-            ensure!(first_difference.is_none(), "{size} bytes at offset {offset:#x}, sector {sector}: byte {:?} differs", first_difference);
-            sector += size / SECTOR + 1;
-        }
+        round_trips(disk, &sizes, &offsets, 0)?;
         Ok(())
     }
 }

@@ -1,0 +1,163 @@
+//! Block devices: disks of any transport behind one trait, so that the same integrity tests
+//! and demo run over virtio-blk and NVMe alike.
+//!
+//! A disk is an array of fixed-size blocks. One request may carry only so much: the device
+//! states its own limit (NVMe's MDTS), and the DMA layer states the largest mapping that always
+//! succeeds (`max_mapping_size`, contract rule 7: a bounced mapping must fit the bounce pool's
+//! contiguous slots). [`read`] and [`write`] split a larger request into pieces no larger than
+//! [`BlockDevice::max_transfer`], each mapped, transferred and unmapped in turn — the way
+//! Linux's block layer obeys `max_hw_sectors`, which NVMe derives from both limits (seed 002).
+
+use alloc::format;
+use alloc::string::String;
+use core::fmt;
+
+use drivers::nvme::transfer::{self, TransferError};
+use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
+use virtio_drivers::transport::Transport;
+
+use crate::dma::{DmaApiError, DmaDevice};
+use crate::nvme::NvmeError;
+use crate::virtio::{self, VirtioHal};
+
+/// A disk, whatever carries its requests.
+pub trait BlockDevice {
+    /// What the disk is, for messages: its transport and device.
+    fn describe(&self) -> String;
+    fn block_size(&self) -> usize;
+    /// Capacity, in blocks.
+    fn blocks(&self) -> u64;
+    /// The most one request carries, in bytes (a whole number of blocks); `None` when only
+    /// memory limits a request.
+    fn max_transfer(&self) -> Option<usize>;
+    /// The DMA handle every transfer of the disk goes through.
+    fn dma_device(&self) -> &'static DmaDevice;
+    /// Reads `buffer.len()` bytes from `block` on, in one request of at most `max_transfer`.
+    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError>;
+    /// Writes `buffer` from `block` on, in one request of at most `max_transfer`.
+    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError>;
+    /// Makes every completed write durable (a disk may hold them in a volatile cache).
+    fn flush(&mut self) -> Result<(), BlockError>;
+}
+
+/// Why a block request failed.
+#[derive(Debug)]
+pub enum BlockError {
+    /// Not a whole number of blocks, or beyond the end of the disk.
+    OutOfRange {
+        block: u64,
+        bytes: usize,
+        capacity: u64,
+    },
+    Transfer(TransferError),
+    Dma(DmaApiError),
+    Virtio(virtio_drivers::Error),
+    Nvme(NvmeError),
+}
+
+impl fmt::Display for BlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockError::OutOfRange { block, bytes, capacity } => {
+                write!(
+                    f,
+                    "{bytes} bytes from block {block} are not whole blocks within the {capacity} blocks of the disk"
+                )
+            }
+            BlockError::Transfer(error) => write!(f, "{error}"),
+            BlockError::Dma(error) => write!(f, "{error}"),
+            BlockError::Virtio(error) => write!(f, "virtio: {error}"),
+            BlockError::Nvme(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl From<TransferError> for BlockError {
+    fn from(error: TransferError) -> Self {
+        BlockError::Transfer(error)
+    }
+}
+
+impl From<NvmeError> for BlockError {
+    fn from(error: NvmeError) -> Self {
+        BlockError::Nvme(error)
+    }
+}
+
+/// Reads `buffer.len()` bytes from `block` on, in as many requests as the disk's limit needs.
+pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
+    check_range(disk, block, buffer.len())?;
+    for chunk in transfer::split(block, buffer.len(), disk.block_size(), request_limit(disk))? {
+        disk.read_request(chunk.block, &mut buffer[chunk.offset..chunk.offset + chunk.length])?;
+    }
+    Ok(())
+}
+
+/// Writes `buffer` from `block` on, in as many requests as the disk's limit needs.
+pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
+    check_range(disk, block, buffer.len())?;
+    for chunk in transfer::split(block, buffer.len(), disk.block_size(), request_limit(disk))? {
+        disk.write_request(chunk.block, &buffer[chunk.offset..chunk.offset + chunk.length])?;
+    }
+    Ok(())
+}
+
+/// The disk's request limit, in words.
+pub fn describe_limit(disk: &dyn BlockDevice) -> String {
+    match disk.max_transfer() {
+        Some(bytes) if bytes.is_multiple_of(1024) => format!("at most {} KiB per request", bytes >> 10),
+        Some(bytes) => format!("at most {bytes} bytes per request"),
+        None => "no limit per request".into(),
+    }
+}
+
+/// The most one request carries, as a whole number of blocks even when unlimited.
+fn request_limit(disk: &dyn BlockDevice) -> usize {
+    let block_size = disk.block_size();
+    disk.max_transfer().unwrap_or(usize::MAX / block_size * block_size)
+}
+
+fn check_range(disk: &dyn BlockDevice, block: u64, bytes: usize) -> Result<(), BlockError> {
+    let size = disk.block_size();
+    let end = bytes.is_multiple_of(size).then(|| block.checked_add((bytes / size) as u64)).flatten();
+    match end {
+        Some(end) if end <= disk.blocks() => Ok(()),
+        _ => Err(BlockError::OutOfRange { block, bytes, capacity: disk.blocks() }),
+    }
+}
+
+/// virtio-blk: one request per call, as big as one mapping of the DMA route takes.
+impl<const SLOT: usize, T: Transport> BlockDevice for VirtIOBlk<VirtioHal<SLOT>, T> {
+    fn describe(&self) -> String {
+        format!("virtio-blk {}", self.dma_device().name)
+    }
+
+    fn block_size(&self) -> usize {
+        SECTOR_SIZE
+    }
+
+    fn blocks(&self) -> u64 {
+        self.capacity()
+    }
+
+    fn max_transfer(&self) -> Option<usize> {
+        let limit = self.dma_device().max_mapping_size().ok().flatten()?;
+        Some(limit / SECTOR_SIZE * SECTOR_SIZE)
+    }
+
+    fn dma_device(&self) -> &'static DmaDevice {
+        virtio::dma_device(SLOT).expect("virtio device slot filled before its driver starts")
+    }
+
+    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
+        self.read_blocks(block as usize, buffer).map_err(BlockError::Virtio)
+    }
+
+    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
+        self.write_blocks(block as usize, buffer).map_err(BlockError::Virtio)
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        VirtIOBlk::flush(self).map_err(BlockError::Virtio)
+    }
+}

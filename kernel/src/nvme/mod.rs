@@ -1,0 +1,540 @@
+//! NVMe controllers on PCIe, behind the IOMMU: the kernel half of the driver, which owns the
+//! registers, the queue memory and the data mappings (`drivers::nvme` encodes everything).
+//!
+//! Bringing a controller up (NVMe Base 2.0, 3.5.1 "Memory-based Controller Initialization"):
+//!
+//! ```text
+//!  CAP: NVM command set? 4 KiB pages?   CC.EN = 0, wait CSTS.RDY = 0     (reset)
+//!  admin rings (coherent) ─▶ AQA, ASQ, ACQ;  CC = {4 KiB pages, 64/16-byte entries, EN}
+//!  wait CSTS.RDY = 1 ─▶ Identify Controller ─▶ active namespaces ─▶ Identify Namespace
+//!  Create I/O Completion Queue 1 ─▶ Create I/O Submission Queue 1
+//! ```
+//!
+//! Every Read and Write is one command on I/O queue 1, waited for by polling (no interrupts):
+//!
+//! - The caller's buffer is lent to the controller through the streaming DMA API, whose
+//!   device constraints say `min_align_mask = 0xfff`: whatever the route does — translate the
+//!   buffer in place, or bounce it for an untrusted device — the DMA address keeps the
+//!   buffer's offset within its 4 KiB page (contract rule 1). That is what makes the PRP
+//!   entries valid: the first carries the offset, every later one must start a page.
+//! - One command carries at most the smallest of MDTS, the DMA layer's `max_mapping_size` and
+//!   what one PRP list page describes; `crate::block` splits larger requests.
+//! - A command that does not complete in time disables the controller, which stops its DMA,
+//!   before the buffer is unmapped; later requests are refused with the reason.
+
+mod queue;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::mem::size_of;
+use core::time::Duration;
+
+use addr::{PhysRange, VirtAddr};
+use drivers::nvme::command::{CommandError, IdentifyTarget, SubmissionEntry};
+use drivers::nvme::completion::Status;
+use drivers::nvme::identify::{self, ControllerIdentity, IdentifyError, NamespaceIdentity, IDENTIFY_BYTES};
+use drivers::nvme::prp::{max_prp_transfer, PrpError, PrpPlan};
+use drivers::nvme::queue::QueueError;
+use drivers::nvme::registers::{
+    admin_queue_attributes, enabling_configuration, Capabilities, ControllerStatus, RegisterError, Registers, Version,
+};
+use drivers::nvme::transfer::{Limit, TransferError, TransferLimits};
+use spin::Mutex;
+use tock_registers::interfaces::{Readable, Writeable};
+
+use crate::block::{BlockDevice, BlockError};
+use crate::dma::{CoherentMemory, DmaApiError, DmaDevice, FromDevice, Streaming, ToDevice};
+use crate::pci::PciFunction;
+use queue::{Doorbells, QueuePair};
+
+/// The memory page size the controller is configured with (CC.MPS): the CPU's page size, and
+/// the unit of PRP entries. Hence `min_align_mask = 0xfff` for NVMe.
+pub const PAGE_SIZE: usize = 4096;
+/// The page offset bits a PRP entry carries, which the DMA layer must preserve.
+pub const MIN_ALIGN_MASK: u64 = PAGE_SIZE as u64 - 1;
+/// Small rings, so that wrap-around and the phase tag are exercised within a few commands.
+const ADMIN_ENTRIES: u16 = 8;
+const IO_ENTRIES: u16 = 16;
+const IO_QUEUE: u16 = 1;
+/// How long a command may take. QEMU answers in microseconds; a real disk within seconds.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PCI class code of an NVMe controller: mass storage, non-volatile memory, NVM Express
+/// (PCI Code and ID Assignment 1.7, class 01h subclass 08h programming interface 02h).
+pub fn is_nvme(info: &virtio_drivers::transport::pci::bus::DeviceFunctionInfo) -> bool {
+    (info.class, info.subclass, info.prog_if) == (0x01, 0x08, 0x02)
+}
+
+/// Why a controller could not be started or a command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NvmeError {
+    NoRegisters,
+    MapRegisters,
+    /// The controller lacks something this driver needs.
+    Unsupported(&'static str),
+    /// CSTS.RDY did not become `ready` within CAP.TO.
+    NotReady {
+        ready: bool,
+        after: Duration,
+    },
+    /// The controller reported a fatal status (CSTS.CFS).
+    Fatal,
+    Timeout {
+        queue: u16,
+        after: Duration,
+    },
+    UnexpectedCompletion {
+        queue: u16,
+        expected: u16,
+        got: u16,
+    },
+    /// The controller completed the command with an error status.
+    Command {
+        command: &'static str,
+        status: Status,
+    },
+    NoNamespace,
+    /// An earlier failure disabled the controller.
+    Disabled(String),
+    Register(RegisterError),
+    Queue(QueueError),
+    Encoding(CommandError),
+    Prp(PrpError),
+    Identify(IdentifyError),
+    Transfer(TransferError),
+    Dma(DmaApiError),
+}
+
+impl fmt::Display for NvmeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NvmeError::NoRegisters => write!(f, "BAR0, the controller's registers, is not assigned"),
+            NvmeError::MapRegisters => write!(f, "cannot map the controller's registers"),
+            NvmeError::Unsupported(what) => write!(f, "unsupported controller: {what}"),
+            NvmeError::NotReady { ready, after } => {
+                write!(f, "CSTS.RDY did not become {} within {} ms", u8::from(*ready), after.as_millis())
+            }
+            NvmeError::Fatal => write!(f, "the controller reports a fatal status (CSTS.CFS)"),
+            NvmeError::Timeout { queue, after } => {
+                write!(f, "a command on queue {queue} did not complete within {} ms", after.as_millis())
+            }
+            NvmeError::UnexpectedCompletion { queue, expected, got } => {
+                write!(f, "queue {queue} completed command {got} while command {expected} was outstanding")
+            }
+            NvmeError::Command { command, status } => write!(f, "{command} failed: {status}"),
+            NvmeError::NoNamespace => write!(f, "the controller has no active namespace"),
+            NvmeError::Disabled(reason) => write!(f, "controller disabled after an earlier failure: {reason}"),
+            NvmeError::Register(error) => write!(f, "{error}"),
+            NvmeError::Queue(error) => write!(f, "{error}"),
+            NvmeError::Encoding(error) => write!(f, "{error}"),
+            NvmeError::Prp(error) => write!(f, "{error}"),
+            NvmeError::Identify(error) => write!(f, "{error}"),
+            NvmeError::Transfer(error) => write!(f, "{error}"),
+            NvmeError::Dma(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+macro_rules! from_error {
+    ($($source:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$source> for NvmeError {
+            fn from(error: $source) -> Self {
+                NvmeError::$variant(error)
+            }
+        })*
+    };
+}
+
+from_error! {
+    RegisterError => Register, QueueError => Queue, CommandError => Encoding, PrpError => Prp,
+    IdentifyError => Identify, TransferError => Transfer, DmaApiError => Dma,
+}
+
+/// The namespace this driver serves: the first active one.
+#[derive(Debug, Clone, Copy)]
+pub struct Namespace {
+    pub id: u32,
+    pub identity: NamespaceIdentity,
+}
+
+/// A Read or Write as the controller received it, read back from the queue memory it fetched
+/// from: the command, and the PRP list when the data spans more than two pages.
+#[derive(Debug, Clone)]
+pub struct ReceivedCommand {
+    pub entry: SubmissionEntry,
+    pub prp_list: Vec<u64>,
+}
+
+impl fmt::Display for ReceivedCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entry = &self.entry;
+        let blocks = (entry.cdw12 & 0xffff) + 1;
+        let lba = u64::from(entry.cdw11) << 32 | u64::from(entry.cdw10);
+        write!(
+            f,
+            "{} of {blocks} blocks at LBA {lba}, PRP1 {:#x} (page offset {:#x})",
+            entry.name(false),
+            entry.prp1,
+            entry.prp1 & MIN_ALIGN_MASK
+        )?;
+        match self.prp_list.as_slice() {
+            [] if entry.prp2 == 0 => Ok(()),
+            [] => write!(f, ", PRP2 {:#x}", entry.prp2),
+            [first, .., last] => {
+                write!(
+                    f,
+                    ", PRP2 {:#x} → a PRP list of {} entries, {first:#x} to {last:#x}",
+                    entry.prp2,
+                    self.prp_list.len()
+                )
+            }
+            [only] => write!(f, ", PRP2 {:#x} → a PRP list of 1 entry, {only:#x}", entry.prp2),
+        }
+    }
+}
+
+pub struct Controller {
+    pub name: &'static str,
+    registers: VirtAddr,
+    pub capabilities: Capabilities,
+    pub version: Version,
+    pub identity: ControllerIdentity,
+    pub namespace: Namespace,
+    pub limits: TransferLimits,
+    max_transfer: usize,
+    dma: &'static DmaDevice,
+    admin: QueuePair,
+    io: QueuePair,
+    /// One page of PRP entries, for the one command in flight.
+    prp_list: CoherentMemory,
+    /// Why the controller was disabled, if it was.
+    disabled: Option<String>,
+    last_received: Option<ReceivedCommand>,
+}
+
+static CONTROLLERS: Mutex<Vec<&'static Mutex<Controller>>> = Mutex::new(Vec::new());
+
+/// Every controller started, in bus order.
+pub fn controllers() -> Vec<&'static Mutex<Controller>> {
+    CONTROLLERS.lock().clone()
+}
+
+/// Starts the controller of `function`, its DMA through `dma`.
+pub fn start(name: &'static str, function: &PciFunction, dma: DmaDevice) -> Result<(), NvmeError> {
+    let bar = function.memory_bars[0].ok_or(NvmeError::NoRegisters)?;
+    let registers = arch::mmu::map_device(bar).map_err(|_| NvmeError::MapRegisters)?;
+    let controller = Controller::start(name, registers, Box::leak(Box::new(dma)))?;
+    CONTROLLERS.lock().push(Box::leak(Box::new(Mutex::new(controller))));
+    Ok(())
+}
+
+impl Controller {
+    fn start(name: &'static str, registers: VirtAddr, dma: &'static DmaDevice) -> Result<Self, NvmeError> {
+        // SAFETY: BAR0 of an NVMe function, freshly mapped as device memory, this driver's alone.
+        let mmio = unsafe { &*registers.as_ptr::<Registers>() };
+        let capabilities = Capabilities::decode(mmio.cap.get());
+        check_capabilities(&capabilities)?;
+        disable(mmio, &capabilities)?;
+        let doorbells = Doorbells { registers, stride: capabilities.doorbell_stride };
+        let mut admin = QueuePair::new(dma, 0, ADMIN_ENTRIES, doorbells)?;
+        mmio.aqa.set(admin_queue_attributes(ADMIN_ENTRIES, ADMIN_ENTRIES)?);
+        mmio.asq.set(admin.submission_address().as_u64());
+        mmio.acq.set(admin.completion_address().as_u64());
+        // Polled, never interrupted: mask the pin-based interrupt (INTMS, 3.1.4.3).
+        mmio.intms.set(u32::MAX);
+        mmio.cc.set(enabling_configuration(PAGE_SIZE)?);
+        let configured = wait_ready(mmio, &capabilities, true).and_then(|()| {
+            let identity = identify_controller(dma, &mut admin)?;
+            let namespace = identify_namespace(dma, &mut admin, &identity)?;
+            let io = create_io_queues(dma, &mut admin, doorbells)?;
+            let prp_list = dma.alloc_coherent(PAGE_SIZE)?;
+            Ok((identity, namespace, io, prp_list))
+        });
+        let (identity, namespace, io, prp_list) = match configured {
+            Ok(parts) => parts,
+            Err(error) => {
+                // The rings are freed when `admin` drops, after the controller lets go of them.
+                if let Err(problem) = disable(mmio, &capabilities) {
+                    log::error!("{name}: could not disable the controller after a failed start: {problem}");
+                }
+                return Err(error);
+            }
+        };
+        let limits = TransferLimits {
+            controller: identity.max_transfer_bytes(capabilities.min_page_size),
+            mapping: dma.max_mapping_size()?,
+            prp: max_prp_transfer(PAGE_SIZE),
+            block_size: namespace.identity.block_size as usize,
+        };
+        let max_transfer = limits.max_transfer()?;
+        let version = Version::decode(mmio.vs.get());
+        Ok(Self {
+            name,
+            registers,
+            capabilities,
+            version,
+            identity,
+            namespace,
+            limits,
+            max_transfer,
+            dma,
+            admin,
+            io,
+            prp_list,
+            disabled: None,
+            last_received: None,
+        })
+    }
+
+    fn mmio(&self) -> &Registers {
+        // SAFETY: mapped in `start` for the kernel's lifetime.
+        unsafe { &*self.registers.as_ptr::<Registers>() }
+    }
+
+    /// Model, serial, firmware, version, namespace size and the transfer limit, in one line.
+    pub fn summary(&self) -> String {
+        let namespace = &self.namespace.identity;
+        format!(
+            "{} (serial {}, firmware {}, NVMe {}), namespace {}: {} blocks of {} bytes; {} KiB per command, limited by {}",
+            self.identity.model(),
+            self.identity.serial(),
+            self.identity.firmware(),
+            self.version,
+            self.namespace.id,
+            namespace.size,
+            namespace.block_size,
+            self.max_transfer >> 10,
+            match self.limits.limiting_factor() {
+                Limit::Controller => "MDTS",
+                Limit::Mapping => "the DMA layer's max_mapping_size",
+                Limit::Prp => "one PRP list page",
+            }
+        )
+    }
+
+    /// The last Read or Write as the controller received it.
+    pub fn last_received(&self) -> Option<&ReceivedCommand> {
+        self.last_received.as_ref()
+    }
+
+    /// Runs an I/O command that moves no data (Flush, or a test's malformed command); returns
+    /// the controller's verdict.
+    pub fn execute_io(&mut self, entry: SubmissionEntry) -> Result<(), NvmeError> {
+        self.check_enabled()?;
+        let name = entry.name(false);
+        let (completion, _) = self.run_io(entry)?;
+        check_status(name, completion.status())
+    }
+
+    /// Waits for a completion on the idle admin queue, which can never come: how a command
+    /// the controller drops looks to the driver.
+    pub fn wait_for_nothing(&mut self, timeout: Duration) -> Result<(), NvmeError> {
+        self.admin.wait(timeout).map(|_| ())
+    }
+
+    fn check_enabled(&self) -> Result<(), NvmeError> {
+        match &self.disabled {
+            Some(reason) => Err(NvmeError::Disabled(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs an I/O command; a timeout disables the controller, so that it stops its DMA
+    /// before the caller unmaps the buffer.
+    fn run_io(
+        &mut self,
+        entry: SubmissionEntry,
+    ) -> Result<(drivers::nvme::completion::CompletionEntry, u16), NvmeError> {
+        match self.io.execute(entry, COMMAND_TIMEOUT) {
+            Ok(done) => Ok(done),
+            Err(error) => {
+                log::error!("{}: {error}; disabling the controller", self.name);
+                if let Err(problem) = disable(self.mmio(), &self.capabilities) {
+                    log::error!("{}: {problem}", self.name);
+                }
+                self.disabled = Some(format!("{error}"));
+                Err(error)
+            }
+        }
+    }
+
+    /// One Read or Write of `buffer` at `block`, its data through `mapping`.
+    fn transfer(
+        &mut self,
+        block: u64,
+        length: usize,
+        dma: addr::DmaAddr,
+        build: fn(u32, u64, u32, u64, u64) -> Result<SubmissionEntry, CommandError>,
+    ) -> Result<(), NvmeError> {
+        self.check_enabled()?;
+        let plan = PrpPlan::new(dma.as_u64(), length, PAGE_SIZE)?;
+        let list = match plan.list_entries() {
+            0 => None,
+            _ => {
+                plan.write_list(self.prp_list_entries())?;
+                Some(self.prp_list.dma.as_u64())
+            }
+        };
+        let blocks = (length / self.namespace.identity.block_size as usize) as u32;
+        let entry = build(self.namespace.id, block, blocks, plan.first(), plan.second(list)?)?;
+        let name = entry.name(false);
+        let (completion, slot) = self.run_io(entry)?;
+        let prp_list =
+            self.prp_list_entries()[..plan.list_entries()].iter().map(|entry| u64::from_le(*entry)).collect();
+        self.last_received = Some(ReceivedCommand { entry: self.io.submitted(slot), prp_list });
+        check_status(name, completion.status())
+    }
+
+    fn prp_list_entries(&mut self) -> &mut [u64] {
+        // SAFETY: one page of coherent memory, owned by this controller; no command is in
+        // flight while the CPU writes or reads it.
+        unsafe { core::slice::from_raw_parts_mut(self.prp_list.virt.as_mut_ptr::<u64>(), PAGE_SIZE / size_of::<u64>()) }
+    }
+
+    fn physical(&self, buffer: &[u8]) -> Result<PhysRange, NvmeError> {
+        Ok(self.dma.physical(VirtAddr::from_ptr(buffer.as_ptr()), buffer.len())?)
+    }
+}
+
+impl BlockDevice for Controller {
+    fn describe(&self) -> String {
+        format!("nvme {} ({})", self.name, self.identity.model())
+    }
+
+    fn block_size(&self) -> usize {
+        self.namespace.identity.block_size as usize
+    }
+
+    fn blocks(&self) -> u64 {
+        self.namespace.identity.size
+    }
+
+    fn max_transfer(&self) -> Option<usize> {
+        Some(self.max_transfer)
+    }
+
+    fn dma_device(&self) -> &'static DmaDevice {
+        self.dma
+    }
+
+    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
+        let mapping = Streaming::<FromDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
+        let read = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::read);
+        mapping.unmap().map_err(BlockError::Dma)?;
+        Ok(read?)
+    }
+
+    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
+        let mapping = Streaming::<ToDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
+        let written = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::write);
+        mapping.unmap().map_err(BlockError::Dma)?;
+        Ok(written?)
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        Ok(self.execute_io(SubmissionEntry::flush(self.namespace.id))?)
+    }
+}
+
+fn check_status(command: &'static str, status: Status) -> Result<(), NvmeError> {
+    match status.is_success() {
+        true => Ok(()),
+        false => Err(NvmeError::Command { command, status }),
+    }
+}
+
+fn check_capabilities(capabilities: &Capabilities) -> Result<(), NvmeError> {
+    if !capabilities.nvm_command_set {
+        return Err(NvmeError::Unsupported("no NVM command set (CAP.CSS)"));
+    }
+    if !(capabilities.min_page_size..=capabilities.max_page_size).contains(&PAGE_SIZE) {
+        return Err(NvmeError::Unsupported("4 KiB memory pages are outside CAP.MPSMIN..MPSMAX"));
+    }
+    Ok(())
+}
+
+/// Clears CC.EN and waits for CSTS.RDY to clear: the controller stops fetching commands and
+/// moving data, and forgets its queues (3.5.2 "Memory-based Controller Shutdown and Reset").
+fn disable(mmio: &Registers, capabilities: &Capabilities) -> Result<(), NvmeError> {
+    mmio.cc.set(0);
+    wait_ready(mmio, capabilities, false)
+}
+
+/// Waits, at most CAP.TO, for CSTS.RDY to become `ready`.
+fn wait_ready(mmio: &Registers, capabilities: &Capabilities, ready: bool) -> Result<(), NvmeError> {
+    let deadline = arch::timer::uptime() + capabilities.ready_timeout;
+    loop {
+        let status = ControllerStatus::decode(mmio.csts.get());
+        if status.fatal && ready {
+            return Err(NvmeError::Fatal);
+        }
+        if status.ready == ready {
+            return Ok(());
+        }
+        if arch::timer::uptime() > deadline {
+            return Err(NvmeError::NotReady { ready, after: capabilities.ready_timeout });
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// A page-aligned page: identify data then fills one PRP entry, whatever the route.
+#[repr(C, align(4096))]
+struct IdentifyPage([u8; IDENTIFY_BYTES]);
+
+/// Runs an Identify command, whose 4 KiB of data the controller writes; returns the data.
+fn identify_page(
+    dma: &'static DmaDevice,
+    admin: &mut QueuePair,
+    target: IdentifyTarget,
+) -> Result<Box<[u8; IDENTIFY_BYTES]>, NvmeError> {
+    let page = Box::new(IdentifyPage([0; IDENTIFY_BYTES]));
+    let buffer = dma.physical(VirtAddr::from_ptr(page.0.as_ptr()), IDENTIFY_BYTES)?;
+    let mapping = Streaming::<FromDevice>::new(dma, buffer)?;
+    let entry = SubmissionEntry::identify(target, mapping.dma().as_u64());
+    let name = entry.name(true);
+    let completion = admin.execute(entry, COMMAND_TIMEOUT);
+    mapping.unmap()?;
+    check_status(name, completion?.0.status())?;
+    Ok(Box::new(page.0))
+}
+
+fn admin_command(admin: &mut QueuePair, entry: SubmissionEntry) -> Result<(), NvmeError> {
+    let name = entry.name(true);
+    let (completion, _) = admin.execute(entry, COMMAND_TIMEOUT)?;
+    check_status(name, completion.status())
+}
+
+fn identify_controller(dma: &'static DmaDevice, admin: &mut QueuePair) -> Result<ControllerIdentity, NvmeError> {
+    Ok(ControllerIdentity::parse(&*identify_page(dma, admin, IdentifyTarget::Controller)?))
+}
+
+/// The first active namespace and its identity.
+fn identify_namespace(
+    dma: &'static DmaDevice,
+    admin: &mut QueuePair,
+    controller: &ControllerIdentity,
+) -> Result<Namespace, NvmeError> {
+    let list = identify_page(dma, admin, IdentifyTarget::ActiveNamespaces)?;
+    let id = identify::active_namespaces(&list).next().filter(|&id| id <= controller.namespaces);
+    let id = id.ok_or(NvmeError::NoNamespace)?;
+    let data = identify_page(dma, admin, IdentifyTarget::Namespace(id))?;
+    Ok(Namespace { id, identity: NamespaceIdentity::parse(&data)? })
+}
+
+/// I/O queue pair 1: the completion queue first, since the submission queue names it.
+fn create_io_queues(
+    dma: &'static DmaDevice,
+    admin: &mut QueuePair,
+    doorbells: Doorbells,
+) -> Result<QueuePair, NvmeError> {
+    let io = QueuePair::new(dma, IO_QUEUE, IO_ENTRIES, doorbells)?;
+    let completion = io.completion_address().as_u64();
+    admin_command(admin, SubmissionEntry::create_io_completion_queue(IO_QUEUE, IO_ENTRIES, completion))?;
+    let submission = io.submission_address().as_u64();
+    admin_command(admin, SubmissionEntry::create_io_submission_queue(IO_QUEUE, IO_ENTRIES, submission, IO_QUEUE))?;
+    Ok(io)
+}

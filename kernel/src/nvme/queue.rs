@@ -1,0 +1,142 @@
+//! One NVMe queue pair: a submission ring and a completion ring in coherent memory, and the two
+//! doorbells that tell the controller where the host is (NVMe Base 2.0, 3.3.1 "Memory-Based
+//! Transport Queue Model").
+//!
+//! Submitting is: write the 64-byte command into the slot at the tail, make that write visible
+//! to the device, then write the new tail to the submission doorbell. Completing is: poll the
+//! completion slot at the head until its phase tag says the controller wrote it on this pass,
+//! read it, write the new head to the completion doorbell so the controller may reuse the slot.
+//! The index arithmetic and the phase are `drivers::nvme::queue`; this file owns the memory.
+
+use core::mem::size_of;
+use core::time::Duration;
+
+use addr::{DmaAddr, VirtAddr};
+use drivers::nvme::command::SubmissionEntry;
+use drivers::nvme::completion::CompletionEntry;
+use drivers::nvme::queue::{CompletionRing, SubmissionRing};
+use drivers::nvme::registers::{doorbell_offset, Doorbell};
+
+use super::NvmeError;
+use crate::dma::{CoherentMemory, DmaDevice};
+
+/// Where a controller's doorbells are: after its registers, `stride` bytes apart (CAP.DSTRD).
+#[derive(Clone, Copy)]
+pub(super) struct Doorbells {
+    pub registers: VirtAddr,
+    pub stride: usize,
+}
+
+impl Doorbells {
+    fn ring(&self, queue: u16, doorbell: Doorbell, value: u16) {
+        let register = self.registers.add(doorbell_offset(queue, doorbell, self.stride) as u64);
+        // SAFETY: a doorbell inside BAR0, mapped as device memory for the controller's lifetime.
+        unsafe { core::ptr::write_volatile(register.as_mut_ptr::<u32>(), u32::from(value)) };
+    }
+}
+
+pub(super) struct QueuePair {
+    pub id: u16,
+    dma: &'static DmaDevice,
+    doorbells: Doorbells,
+    submissions: CoherentMemory,
+    completions: CoherentMemory,
+    submission_ring: SubmissionRing,
+    completion_ring: CompletionRing,
+    next_command_id: u16,
+}
+
+impl QueuePair {
+    /// Zeroed rings of `entries` slots each (a zeroed completion ring holds no entry of the
+    /// first pass, whose phase is 1).
+    pub fn new(dma: &'static DmaDevice, id: u16, entries: u16, doorbells: Doorbells) -> Result<Self, NvmeError> {
+        let submission_ring = SubmissionRing::new(entries)?;
+        let completion_ring = CompletionRing::new(entries)?;
+        let submissions = dma.alloc_coherent(usize::from(entries) * size_of::<SubmissionEntry>())?;
+        let completions = match dma.alloc_coherent(usize::from(entries) * size_of::<CompletionEntry>()) {
+            Ok(memory) => memory,
+            Err(error) => {
+                dma.free_coherent(submissions)?;
+                return Err(error.into());
+            }
+        };
+        let next_command_id = 0;
+        Ok(Self { id, dma, doorbells, submissions, completions, submission_ring, completion_ring, next_command_id })
+    }
+
+    pub fn submission_address(&self) -> DmaAddr {
+        self.submissions.dma
+    }
+
+    pub fn completion_address(&self) -> DmaAddr {
+        self.completions.dma
+    }
+
+    /// Submits `entry` and waits for its completion, at most `timeout`. Returns the completion
+    /// and the slot the command was in (its bytes stay there until the ring comes round).
+    pub fn execute(&mut self, entry: SubmissionEntry, timeout: Duration) -> Result<(CompletionEntry, u16), NvmeError> {
+        let command_id = self.next_command_id;
+        self.next_command_id = self.next_command_id.wrapping_add(1);
+        let slot = self.submit(entry.with_command_id(command_id))?;
+        let completion = self.wait(timeout)?;
+        if completion.command_id != command_id || completion.submission_queue != self.id {
+            return Err(NvmeError::UnexpectedCompletion {
+                queue: self.id,
+                expected: command_id,
+                got: completion.command_id,
+            });
+        }
+        Ok((completion, slot))
+    }
+
+    /// The command the controller was given in `slot`, read back from the ring.
+    pub fn submitted(&self, slot: u16) -> SubmissionEntry {
+        let entry = self.submissions.virt.as_ptr::<SubmissionEntry>().wrapping_add(usize::from(slot));
+        // SAFETY: `slot` is inside the ring (it came from `push`), which lives as long as `self`.
+        unsafe { core::ptr::read_volatile(entry) }
+    }
+
+    fn submit(&mut self, entry: SubmissionEntry) -> Result<u16, NvmeError> {
+        let slot = self.submission_ring.push()?;
+        let target = self.submissions.virt.as_mut_ptr::<SubmissionEntry>().wrapping_add(usize::from(slot));
+        // SAFETY: `slot` is inside the ring, which the controller does not read until told.
+        unsafe { core::ptr::write_volatile(target, entry) };
+        arch::cache::order_writes_before_doorbell();
+        self.doorbells.ring(self.id, Doorbell::SubmissionTail, self.submission_ring.tail());
+        Ok(slot)
+    }
+
+    /// Polls the completion slot at the head until the controller posts into it.
+    pub fn wait(&mut self, timeout: Duration) -> Result<CompletionEntry, NvmeError> {
+        let deadline = arch::timer::uptime() + timeout;
+        let slot =
+            self.completions.virt.as_ptr::<CompletionEntry>().wrapping_add(usize::from(self.completion_ring.head()));
+        loop {
+            // SAFETY (both reads): `slot` is inside the ring, which lives as long as `self`.
+            let status = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).status)) };
+            if self.completion_ring.is_new(status & 1 == 1) {
+                arch::cache::order_reads_after_status();
+                let completion = unsafe { core::ptr::read_volatile(slot) };
+                let head = self.completion_ring.advance();
+                self.submission_ring.complete_to(completion.submission_head)?;
+                self.doorbells.ring(self.id, Doorbell::CompletionHead, head);
+                return Ok(completion);
+            }
+            if arch::timer::uptime() > deadline {
+                return Err(NvmeError::Timeout { queue: self.id, after: timeout });
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+impl Drop for QueuePair {
+    /// Only once the controller no longer uses the rings: deleted, or the controller disabled.
+    fn drop(&mut self) {
+        for memory in [self.submissions, self.completions] {
+            if let Err(error) = self.dma.free_coherent(memory) {
+                log::error!("{}: queue {} memory not freed: {error}", self.dma.name, self.id);
+            }
+        }
+    }
+}
