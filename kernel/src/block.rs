@@ -141,8 +141,13 @@ impl<const SLOT: usize, T: Transport> BlockDevice for VirtIOBlk<VirtioHal<SLOT>,
     }
 
     fn max_transfer(&self) -> Option<usize> {
-        let limit = self.dma_device().max_mapping_size().ok().flatten()?;
-        Some(limit / SECTOR_SIZE * SECTOR_SIZE)
+        match self.dma_device().max_mapping_size() {
+            Ok(limit) => limit.map(|limit| limit / SECTOR_SIZE * SECTOR_SIZE),
+            Err(error) => {
+                log::warn!("{}: no mapping limit known ({error}); each request maps whole", self.describe());
+                None
+            }
+        }
     }
 
     fn dma_device(&self) -> &'static DmaDevice {

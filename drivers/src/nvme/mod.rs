@@ -22,9 +22,10 @@
 //! - The *admin* queue pair (queue 0, its addresses in the ASQ/ACQ registers) carries
 //!   management commands: Identify, and creating the I/O queue pairs (5 "Admin Command Set").
 //! - I/O queue pairs carry Read and Write (NVM Command Set Specification, 3 "I/O Commands").
-//! - The controller never interrupts to say "this entry is new": each completion entry carries a
-//!   *phase* bit that the controller inverts on every pass around the ring, so the host knows an
-//!   entry is fresh when its phase matches the one it expects (`queue.rs`, 4.2.4 "Phase Tag").
+//! - An interrupt (or a poll, as here) says only that *some* completions arrived; which slots
+//!   are new the host tells by each entry's *phase* bit, which the controller inverts on every
+//!   pass around the ring: an entry is fresh when its phase matches the one the host expects
+//!   (`queue.rs`, 4.2.4 "Phase Tag").
 //! - Data is described by *Physical Region Page* entries: the first may start anywhere in a
 //!   memory page, every later one must start on a page boundary (4.3.1 "Physical Region Page
 //!   Entry and List"). A buffer's offset within its 4 KiB page therefore travels in the DMA

@@ -401,6 +401,19 @@ impl DmaDevice {
         Ok(Some(pool.bounce.max_mapping_size(&constraints)?))
     }
 
+    /// The physical address the device reaches at `dma` now: through its live IOMMU mapping,
+    /// its restricted pool, or its bus windows. What a device was given, shown as memory.
+    pub fn translate(&self, dma: DmaAddr) -> Option<PhysAddr> {
+        match &self.route {
+            Route::Iommu { domain, .. } => domain.translate(dma),
+            Route::Restricted(pool) => {
+                let offset = dma.offset_from(pool.bounce.geometry().dma_base)?;
+                (offset < pool.range.size()).then(|| pool.range.start().add(offset))
+            }
+            Route::Direct { windows, .. } => windows.dma_to_phys(dma),
+        }
+    }
+
     pub fn audit_report(&self) -> AuditReport {
         AuditReport {
             addresses: self.audit.addresses.load(Ordering::Relaxed),

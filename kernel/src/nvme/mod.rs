@@ -32,7 +32,7 @@ use core::fmt;
 use core::mem::size_of;
 use core::time::Duration;
 
-use addr::{PhysRange, VirtAddr};
+use addr::{PhysAddr, PhysRange, VirtAddr};
 use drivers::nvme::command::{CommandError, IdentifyTarget, SubmissionEntry};
 use drivers::nvme::completion::Status;
 use drivers::nvme::identify::{self, ControllerIdentity, IdentifyError, NamespaceIdentity, IDENTIFY_BYTES};
@@ -41,7 +41,7 @@ use drivers::nvme::queue::QueueError;
 use drivers::nvme::registers::{
     admin_queue_attributes, enabling_configuration, Capabilities, ControllerStatus, RegisterError, Registers, Version,
 };
-use drivers::nvme::transfer::{Limit, TransferError, TransferLimits};
+use drivers::nvme::transfer::{TransferError, TransferLimits};
 use spin::Mutex;
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -86,11 +86,20 @@ pub enum NvmeError {
         queue: u16,
         after: Duration,
     },
+    /// A completion for another command: `got` is its (submission queue, command ID).
     UnexpectedCompletion {
         queue: u16,
         expected: u16,
-        got: u16,
+        got: (u16, u16),
     },
+    /// A transfer that is not whole blocks, or more than one command carries.
+    BadLength {
+        length: usize,
+        block_size: usize,
+        max_transfer: usize,
+    },
+    /// A command handed to [`Controller::execute_without_data`] that points at data.
+    CarriesData,
     /// The controller completed the command with an error status.
     Command {
         command: &'static str,
@@ -121,9 +130,15 @@ impl fmt::Display for NvmeError {
             NvmeError::Timeout { queue, after } => {
                 write!(f, "a command on queue {queue} did not complete within {} ms", after.as_millis())
             }
-            NvmeError::UnexpectedCompletion { queue, expected, got } => {
-                write!(f, "queue {queue} completed command {got} while command {expected} was outstanding")
-            }
+            NvmeError::UnexpectedCompletion { queue, expected, got: (from_queue, command) } => write!(
+                f,
+                "completion queue {queue} reported command {command} of submission queue {from_queue} while command {expected} was outstanding"
+            ),
+            NvmeError::BadLength { length, block_size, max_transfer } => write!(
+                f,
+                "{length} bytes are not a whole number of {block_size}-byte blocks, or more than the {max_transfer} one command carries"
+            ),
+            NvmeError::CarriesData => write!(f, "the command points at data (PRP1 or PRP2 set), which it was not given"),
             NvmeError::Command { command, status } => write!(f, "{command} failed: {status}"),
             NvmeError::NoNamespace => write!(f, "the controller has no active namespace"),
             NvmeError::Disabled(reason) => write!(f, "controller disabled after an earlier failure: {reason}"),
@@ -161,11 +176,28 @@ pub struct Namespace {
 }
 
 /// A Read or Write as the controller received it, read back from the queue memory it fetched
-/// from: the command, and the PRP list when the data spans more than two pages.
+/// from: the command, the PRP list when the data spans more than two pages, and where each
+/// page entry led while the data was mapped (the domain's translation of PRP1, then of every
+/// later page entry).
 #[derive(Debug, Clone)]
 pub struct ReceivedCommand {
     pub entry: SubmissionEntry,
     pub prp_list: Vec<u64>,
+    pub reached: Vec<Option<PhysAddr>>,
+}
+
+impl ReceivedCommand {
+    /// The page entries in order: PRP1, then PRP2 or the list's entries.
+    pub fn page_entries(&self) -> Vec<u64> {
+        let entry = &self.entry;
+        let mut pages = alloc::vec![entry.prp1];
+        match self.prp_list.is_empty() {
+            true if entry.prp2 != 0 => pages.push(entry.prp2),
+            true => {}
+            false => pages.extend(&self.prp_list),
+        }
+        pages
+    }
 }
 
 impl fmt::Display for ReceivedCommand {
@@ -180,6 +212,9 @@ impl fmt::Display for ReceivedCommand {
             entry.prp1,
             entry.prp1 & MIN_ALIGN_MASK
         )?;
+        if let Some(Some(physical)) = self.reached.first() {
+            write!(f, " → {physical:?}")?;
+        }
         match self.prp_list.as_slice() {
             [] if entry.prp2 == 0 => Ok(()),
             [] => write!(f, ", PRP2 {:#x}", entry.prp2),
@@ -248,28 +283,29 @@ impl Controller {
         mmio.cc.set(enabling_configuration(PAGE_SIZE)?);
         let configured = wait_ready(mmio, &capabilities, true).and_then(|()| {
             let identity = identify_controller(dma, &mut admin)?;
+            check_entry_sizes(&identity)?;
             let namespace = identify_namespace(dma, &mut admin, &identity)?;
+            let limits = TransferLimits {
+                controller: identity.max_transfer_bytes(capabilities.min_page_size),
+                mapping: dma.max_mapping_size()?,
+                prp: max_prp_transfer(PAGE_SIZE),
+                block_size: namespace.identity.block_size as usize,
+            };
+            let max_transfer = limits.max_transfer()?;
             let io = create_io_queues(dma, &mut admin, doorbells)?;
             let prp_list = dma.alloc_coherent(PAGE_SIZE)?;
-            Ok((identity, namespace, io, prp_list))
+            Ok((identity, namespace, limits, max_transfer, io, prp_list))
         });
-        let (identity, namespace, io, prp_list) = match configured {
+        let (identity, namespace, limits, max_transfer, io, prp_list) = match configured {
             Ok(parts) => parts,
             Err(error) => {
-                // The rings are freed when `admin` drops, after the controller lets go of them.
+                // Stop the controller before its rings are freed, when `admin` drops.
                 if let Err(problem) = disable(mmio, &capabilities) {
                     log::error!("{name}: could not disable the controller after a failed start: {problem}");
                 }
                 return Err(error);
             }
         };
-        let limits = TransferLimits {
-            controller: identity.max_transfer_bytes(capabilities.min_page_size),
-            mapping: dma.max_mapping_size()?,
-            prp: max_prp_transfer(PAGE_SIZE),
-            block_size: namespace.identity.block_size as usize,
-        };
-        let max_transfer = limits.max_transfer()?;
         let version = Version::decode(mmio.vs.get());
         Ok(Self {
             name,
@@ -307,11 +343,7 @@ impl Controller {
             namespace.size,
             namespace.block_size,
             self.max_transfer >> 10,
-            match self.limits.limiting_factor() {
-                Limit::Controller => "MDTS",
-                Limit::Mapping => "the DMA layer's max_mapping_size",
-                Limit::Prp => "one PRP list page",
-            }
+            self.limits.limiting_factor()
         )
     }
 
@@ -322,8 +354,11 @@ impl Controller {
 
     /// Runs an I/O command that moves no data (Flush, or a test's malformed command); returns
     /// the controller's verdict.
-    pub fn execute_io(&mut self, entry: SubmissionEntry) -> Result<(), NvmeError> {
+    pub fn execute_without_data(&mut self, entry: SubmissionEntry) -> Result<(), NvmeError> {
         self.check_enabled()?;
+        if entry.prp1 != 0 || entry.prp2 != 0 {
+            return Err(NvmeError::CarriesData);
+        }
         let name = entry.name(false);
         let (completion, _) = self.run_io(entry)?;
         check_status(name, completion.status())
@@ -361,7 +396,8 @@ impl Controller {
         }
     }
 
-    /// One Read or Write of `buffer` at `block`, its data through `mapping`.
+    /// One Read or Write (`build`) of `length` bytes at `block`, whose data the controller
+    /// reaches at `dma`.
     fn transfer(
         &mut self,
         block: u64,
@@ -370,6 +406,10 @@ impl Controller {
         build: fn(u32, u64, u32, u64, u64) -> Result<SubmissionEntry, CommandError>,
     ) -> Result<(), NvmeError> {
         self.check_enabled()?;
+        let block_size = self.namespace.identity.block_size as usize;
+        if !length.is_multiple_of(block_size) || length > self.max_transfer {
+            return Err(NvmeError::BadLength { length, block_size, max_transfer: self.max_transfer });
+        }
         let plan = PrpPlan::new(dma.as_u64(), length, PAGE_SIZE)?;
         let list = match plan.list_entries() {
             0 => None,
@@ -378,20 +418,43 @@ impl Controller {
                 Some(self.prp_list.dma.as_u64())
             }
         };
-        let blocks = (length / self.namespace.identity.block_size as usize) as u32;
+        let blocks = (length / block_size) as u32;
         let entry = build(self.namespace.id, block, blocks, plan.first(), plan.second(list)?)?;
         let name = entry.name(false);
         let (completion, slot) = self.run_io(entry)?;
-        let prp_list =
-            self.prp_list_entries()[..plan.list_entries()].iter().map(|entry| u64::from_le(*entry)).collect();
-        self.last_received = Some(ReceivedCommand { entry: self.io.submitted(slot), prp_list });
+        self.last_received = Some(self.received(slot, plan.list_entries()));
         check_status(name, completion.status())
+    }
+
+    /// The command in `slot` and its PRP list of `list_entries`, read back from the memory
+    /// the controller fetched them from, with where each page entry leads while still mapped.
+    fn received(&mut self, slot: u16, list_entries: usize) -> ReceivedCommand {
+        let entry = self.io.submitted(slot);
+        let prp_list = self.prp_list_entries()[..list_entries].iter().map(|entry| u64::from_le(*entry)).collect();
+        let mut received = ReceivedCommand { entry, prp_list, reached: Vec::new() };
+        received.reached =
+            received.page_entries().into_iter().map(|page| self.dma.translate(addr::DmaAddr::new(page))).collect();
+        received
     }
 
     fn prp_list_entries(&mut self) -> &mut [u64] {
         // SAFETY: one page of coherent memory, owned by this controller; no command is in
         // flight while the CPU writes or reads it.
         unsafe { core::slice::from_raw_parts_mut(self.prp_list.virt.as_mut_ptr::<u64>(), PAGE_SIZE / size_of::<u64>()) }
+    }
+
+    /// The outcome of a transfer whose mapping was then ended: the transfer's error first,
+    /// and the unmap's logged if both failed.
+    fn finish(&self, transfer: Result<(), NvmeError>, unmapped: Result<(), DmaApiError>) -> Result<(), BlockError> {
+        match (transfer, unmapped) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(error), Ok(())) => Err(error.into()),
+            (Ok(()), Err(error)) => Err(BlockError::Dma(error)),
+            (Err(error), Err(unmap_error)) => {
+                log::error!("{}: after '{error}', the unmap failed too: {unmap_error}", self.name);
+                Err(error.into())
+            }
+        }
     }
 
     fn physical(&self, buffer: &[u8]) -> Result<PhysRange, NvmeError> {
@@ -423,19 +486,17 @@ impl BlockDevice for Controller {
     fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
         let mapping = Streaming::<FromDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
         let read = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::read);
-        mapping.unmap().map_err(BlockError::Dma)?;
-        Ok(read?)
+        self.finish(read, mapping.unmap())
     }
 
     fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
         let mapping = Streaming::<ToDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
         let written = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::write);
-        mapping.unmap().map_err(BlockError::Dma)?;
-        Ok(written?)
+        self.finish(written, mapping.unmap())
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {
-        Ok(self.execute_io(SubmissionEntry::flush(self.namespace.id))?)
+        Ok(self.execute_without_data(SubmissionEntry::flush(self.namespace.id))?)
     }
 }
 
@@ -453,7 +514,19 @@ fn check_capabilities(capabilities: &Capabilities) -> Result<(), NvmeError> {
     if !(capabilities.min_page_size..=capabilities.max_page_size).contains(&PAGE_SIZE) {
         return Err(NvmeError::Unsupported("4 KiB memory pages are outside CAP.MPSMIN..MPSMAX"));
     }
+    if capabilities.max_queue_entries < u32::from(ADMIN_ENTRIES.max(IO_ENTRIES)) {
+        return Err(NvmeError::Unsupported("its queues are shorter than this driver's (CAP.MQES)"));
+    }
     Ok(())
+}
+
+/// This driver's entries are 64 and 16 bytes (CC.IOSQES = 6, CC.IOCQES = 4).
+fn check_entry_sizes(identity: &ControllerIdentity) -> Result<(), NvmeError> {
+    let within = |(smallest, largest): (u8, u8), size: u8| (smallest..=largest).contains(&size);
+    match within(identity.submission_entry_size, 6) && within(identity.completion_entry_size, 4) {
+        true => Ok(()),
+        false => Err(NvmeError::Unsupported("64-byte commands or 16-byte completions are outside SQES/CQES")),
+    }
 }
 
 /// Clears CC.EN and waits for CSTS.RDY to clear: the controller stops fetching commands and
@@ -522,7 +595,13 @@ fn identify_namespace(
     let id = identify::active_namespaces(&list).next().filter(|&id| id <= controller.namespaces);
     let id = id.ok_or(NvmeError::NoNamespace)?;
     let data = identify_page(dma, admin, IdentifyTarget::Namespace(id))?;
-    Ok(Namespace { id, identity: NamespaceIdentity::parse(&data)? })
+    let identity = NamespaceIdentity::parse(&data)?;
+    // With metadata, each block moves more bytes than its data (or needs MPTR): the PRPs
+    // would describe less than the controller transfers.
+    if identity.metadata_size != 0 {
+        return Err(NvmeError::Unsupported("the namespace's format carries metadata"));
+    }
+    Ok(Namespace { id, identity })
 }
 
 /// I/O queue pair 1: the completion queue first, since the submission queue names it.

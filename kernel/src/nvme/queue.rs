@@ -76,14 +76,15 @@ impl QueuePair {
     /// and the slot the command was in (its bytes stay there until the ring comes round).
     pub fn execute(&mut self, entry: SubmissionEntry, timeout: Duration) -> Result<(CompletionEntry, u16), NvmeError> {
         let command_id = self.next_command_id;
-        self.next_command_id = self.next_command_id.wrapping_add(1);
+        // 0xFFFF is not a command ID: the Error Information log uses it for "no command" (5.16.1.2).
+        self.next_command_id = (self.next_command_id + 1) % 0xffff;
         let slot = self.submit(entry.with_command_id(command_id))?;
         let completion = self.wait(timeout)?;
         if completion.command_id != command_id || completion.submission_queue != self.id {
             return Err(NvmeError::UnexpectedCompletion {
                 queue: self.id,
                 expected: command_id,
-                got: completion.command_id,
+                got: (completion.submission_queue, completion.command_id),
             });
         }
         Ok((completion, slot))
@@ -113,8 +114,10 @@ impl QueuePair {
             self.completions.virt.as_ptr::<CompletionEntry>().wrapping_add(usize::from(self.completion_ring.head()));
         loop {
             // SAFETY (both reads): `slot` is inside the ring, which lives as long as `self`.
-            let status = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).status)) };
-            if self.completion_ring.is_new(status & 1 == 1) {
+            let posted = unsafe { core::ptr::read_volatile(slot) };
+            if self.completion_ring.is_new(posted.phase()) {
+                // Read the whole entry again: the first read may have seen the phase bit
+                // before the rest of the entry landed.
                 arch::cache::order_reads_after_status();
                 let completion = unsafe { core::ptr::read_volatile(slot) };
                 let head = self.completion_ring.advance();

@@ -20,8 +20,10 @@ pub fn round_trips(disk: &mut dyn BlockDevice, sizes: &[usize], offsets: &[usize
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let block_size = disk.block_size();
     let capacity = disk.blocks();
-    let mut written = vec![0u8; largest + 4096];
-    let mut read = vec![0u8; largest + 4096];
+    let mut written_storage = vec![0u8; largest + 2 * 4096];
+    let mut read_storage = vec![0u8; largest + 2 * 4096];
+    let written = page_aligned(&mut written_storage);
+    let read = page_aligned(&mut read_storage);
     let (mut block, mut moved) = (0u64, 0usize);
     let cases = sizes.iter().flat_map(|&size| offsets.iter().map(move |&offset| (size, offset)));
     for (round, (size, offset)) in cases.enumerate() {
@@ -48,4 +50,11 @@ pub fn round_trips(disk: &mut dyn BlockDevice, sizes: &[usize], offsets: &[usize
         moved += 2 * size;
     }
     Ok(moved)
+}
+
+/// The part of `storage` from its first page boundary on, so that offsets into it are page
+/// offsets of physical addresses too (the heap is linearly mapped).
+pub fn page_aligned(storage: &mut [u8]) -> &mut [u8] {
+    let start = storage.as_ptr().align_offset(4096);
+    &mut storage[start..]
 }

@@ -8,14 +8,14 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use addr::VirtAddr;
+use addr::{PhysRange, VirtAddr};
 use drivers::nvme::command::SubmissionEntry;
 use spin::Mutex;
 
 use crate::block::{self, BlockDevice, BlockError};
-use crate::dma::Fault;
+use crate::dma::{DmaDevice, Fault, Route};
 use crate::iommu;
-use crate::nvme::{self, Controller, NvmeError, MIN_ALIGN_MASK, PAGE_SIZE};
+use crate::nvme::{self, Controller, NvmeError, ReceivedCommand, MIN_ALIGN_MASK, PAGE_SIZE};
 use crate::testing::{ensure, kernel_test, skip};
 use crate::tests::block::PAGE_OFFSETS;
 use crate::tests::iommu::{route_of, translated_round_trips};
@@ -29,10 +29,20 @@ fn largest_command(controller: &Controller) -> Result<usize, String> {
     controller.max_transfer().ok_or(format!("{}: no limit per command", controller.name))
 }
 
-/// The controller whose trust is `untrusted`.
+/// The controller whose trust is `untrusted`; its domain must have this boot's granule, or
+/// the test would not test what it says.
 fn controller(untrusted: bool) -> Result<&'static Mutex<Controller>, String> {
+    let policy = iommu::policy().ok_or("no IOMMU policy")?;
     for controller in nvme::controllers() {
-        if route_of(&*controller.lock())?.2 == untrusted {
+        let (_, domain, is_untrusted) = route_of(&*controller.lock())?;
+        ensure!(
+            domain.granule == policy.granule,
+            "domain {} has granule {:?}, the policy {:?}",
+            domain.id,
+            domain.granule,
+            policy.granule
+        );
+        if is_untrusted == untrusted {
             return Ok(controller);
         }
     }
@@ -59,7 +69,8 @@ kernel_test! {
             let limits = controller.limits;
             let smallest = [limits.controller, limits.mapping, Some(limits.prp)].into_iter().flatten().min().ok_or("no limit")?;
             let largest = largest_command(&controller)?;
-            ensure!(largest == smallest / 512 * 512, "{}: {largest} bytes per command, limits {limits:?}", controller.name);
+            let block_size = namespace.block_size as usize;
+            ensure!(largest == smallest / block_size * block_size, "{}: {largest} bytes per command, limits {limits:?}", controller.name);
             domains.push(route_of(&*controller)?.1.id);
         }
         ensure!(domains[0] != domains[1], "both controllers share domain {}", domains[0]);
@@ -72,7 +83,9 @@ kernel_test! {
 fn controller_round_trips(untrusted: bool) -> Result<(), String> {
     let mut controller = controller(untrusted)?.lock();
     let largest = largest_command(&controller)?;
-    let mut sizes = vec![512, 1024, 4096, 4096 + 512, 16 << 10, 60 << 10, 128 << 10, largest, 2 * largest + 4096];
+    let block = controller.block_size();
+    let mut sizes =
+        vec![block, 2 * block, 4096, 4096 + block, 16 << 10, 60 << 10, 128 << 10, largest, 2 * largest + 4096];
     if let Some(mapping) = controller.limits.mapping {
         sizes.push(mapping + 4096);
     }
@@ -96,9 +109,12 @@ kernel_test! {
 }
 
 /// Writes `size` bytes from page offset `offset` of a fresh buffer in one command, and checks
-/// what the controller received: PRP1 is the IOVA the buffer was mapped at and carries the
-/// buffer's page offset; every later entry (PRP2 or the PRP list) starts the next page.
-fn check_received_prps(controller: &mut Controller, offset: usize, size: usize) -> Result<(), String> {
+/// what the controller received and where the SMMU led it: PRP1 is the IOVA the buffer was
+/// mapped at and carries the buffer's page offset; every later entry (PRP2 or the PRP list)
+/// starts the next page; each entry translated to the buffer's own page (trusted) or to
+/// consecutive pages of the bounce pool with the same page offset (untrusted). Returns the
+/// Write as received.
+fn check_received_prps(controller: &mut Controller, offset: usize, size: usize) -> Result<ReceivedCommand, String> {
     let mut storage = vec![0u8; size + 2 * PAGE_SIZE];
     let start = storage.as_ptr().align_offset(PAGE_SIZE) + offset;
     let data = pattern((offset + size) as u64, size);
@@ -109,7 +125,7 @@ fn check_received_prps(controller: &mut Controller, offset: usize, size: usize) 
     device.inject(physical, Fault::None);
     controller.write_request(0, buffer).map_err(|e| format!("write {size} bytes at {offset:#x}: {e}"))?;
     let iova = device.injected_iova().ok_or("the write did not map the buffer")?.as_u64();
-    let received = controller.last_received().ok_or("no command recorded")?;
+    let received = controller.last_received().ok_or("no command recorded")?.clone();
     let (prp1, prp2) = (received.entry.prp1, received.entry.prp2);
     let case = format!("{size} bytes at page offset {offset:#x}");
     ensure!(prp1 == iova, "{case}: PRP1 {prp1:#x} is not the buffer's IOVA {iova:#x}");
@@ -125,9 +141,37 @@ fn check_received_prps(controller: &mut Controller, offset: usize, size: usize) 
         let expected = (prp1 & !MIN_ALIGN_MASK) + (index as u64 + 1) * PAGE_SIZE as u64;
         ensure!(entry == expected, "{case}: page entry {} is {entry:#x}, expected {expected:#x}", index + 1);
     }
+    check_reached(device, &received, physical, &case)?;
     let mut back = vec![0u8; size];
     block::read(controller, 0, &mut back).map_err(|e| format!("{case}: read back: {e}"))?;
     ensure!(back == data, "{case}: the controller returned other data");
+    Ok(received)
+}
+
+/// Where each page entry of `received` led while mapped: page `i` of the buffer itself when it
+/// was mapped in place (trusted, or filling whole granules); otherwise page `i` of a copy in
+/// the bounce pool that keeps the buffer's page offset.
+fn check_reached(device: &DmaDevice, received: &ReceivedCommand, buffer: PhysRange, case: &str) -> Result<(), String> {
+    let Route::Iommu { domain, untrusted, .. } = &device.route else {
+        return Err(format!("{}: not behind the IOMMU", device.name));
+    };
+    let granule_mask = domain.granule_size() - 1;
+    let fills_granules = (buffer.start().as_u64() | buffer.end().as_u64()) & granule_mask == 0;
+    let first = received.reached.first().copied().flatten().ok_or(format!("{case}: PRP1 translated to nothing"))?;
+    if !untrusted || fills_granules {
+        ensure!(first == buffer.start(), "{case}: PRP1 led to {first:?}, not the buffer at {}", buffer.start());
+    } else {
+        let pool = device.bounce_pool().ok_or("no bounce pool")?;
+        ensure!(pool.range.contains(first), "{case}: PRP1 led to {first:?}, outside the bounce pool {}", pool.range);
+        ensure!(
+            first.as_u64() & MIN_ALIGN_MASK == buffer.start().as_u64() & MIN_ALIGN_MASK,
+            "{case}: the bounce copy at {first:?} lost the page offset"
+        );
+    }
+    for (index, reached) in received.reached.iter().enumerate().skip(1) {
+        let expected = first.align_down(PAGE_SIZE as u64).add(index as u64 * PAGE_SIZE as u64);
+        ensure!(*reached == Some(expected), "{case}: page entry {index} led to {reached:?}, expected {expected:?}");
+    }
     Ok(())
 }
 
@@ -164,10 +208,9 @@ kernel_test! {
         ensure!(largest == LARGEST_BOUNCED_MAPPING, "{largest} bytes per command");
         let pool = controller.dma_device().bounce_pool().ok_or("no bounce pool")?;
         let maps_before = pool.bounce.stats().maps;
-        check_received_prps(&mut controller, 0xfa0, LARGEST_BOUNCED_MAPPING)?;
-        let entry = controller.last_received().ok_or("no command recorded")?.entry;
-        let blocks = (entry.cdw12 & 0xffff) + 1;
-        ensure!(blocks as usize * 512 == LARGEST_BOUNCED_MAPPING, "the last command carried {blocks} blocks");
+        let write = check_received_prps(&mut controller, 0xfa0, LARGEST_BOUNCED_MAPPING)?;
+        let blocks = (write.entry.cdw12 & 0xffff) as usize + 1;
+        ensure!(blocks * controller.block_size() == LARGEST_BOUNCED_MAPPING, "the write carried {blocks} blocks");
         ensure!(pool.bounce.stats().maps > maps_before, "the transfer was not bounced");
         Ok(())
     }
@@ -175,7 +218,7 @@ kernel_test! {
 
 kernel_test! {
     /// A request the controller refuses comes back as its status in words, and the controller
-    /// carries on: a read past the namespace's end ("LBA Out of Range"), a read of a namespace
+    /// carries on: a read past the namespace's end ("LBA Out of Range"), a flush of a namespace
     /// that does not exist ("Invalid Namespace or Format"). The block layer refuses the first
     /// itself, before the controller sees it.
     fn refused_commands_are_reported_in_words() {
@@ -187,10 +230,9 @@ kernel_test! {
         let words = past_end.as_ref().map_err(|e| format!("{e}")).err().unwrap_or_default();
         ensure!(words.contains("LBA Out of Range"), "a read past the end gave {past_end:?}");
         ensure!(matches!(block::read(&mut *controller, end, &mut buffer), Err(BlockError::OutOfRange { .. })), "the block layer let a read past the end through");
-        let foreign = SubmissionEntry::read(0xdead, 0, 1, 0, 0).map_err(|e| format!("{e}"))?;
-        let refused = controller.execute_io(foreign);
+        let refused = controller.execute_without_data(SubmissionEntry::flush(0xdead));
         let words = refused.as_ref().map_err(|e| format!("{e}")).err().unwrap_or_default();
-        ensure!(words.contains("Invalid Namespace or Format"), "a read of namespace 0xdead gave {refused:?}");
+        ensure!(words.contains("Invalid Namespace or Format"), "a flush of namespace 0xdead gave {refused:?}");
         let data = pattern(77, 4096);
         block::write(&mut *controller, 8, &data).map_err(|e| format!("write afterwards: {e}"))?;
         let mut back = vec![0u8; 4096];
