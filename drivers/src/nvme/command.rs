@@ -172,6 +172,16 @@ impl SubmissionEntry {
         })
     }
 
+    /// A Read's or Write's starting LBA (SLBA, CDW10-11).
+    pub fn lba(&self) -> u64 {
+        u64::from(self.cdw11) << 32 | u64::from(self.cdw10)
+    }
+
+    /// A Read's or Write's block count (NLB, CDW12 [15:0], 0's based).
+    pub fn blocks(&self) -> u32 {
+        (self.cdw12 & 0xffff) + 1
+    }
+
     /// Flush (NVMe Base 2.0, 7.1): whatever `namespace` holds in a volatile write cache is
     /// made non-volatile before the command completes.
     pub fn flush(namespace: u32) -> Self {
@@ -346,6 +356,8 @@ mod tests {
         let write = SubmissionEntry::write(1, 0x1_2345_6789, 8, 0xa000_0200, 0xb000_0000).unwrap();
         assert_eq!(write, SubmissionEntry { cdw0: 0x01, ..read });
         assert_eq!(SubmissionEntry::read(1, 0, 65536, 0, 0).unwrap().cdw12, 0xffff);
+        assert_eq!((read.lba(), read.blocks()), (0x1_2345_6789, 8), "decoded back");
+        assert_eq!(SubmissionEntry::read(1, 0, 65536, 0, 0).unwrap().blocks(), 65536);
     }
 
     #[test]

@@ -203,8 +203,7 @@ impl ReceivedCommand {
 impl fmt::Display for ReceivedCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let entry = &self.entry;
-        let blocks = (entry.cdw12 & 0xffff) + 1;
-        let lba = u64::from(entry.cdw11) << 32 | u64::from(entry.cdw10);
+        let (blocks, lba) = (entry.blocks(), entry.lba());
         write!(
             f,
             "{} of {blocks} blocks at LBA {lba}, PRP1 {:#x} (page offset {:#x})",

@@ -209,7 +209,7 @@ kernel_test! {
         let pool = controller.dma_device().bounce_pool().ok_or("no bounce pool")?;
         let maps_before = pool.bounce.stats().maps;
         let write = check_received_prps(&mut controller, 0xfa0, LARGEST_BOUNCED_MAPPING)?;
-        let blocks = (write.entry.cdw12 & 0xffff) as usize + 1;
+        let blocks = write.entry.blocks() as usize;
         ensure!(blocks * controller.block_size() == LARGEST_BOUNCED_MAPPING, "the write carried {blocks} blocks");
         ensure!(pool.bounce.stats().maps > maps_before, "the transfer was not bounced");
         Ok(())
