@@ -154,10 +154,13 @@ impl Machine {
     /// `serial1`); the first, the PL011, goes nowhere.
     fn base_arguments(&self) -> Vec<String> {
         let arguments: &[&str] = match self.board {
-            Board::Virt { .. } => &["-cpu", &self.cpu, "-smp", "2", "-m", "1G", "-nographic"],
-            Board::Raspi4b { .. } => &["-nographic", "-serial", "null", "-serial", "mon:stdio"],
+            Board::Virt { .. } => &["-cpu", &self.cpu, "-smp", "2", "-m", "1G", "-serial", "mon:stdio"],
+            Board::Raspi4b { .. } => &["-serial", "null", "-serial", "mon:stdio"],
         };
-        let mut all = vec!["-M".to_string(), self.machine().to_string()];
+        // `-nodefaults`: no device QEMU would add by itself. `virt` would otherwise get a
+        // virtio-net-pci NIC whose option ROM (`efi-virtio.rom`) comes from the optional
+        // `ipxe-qemu` package: without it QEMU refuses to start. Every device is named below.
+        let mut all = vec!["-M".to_string(), self.machine().to_string(), "-nodefaults".into(), "-nographic".into()];
         all.extend(arguments.iter().map(|argument| argument.to_string()));
         all.push("-no-reboot".into());
         all
