@@ -33,7 +33,7 @@ mod virtio;
 
 use addr::PhysRange;
 use arch::BootInfo;
-use log::{error, info};
+use log::{error, info, warn};
 use platform::devicetree::Devicetree;
 use spin::Once;
 
@@ -63,24 +63,28 @@ pub struct BootOptions {
 }
 
 impl BootOptions {
-    fn parse(bootargs: &str) -> Self {
+    /// The options in `bootargs`, and the first `kernel.` word the kernel does not know (other
+    /// prefixes, `iommu.` and `test.`, belong to the code that reads them).
+    fn parse(bootargs: &str) -> (Self, Option<&str>) {
         let mut options = Self::default();
+        let mut unknown = None;
         for word in bootargs.split_whitespace() {
             match word {
                 "kernel.test" => options.run_tests = true,
                 "kernel.semihosting" => options.semihosting = true,
                 "kernel.fault-demo" => options.fault_demo = true,
+                _ if word.starts_with("kernel.") => unknown = unknown.or(Some(word)),
                 _ => {}
             }
         }
-        options
+        (options, unknown)
     }
 }
 
 #[unsafe(no_mangle)]
 pub fn kernel_main(boot: BootInfo) -> ! {
     let devicetree = devicetree(boot.devicetree).unwrap_or_else(|| arch::power::park());
-    let options = BootOptions::parse(devicetree.bootargs());
+    let (options, unknown) = BootOptions::parse(devicetree.bootargs());
     power::set_semihosting(options.semihosting);
     let console = board::start_console(&devicetree);
     console::start_logger();
@@ -88,6 +92,11 @@ pub fn kernel_main(boot: BootInfo) -> ! {
         Ok(name) => info!("console: {name}"),
         // No console device: nothing can be printed, so stop where a debugger can see it.
         Err(_) => power::stop(power::Outcome::Failure),
+    }
+    // Before anything else can fail: every error from here on ends in a power-off.
+    start_power_off(&devicetree);
+    if let Some(word) = unknown {
+        warn!("bootargs: `{word}` is not a kernel option (known: kernel.test, kernel.semihosting, kernel.fault-demo)");
     }
     if let Err(message) = describe_machine(boot, devicetree) {
         error!("boot failed: {message}");
@@ -132,16 +141,20 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(
     let memory = memory::init(&boot, &devicetree, &plan)?;
     board::start_dma_devices(&devicetree, &plan.devices);
     board::start_pci_devices(&devicetree);
+    MACHINE.call_once(|| Machine { boot, devicetree, memory });
+    Ok(())
+}
+
+/// Finds how to power off: PSCI, or else the Raspberry Pi's watchdog.
+fn start_power_off(devicetree: &Devicetree<'static>) {
     let psci = devicetree.psci().unwrap_or_else(|error| {
-        log::warn!("{error}: powering off will not be possible");
+        warn!("{error}: powering off will not be possible");
         None
     });
     power::set_psci(psci);
     if psci.is_none() {
-        board::start_watchdog(&devicetree);
+        board::start_watchdog(devicetree);
     }
-    MACHINE.call_once(|| Machine { boot, devicetree, memory });
-    Ok(())
 }
 
 /// Reads a low address, which nothing maps once boot is done: the exception handler reports

@@ -1,6 +1,10 @@
-//! How the kernel stops: with an exit status for QEMU when tests ran under semihosting,
-//! otherwise by asking the PSCI firmware to power off, otherwise (a Raspberry Pi, which has
-//! no PSCI) through the watchdog's halt-on-reset, otherwise by parking the CPU.
+//! How the kernel stops: by asking the PSCI firmware to power off, otherwise (a Raspberry Pi,
+//! which has no PSCI) through the watchdog's halt-on-reset, otherwise by parking the CPU.
+//!
+//! A power-off carries no status, yet whoever started the kernel under QEMU wants to know
+//! whether it failed. With `kernel.semihosting` (QEMU `-semihosting`, which xtask always
+//! passes) a failure exits through the semihosting host with status 1 instead: any error, from
+//! the first line on the console to the last test, ends QEMU with a non-zero status.
 
 use drivers::bcm2835_pm::PowerManagement;
 use log::{error, info};
@@ -29,18 +33,20 @@ pub fn set_watchdog(watchdog: PowerManagement) {
     WATCHDOG.call_once(|| watchdog);
 }
 
+/// Stops the machine. A failure under a semihosting host ends QEMU with status 1, so that
+/// whoever started it sees the failure; a success powers off the way the board does (PSCI, the
+/// Pi's watchdog), which QEMU turns into status 0. Without any of these the CPU parks.
 pub fn stop(outcome: Outcome) -> ! {
-    if SEMIHOSTING.get().copied().unwrap_or(false) {
-        arch::power::semihosting_exit(match outcome {
-            Outcome::Success => 0,
-            Outcome::Failure => 1,
-        });
+    let semihosting = SEMIHOSTING.get().copied().unwrap_or(false);
+    if semihosting && outcome == Outcome::Failure {
+        error!("stopping with status 1 (semihosting exit)");
+        arch::power::semihosting_exit(1);
     }
     match PSCI.get().copied().flatten() {
         Some(conduit) => {
             info!("powering off: PSCI SYSTEM_OFF via {conduit}");
             let refusal = arch::power::psci_system_off(conduit);
-            error!("PSCI SYSTEM_OFF refused: {refusal:?}; halting");
+            error!("PSCI SYSTEM_OFF refused: {refusal:?}");
         }
         None => match WATCHDOG.get() {
             Some(watchdog) => {
@@ -51,10 +57,14 @@ pub fn stop(outcome: Outcome) -> ! {
                 while arch::timer::uptime() - asked < core::time::Duration::from_secs(1) {
                     core::hint::spin_loop();
                 }
-                error!("the watchdog did not reset the machine within a second; halting");
+                error!("the watchdog did not reset the machine within a second");
             }
-            None => info!("no PSCI firmware or watchdog to power off: halting"),
+            None => info!("no PSCI firmware or watchdog to power off"),
         },
     }
+    if semihosting {
+        arch::power::semihosting_exit(0);
+    }
+    error!("halting");
     arch::power::park()
 }

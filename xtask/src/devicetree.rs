@@ -36,15 +36,17 @@ use platform::fdt_writer::FdtWriter;
 
 use crate::Result;
 
-/// A `/memreserve/` entry this far into RAM (QEMU puts the devicetree at 128 MiB).
-const MEMRESERVE_OFFSET: u64 = 192 << 20;
+/// Where the test reservations and the static pool go, as fractions of the RAM QEMU was
+/// started with (`-m`), so that any size of RAM boots: a `/memreserve/` entry at 3/16 of RAM
+/// (past the devicetree, which QEMU puts at 128 MiB in 1 GiB), a `no-map` `/reserved-memory`
+/// child at 1/4, the static restricted pool at 1/2.
+const MEMRESERVE_AT: (u64, u64) = (3, 16);
 const MEMRESERVE_SIZE: u64 = 64 << 10;
-/// A `no-map` `/reserved-memory` child this far into RAM.
-const RESERVED_OFFSET: u64 = 256 << 20;
+const RESERVED_AT: (u64, u64) = (1, 4);
 const RESERVED_SIZE: u64 = 2 << 20;
-/// The static restricted pool this far into RAM.
-const POOL_OFFSET: u64 = 512 << 20;
-const POOL_SIZE: u64 = 4 << 20;
+const POOL_AT: (u64, u64) = (1, 2);
+/// The restricted pool's size unless asked otherwise.
+pub const POOL_SIZE: u64 = 4 << 20;
 /// The dynamic pool's alignment.
 const POOL_ALIGNMENT: u64 = 2 << 20;
 
@@ -67,15 +69,47 @@ pub enum PoolForm {
     Dynamic,
 }
 
-/// `qemu_blob` with the test reservations and the restricted pool added.
-pub fn for_kernel(qemu_blob: &[u8], pool: PoolForm) -> Result<Vec<u8>> {
+/// The restricted pool xtask describes on `virt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtPool {
+    pub form: PoolForm,
+    pub size: u64,
+}
+
+/// What `/chosen/stdout-path` says: QEMU's own (the PL011), or, to test how the kernel copes
+/// with a devicetree that names no usable console, a node that does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutPath {
+    AsQemuWroteIt,
+    Missing,
+}
+
+/// The path a broken `stdout-path` names.
+pub const MISSING_CONSOLE: &str = "/no-such-uart@9000000";
+
+/// `qemu_blob` with the test reservations and the restricted pool added, placed by the size of
+/// the RAM QEMU describes.
+pub fn for_kernel(qemu_blob: &[u8], pool: VirtPool, stdout: StdoutPath) -> Result<Vec<u8>> {
     rewrite(qemu_blob, QEMU_SOURCE, |fdt| {
         let root = fdt.find_node("/").ok_or(format!("{QEMU_SOURCE} has no root"))?;
+        let (ram_base, ram_size) = first_ram_bank(fdt)?;
+        let at = |(numerator, denominator): (u64, u64)| ram_base + ram_size / denominator * numerator;
+        let pool_base = at(POOL_AT);
+        if pool.form == PoolForm::Static && pool_base + pool.size > ram_base + ram_size {
+            return Err(format!(
+                "a static pool of {} KiB at {pool_base:#x} does not fit in the {} MiB of RAM at {ram_base:#x}",
+                pool.size >> 10,
+                ram_size >> 20
+            ));
+        }
         Ok(VirtAdditions {
-            ram_base: ram_base(fdt)?,
+            memreserve: at(MEMRESERVE_AT),
+            reserved: at(RESERVED_AT),
+            pool_base,
             pool,
             pool_phandle: highest_phandle(fdt) + 1,
             has_reserved_memory: root.children().any(|child| child.name == "reserved-memory"),
+            stdout,
         })
     })
 }
@@ -164,10 +198,13 @@ fn copy_node(writer: &mut FdtWriter, node: FdtNode<'_, '_>, path: &str, edits: &
 
 /// QEMU `virt`: test reservations and a restricted pool for every virtio device.
 struct VirtAdditions {
-    ram_base: u64,
-    pool: PoolForm,
+    memreserve: u64,
+    reserved: u64,
+    pool_base: u64,
+    pool: VirtPool,
     pool_phandle: u32,
     has_reserved_memory: bool,
+    stdout: StdoutPath,
 }
 
 fn is_virtio(path: &str) -> bool {
@@ -182,26 +219,26 @@ fn is_pcie_bridge(path: &str) -> bool {
 
 impl VirtAdditions {
     fn declares_non_coherent(&self, path: &str) -> bool {
-        self.pool == PoolForm::Dynamic && is_virtio(path)
+        self.pool.form == PoolForm::Dynamic && is_virtio(path)
     }
 
     /// Children to add to `/reserved-memory`, which has 2 address and 2 size cells on `virt`.
     fn reserved_children(&self, writer: &mut FdtWriter) {
-        let reserved = self.ram_base + RESERVED_OFFSET;
+        let reserved = self.reserved;
         writer.begin_node(&format!("test-reserved@{reserved:x}"));
         writer.property_reg64("reg", &[(reserved, RESERVED_SIZE)]);
         writer.property("no-map", &[]);
         writer.end_node();
 
-        let pool = self.ram_base + POOL_OFFSET;
-        match self.pool {
+        let pool = self.pool_base;
+        match self.pool.form {
             PoolForm::Static => {
                 writer.begin_node(&format!("restricted-dma@{pool:x}"));
-                writer.property_reg64("reg", &[(pool, POOL_SIZE)]);
+                writer.property_reg64("reg", &[(pool, self.pool.size)]);
             }
             PoolForm::Dynamic => {
                 writer.begin_node("restricted-dma");
-                writer.property_cells("size", &split(POOL_SIZE));
+                writer.property_cells("size", &split(self.pool.size));
                 writer.property_cells("alignment", &split(POOL_ALIGNMENT));
             }
         }
@@ -214,14 +251,18 @@ impl VirtAdditions {
 
 impl Edits for VirtAdditions {
     fn memory_reservations(&self) -> Vec<(u64, u64)> {
-        vec![(self.ram_base + MEMRESERVE_OFFSET, MEMRESERVE_SIZE)]
+        vec![(self.memreserve, MEMRESERVE_SIZE)]
     }
 
     fn keeps(&self, path: &str, name: &str) -> bool {
-        !(name == "dma-coherent" && self.declares_non_coherent(path))
+        let replaced_console = path == "/chosen" && name == "stdout-path" && self.stdout == StdoutPath::Missing;
+        !(name == "dma-coherent" && self.declares_non_coherent(path)) && !replaced_console
     }
 
     fn add_properties(&self, writer: &mut FdtWriter, path: &str) {
+        if path == "/chosen" && self.stdout == StdoutPath::Missing {
+            writer.property_string("stdout-path", MISSING_CONSOLE);
+        }
         if is_virtio(path) || is_pcie_bridge(path) {
             writer.property_cells("memory-region", &[self.pool_phandle]);
         }
@@ -249,10 +290,12 @@ fn split(value: u64) -> [u32; 2] {
     [(value >> 32) as u32, value as u32]
 }
 
-fn ram_base(fdt: &Fdt<'_>) -> Result<u64> {
+/// Base and size of the first RAM bank: QEMU `virt` has one, as large as `-m`.
+fn first_ram_bank(fdt: &Fdt<'_>) -> Result<(u64, u64)> {
     let memory = fdt.find_node("/memory").ok_or(format!("{QEMU_SOURCE} has no /memory"))?;
     let first = memory.reg().and_then(|mut regions| regions.next()).ok_or("/memory has no reg")?;
-    Ok(first.starting_address as u64)
+    let size = first.size.ok_or("/memory's reg has no size")?;
+    Ok((first.starting_address as u64, size as u64))
 }
 
 fn highest_phandle(fdt: &Fdt<'_>) -> u32 {
@@ -454,16 +497,19 @@ pub(crate) mod tests {
         PhysRange::new(PhysAddr::new(start), size).unwrap()
     }
 
-    /// A small stand-in for QEMU's `virt` devicetree.
-    fn qemu_like() -> Vec<u8> {
+    /// A small stand-in for QEMU's `virt` devicetree, with `ram` bytes of RAM.
+    fn qemu_like(ram: u64) -> Vec<u8> {
         let mut w = FdtWriter::new();
         w.begin_node("");
         w.property_cells("#address-cells", &[2]);
         w.property_cells("#size-cells", &[2]);
         w.property("dma-coherent", &[]);
+        w.begin_node("chosen");
+        w.property_string("stdout-path", "/pl011@9000000");
+        w.end_node();
         w.begin_node("memory@40000000");
         w.property_string("device_type", "memory");
-        w.property_reg64("reg", &[(0x4000_0000, 1 << 30)]);
+        w.property_reg64("reg", &[(0x4000_0000, ram)]);
         w.end_node();
         w.begin_node("intc@8000000");
         w.property_cells("phandle", &[0x8001]);
@@ -482,7 +528,8 @@ pub(crate) mod tests {
     #[test]
     fn both_pool_forms_parse_and_every_virtio_node_names_the_pool() {
         for form in [PoolForm::Static, PoolForm::Dynamic] {
-            let dt = parse(&for_kernel(&qemu_like(), form).unwrap());
+            let pool = VirtPool { form, size: POOL_SIZE };
+            let dt = parse(&for_kernel(&qemu_like(1 << 30), pool, StdoutPath::AsQemuWroteIt).unwrap());
             let pools = dt.restricted_pools().unwrap();
             assert_eq!(pools.len(), 1, "{form:?}");
             assert_eq!(pools[0].phandle, Some(0x8002), "{form:?}: a phandle no other node has");
@@ -493,6 +540,35 @@ pub(crate) mod tests {
             assert!(virtio.iter().all(|device| device.dma.coherent == coherent), "{form:?}: dma-coherent");
             assert_eq!(dt.reservations().unwrap().len(), 2 + usize::from(form == PoolForm::Static), "{form:?}");
         }
+    }
+
+    #[test]
+    fn reservations_and_the_static_pool_follow_the_size_of_ram() {
+        for ram in [256u64 << 20, 512 << 20, 1 << 30, 4 << 30] {
+            let pool = VirtPool { form: PoolForm::Static, size: POOL_SIZE };
+            let dt = parse(&for_kernel(&qemu_like(ram), pool, StdoutPath::AsQemuWroteIt).unwrap());
+            let ram = range(0x4000_0000, ram);
+            for reservation in dt.reservations().unwrap() {
+                assert!(ram.covers(&reservation.range), "{ram}: {reservation:?} outside RAM");
+            }
+            let pools = dt.restricted_pools().unwrap();
+            let PoolPlacement::Static(placed) = pools[0].placement else { panic!("{ram}: dynamic pool") };
+            assert_eq!(placed, range(ram.start().as_u64() + ram.size() / 2, POOL_SIZE), "{ram}");
+        }
+        let pool = VirtPool { form: PoolForm::Static, size: 512 << 20 };
+        let error = for_kernel(&qemu_like(512 << 20), pool, StdoutPath::AsQemuWroteIt).unwrap_err();
+        assert!(error.contains("does not fit in the 512 MiB of RAM at 0x40000000"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_console_replaces_stdout_path() {
+        let pool = VirtPool { form: PoolForm::Dynamic, size: POOL_SIZE };
+        let blob = for_kernel(&qemu_like(1 << 30), pool, StdoutPath::Missing).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let chosen = fdt.find_node("/chosen").unwrap();
+        let paths: Vec<&str> =
+            chosen.properties().filter(|property| property.name == "stdout-path").filter_map(|p| p.as_str()).collect();
+        assert_eq!(paths, [MISSING_CONSOLE]);
     }
 
     /// What QEMU `raspi4b` puts in the first `/memory` node: 960 MiB.

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "Build, boot and test the DMA unikernel")]
+#[command(name = "cargo xtask", about = "Build, boot and test the DMA unikernel")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,30 +35,47 @@ struct Cli {
 enum Command {
     /// Build the kernel ELF and kernel8.img.
     Build,
-    /// Build, then boot on QEMU and stream the console.
+    /// Build, then boot on QEMU and stream the console. Exits with the kernel's status.
     Qemu {
         /// The board: QEMU `virt` with virtio devices, or `raspi4b` with the Pi firmware's
         /// devicetree (fetched on demand) and its 30-bit DMA engine.
         #[arg(long, value_enum, default_value = "virt")]
         board: BoardChoice,
+        /// Run the kernel's own tests instead of the demo.
+        #[arg(long)]
+        test: bool,
         /// Boot at EL2, as on a Raspberry Pi 4 (QEMU `virtualization=on`). virt only.
         #[arg(long)]
         el2: bool,
-        /// CPU model. virt only.
-        #[arg(long, default_value = "cortex-a72")]
-        cpu: String,
-        /// How the devicetree describes virt's restricted DMA pool. (raspi4b boots with the Pi
-        /// firmware's devicetree as is: the kernel carves its own bounce pool.)
-        #[arg(long, value_enum, default_value = "static")]
-        pool: devicetree::PoolForm,
+        /// CPU model [default: cortex-a72]. virt only.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// How the devicetree describes the restricted DMA pool [default: static]. virt only.
+        /// (raspi4b boots with the Pi firmware's devicetree as is: the kernel carves its own
+        /// bounce pool.)
+        #[arg(long, value_enum)]
+        pool: Option<devicetree::PoolForm>,
+        /// The restricted pool's size, e.g. `128K` or `16M` [default: 4M]. virt only.
+        #[arg(long, value_parser = parse_size)]
+        pool_size: Option<u64>,
         /// The IOMMU granule of virt's SMMUv3, which translates two virtio-blk-pci disks and two
-        /// NVMe controllers (the second of each untrusted); `off` boots without an SMMU. virt only.
-        #[arg(long, default_value = "4K", value_parser = ["off", "4K", "16K", "64K"])]
-        iommu: String,
-        /// Kernel command line, e.g. `kernel.fault-demo` or `kernel.test`.
+        /// NVMe controllers (the second of each untrusted); `off` boots without an SMMU
+        /// [default: 4K]. virt only.
+        #[arg(long, value_parser = ["off", "4K", "16K", "64K"])]
+        iommu: Option<String>,
+        /// How many virtio-mmio disks [default: 1]. virt only.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=8))]
+        disks: Option<u8>,
+        /// The logical block size of every disk, virtio and NVMe [default: 512]. virt only.
+        #[arg(long, value_parser = ["512", "1024", "2048", "4096"])]
+        block_size: Option<String>,
+        /// The network card's backend [default: user]; `silent` never takes a packet. virt only.
+        #[arg(long, value_enum)]
+        net: Option<qemu::Network>,
+        /// Kernel command line, e.g. `kernel.fault-demo`.
         #[arg(long, default_value = "")]
         append: String,
-        /// Extra arguments for QEMU, after `--`.
+        /// Extra arguments for QEMU, after `--`; the devicetree follows them (`-m`, `-smp`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
     },
@@ -79,6 +96,22 @@ enum Command {
     },
 }
 
+/// A size in bytes: a number with an optional `K`, `M` or `G` (binary units).
+fn parse_size(text: &str) -> Result<u64> {
+    let (number, shift) = match text.strip_suffix(['K', 'k']) {
+        Some(number) => (number, 10),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(number) => (number, 20),
+            None => match text.strip_suffix(['G', 'g']) {
+                Some(number) => (number, 30),
+                None => (text, 0),
+            },
+        },
+    };
+    let value: u64 = number.parse().map_err(|_| format!("`{text}` is not a size such as 128K or 4M"))?;
+    value.checked_shl(shift).filter(|bytes| bytes >> shift == value).ok_or(format!("`{text}` is too large"))
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BoardChoice {
     Virt,
@@ -92,13 +125,35 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build => image::build().map(|image| println!("kernel: {}", image.display())),
-        Command::Qemu { board, el2, cpu, pool, iommu, append, qemu_args } => {
-            let iommu = <qemu::IommuGranule as clap::ValueEnum>::from_str(&iommu, false).ok();
+        Command::Qemu { board, test, el2, cpu, pool, pool_size, iommu, disks, block_size, net, append, qemu_args } => {
+            let virt_only = [
+                ("--el2", el2),
+                ("--cpu", cpu.is_some()),
+                ("--pool", pool.is_some()),
+                ("--pool-size", pool_size.is_some()),
+                ("--iommu", iommu.is_some()),
+                ("--disks", disks.is_some()),
+                ("--block-size", block_size.is_some()),
+                ("--net", net.is_some()),
+            ];
+            let run = if test { qemu::Run::Tests } else { qemu::Run::Demo };
             let machine = match board {
-                BoardChoice::Virt => qemu::Machine::virt(el2, &cpu, pool, iommu),
-                BoardChoice::Raspi4b => qemu::Machine::raspi4b(devicetree::RaspiPool::Default),
+                BoardChoice::Raspi4b => match virt_only.iter().find(|(_, given)| *given) {
+                    Some((flag, _)) => Err(format!("{flag} applies to --board virt only; raspi4b is a fixed board")),
+                    None => Ok(qemu::Machine::raspi4b(devicetree::RaspiPool::Default)),
+                },
+                BoardChoice::Virt => {
+                    let iommu = iommu.as_deref().unwrap_or("4K");
+                    let iommu = <qemu::IommuGranule as clap::ValueEnum>::from_str(iommu, false).ok();
+                    let mut virt = qemu::Virt::standard(el2, pool.unwrap_or(devicetree::PoolForm::Static), iommu);
+                    virt.pool.size = pool_size.unwrap_or(virt.pool.size);
+                    virt.disks = disks.map_or(virt.disks, usize::from);
+                    virt.block_size = block_size.map_or(virt.block_size, |size| size.parse().expect("listed sizes"));
+                    virt.network = net.unwrap_or(virt.network);
+                    Ok(qemu::Machine::virt(virt, cpu.as_deref().unwrap_or("cortex-a72")))
+                }
             };
-            qemu::run_demo(&machine, &append, &qemu_args)
+            machine.and_then(|machine| qemu::run_interactive(&machine.with_extra_arguments(qemu_args), run, &append))
         }
         Command::Test => test::run_all(),
         Command::Sdcard { firmware_dir, output, append } => {

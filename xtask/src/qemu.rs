@@ -6,21 +6,59 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::devicetree::{PoolForm, RaspiPool};
+use crate::devicetree::{PoolForm, RaspiPool, StdoutPath, VirtPool};
 use crate::prerequisites::ensure_qemu;
 use crate::{devicetree, firmware, image, Result};
 
 const QEMU: &str = "qemu-system-aarch64";
 
 /// Which board QEMU emulates, and how its devicetree describes DMA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Board {
     /// `-M virt`: virtio-mmio devices, every transfer through a restricted pool; with an
     /// SMMUv3 in front of PCIe, two virtio-blk-pci disks and two NVMe controllers behind it.
-    Virt { el2: bool, pool: PoolForm, iommu: Option<IommuGranule> },
+    Virt(Virt),
     /// `-M raspi4b` (2 GiB), with the devicetree the Pi firmware uses: a legacy DMA engine
     /// that reaches only the first GiB.
     Raspi4b { pool: RaspiPool },
+}
+
+/// Everything `virt` can be asked to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Virt {
+    pub el2: bool,
+    pub pool: VirtPool,
+    pub iommu: Option<IommuGranule>,
+    /// How many virtio-mmio disks.
+    pub disks: usize,
+    /// The logical block size of every disk, virtio and NVMe.
+    pub block_size: u32,
+    pub network: Network,
+    pub stdout: StdoutPath,
+}
+
+impl Virt {
+    /// What `cargo xtask qemu` boots unless told otherwise.
+    pub fn standard(el2: bool, pool: PoolForm, iommu: Option<IommuGranule>) -> Self {
+        Self {
+            el2,
+            pool: VirtPool { form: pool, size: devicetree::POOL_SIZE },
+            iommu,
+            disks: 1,
+            block_size: 512,
+            network: Network::User,
+            stdout: StdoutPath::AsQemuWroteIt,
+        }
+    }
+}
+
+/// The backend of virt's network card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Network {
+    /// QEMU's user network, whose gateway 10.0.2.2 answers ARP.
+    User,
+    /// A hub port with nothing else on the hub: the card never takes a packet, nobody answers.
+    Silent,
 }
 
 /// The page size of the IOMMU's domains (`iommu.granule=`), when `virt` has an SMMUv3.
@@ -58,6 +96,9 @@ pub struct Machine {
     pub cpu: String,
     /// The exception level the kernel is entered at.
     pub entry_el: u8,
+    /// The user's own QEMU arguments (after `--`). They reach the devicetree dump too, so that
+    /// the devicetree describes the machine QEMU actually starts (`-smp 4`, `-m 512M`).
+    pub extra_arguments: Vec<String>,
 }
 
 /// Size of the virtio block device's disk image.
@@ -67,24 +108,36 @@ const DISK_SIZE: u64 = 16 << 20;
 /// real firmware lists every bank; xtask, acting as the firmware, adds the upper GiB.
 const RASPI4B_UPPER_RAM: (u64, u64) = (1 << 30, 1 << 30);
 
+/// A disk image xtask creates, and the `-drive` id it goes by.
+struct Disk {
+    id: String,
+    path: PathBuf,
+}
+
 impl Machine {
-    pub fn virt(el2: bool, cpu: &str, pool: PoolForm, iommu: Option<IommuGranule>) -> Self {
-        Self { board: Board::Virt { el2, pool, iommu }, cpu: cpu.into(), entry_el: if el2 { 2 } else { 1 } }
+    pub fn virt(virt: Virt, cpu: &str) -> Self {
+        let entry_el = if virt.el2 { 2 } else { 1 };
+        Self { board: Board::Virt(virt), cpu: cpu.into(), entry_el, extra_arguments: Vec::new() }
     }
 
     /// The Pi's firmware (and QEMU in its place) starts the kernel at EL2.
     pub fn raspi4b(pool: RaspiPool) -> Self {
-        Self { board: Board::Raspi4b { pool }, cpu: "cortex-a72".into(), entry_el: 2 }
+        Self { board: Board::Raspi4b { pool }, cpu: "cortex-a72".into(), entry_el: 2, extra_arguments: Vec::new() }
+    }
+
+    pub fn with_extra_arguments(mut self, arguments: Vec<String>) -> Self {
+        self.extra_arguments = arguments;
+        self
     }
 
     fn machine(&self) -> String {
-        match self.board {
-            Board::Virt { el2, iommu, .. } => {
+        match &self.board {
+            Board::Virt(virt) => {
                 let mut machine = String::from("virt");
-                if el2 {
+                if virt.el2 {
                     machine.push_str(",virtualization=on");
                 }
-                if iommu.is_some() {
+                if virt.iommu.is_some() {
                     machine.push_str(",iommu=smmuv3");
                 }
                 machine
@@ -93,89 +146,142 @@ impl Machine {
         }
     }
 
-    /// What the kernel is told besides the caller's command line: the IOMMU policy.
+    /// What the kernel is told besides the caller's command line: that QEMU takes its exit
+    /// status through semihosting, and the IOMMU policy.
     fn kernel_arguments(&self) -> String {
-        match self.board {
-            Board::Virt { iommu: Some(granule), .. } => {
+        match &self.board {
+            Board::Virt(Virt { iommu: Some(granule), .. }) => {
                 format!(
-                    "iommu.granule={} iommu.untrusted=00:{UNTRUSTED_DISK_SLOT:02x}.0,00:{UNTRUSTED_NVME_SLOT:02x}.0",
+                    "kernel.semihosting iommu.granule={} iommu.untrusted=00:{UNTRUSTED_DISK_SLOT:02x}.0,00:{UNTRUSTED_NVME_SLOT:02x}.0",
                     granule.name()
                 )
             }
-            _ => String::new(),
+            _ => "kernel.semihosting".into(),
         }
     }
 
     pub fn name(&self) -> String {
-        match self.board {
-            Board::Virt { pool, iommu, .. } => {
-                let granule = iommu.map_or(String::new(), |granule| format!(", {} IOMMU granule", granule.name()));
-                format!("{} -cpu {} (EL{}, {pool:?} pool{granule})", self.machine(), self.cpu, self.entry_el)
+        let name = match &self.board {
+            Board::Virt(virt) => {
+                let granule = virt.iommu.map_or(String::new(), |granule| format!(", {} IOMMU granule", granule.name()));
+                let mut name = format!(
+                    "{} -cpu {} (EL{}, {:?} pool{granule}",
+                    self.machine(),
+                    self.cpu,
+                    self.entry_el,
+                    virt.pool.form
+                );
+                let standard = Virt::standard(virt.el2, virt.pool.form, virt.iommu);
+                if virt.pool.size != standard.pool.size {
+                    name.push_str(&format!(" of {} KiB", virt.pool.size >> 10));
+                }
+                if virt.disks != standard.disks {
+                    name.push_str(&format!(", {} virtio disks", virt.disks));
+                }
+                if virt.block_size != standard.block_size {
+                    name.push_str(&format!(", {}-byte blocks", virt.block_size));
+                }
+                if virt.network != standard.network {
+                    name.push_str(&format!(", {:?} network", virt.network).to_lowercase());
+                }
+                if virt.stdout != standard.stdout {
+                    name.push_str(&format!(", stdout-path {}", devicetree::MISSING_CONSOLE));
+                }
+                name + ")"
             }
             Board::Raspi4b { pool: RaspiPool::Default } => "raspi4b (EL2, the kernel's default bounce pool)".into(),
             Board::Raspi4b { pool: RaspiPool::Restricted } => {
                 "raspi4b (EL2, restricted pool, as on the SD card)".into()
             }
+        };
+        match self.extra_arguments.is_empty() {
+            true => name,
+            false => format!("{name} {}", self.extra_arguments.join(" ")),
         }
     }
 
-    /// virtio devices on the MMIO transport: a disk, an entropy source, a network card on
-    /// QEMU's user network. `force-legacy=false` asks for virtio 1.x ("modern") transports.
-    /// The Pi's devices are its own.
-    fn devices(&self) -> Result<Vec<String>> {
-        if let Board::Raspi4b { .. } = self.board {
-            return Ok(Vec::new());
+    /// The disk images `virt` boots with: virtio-mmio disks, then the PCIe pair and the NVMe
+    /// pair behind the SMMU.
+    fn disks(&self) -> Vec<Disk> {
+        let Board::Virt(virt) = &self.board else { return Vec::new() };
+        let mut ids: Vec<String> = (0..virt.disks).map(|index| format!("disk{index}")).collect();
+        if virt.iommu.is_some() {
+            ids.extend(["pcidisk0", "pcidisk1", "nvme0", "nvme1"].map(String::from));
         }
+        let directory = image::build_directory();
+        ids.into_iter().map(|id| Disk { path: directory.join(format!("{id}.img")), id }).collect()
+    }
+
+    /// virtio devices on the MMIO transport: disks, an entropy source, a network card.
+    /// `force-legacy=false` asks for virtio 1.x ("modern") transports. The Pi's devices are
+    /// its own.
+    fn devices(&self) -> Vec<String> {
+        let Board::Virt(virt) = &self.board else { return Vec::new() };
+        let blocks = virt.block_size;
+        let sizes = format!("logical_block_size={blocks},physical_block_size={blocks}");
+        let mut arguments: Vec<String> = vec!["-global".into(), "virtio-mmio.force-legacy=false".into()];
+        for disk in self.disks() {
+            arguments
+                .extend(["-drive".into(), format!("if=none,format=raw,id={},file={}", disk.id, disk.path.display())]);
+            let device = match disk.id.as_str() {
+                // `iommu_platform=on` puts the device's DMA behind the SMMU (the driver must
+                // accept VIRTIO_F_ACCESS_PLATFORM); `disable-legacy=on` makes it virtio 1.x.
+                "pcidisk0" | "pcidisk1" => {
+                    let slot = if disk.id == "pcidisk0" { TRUSTED_DISK_SLOT } else { UNTRUSTED_DISK_SLOT };
+                    format!("virtio-blk-pci,drive={},iommu_platform=on,disable-legacy=on,addr={slot},{sizes}", disk.id)
+                }
+                // An NVMe controller's DMA always goes through the IOMMU: it has no
+                // `iommu_platform` switch to bypass it, as a real PCIe device has none.
+                "nvme0" | "nvme1" => {
+                    let slot = if disk.id == "nvme0" { TRUSTED_NVME_SLOT } else { UNTRUSTED_NVME_SLOT };
+                    format!("nvme,drive={0},serial=dma-os-{0},addr={slot},{sizes}", disk.id)
+                }
+                _ => format!("virtio-blk-device,drive={},{sizes}", disk.id),
+            };
+            arguments.extend(["-device".into(), device]);
+        }
+        let netdev = match virt.network {
+            Network::User => "user,id=net0",
+            Network::Silent => "hubport,id=net0,hubid=0",
+        };
         #[rustfmt::skip]
-        let mut arguments: Vec<String> = [
-            "-global", "virtio-mmio.force-legacy=false",
-            "-drive", &disk_drive("disk0")?, "-device", "virtio-blk-device,drive=disk0",
+        arguments.extend([
             "-device", "virtio-rng-device",
-            "-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
-        ].map(String::from).to_vec();
-        if let Board::Virt { iommu: Some(_), .. } = self.board {
-            // `iommu_platform=on` puts the device's DMA behind the SMMU (the driver must accept
-            // VIRTIO_F_ACCESS_PLATFORM); `disable-legacy=on` makes it a virtio 1.x device.
-            for (id, slot) in [("pcidisk0", TRUSTED_DISK_SLOT), ("pcidisk1", UNTRUSTED_DISK_SLOT)] {
-                arguments.extend(["-drive".into(), disk_drive(id)?, "-device".into()]);
-                arguments.push(format!("virtio-blk-pci,drive={id},iommu_platform=on,disable-legacy=on,addr={slot}"));
-            }
-            // An NVMe controller's DMA always goes through the IOMMU: it has no
-            // `iommu_platform` switch to bypass it, as a real PCIe device has none.
-            for (id, slot) in [("nvme0", TRUSTED_NVME_SLOT), ("nvme1", UNTRUSTED_NVME_SLOT)] {
-                arguments.extend(["-drive".into(), disk_drive(id)?, "-device".into()]);
-                arguments.push(format!("nvme,drive={id},serial=dma-os-{id},addr={slot}"));
-            }
-        }
-        Ok(arguments)
+            "-netdev", netdev, "-device", "virtio-net-device,netdev=net0",
+        ].map(String::from));
+        arguments
     }
 
-    /// The Pi 4's console is its mini UART, QEMU's second serial port (`stdout-path` is
-    /// `serial1`); the first, the PL011, goes nowhere.
+    /// The machine without its devices: what the devicetree dump and the boot share.
     fn base_arguments(&self) -> Vec<String> {
         let arguments: &[&str] = match self.board {
             Board::Virt { .. } => &["-cpu", &self.cpu, "-smp", "2", "-m", "1G", "-serial", "mon:stdio"],
+            // The Pi 4's console is its mini UART, QEMU's second serial port (`stdout-path` is
+            // `serial1`); the first, the PL011, goes nowhere.
             Board::Raspi4b { .. } => &["-serial", "null", "-serial", "mon:stdio"],
         };
         // `-nodefaults`: no device QEMU would add by itself. `virt` would otherwise get a
         // virtio-net-pci NIC whose option ROM (`efi-virtio.rom`) comes from the optional
         // `ipxe-qemu` package: without it QEMU refuses to start. Every device is named below.
-        let mut all = vec!["-M".to_string(), self.machine().to_string(), "-nodefaults".into(), "-nographic".into()];
+        let mut all = vec!["-M".to_string(), self.machine(), "-nodefaults".into(), "-nographic".into()];
         all.extend(arguments.iter().map(|argument| argument.to_string()));
-        all.push("-no-reboot".into());
+        // The kernel reports its outcome as QEMU's exit status (semihosting `SYS_EXIT`), and a
+        // reset ends QEMU instead of restarting the kernel.
+        all.extend(["-semihosting".into(), "-no-reboot".into()]);
+        all.extend(self.extra_arguments.iter().cloned());
         all
     }
 
     /// The devicetree the kernel boots with.
     fn devicetree(&self) -> Result<PathBuf> {
-        match self.board {
-            Board::Virt { pool, .. } => self.virt_devicetree(pool),
+        match &self.board {
+            Board::Virt(virt) => self.virt_devicetree(virt),
             Board::Raspi4b { pool } => {
                 let files = firmware::pi_files(None)?;
                 let source = &files.devicetree;
                 let blob =
                     std::fs::read(source).map_err(|error| format!("cannot read {}: {error}", source.display()))?;
-                let blob = devicetree::for_raspi(&blob, pool, Some(RASPI4B_UPPER_RAM))?;
+                let blob = devicetree::for_raspi(&blob, *pool, Some(RASPI4B_UPPER_RAM))?;
                 let path = firmware::raspi_directory().join(format!("qemu-raspi4b-{pool:?}.dtb").to_lowercase());
                 std::fs::write(&path, blob).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
                 Ok(path)
@@ -183,57 +289,84 @@ impl Machine {
         }
     }
 
-    /// QEMU generates `virt`'s devicetree from its options: dumped, then given the kernel's
-    /// test reservations and restricted pool.
-    fn virt_devicetree(&self, pool: PoolForm) -> Result<PathBuf> {
-        let stem = format!("{}-{}-{:?}", self.machine().replace([',', '='], "-"), self.cpu, pool).to_lowercase();
-        let dumped = image::build_directory().join(format!("{stem}.qemu.dtb"));
-        let augmented = image::build_directory().join(format!("{stem}.dtb"));
+    /// QEMU generates `virt`'s devicetree from its options: dumped (with the same machine
+    /// options, the user's included), then given the kernel's test reservations and pool.
+    fn virt_devicetree(&self, virt: &Virt) -> Result<PathBuf> {
+        let dumped = image::build_directory().join("virt.qemu.dtb");
+        let augmented = image::build_directory().join("virt.dtb");
+        let _ = std::fs::remove_file(&dumped);
         let mut arguments = self.base_arguments();
         arguments[1] = format!("{},dumpdtb={}", self.machine(), dumped.display());
+        arguments.extend(self.devices());
         let output =
             Command::new(QEMU).args(&arguments).output().map_err(|error| format!("cannot run {QEMU}: {error}"))?;
         let blob = std::fs::read(&dumped).map_err(|_| {
             format!("QEMU did not dump its devicetree: {}", String::from_utf8_lossy(&output.stderr).trim())
         })?;
-        let blob = devicetree::for_kernel(&blob, pool)?;
+        let blob = devicetree::for_kernel(&blob, virt.pool, virt.stdout)?;
         std::fs::write(&augmented, blob).map_err(|error| format!("cannot write {}: {error}", augmented.display()))?;
         Ok(augmented)
     }
 
-    fn command(&self, kernel: &Path, bootargs: &str) -> Result<Command> {
-        let mut command = Command::new(QEMU);
-        command.args(self.base_arguments());
+    /// Every argument of the boot, devicetree and kernel command line included.
+    fn arguments(&self, kernel: &Path, devicetree: &Path, bootargs: &str) -> Vec<String> {
+        let mut arguments = self.base_arguments();
         let bootargs = format!("{} {bootargs}", self.kernel_arguments());
-        command.arg("-kernel").arg(kernel).arg("-dtb").arg(self.devicetree()?).args(["-append", bootargs.trim()]);
-        command.args(self.devices()?);
+        arguments.extend(["-kernel".into(), kernel.display().to_string(), "-dtb".into()]);
+        arguments.extend([devicetree.display().to_string(), "-append".into(), bootargs.trim().to_string()]);
+        arguments.extend(self.devices());
+        arguments
+    }
+
+    /// The QEMU command that boots `kernel` with `bootargs`, its disks fresh and zeroed.
+    fn command(&self, kernel: &Path, bootargs: &str) -> Result<Command> {
+        for disk in self.disks() {
+            create_disk(&disk.path)?;
+        }
+        let devicetree = self.devicetree()?;
+        let mut command = Command::new(QEMU);
+        command.args(self.arguments(kernel, &devicetree, bootargs));
         Ok(command)
     }
 }
 
-/// A fresh, zeroed disk image for drive `id`; its `-drive` argument.
-fn disk_drive(id: &str) -> Result<String> {
-    let disk = image::build_directory().join(format!("{id}.img"));
-    let file = std::fs::File::create(&disk).map_err(|error| format!("cannot create {}: {error}", disk.display()))?;
-    file.set_len(DISK_SIZE).map_err(|error| format!("cannot size {}: {error}", disk.display()))?;
-    Ok(format!("if=none,format=raw,id={id},file={}", disk.display()))
+/// A fresh, zeroed disk image.
+fn create_disk(disk: &Path) -> Result<()> {
+    let file = std::fs::File::create(disk).map_err(|error| format!("cannot create {}: {error}", disk.display()))?;
+    file.set_len(DISK_SIZE).map_err(|error| format!("cannot size {}: {error}", disk.display()))
 }
 
-/// `cargo xtask qemu`: boot the demo with the console on this terminal.
-pub fn run_demo(machine: &Machine, bootargs: &str, extra_arguments: &[String]) -> Result<()> {
+/// What `cargo xtask qemu` boots: the demo, or the kernel's own tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    Demo,
+    Tests,
+}
+
+/// `cargo xtask qemu`: boot with the console on this terminal. The kernel's status (through
+/// semihosting) becomes xtask's: a failed test or a boot error is a failure here too.
+pub fn run_interactive(machine: &Machine, run: Run, bootargs: &str) -> Result<()> {
     ensure_qemu()?;
     let kernel = image::build()?;
+    let bootargs = match run {
+        Run::Demo => bootargs.to_string(),
+        Run::Tests => format!("{} {bootargs}", test_arguments(machine)),
+    };
     println!("xtask: booting on {} (quit QEMU with Ctrl-A X)", machine.name());
-    let status = machine
-        .command(&kernel, bootargs)?
-        .args(extra_arguments)
-        .status()
-        .map_err(|error| format!("cannot run {QEMU}: {error}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("QEMU exited with {status}"))
+    let mut command = machine.command(&kernel, &bootargs)?;
+    let shown: Vec<String> = command.get_args().map(|argument| argument.to_string_lossy().into_owned()).collect();
+    println!("xtask: {QEMU} {}", shown.join(" "));
+    let status = command.status().map_err(|error| format!("cannot run {QEMU}: {error}"))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!("the kernel stopped with status {code} on {}", machine.name())),
+        None => Err(format!("QEMU was killed ({status})")),
     }
+}
+
+/// The command line of a kernel test run: the tests, and the exception level they must find.
+pub fn test_arguments(machine: &Machine) -> String {
+    format!("kernel.test test.entry-el={}", machine.entry_el)
 }
 
 /// What a kernel test run printed and how it ended.
@@ -242,12 +375,10 @@ pub struct TestRun {
     pub exit_code: Option<i32>,
 }
 
-/// Boots the kernel with a semihosting host (used if `bootargs` say `kernel.semihosting`),
-/// streaming the console; returns what it printed and how QEMU exited.
+/// Boots the kernel, streaming the console; returns what it printed and how QEMU exited.
 pub fn run_captured(machine: &Machine, kernel: &Path, bootargs: &str, timeout: Duration) -> Result<TestRun> {
     let mut child = machine
         .command(kernel, bootargs)?
-        .arg("-semihosting")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -282,4 +413,88 @@ pub fn run_captured(machine: &Machine, kernel: &Path, bootargs: &str, timeout: D
     std::thread::sleep(Duration::from_millis(50));
     let console = received.try_iter().collect::<Vec<_>>().join("\n");
     Ok(TestRun { console, exit_code: status.code() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// QEMU devices that need no option ROM, so no optional package (`ipxe-qemu`): every
+    /// device xtask asks for must be one of these. A PCI network card (`virtio-net-pci`,
+    /// `e1000`) would need `romfile=` set empty first.
+    const NEEDS_NO_ROM: [&str; 5] =
+        ["virtio-blk-device", "virtio-rng-device", "virtio-net-device", "virtio-blk-pci", "nvme"];
+
+    fn machines() -> Vec<Machine> {
+        let mut machines = vec![Machine::raspi4b(RaspiPool::Default), Machine::raspi4b(RaspiPool::Restricted)];
+        for iommu in [None, Some(IommuGranule::Size4K), Some(IommuGranule::Size64K)] {
+            for form in [PoolForm::Static, PoolForm::Dynamic] {
+                machines.push(Machine::virt(Virt::standard(iommu.is_some(), form, iommu), "cortex-a72"));
+            }
+        }
+        let mut odd = Virt::standard(false, PoolForm::Static, None);
+        (odd.disks, odd.block_size, odd.network, odd.stdout) = (3, 4096, Network::Silent, StdoutPath::Missing);
+        machines.push(Machine::virt(odd, "max"));
+        machines
+    }
+
+    fn values_of<'a>(arguments: &'a [String], option: &str) -> Vec<&'a str> {
+        arguments.windows(2).filter(|pair| pair[0] == option).map(|pair| pair[1].as_str()).collect()
+    }
+
+    #[test]
+    fn no_command_line_depends_on_an_optional_package() {
+        for machine in machines() {
+            let boot = machine.arguments(Path::new("kernel8.img"), Path::new("board.dtb"), "");
+            let mut dump = machine.base_arguments();
+            dump.extend(machine.devices());
+            for arguments in [&boot, &dump] {
+                let name = machine.name();
+                assert!(arguments.iter().any(|argument| argument == "-nodefaults"), "{name}: {arguments:?}");
+                assert!(!arguments.iter().any(|argument| argument == "-nic" || argument == "-net"), "{name}");
+                for device in values_of(arguments, "-device") {
+                    let model = device.split(',').next().unwrap_or_default();
+                    assert!(NEEDS_NO_ROM.contains(&model), "{name}: {model} may need an option ROM");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_drive_and_netdev_has_its_device() {
+        for machine in machines() {
+            let arguments = machine.arguments(Path::new("kernel8.img"), Path::new("board.dtb"), "");
+            let devices = values_of(&arguments, "-device").join(" ");
+            for drive in values_of(&arguments, "-drive") {
+                let id = drive.split(',').find_map(|field| field.strip_prefix("id=")).expect("a drive id");
+                assert_eq!(devices.matches(&format!("drive={id},")).count(), 1, "{}: {id}", machine.name());
+            }
+            for netdev in values_of(&arguments, "-netdev") {
+                let id = netdev.split(',').find_map(|field| field.strip_prefix("id=")).expect("a netdev id");
+                assert_eq!(devices.matches(&format!("netdev={id}")).count(), 1, "{}: {id}", machine.name());
+            }
+        }
+    }
+
+    #[test]
+    fn the_devicetree_dump_sees_the_users_arguments() {
+        let extra = vec!["-smp".to_string(), "4".into(), "-m".into(), "512M".into()];
+        let machine = Machine::virt(Virt::standard(false, PoolForm::Static, None), "cortex-a72");
+        let machine = machine.with_extra_arguments(extra.clone());
+        let dump = machine.base_arguments();
+        let at = dump.len() - extra.len();
+        assert_eq!(dump[at..], extra, "last, so that QEMU takes them over xtask's defaults");
+        let boot = machine.arguments(Path::new("kernel8.img"), Path::new("board.dtb"), "");
+        assert!(boot.windows(4).any(|window| window == extra.as_slice()));
+    }
+
+    #[test]
+    fn the_kernel_is_told_about_semihosting_and_the_iommu() {
+        let machine = Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size16K)), "max");
+        let arguments = machine.arguments(Path::new("k"), Path::new("d"), "kernel.test");
+        let bootargs = values_of(&arguments, "-append")[0];
+        assert!(bootargs.starts_with("kernel.semihosting iommu.granule=16K iommu.untrusted=00:03.0,00:05.0"));
+        assert!(bootargs.ends_with(" kernel.test"));
+        assert!(arguments.iter().any(|argument| argument == "-semihosting"));
+    }
 }

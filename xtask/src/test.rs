@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::devicetree::{PoolForm, RaspiPool};
 use crate::prerequisites::ensure_qemu;
-use crate::qemu::{self, Board, IommuGranule, Machine};
+use crate::qemu::{self, Board, IommuGranule, Machine, Virt};
 use crate::{image, sdcard, Result};
 
 /// Crates that build for the host and carry their tests with them.
@@ -21,18 +21,17 @@ pub fn run_all() -> Result<()> {
     // granule and a machine without an IOMMU; the Pi 4 with the kernel's own bounce pool and
     // with the SD card's restricted pool.
     let machines = [
-        Machine::virt(false, "cortex-a72", PoolForm::Static, Some(IommuGranule::Size4K)),
-        Machine::virt(true, "cortex-a72", PoolForm::Dynamic, Some(IommuGranule::Size16K)),
-        Machine::virt(false, "max", PoolForm::Dynamic, Some(IommuGranule::Size64K)),
-        Machine::virt(true, "max", PoolForm::Static, None),
+        Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72"),
+        Machine::virt(Virt::standard(true, PoolForm::Dynamic, Some(IommuGranule::Size16K)), "cortex-a72"),
+        Machine::virt(Virt::standard(false, PoolForm::Dynamic, Some(IommuGranule::Size64K)), "max"),
+        Machine::virt(Virt::standard(true, PoolForm::Static, None), "max"),
         Machine::raspi4b(RaspiPool::Default),
         Machine::raspi4b(RaspiPool::Restricted),
     ];
     let mut summaries = Vec::new();
     for machine in &machines {
         println!("xtask: kernel tests on {}", machine.name());
-        let bootargs = format!("kernel.semihosting kernel.test test.entry-el={}", machine.entry_el);
-        let run = qemu::run_captured(machine, &kernel, &bootargs, KERNEL_TIMEOUT)?;
+        let run = qemu::run_captured(machine, &kernel, &qemu::test_arguments(machine), KERNEL_TIMEOUT)?;
         let summary = run.console.lines().rev().find(|line| line.starts_with("kernel: ")).map(str::to_owned);
         let summary = summary
             .ok_or(format!("{}: the kernel printed no `kernel: N passed, M failed, K skipped` line", machine.name()))?;
@@ -59,8 +58,8 @@ pub fn run_all() -> Result<()> {
 /// names a whole module). Any other skip is a failure: a device went missing.
 fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
     match machine.board {
-        Board::Virt { iommu: Some(_), .. } => &["dma_engine::"],
-        Board::Virt { iommu: None, .. } => &["dma_engine::", "iommu::", "nvme::"],
+        Board::Virt(Virt { iommu: Some(_), .. }) => &["dma_engine::"],
+        Board::Virt(Virt { iommu: None, .. }) => &["dma_engine::", "iommu::", "nvme::"],
         Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::"],
         // A restricted engine bounces everything: nothing is lent in place.
         Board::Raspi4b { pool: RaspiPool::Restricted } => {
@@ -103,7 +102,7 @@ fn sdcard_read_back() -> Result<String> {
 /// handler names where it stopped, and the machine stops with a failure status.
 fn crash_report(machine: &Machine, kernel: &std::path::Path) -> Result<String> {
     println!("xtask: crash report on {}", machine.name());
-    let run = qemu::run_captured(machine, kernel, "kernel.semihosting kernel.fault-demo", KERNEL_TIMEOUT)?;
+    let run = qemu::run_captured(machine, kernel, "kernel.fault-demo", KERNEL_TIMEOUT)?;
     let expected = [
         "synchronous exception: data abort from EL1, translation fault at level 0, on a read",
         "FAR 0x0000000000001000",
