@@ -11,6 +11,10 @@
 //! come from the devicetree, read by the kernel.
 #![no_std]
 
+// The one message a host build gets, instead of a page of assembler errors.
+#[cfg(not(target_arch = "aarch64"))]
+compile_error!("`arch` (and the kernel) build only for aarch64-unknown-none: use `cargo xtask build`");
+
 pub mod boot;
 pub mod cache;
 pub mod exception;

@@ -27,9 +27,11 @@ pub fn build_directory() -> PathBuf {
 /// Builds the kernel; returns the path of `kernel8.img`.
 pub fn build() -> Result<PathBuf> {
     ensure_rust_target()?;
+    // Cargo shows each crate as it compiles: the first build takes a minute or two.
+    println!("xtask: building the kernel for {KERNEL_TARGET}");
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--package", "kernel", "--release", "--target", KERNEL_TARGET])
+        .args(["build", "--package", "kernel", "--release", "--target", KERNEL_TARGET])
         .status()
         .map_err(|error| format!("cannot run cargo: {error}"))?;
     if !status.success() {

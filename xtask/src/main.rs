@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, boot and test the DMA unikernel")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, boot and test the DMA unikernel")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
