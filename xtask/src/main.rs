@@ -12,10 +12,12 @@
 //! them where it can, or says exactly what to run.
 
 mod devicetree;
+mod excerpts;
 mod firmware;
 mod image;
 mod prerequisites;
 mod qemu;
+mod scenarios;
 mod sdcard;
 mod test;
 
@@ -81,6 +83,9 @@ enum Command {
     },
     /// Run the host tests, then the kernel tests under QEMU.
     Test,
+    /// Boot the runs the documentation quotes and rewrite its log excerpts with what they
+    /// print now.
+    Excerpts,
     /// Build a Raspberry Pi 4 SD card image: firmware, devicetree, config.txt, kernel.
     Sdcard {
         /// Take start4.elf, fixup4.dat and bcm2711-rpi-4-b.dtb from DIR instead of fetching
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
             machine.and_then(|machine| qemu::run_interactive(&machine.with_extra_arguments(qemu_args), run, &append))
         }
         Command::Test => test::run_all(),
+        Command::Excerpts => test::update_excerpts(),
         Command::Sdcard { firmware_dir, output, append } => {
             sdcard::run(firmware_dir.as_deref(), output.as_deref(), &append)
         }

@@ -1,11 +1,14 @@
 //! `cargo xtask test`: every test there is.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::devicetree::{PoolForm, RaspiPool};
+use crate::devicetree::{PoolForm, RaspiPool, POOL_SIZE};
+use crate::excerpts::{self, Run};
 use crate::prerequisites::ensure_qemu;
 use crate::qemu::{self, Board, IommuGranule, Machine, Virt};
+use crate::scenarios::Scenario;
 use crate::{image, sdcard, Result};
 
 /// Crates that build for the host and carry their tests with them.
@@ -19,7 +22,12 @@ pub fn run_all() -> Result<()> {
     let kernel = image::build()?;
     // Both entry levels, both CPU models, both forms of the restricted pool, every IOMMU
     // granule and a machine without an IOMMU; the Pi 4 with the kernel's own bounce pool and
-    // with the SD card's restricted pool.
+    // with the SD card's restricted pool; then machines nobody tuned the kernel for: three
+    // disks of 4 KiB blocks, a restricted pool too small for some requests.
+    let mut three_large_disks = Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K));
+    (three_large_disks.disks, three_large_disks.block_size) = (3, 4096);
+    let mut small_pool = Virt::standard(false, PoolForm::Static, None);
+    small_pool.pool.size = SMALL_POOL;
     let machines = [
         Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72"),
         Machine::virt(Virt::standard(true, PoolForm::Dynamic, Some(IommuGranule::Size16K)), "cortex-a72"),
@@ -27,24 +35,23 @@ pub fn run_all() -> Result<()> {
         Machine::virt(Virt::standard(true, PoolForm::Static, None), "max"),
         Machine::raspi4b(RaspiPool::Default),
         Machine::raspi4b(RaspiPool::Restricted),
+        Machine::virt(three_large_disks, "cortex-a72"),
+        Machine::virt(small_pool, "cortex-a72"),
     ];
     let mut summaries = Vec::new();
     for machine in &machines {
-        println!("xtask: kernel tests on {}", machine.name());
-        let run = qemu::run_captured(machine, &kernel, &qemu::test_arguments(machine), KERNEL_TIMEOUT)?;
-        let summary = run.console.lines().rev().find(|line| line.starts_with("kernel: ")).map(str::to_owned);
-        let summary = summary
-            .ok_or(format!("{}: the kernel printed no `kernel: N passed, M failed, K skipped` line", machine.name()))?;
-        if run.exit_code != Some(0) || !summary.contains(" 0 failed") {
-            return Err(format!("{}: {summary} (QEMU exit status {:?})", machine.name(), run.exit_code));
-        }
-        if let Some(test) = unexpected_skip(&run.console, allowed_skips(machine)) {
-            return Err(format!("{}: `{test}` skipped, but this board has its device", machine.name()));
-        }
-        summaries.push(format!("{}: {summary}", machine.name()));
+        summaries.push(kernel_tests(machine, &kernel)?);
     }
-    summaries.push(crash_report(&machines[0], &kernel)?);
-    summaries.push(raspi_demo_powers_off(&machines[5], &kernel)?);
+    let mut consoles = Vec::new();
+    for run in Run::ALL {
+        let console = demo(run, &kernel)?;
+        summaries.push(format!("{}: {}", run.name(), check_demo(run, &console)?));
+        consoles.push((run, console));
+    }
+    for scenario in Scenario::ALL {
+        summaries.push(scenario.check(&kernel)?);
+    }
+    summaries.push(check_excerpts(&consoles)?);
     summaries.push(sdcard_read_back()?);
     println!();
     println!("host: {passed} passed, {failed} failed");
@@ -54,10 +61,125 @@ pub fn run_all() -> Result<()> {
     Ok(())
 }
 
+/// A restricted pool too small for the demo's 64 KiB transfers, yet large enough for the
+/// devices' queues.
+const SMALL_POOL: u64 = 128 << 10;
+
+/// The kernel's own tests on `machine`: all pass, and only the tests of devices the machine
+/// lacks skip.
+fn kernel_tests(machine: &Machine, kernel: &Path) -> Result<String> {
+    println!("xtask: kernel tests on {}", machine.name());
+    let run = qemu::run_captured(machine, kernel, &qemu::test_arguments(machine), KERNEL_TIMEOUT)?;
+    let summary = run.console.lines().rev().find(|line| line.starts_with("kernel: ")).map(str::to_owned);
+    let summary = summary
+        .ok_or(format!("{}: the kernel printed no `kernel: N passed, M failed, K skipped` line", machine.name()))?;
+    if run.exit_code != Some(0) || !summary.contains(" 0 failed") {
+        return Err(format!("{}: {summary} (QEMU exit status {:?})", machine.name(), run.exit_code));
+    }
+    if let Some(test) = unexpected_skip(&run.console, allowed_skips(machine)) {
+        return Err(format!("{}: `{test}` skipped, but this board has its device", machine.name()));
+    }
+    Ok(format!("{}: {summary}", machine.name()))
+}
+
+/// The machine and command line of each run the documentation quotes, as its README command
+/// starts it.
+fn demo_machine(run: Run) -> (Machine, &'static str) {
+    let virt = || Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72");
+    match run {
+        Run::VirtDemo => (virt(), ""),
+        Run::Raspi4bDemo => (Machine::raspi4b(RaspiPool::Default), ""),
+        Run::FaultDemo => (virt(), "kernel.fault-demo"),
+    }
+}
+
+/// What `run` printed.
+pub fn demo(run: Run, kernel: &Path) -> Result<String> {
+    let (machine, bootargs) = demo_machine(run);
+    println!("xtask: {} on {}", run.name(), machine.name());
+    let output = qemu::run_captured(&machine, kernel, bootargs, KERNEL_TIMEOUT)?;
+    let expected_status = if run == Run::FaultDemo { 1 } else { 0 };
+    if output.exit_code != Some(expected_status) {
+        return Err(format!("{}: QEMU exit status {:?}, expected {expected_status}", run.name(), output.exit_code));
+    }
+    Ok(output.console)
+}
+
+/// What each demo must show; a one-line summary of it.
+fn check_demo(run: Run, console: &str) -> Result<String> {
+    let (expected, summary): (&[&str], _) = match run {
+        Run::VirtDemo => (
+            &["demo: block device", "identical", "demo: network: 10.0.2.2 is at", "powering off: PSCI SYSTEM_OFF"],
+            "every device transferred, powered off through PSCI",
+        ),
+        // No semihosting exit on success, no PSCI: the watchdog, which `-no-reboot` turns
+        // into an exit.
+        Run::Raspi4bDemo => (
+            &["demo: DMA engine: copied 64 KiB", "identically", "powering off: watchdog reset"],
+            "DMA engine copy verified, powered off through the watchdog",
+        ),
+        // An unexpected fault is reported in words (class, fault, FAR, ELR, registers), the
+        // panic handler names where it stopped, and the machine stops with a failure status.
+        Run::FaultDemo => (
+            &[
+                "synchronous exception: data abort from EL1, translation fault at level 0, on a read",
+                "FAR 0x0000000000001000",
+                "kernel panic: panicked at",
+                "unhandled synchronous exception",
+            ],
+            "data abort reported in words, FAR right, stopped with status 1",
+        ),
+    };
+    match expected.iter().find(|text| !console.contains(*text)) {
+        Some(missing) => Err(format!("{}: the console lacks \"{missing}\"", run.name())),
+        None => Ok(summary.into()),
+    }
+}
+
+/// Every log excerpt in the documentation is what its run printed.
+fn check_excerpts(consoles: &[(Run, String)]) -> Result<String> {
+    let mut count = 0;
+    for file in excerpts::documents(&image::workspace_root()) {
+        let text =
+            std::fs::read_to_string(&file).map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        for excerpt in excerpts::find(&file, &text)? {
+            let console = consoles.iter().find(|(run, _)| *run == excerpt.run).map(|(_, console)| console);
+            excerpts::check(&excerpt, console.expect("every run was booted"))?;
+            count += 1;
+        }
+    }
+    Ok(format!("documentation: {count} log excerpts match the runs they quote"))
+}
+
+/// `cargo xtask excerpts`: boots each quoted run and rewrites the documentation's excerpts
+/// with what it prints now.
+pub fn update_excerpts() -> Result<()> {
+    ensure_qemu()?;
+    let kernel = image::build()?;
+    let mut consoles = Vec::new();
+    for run in Run::ALL {
+        consoles.push((run, demo(run, &kernel)?));
+    }
+    for file in excerpts::documents(&image::workspace_root()) {
+        let text =
+            std::fs::read_to_string(&file).map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        let console_of =
+            |run: Run| consoles.iter().find(|(r, _)| *r == run).map(|(_, c)| c.clone()).unwrap_or_default();
+        let rewritten = excerpts::rewrite(&file, &text, console_of)?;
+        if rewritten != text {
+            std::fs::write(&file, rewritten).map_err(|error| format!("cannot write {}: {error}", file.display()))?;
+            println!("xtask: rewrote the log excerpts in {}", file.display());
+        }
+    }
+    Ok(())
+}
+
 /// Tests of devices a board lacks skip themselves; these may skip on each board (a prefix
 /// names a whole module). Any other skip is a failure: a device went missing.
 fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
     match machine.board {
+        // A pool too small for a test's buffers: the test says so and skips.
+        Board::Virt(Virt { pool, .. }) if pool.size < POOL_SIZE => &["dma_engine::", "iommu::", "nvme::", "virtio::"],
         Board::Virt(Virt { iommu: Some(_), .. }) => &["dma_engine::"],
         Board::Virt(Virt { iommu: None, .. }) => &["dma_engine::", "iommu::", "nvme::"],
         Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::"],
@@ -77,45 +199,10 @@ fn unexpected_skip<'c>(console: &'c str, allowed: &[&str]) -> Option<&'c str> {
         .find(|name| !allowed.iter().any(|prefix| name.starts_with(prefix)))
 }
 
-/// The Pi demo as a user sees it: the DMA engine's copy, then a power-off through the
-/// watchdog (no semihosting, no PSCI), which QEMU's `-no-reboot` turns into an exit.
-fn raspi_demo_powers_off(machine: &Machine, kernel: &std::path::Path) -> Result<String> {
-    println!("xtask: demo on {}", machine.name());
-    let run = qemu::run_captured(machine, kernel, "", KERNEL_TIMEOUT)?;
-    let expected = ["demo: DMA engine: copied 64 KiB", "identically", "powering off: watchdog reset"];
-    if let Some(missing) = expected.iter().find(|text| !run.console.contains(*text)) {
-        return Err(format!("raspi4b demo: the console lacks \"{missing}\""));
-    }
-    if run.exit_code != Some(0) {
-        return Err(format!("raspi4b demo: QEMU exit status {:?}, expected 0 after the watchdog reset", run.exit_code));
-    }
-    Ok("raspi4b demo: DMA engine copy verified, powered off through the watchdog".into())
-}
-
 /// `cargo xtask sdcard`'s image, built with the real Pi firmware and read back.
 fn sdcard_read_back() -> Result<String> {
     println!("xtask: SD card image");
     Ok(sdcard::build(None, &sdcard::default_output(), "")?.summary)
-}
-
-/// An unexpected fault is reported in words (class, fault, FAR, ELR, registers), the panic
-/// handler names where it stopped, and the machine stops with a failure status.
-fn crash_report(machine: &Machine, kernel: &std::path::Path) -> Result<String> {
-    println!("xtask: crash report on {}", machine.name());
-    let run = qemu::run_captured(machine, kernel, "kernel.fault-demo", KERNEL_TIMEOUT)?;
-    let expected = [
-        "synchronous exception: data abort from EL1, translation fault at level 0, on a read",
-        "FAR 0x0000000000001000",
-        "kernel panic: panicked at",
-        "unhandled synchronous exception",
-    ];
-    if let Some(missing) = expected.iter().find(|text| !run.console.contains(*text)) {
-        return Err(format!("crash report: the console lacks \"{missing}\""));
-    }
-    if run.exit_code != Some(1) {
-        return Err(format!("crash report: QEMU exit status {:?}, expected 1", run.exit_code));
-    }
-    Ok("crash report: data abort reported in words, FAR right, stopped with status 1".into())
 }
 
 /// Runs `cargo test` on the host crates; returns the summed pass and fail counts.
