@@ -112,6 +112,10 @@ fn stable(line: &str) -> String {
 /// it when an address or a count changed.
 fn shape(line: &str) -> String {
     let stable = stable(line);
+    // A size may change its unit along with its number (712 KiB, 1.1 MiB).
+    let words: Vec<&str> =
+        stable.split_whitespace().filter(|word| !matches!(*word, "B" | "KiB" | "MiB" | "GiB")).collect();
+    let stable = words.join(" ");
     let mut shape = String::new();
     let mut in_number = false;
     for character in stable.chars() {
