@@ -17,6 +17,7 @@ mod firmware;
 mod image;
 mod prerequisites;
 mod qemu;
+mod references;
 mod scenarios;
 mod sdcard;
 mod test;
