@@ -40,8 +40,9 @@
 //! - [`error`], [`stats`], [`memory`]: refusals, counters, and how the CPU reaches bytes;
 //! - [`iova`]: for devices behind an IOMMU, the allocator of their domain's IOVA space.
 //!
-//! The rules and regression cases come from `dma-contract.md` and the Linux threads it cites;
-//! each regression case has a test of the same name in `tests/regressions.rs`.
+//! "Rule N" and "RN" in this crate refer to the rules and regression cases of the project's
+//! DMA contract, `docs/dma-contract.md`, which also names the Linux threads each one comes from;
+//! each pool-level regression case has a test of the same name in `tests/regressions.rs`.
 #![no_std]
 
 extern crate alloc;

@@ -2,7 +2,9 @@
 //!
 //! Linux answers `256 KiB - roundup(min_align_mask, 2 KiB)` and stops there. That formula
 //! assumes every segment of 128 slots can hold a region of 128 slots, which is only true when the
-//! region's alignment agrees with the pool base. Michael Kelley's question in seed 000 (R4):
+//! region's alignment agrees with the pool base. Michael Kelley's question in the "Fix double
+//! allocation in swiotlb_alloc()" thread (2024), docs/dma-contract.md#thread-double-allocation
+//! (R4):
 //!
 //! ```text
 //!  pool base  0x...1000 (page aligned, not 8 KiB aligned), alloc_align_mask = 0x1fff

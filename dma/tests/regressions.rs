@@ -1,10 +1,12 @@
-//! One test per regression case of `dma-contract.md` that concerns the pool.
+//! One test per regression case of the DMA contract, `docs/dma-contract.md`, that concerns the
+//! pool. Each test's comment names the case and the Linux thread or commit it comes from.
 //!
 //! R11 (force-bounce requested for a device behind an IOMMU) is a policy of the per-device DMA
-//! layer, not of the pool: the pool bounces whatever it is asked to. It belongs to the issue
-//! that builds the device API and has no test here. R12's trusted half (a scatter list mapped
-//! as one contiguous IOVA range) is likewise IOMMU-level; its untrusted half is tested below
-//! through the masks the IOMMU layer passes in.
+//! layer, not of the pool: the pool bounces whatever it is asked to. The kernel test
+//! `force_bounce_behind_the_iommu_is_declined` (`kernel/src/tests/iommu.rs`) checks it. R12's
+//! trusted half (a scatter list mapped as one contiguous IOVA range) is likewise IOMMU-level and
+//! checked there by `trusted_scatter_list_maps_to_one_iova_range`; its untrusted half is tested
+//! below through the masks the IOMMU layer passes in.
 
 mod common;
 
@@ -13,10 +15,11 @@ use dma::{Constraints, DmaDirection, DmaError, PhysAddr, PoolConfig, DEFAULT_SEG
 
 const KIB: usize = 1024;
 
-/// R1 (seed 000, patch 1). Restricted pool; a 2 KiB streaming map leaves the search cursor on
-/// an odd slot; then a coherent 8 KiB allocation. The allocation must be 8 KiB aligned (in DMA
-/// and physical address) and share no slot with the first mapping: Linux returned the slot
-/// right after the cursor and double-allocated half a page.
+/// R1, from patch 1 in the "Fix double allocation in swiotlb_alloc()" thread (2024),
+/// docs/dma-contract.md#thread-double-allocation. Restricted pool; a 2 KiB streaming map leaves
+/// the search cursor on an odd slot; then a coherent 8 KiB allocation. The allocation must be
+/// 8 KiB aligned (in DMA and physical address) and share no slot with the first mapping: Linux
+/// returned the slot right after the cursor and double-allocated half a page.
 #[test]
 fn r1_coherent_alloc_after_odd_cursor_is_aligned_and_disjoint() {
     // A Raspberry Pi 4 style bus offset: the device sees RAM at 0xc000_0000 + phys.
@@ -37,10 +40,13 @@ fn r1_coherent_alloc_after_odd_cursor_is_aligned_and_disjoint() {
     assert!(all_free(&pool));
 }
 
-/// R2 (seed 000, patches 4-5; seed 002). `alloc_align_mask = 0xffff` (64 KiB granule),
-/// `min_align_mask = 0xfff`, orig ends in `0x600`, a 64 KiB mapping on an empty pool. Linux
-/// compared the 64 KiB-aligned slot with orig's low bits and never found one; here it succeeds
-/// and the low 12 bits are `0x600`, whatever the pool base.
+/// R2, from patches 4-5 in the "Fix double allocation in swiotlb_alloc()" thread (2024),
+/// docs/dma-contract.md#thread-double-allocation, and the "nvme-pci: Fix dma-iommu mapping
+/// failures when PAGE_SIZE=64KB" thread (2024), docs/dma-contract.md#thread-nvme-64k-pages.
+/// `alloc_align_mask = 0xffff` (64 KiB granule), `min_align_mask = 0xfff`, orig ends in
+/// `0x600`, a 64 KiB mapping on an empty pool. Linux compared the 64 KiB-aligned slot with
+/// orig's low bits and never found one; here it succeeds and the low 12 bits are `0x600`,
+/// whatever the pool base.
 #[test]
 fn r2_granule_and_nvme_masks_together_succeed() {
     for base_offset in [0, 0x1000, 0x8000, 0x1_2000] {
@@ -60,9 +66,11 @@ fn r2_granule_and_nvme_masks_together_succeed() {
     }
 }
 
-/// R3 (seed 000, Petr's test). Both masks `0xfff`, orig low bits `0xfa0`. The DMA address must
-/// end in `0xfa0`, not `0x7a0` (Linux kept only the offset inside one slot), and unmap must free
-/// exactly what map took although the offset is larger than a slot.
+/// R3, from Petr Tesařík's test in the "Fix double allocation in swiotlb_alloc()" thread
+/// (2024), docs/dma-contract.md#thread-double-allocation. Both masks `0xfff`, orig low bits
+/// `0xfa0`. The DMA address must end in `0xfa0`, not `0x7a0` (Linux kept only the offset inside
+/// one slot), and unmap must free exactly what map took although the offset is larger than a
+/// slot.
 #[test]
 fn r3_offset_larger_than_a_slot_is_preserved_and_released() {
     let pool = simple_pool();
@@ -76,8 +84,10 @@ fn r3_offset_larger_than_a_slot_is_preserved_and_released() {
     assert!(all_free(&pool));
 }
 
-/// R4 (seed 000, Michael's question). Pool base page-aligned but not 8 KiB-aligned,
-/// `alloc_align_mask = 0x1fff`, a request of `max_mapping_size` on an empty pool must succeed.
+/// R4, from Michael Kelley's question in the "Fix double allocation in swiotlb_alloc()" thread
+/// (2024), docs/dma-contract.md#thread-double-allocation. Pool base page-aligned but not 8 KiB
+/// aligned, `alloc_align_mask = 0x1fff`, a request of `max_mapping_size` on an empty pool must
+/// succeed.
 /// With a pool of exactly one segment, Linux's answer (256 KiB) cannot be honoured at all; ours
 /// is lower and does succeed, and Linux's value really fails.
 #[test]
@@ -151,8 +161,9 @@ fn phase_probes(min_align_mask: u64) -> impl Iterator<Item = PhysAddr> {
         .map(move |phase| ram(0x10_0000 + phase * SLOT_SIZE as u64 + (min_align_mask & (SLOT_SIZE as u64 - 1))))
 }
 
-/// R5 (seed 000, patch 6). A streaming map of 4 KiB or more with no mask is page aligned, even
-/// when the cursor sits on an odd slot.
+/// R5, from patch 6 in the "Fix double allocation in swiotlb_alloc()" thread (2024),
+/// docs/dma-contract.md#thread-double-allocation. A streaming map of 4 KiB or more with no mask
+/// is page aligned, even when the cursor sits on an odd slot.
 #[test]
 fn r5_page_or_more_without_masks_is_page_aligned() {
     let pool = pool_at(0x800 * 3, 1 << 20, 0, PoolConfig::default());
@@ -170,9 +181,11 @@ fn r5_page_or_more_without_masks_is_page_aligned() {
     assert!(all_free(&pool));
 }
 
-/// R6 (seed 000, Michael's writev test; seed 003). `min_align_mask = 0xfff`, orig offsets
-/// across a page, sizes spanning several pages, all live at once like one writev: the data
-/// round-trips both ways and the low 12 bits are preserved.
+/// R6, from Michael Kelley's writev test in the "Fix double allocation in swiotlb_alloc()"
+/// thread (2024), docs/dma-contract.md#thread-double-allocation, and the "preserve DMA offsets
+/// when using swiotlb" thread (2021), docs/dma-contract.md#thread-preserve-offsets.
+/// `min_align_mask = 0xfff`, orig offsets across a page, sizes spanning several pages, all live
+/// at once like one writev: the data round-trips both ways and the low 12 bits are preserved.
 #[test]
 fn r6_nvme_offsets_round_trip() {
     let pool = pool_at(0x1000, 2 << 20, 0, PoolConfig { areas: 2, ..PoolConfig::default() });
@@ -198,9 +211,9 @@ fn r6_nvme_offsets_round_trip() {
     assert!(all_free(&pool));
 }
 
-/// R7 (Linux 7c3940bf). The pool is almost full and the only free slots have the wrong phase
-/// for a device with `min_align_mask`: map returns a typed error promptly (the search visits
-/// each word once) and changes nothing.
+/// R7 (Linux 7c3940bf, docs/dma-contract.md#linux-commits). The pool is almost full and the
+/// only free slots have the wrong phase for a device with `min_align_mask`: map returns a typed
+/// error promptly (the search visits each word once) and changes nothing.
 #[test]
 fn r7_almost_full_pool_fails_promptly() {
     let pool = pool_at(0, 1 << 20, 0, PoolConfig { areas: 4, ..PoolConfig::default() });
@@ -223,9 +236,10 @@ fn r7_almost_full_pool_fails_promptly() {
     pool.map(ram(0x1000), 100, DmaDirection::ToDevice, &constraints).unwrap();
 }
 
-/// R8 (Linux e8068f2d). A mapping with pre-padding (offset 0xfa0 in a 4 KiB-aligned region);
-/// `sync_for_cpu` of a sub-range copies exactly those bytes, and `sync_for_device` of a
-/// sub-range exactly those the other way: offsets count from the buffer, not the region.
+/// R8 (Linux e8068f2d, docs/dma-contract.md#linux-commits). A mapping with pre-padding (offset
+/// 0xfa0 in a 4 KiB-aligned region); `sync_for_cpu` of a sub-range copies exactly those bytes,
+/// and `sync_for_device` of a sub-range exactly those the other way: offsets count from the
+/// buffer, not the region.
 #[test]
 fn r8_partial_syncs_address_the_right_bytes() {
     let pool = simple_pool();
@@ -253,9 +267,10 @@ fn r8_partial_syncs_address_the_right_bytes() {
     pool.unmap(mapping.dma, size).unwrap();
 }
 
-/// R9 (Linux 2650073f). An untrusted device, a buffer smaller than the granule: every byte of
-/// the granule before and after the buffer reads as zero, even where an earlier mapping left
-/// data. Without the option the stale bytes stay, which is why the option exists.
+/// R9 (Linux 2650073f, docs/dma-contract.md#linux-commits). An untrusted device, a buffer
+/// smaller than the granule: every byte of the granule before and after the buffer reads as
+/// zero, even where an earlier mapping left data. Without the option the stale bytes stay,
+/// which is why the option exists.
 #[test]
 fn r9_untrusted_padding_reads_as_zero() {
     for zero_padding in [true, false] {
@@ -275,8 +290,10 @@ fn r9_untrusted_padding_reads_as_zero() {
     }
 }
 
-/// R10 (seed 002). `min_align_mask = 0xfff`, 4 KiB CPU pages, 64 KiB granule:
-/// `max_mapping_size` is 252 KiB, and a 252 KiB mapping succeeds (with the worst offset too).
+/// R10, from the "nvme-pci: Fix dma-iommu mapping failures when PAGE_SIZE=64KB" thread (2024),
+/// docs/dma-contract.md#thread-nvme-64k-pages. `min_align_mask = 0xfff`, 4 KiB CPU pages,
+/// 64 KiB granule: `max_mapping_size` is 252 KiB, and a 252 KiB mapping succeeds (with the
+/// worst offset too).
 #[test]
 fn r10_nvme_behind_64k_granule_maps_252k() {
     let pool = pool_at(0x3000, 2 << 20, 0, PoolConfig { areas: 2, ..PoolConfig::default() });
@@ -292,9 +309,10 @@ fn r10_nvme_behind_64k_granule_maps_252k() {
     assert!(all_free(&pool));
 }
 
-/// R12 (seed 001), pool level. 16 KiB granule, 4 KiB CPU pages, a 4 KiB buffer for an
-/// untrusted device: the IOMMU layer passes `alloc_align_mask = 0x3fff` and asks for zeroed
-/// padding; each buffer lands in one 16 KiB-aligned granule of its own.
+/// R12, pool level, from the "Support IOMMU page sizes larger than the CPU page size" thread
+/// (2021), docs/dma-contract.md#thread-large-iommu-pages. 16 KiB granule, 4 KiB CPU pages, a
+/// 4 KiB buffer for an untrusted device: the IOMMU layer passes `alloc_align_mask = 0x3fff` and
+/// asks for zeroed padding; each buffer lands in one 16 KiB-aligned granule of its own.
 #[test]
 fn r12_untrusted_buffer_gets_its_own_16k_granule() {
     let pool = simple_pool();
