@@ -9,7 +9,7 @@
 //! ```
 //! ````
 //!
-//! `cargo xtask test` boots each named run ([`Run`]) and checks that every line of every
+//! `cargo xtask test` boots each named run (the demos and the scenarios it boots anyway) and checks that every line of every
 //! excerpt is a line that run printed, in the same order. Only what differs from boot to boot
 //! is ignored: the timestamp and the entropy device's random bytes. Anything else that changed
 //! (an address, a count, a message) fails the check, naming the file, the line and what the
@@ -19,40 +19,14 @@ use std::path::{Path, PathBuf};
 
 use crate::Result;
 
-/// The runs an excerpt may come from: what a user gets from the README's commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Run {
-    /// `cargo xtask qemu`.
-    VirtDemo,
-    /// `cargo xtask qemu --board raspi4b`.
-    Raspi4bDemo,
-    /// `cargo xtask qemu --append kernel.fault-demo`.
-    FaultDemo,
-}
-
-impl Run {
-    pub const ALL: [Run; 3] = [Run::VirtDemo, Run::Raspi4bDemo, Run::FaultDemo];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Run::VirtDemo => "virt-demo",
-            Run::Raspi4bDemo => "raspi4b-demo",
-            Run::FaultDemo => "fault-demo",
-        }
-    }
-
-    fn named(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|run| run.name() == name)
-    }
-}
-
 /// One excerpt: where it is, which run it shows, its lines.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Excerpt {
     pub file: PathBuf,
     /// 1-based line number of its first console line.
     pub first_line: usize,
-    pub run: Run,
+    /// The run's name, one of those the caller knows.
+    pub run: String,
     pub lines: Vec<String>,
 }
 
@@ -70,16 +44,18 @@ pub fn documents(root: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Every excerpt in `text` (the contents of `file`).
-pub fn find(file: &Path, text: &str) -> Result<Vec<Excerpt>> {
+/// Every excerpt in `text` (the contents of `file`); `runs` are the names a marker may use.
+pub fn find(file: &Path, text: &str, runs: &[&str]) -> Result<Vec<Excerpt>> {
     let lines: Vec<&str> = text.lines().collect();
     let mut excerpts = Vec::new();
     for (index, line) in lines.iter().enumerate() {
         let Some(rest) = line.trim().strip_prefix(MARKER) else { continue };
         let at = format!("{}:{}", file.display(), index + 1);
         let name = rest.strip_suffix("-->").map(str::trim).ok_or(format!("{at}: a log marker ends with `-->`"))?;
-        let run = Run::named(name)
-            .ok_or(format!("{at}: no run is named `{name}` (known: {})", Run::ALL.map(Run::name).join(", ")))?;
+        if !runs.contains(&name) {
+            return Err(format!("{at}: no run is named `{name}` (known: {})", runs.join(", ")));
+        }
+        let run = name.to_string();
         if lines.get(index + 1).map(|fence| fence.trim()) != Some("```text") {
             return Err(format!("{at}: a log marker must stand right before a ```text block"));
         }
@@ -148,7 +124,7 @@ pub fn check(excerpt: &Excerpt, console: &str) -> Result<()> {
                     "{}:{}: this log line is not what `{}` prints{}:\n    {}\n{}",
                     excerpt.file.display(),
                     excerpt.first_line + offset,
-                    excerpt.run.name(),
+                    excerpt.run,
                     if next > 0 { " after the lines above it" } else { "" },
                     line.trim(),
                     match now {
@@ -166,11 +142,13 @@ pub fn check(excerpt: &Excerpt, console: &str) -> Result<()> {
 }
 
 /// `text` with every excerpt's lines replaced by the lines of the same shape, in order, from
-/// its run's console (`console_of`); an excerpt line with no counterpart is an error.
-pub fn rewrite(file: &Path, text: &str, console_of: impl Fn(Run) -> String) -> Result<String> {
+/// its run's console (`consoles`: each run's name and what it printed); an excerpt line with no
+/// counterpart is an error.
+pub fn rewrite(file: &Path, text: &str, consoles: &[(&str, String)]) -> Result<String> {
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    for excerpt in find(file, text)? {
-        let console = console_of(excerpt.run);
+    let runs: Vec<&str> = consoles.iter().map(|(name, _)| *name).collect();
+    for excerpt in find(file, text, &runs)? {
+        let console = &consoles.iter().find(|(name, _)| *name == excerpt.run).expect("a known run").1;
         let printed: Vec<&str> = console.lines().collect();
         let mut next = 0;
         for (offset, line) in excerpt.lines.iter().enumerate() {
@@ -178,7 +156,7 @@ pub fn rewrite(file: &Path, text: &str, console_of: impl Fn(Run) -> String) -> R
                 "{}:{}: `{}` printed no line like:\n    {}",
                 file.display(),
                 excerpt.first_line + offset,
-                excerpt.run.name(),
+                excerpt.run,
                 line.trim()
             ))?;
             next += found + 1;
@@ -199,13 +177,13 @@ mod tests {
     const DOC: &str = "Intro\n<!-- log: virt-demo -->\n```text\n[   0.001] INFO  machine: virt\n[   0.002] INFO  heap: 504 MiB\n```\nEnd\n";
 
     fn excerpt() -> Excerpt {
-        find(Path::new("README.md"), DOC).unwrap().pop().unwrap()
+        find(Path::new("README.md"), DOC, &["virt-demo"]).unwrap().pop().unwrap()
     }
 
     #[test]
     fn excerpts_are_found_with_their_run_and_lines() {
         let excerpt = excerpt();
-        assert_eq!((excerpt.run, excerpt.first_line), (Run::VirtDemo, 4));
+        assert_eq!((excerpt.run.as_str(), excerpt.first_line), ("virt-demo", 4));
         assert_eq!(excerpt.lines, ["[   0.001] INFO  machine: virt", "[   0.002] INFO  heap: 504 MiB"]);
     }
 
@@ -226,20 +204,20 @@ mod tests {
     #[test]
     fn a_rewrite_takes_the_lines_the_run_prints_now() {
         let console = "[   1.5] INFO  machine: virt\n[   3.0] INFO  heap: 248 MiB\n";
-        let rewritten = rewrite(Path::new("README.md"), DOC, |_| console.to_string()).unwrap();
+        let rewritten = rewrite(Path::new("README.md"), DOC, &[("virt-demo", console.to_string())]).unwrap();
         assert_eq!(
             rewritten,
             DOC.replace("[   0.001]", "[   1.5]").replace("[   0.002] INFO  heap: 504", "[   3.0] INFO  heap: 248")
         );
-        let error = rewrite(Path::new("README.md"), DOC, |_| "nothing".into()).unwrap_err();
+        let error = rewrite(Path::new("README.md"), DOC, &[("virt-demo", "nothing".into())]).unwrap_err();
         assert!(error.contains("README.md:4:"), "{error}");
     }
 
     #[test]
     fn bad_markers_are_refused_in_words() {
-        let error = find(Path::new("a.md"), "<!-- log: nonsense -->\n```text\n```\n").unwrap_err();
+        let error = find(Path::new("a.md"), "<!-- log: nonsense -->\n```text\n```\n", &["virt-demo"]).unwrap_err();
         assert!(error.contains("no run is named `nonsense`"), "{error}");
-        let error = find(Path::new("a.md"), "<!-- log: virt-demo -->\ntext\n").unwrap_err();
+        let error = find(Path::new("a.md"), "<!-- log: virt-demo -->\ntext\n", &["virt-demo"]).unwrap_err();
         assert!(error.contains("right before a ```text block"), "{error}");
     }
 }

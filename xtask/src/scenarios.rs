@@ -46,6 +46,17 @@ impl Scenario {
         Scenario::ThreeLargeDisks,
     ];
 
+    /// How the documentation's log excerpts name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::SmallPool => "small-pool",
+            Scenario::TinyPool => "tiny-pool",
+            Scenario::SilentNetwork => "silent-network",
+            Scenario::MissingConsole => "missing-console",
+            Scenario::ThreeLargeDisks => "three-large-disks",
+        }
+    }
+
     fn machine(self) -> Machine {
         let mut virt = Virt::standard(false, PoolForm::Static, None);
         match self {
@@ -90,21 +101,22 @@ impl Scenario {
         }
     }
 
-    /// Boots the scenario's demo and checks what it printed; a one-line summary.
-    pub fn check(self, kernel: &Path) -> Result<String> {
+    /// Boots the scenario's demo and checks what it printed; a one-line summary, and the
+    /// console.
+    pub fn check(self, kernel: &Path) -> Result<(String, String)> {
         let machine = self.machine();
-        println!("xtask: {self:?} scenario on {}", machine.name());
+        println!("xtask: {} scenario on {}", self.name(), machine.name());
         let run = qemu::run_captured(&machine, kernel, "", SCENARIO_TIMEOUT)?;
         let expected = self.expected();
         if let Some(panic) = run.console.lines().find(|line| line.contains("kernel panic")) {
-            return Err(format!("{self:?}: the kernel panicked: {panic}"));
+            return Err(format!("{}: the kernel panicked: {panic}", self.name()));
         }
         if let Some(missing) = expected.lines.iter().find(|text| !run.console.contains(*text)) {
-            return Err(format!("{self:?}: the console lacks \"{missing}\""));
+            return Err(format!("{}: the console lacks \"{missing}\"", self.name()));
         }
         if run.exit_code != Some(expected.status) {
-            return Err(format!("{self:?}: QEMU exit status {:?}, expected {}", run.exit_code, expected.status));
+            return Err(format!("{}: QEMU exit status {:?}, expected {}", self.name(), run.exit_code, expected.status));
         }
-        Ok(format!("{self:?} ({}): {}", machine.name(), expected.summary))
+        Ok((format!("{} ({}): {}", self.name(), machine.name(), expected.summary), run.console))
     }
 }

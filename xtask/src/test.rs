@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::devicetree::{PoolForm, RaspiPool, POOL_SIZE};
-use crate::excerpts::{self, Run};
+use crate::excerpts;
 use crate::prerequisites::ensure_qemu;
 use crate::qemu::{self, Board, IommuGranule, Machine, Virt};
 use crate::scenarios::Scenario;
@@ -43,13 +43,15 @@ pub fn run_all() -> Result<()> {
         summaries.push(kernel_tests(machine, &kernel)?);
     }
     let mut consoles = Vec::new();
-    for run in Run::ALL {
+    for run in Demo::ALL {
         let console = demo(run, &kernel)?;
         summaries.push(format!("{}: {}", run.name(), check_demo(run, &console)?));
-        consoles.push((run, console));
+        consoles.push((run.name(), console));
     }
     for scenario in Scenario::ALL {
-        summaries.push(scenario.check(&kernel)?);
+        let (summary, console) = scenario.check(&kernel)?;
+        summaries.push(summary);
+        consoles.push((scenario.name(), console));
     }
     summaries.push(check_excerpts(&consoles)?);
     summaries.push(sdcard_read_back()?);
@@ -82,23 +84,47 @@ fn kernel_tests(machine: &Machine, kernel: &Path) -> Result<String> {
     Ok(format!("{}: {summary}", machine.name()))
 }
 
+/// The demos of the README's commands; the documentation quotes their consoles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demo {
+    /// `cargo xtask qemu`.
+    Virt,
+    /// `cargo xtask qemu --board raspi4b`.
+    Raspi4b,
+    /// `cargo xtask qemu --append kernel.fault-demo`.
+    Fault,
+}
+
+impl Demo {
+    pub const ALL: [Demo; 3] = [Demo::Virt, Demo::Raspi4b, Demo::Fault];
+
+    /// How a log excerpt names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Demo::Virt => "virt-demo",
+            Demo::Raspi4b => "raspi4b-demo",
+            Demo::Fault => "fault-demo",
+        }
+    }
+}
+
 /// The machine and command line of each run the documentation quotes, as its README command
 /// starts it.
-fn demo_machine(run: Run) -> (Machine, &'static str) {
+fn demo_machine(run: Demo) -> (Machine, &'static str) {
     let virt = || Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72");
     match run {
-        Run::VirtDemo => (virt(), ""),
-        Run::Raspi4bDemo => (Machine::raspi4b(RaspiPool::Default), ""),
-        Run::FaultDemo => (virt(), "kernel.fault-demo"),
+        Demo::Virt => (virt(), ""),
+        Demo::Raspi4b => (Machine::raspi4b(RaspiPool::Default), ""),
+        Demo::Fault => (virt(), "kernel.fault-demo"),
     }
 }
 
 /// What `run` printed.
-pub fn demo(run: Run, kernel: &Path) -> Result<String> {
+pub fn demo(run: Demo, kernel: &Path) -> Result<String> {
     let (machine, bootargs) = demo_machine(run);
     println!("xtask: {} on {}", run.name(), machine.name());
     let output = qemu::run_captured(&machine, kernel, bootargs, KERNEL_TIMEOUT)?;
-    let expected_status = if run == Run::FaultDemo { 1 } else { 0 };
+    let expected_status = if run == Demo::Fault { 1 } else { 0 };
     if output.exit_code != Some(expected_status) {
         return Err(format!("{}: QEMU exit status {:?}, expected {expected_status}", run.name(), output.exit_code));
     }
@@ -106,21 +132,21 @@ pub fn demo(run: Run, kernel: &Path) -> Result<String> {
 }
 
 /// What each demo must show; a one-line summary of it.
-fn check_demo(run: Run, console: &str) -> Result<String> {
+fn check_demo(run: Demo, console: &str) -> Result<String> {
     let (expected, summary): (&[&str], _) = match run {
-        Run::VirtDemo => (
+        Demo::Virt => (
             &["demo: block device", "identical", "demo: network: 10.0.2.2 is at", "powering off: PSCI SYSTEM_OFF"],
             "every device transferred, powered off through PSCI",
         ),
         // No semihosting exit on success, no PSCI: the watchdog, which `-no-reboot` turns
         // into an exit.
-        Run::Raspi4bDemo => (
+        Demo::Raspi4b => (
             &["demo: DMA engine: copied 64 KiB", "identically", "powering off: watchdog reset"],
             "DMA engine copy verified, powered off through the watchdog",
         ),
         // An unexpected fault is reported in words (class, fault, FAR, ELR, registers), the
         // panic handler names where it stopped, and the machine stops with a failure status.
-        Run::FaultDemo => (
+        Demo::Fault => (
             &[
                 "synchronous exception: data abort from EL1, translation fault at level 0, on a read",
                 "FAR 0x0000000000001000",
@@ -137,14 +163,15 @@ fn check_demo(run: Run, console: &str) -> Result<String> {
 }
 
 /// Every log excerpt in the documentation is what its run printed.
-fn check_excerpts(consoles: &[(Run, String)]) -> Result<String> {
+fn check_excerpts(consoles: &[(&str, String)]) -> Result<String> {
+    let runs: Vec<&str> = consoles.iter().map(|(name, _)| *name).collect();
     let mut count = 0;
     for file in excerpts::documents(&image::workspace_root()) {
         let text =
             std::fs::read_to_string(&file).map_err(|error| format!("cannot read {}: {error}", file.display()))?;
-        for excerpt in excerpts::find(&file, &text)? {
-            let console = consoles.iter().find(|(run, _)| *run == excerpt.run).map(|(_, console)| console);
-            excerpts::check(&excerpt, console.expect("every run was booted"))?;
+        for excerpt in excerpts::find(&file, &text, &runs)? {
+            let console = &consoles.iter().find(|(name, _)| *name == excerpt.run).expect("a known run").1;
+            excerpts::check(&excerpt, console)?;
             count += 1;
         }
     }
@@ -157,15 +184,16 @@ pub fn update_excerpts() -> Result<()> {
     ensure_qemu()?;
     let kernel = image::build()?;
     let mut consoles = Vec::new();
-    for run in Run::ALL {
-        consoles.push((run, demo(run, &kernel)?));
+    for run in Demo::ALL {
+        consoles.push((run.name(), demo(run, &kernel)?));
+    }
+    for scenario in Scenario::ALL {
+        consoles.push((scenario.name(), scenario.check(&kernel)?.1));
     }
     for file in excerpts::documents(&image::workspace_root()) {
         let text =
             std::fs::read_to_string(&file).map_err(|error| format!("cannot read {}: {error}", file.display()))?;
-        let console_of =
-            |run: Run| consoles.iter().find(|(r, _)| *r == run).map(|(_, c)| c.clone()).unwrap_or_default();
-        let rewritten = excerpts::rewrite(&file, &text, console_of)?;
+        let rewritten = excerpts::rewrite(&file, &text, &consoles)?;
         if rewritten != text {
             std::fs::write(&file, rewritten).map_err(|error| format!("cannot write {}: {error}", file.display()))?;
             println!("xtask: rewrote the log excerpts in {}", file.display());
