@@ -13,12 +13,10 @@ use alloc::string::String;
 use core::fmt;
 
 use drivers::nvme::transfer::{self, TransferError};
-use virtio_drivers::device::blk::{VirtIOBlk, SECTOR_SIZE};
-use virtio_drivers::transport::Transport;
 
 use crate::dma::{DmaApiError, DmaDevice};
 use crate::nvme::NvmeError;
-use crate::virtio::{self, VirtioHal};
+use crate::virtio::{self, VirtioError};
 
 /// A disk, whatever carries its requests.
 pub trait BlockDevice {
@@ -51,7 +49,7 @@ pub enum BlockError {
     },
     Transfer(TransferError),
     Dma(DmaApiError),
-    Virtio(virtio_drivers::Error),
+    Virtio(VirtioError),
     Nvme(NvmeError),
 }
 
@@ -66,7 +64,7 @@ impl fmt::Display for BlockError {
             }
             BlockError::Transfer(error) => write!(f, "{error}"),
             BlockError::Dma(error) => write!(f, "{error}"),
-            BlockError::Virtio(error) => write!(f, "virtio: {error}"),
+            BlockError::Virtio(error) => write!(f, "{error}"),
             BlockError::Nvme(error) => write!(f, "{error}"),
         }
     }
@@ -78,9 +76,23 @@ impl From<TransferError> for BlockError {
     }
 }
 
+impl From<VirtioError> for BlockError {
+    fn from(error: VirtioError) -> Self {
+        BlockError::Virtio(error)
+    }
+}
+
 impl From<NvmeError> for BlockError {
     fn from(error: NvmeError) -> Self {
         BlockError::Nvme(error)
+    }
+}
+
+/// Calls `visit` with every disk the kernel drives: virtio-mmio, virtio-pci, then NVMe.
+pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
+    virtio::with_each_disk(&mut visit);
+    for controller in crate::nvme::controllers() {
+        visit(&mut *controller.lock());
     }
 }
 
@@ -123,46 +135,5 @@ fn check_range(disk: &dyn BlockDevice, block: u64, bytes: usize) -> Result<(), B
     match end {
         Some(end) if end <= disk.blocks() => Ok(()),
         _ => Err(BlockError::OutOfRange { block, bytes, capacity: disk.blocks() }),
-    }
-}
-
-/// virtio-blk: one request per call, as big as one mapping of the DMA route takes.
-impl<const SLOT: usize, T: Transport> BlockDevice for VirtIOBlk<VirtioHal<SLOT>, T> {
-    fn describe(&self) -> String {
-        format!("virtio-blk {}", self.dma_device().name)
-    }
-
-    fn block_size(&self) -> usize {
-        SECTOR_SIZE
-    }
-
-    fn blocks(&self) -> u64 {
-        self.capacity()
-    }
-
-    fn max_transfer(&self) -> Option<usize> {
-        match self.dma_device().max_mapping_size() {
-            Ok(limit) => limit.map(|limit| limit / SECTOR_SIZE * SECTOR_SIZE),
-            Err(error) => {
-                log::warn!("{}: no mapping limit known ({error}); each request maps whole", self.describe());
-                None
-            }
-        }
-    }
-
-    fn dma_device(&self) -> &'static DmaDevice {
-        virtio::dma_device(SLOT).expect("virtio device slot filled before its driver starts")
-    }
-
-    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-        self.read_blocks(block as usize, buffer).map_err(BlockError::Virtio)
-    }
-
-    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
-        self.write_blocks(block as usize, buffer).map_err(BlockError::Virtio)
-    }
-
-    fn flush(&mut self) -> Result<(), BlockError> {
-        VirtIOBlk::flush(self).map_err(BlockError::Virtio)
     }
 }

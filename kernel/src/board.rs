@@ -63,17 +63,21 @@ pub fn start_watchdog(devicetree: &Devicetree<'static>) {
 }
 
 /// Starts a driver for every DMA-capable device that has one, each with its own DMA handle,
-/// and prints the DMA table: one row per device, how its transfers reach memory.
+/// and prints the DMA table: one row per device, how its transfers reach memory. Devices start
+/// in ascending register address, the order virtio devices are numbered in (`virtio-blk0` is
+/// the lowest-addressed disk).
 pub fn start_dma_devices(devicetree: &Devicetree<'static>, devices: &[Device<'static>]) {
     info!("DMA devices:");
-    for device in devices {
+    let mut by_address: alloc::vec::Vec<&Device<'static>> = devices.iter().collect();
+    by_address.sort_by_key(|device| device.regs.first().map(|registers| registers.start()));
+    for device in by_address {
         let started = if device.is_compatible(Controller::COMPATIBLE) {
             start_dma_engine(devicetree, device)
         } else {
             start_virtio(device)
         };
         match started {
-            Ok(Some(kind)) => info!("  {:<22} {kind:<11} {}", device.name, device.dma),
+            Ok(Some(name)) => info!("  {:<22} {name:<11} {}", device.name, device.dma),
             Ok(None) => {} // an empty virtio-mmio slot
             Err(problem) => warn!("  {:<22} not started: {problem}", device.name),
         }
@@ -84,7 +88,10 @@ fn start_virtio(device: &Device<'static>) -> Result<Option<String>, String> {
     let registers = *device.regs.first().ok_or("no registers")?;
     let Some(transport) = crate::virtio::open_transport(registers)? else { return Ok(None) };
     let dma = dma_device(device, VIRTIO_DMA_MASK)?;
-    Ok(Some(crate::virtio::start(transport, dma)?.into()))
+    match crate::virtio::start_mmio(transport, dma) {
+        Ok(name) => Ok(Some(name.into())),
+        Err(not_started) => Err(alloc::format!("{not_started}")),
+    }
 }
 
 fn start_dma_engine(devicetree: &Devicetree<'static>, device: &Device<'static>) -> Result<Option<String>, String> {
@@ -169,7 +176,9 @@ impl PciDriver {
 
     fn start(self, name: &'static str, function: &PciFunction, dma: DmaDevice) -> Result<(), String> {
         match self {
-            PciDriver::VirtioBlock => crate::virtio::start_pci(function, dma).map(|_| ()).map_err(String::from),
+            PciDriver::VirtioBlock => {
+                crate::virtio::start_pci(function, dma).map_err(|error| alloc::format!("{error}"))
+            }
             PciDriver::Nvme => crate::nvme::start(name, function, dma).map_err(|error| alloc::format!("{error}")),
         }
     }

@@ -1,12 +1,17 @@
 //! The integrity test every disk runs, whatever its transport: virtio-blk on the MMIO bus,
-//! virtio-blk and NVMe on PCIe behind the IOMMU.
+//! virtio-blk and NVMe on PCIe behind the IOMMU. Sizes follow each disk's own block size and
+//! capacity, and a disk whose bounce pool cannot hold a request is said to be skipped, with
+//! the pool's size.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
+use alloc::vec::Vec;
 
 use crate::block::{self, BlockDevice};
-use crate::testing::ensure;
+use crate::dma::{DmaDevice, DmaPool, Route};
+use crate::testing::{ensure, kernel_test, skip, Verdict};
 use crate::tests::virtio::pattern;
 
 /// Buffer start offsets within a page every disk is tested at: the contract's R6 set, each
@@ -15,11 +20,18 @@ pub const PAGE_OFFSETS: [usize; 4] = [0, 0x200, 0x7c8, 0xfa0];
 
 /// Writes, flushes and reads back every size at every offset, each size in as many requests
 /// as the disk's limit needs, through buffers of their own; every byte compared. The read
-/// buffer sits at another offset than the written one. Returns the bytes moved.
+/// buffer sits at another offset than the written one. Each size is first rounded up to whole
+/// blocks of the disk (512 bytes on a disk of 4 KiB blocks is one block); sizes larger than
+/// the disk are left out. Returns the bytes moved.
 pub fn round_trips(disk: &mut dyn BlockDevice, sizes: &[usize], offsets: &[usize], seed: u64) -> Result<usize, String> {
-    let largest = sizes.iter().copied().max().unwrap_or(0);
     let block_size = disk.block_size();
     let capacity = disk.blocks();
+    let disk_bytes = usize::try_from(capacity).unwrap_or(usize::MAX).saturating_mul(block_size);
+    let mut sizes: Vec<usize> = sizes.iter().map(|size| size.max(&1).next_multiple_of(block_size)).collect();
+    sizes.retain(|&size| size <= disk_bytes);
+    sizes.sort_unstable();
+    sizes.dedup();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
     let mut written_storage = vec![0u8; largest + 2 * 4096];
     let mut read_storage = vec![0u8; largest + 2 * 4096];
     let written = page_aligned(&mut written_storage);
@@ -57,4 +69,126 @@ pub fn round_trips(disk: &mut dyn BlockDevice, sizes: &[usize], offsets: &[usize
 pub fn page_aligned(storage: &mut [u8]) -> &mut [u8] {
     let start = storage.as_ptr().align_offset(4096);
     &mut storage[start..]
+}
+
+/// The pool every transfer of `device` is copied through, if it has one (a restricted pool,
+/// or a default pool for a direct device that cannot reach all of RAM); `None` behind the
+/// IOMMU.
+pub fn bounce_pool(device: &DmaDevice) -> Option<&'static DmaPool> {
+    match &device.route {
+        Route::Iommu { .. } => None,
+        Route::Restricted(_) | Route::Direct { .. } => device.bounce_pool(),
+    }
+}
+
+/// Why the bounce pool of `device` (of the device `name`) cannot hold a request of `bytes`
+/// now, if it cannot: its longest run of free slots must hold the request at any page
+/// alignment.
+pub fn pool_too_small(device: &DmaDevice, name: &str, bytes: usize) -> Option<String> {
+    let pool = bounce_pool(device)?;
+    let (mut longest, mut run) = (0, 0);
+    for free in pool.bounce.slot_states() {
+        run = if free { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let longest = longest * dma::SLOT_SIZE;
+    (longest < bytes + dma::PAGE_SIZE).then(|| {
+        format!(
+            "{name}: pool '{}' is {} KiB, its longest free run {} KiB, too little for a {} KiB request",
+            pool.name,
+            pool.range.size() >> 10,
+            longest >> 10,
+            bytes.div_ceil(1024)
+        )
+    })
+}
+
+/// [`pool_too_small`] for a disk.
+pub fn disk_pool_too_small(disk: &dyn BlockDevice, bytes: usize) -> Option<String> {
+    pool_too_small(disk.dma_device(), &disk.describe(), bytes)
+}
+
+/// Skips with a reason worked out at run time; the runner keeps it until it prints it.
+pub fn skip_because(reason: String) -> Verdict {
+    Verdict::Skipped(Box::leak(reason.into_boxed_str()))
+}
+
+kernel_test! {
+    /// Every disk the kernel drives (virtio-mmio, virtio-pci, NVMe) writes and reads back a
+    /// block, a page, three pages and a block, and a request beyond its largest, at the R6
+    /// page offsets; every byte compared.
+    fn every_disk_round_trips() {
+        let (mut disks, mut skipped, mut failure) = (0, Vec::new(), None);
+        block::with_each_disk(|disk| {
+            if failure.is_some() {
+                return;
+            }
+            disks += 1;
+            let block = disk.block_size();
+            let beyond_one_request = disk.max_transfer().map_or(256 << 10, |limit| limit.min(1 << 20)) + block;
+            let largest_request = beyond_one_request - block;
+            if let Some(reason) = disk_pool_too_small(disk, largest_request) {
+                skipped.push(reason);
+                return;
+            }
+            let sizes = [block, 4096, 3 * 4096 + block, beyond_one_request];
+            failure = round_trips(disk, &sizes, &PAGE_OFFSETS, 300).err();
+        });
+        if let Some(failure) = failure {
+            return Err(failure.into());
+        }
+        if disks == 0 { skip!("no disk") }
+        if skipped.len() == disks {
+            return Err(skip_because(skipped.join("; ")));
+        }
+        for reason in skipped {
+            log::info!("skipped {reason}");
+        }
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// Each disk keeps what was written to it: a pattern of its own goes to block 1 of every
+    /// disk, then each is read back. Two disks that were one (or a write that went to another
+    /// disk) would show another disk's pattern.
+    fn every_disk_keeps_its_own_data() {
+        // Per disk, in visiting order: the pattern written to it, or why it was left out.
+        let mut written: Vec<Result<Vec<u8>, String>> = Vec::new();
+        let mut failure = None;
+        block::with_each_disk(|disk| {
+            let data = pattern(4000 + written.len() as u64, disk.block_size());
+            if let Some(reason) = disk_pool_too_small(disk, data.len()) {
+                written.push(Err(reason));
+                return;
+            }
+            match block::write(disk, 1, &data).and_then(|()| disk.flush()) {
+                Ok(()) => written.push(Ok(data)),
+                Err(error) => {
+                    failure = failure.take().or(Some(format!("{}: write: {error}", disk.describe())));
+                    written.push(Err(String::new()));
+                }
+            }
+        });
+        let mut disks = written.iter();
+        block::with_each_disk(|disk| {
+            let Some(Ok(data)) = disks.next() else { return };
+            let mut read = vec![0u8; data.len()];
+            let problem = match block::read(disk, 1, &mut read) {
+                Err(error) => Some(format!("{}: read: {error}", disk.describe())),
+                Ok(()) if read != *data => Some(format!("{}: block 1 holds other data than was written to it", disk.describe())),
+                Ok(()) => None,
+            };
+            failure = failure.take().or(problem);
+        });
+        if let Some(failure) = failure {
+            return Err(failure.into());
+        }
+        if written.is_empty() { skip!("no disk") }
+        if written.iter().all(Result::is_err) {
+            let reasons: Vec<String> = written.into_iter().filter_map(Result::err).collect();
+            return Err(skip_because(reasons.join("; ")));
+        }
+        Ok(())
+    }
 }

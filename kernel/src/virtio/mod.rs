@@ -1,149 +1,225 @@
-//! virtio devices on the MMIO transport, with every transfer through the kernel's DMA API.
+//! virtio devices on the MMIO and PCI transports: every device found is driven, each through
+//! its own DMA handle, and nothing a pool refuses or a device fails to do stops the kernel.
 //!
-//! The `virtio-drivers` crate drives the devices; it asks its [`Hal`] for memory the device
-//! can reach. Its `Hal` methods take no `self`, yet each device has its own DMA route (its own
-//! restricted pool, bus offset, coherency). So the Hal is a type per device slot,
-//! `VirtioHal<SLOT>`, and each slot's [`DmaDevice`] sits in a table filled at probe time:
+//! The drivers here (disks, entropy sources, network cards) are this kernel's own, built on
+//! `virtio-drivers`' transports and virtqueues. The crate's own device drivers wait for every
+//! completion without a limit, which a device that never answers turns into a hang, and map
+//! buffers from inside calls that cannot fail. So:
+//!
+//! - **Refusals are errors, not panics.** `virtio-drivers` asks its Hal to map a buffer while it
+//!   adds the buffer to a queue, and the Hal cannot refuse. The drivers therefore map every
+//!   buffer of a request through the kernel's DMA API *before* submitting it, and the Hal only
+//!   looks up that mapping; the rings come from memory reserved when the device starts. A
+//!   request the pool cannot serve fails with the reason, having reached nothing; a device
+//!   whose queues do not fit is not started, and the device table says why ([`hal`]).
+//! - **Every wait has a deadline.** A device that misses it is reset, which makes it let go of
+//!   its buffers, before they are unmapped; it stays out of service ([`device`]).
+//! - **Every device is driven.** The Hal's methods take no `self`, so each device's Hal is a
+//!   type of its own, `VirtioHal<SLOT>`, and a driver's type names its slot. There are
+//!   [`SLOTS_PER_KIND`] slots for each kind of device, held in the tables below:
 //!
 //! ```text
-//!  VirtIOBlk<VirtioHal<BLOCK>>   ─share/unshare/dma_alloc─▶  DEVICES[BLOCK]   = DmaDevice ─▶ pool
-//!  VirtIORng<VirtioHal<ENTROPY>> ───────────────────────────▶ DEVICES[ENTROPY] = DmaDevice ─▶ pool
+//!  slots  0..8   virtio-mmio disks     Disk<SLOT, Mmio>     named virtio-blk0, virtio-blk1, ...
+//!  slots  8..16  virtio-pci disks      Disk<SLOT, Pci>      named by PCI address
+//!  slots 16..24  entropy sources       Entropy<SLOT, Mmio>  named virtio-rng0, ...
+//!  slots 24..32  network cards         Network<SLOT, Mmio>  named virtio-net0, ...
 //! ```
 //!
-//! `share` is a streaming map (copy into the pool for a restricted device), `unshare` the unmap
-//! (copy back for buffers the device wrote), `dma_alloc` coherent memory for the virtqueues
-//! (from the pool, for a restricted device). That is the AOSP pvmfw pattern.
-
-use core::ptr::NonNull;
-
-use addr::{DmaAddr, PhysRange, VirtAddr};
-use dma::DmaDirection;
-use spin::{Mutex, Once};
-use virtio_drivers::device::blk::VirtIOBlk;
-use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::device::rng::VirtIORng;
-use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
-use virtio_drivers::transport::pci::bus::{DeviceFunction, DeviceFunctionInfo};
-use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
-use virtio_drivers::transport::{DeviceType, Transport};
-use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
-
-use crate::dma::DmaDevice;
-use crate::pci::PciFunction;
+//! A virtio-mmio device is named by its kind and its rank among the devices of that kind in
+//! ascending register address, which is the order the device table lists them in. A name
+//! depends only on the machine: a device that fails to start keeps its number, and the table
+//! shows the name beside the devicetree node.
 
 mod access_platform;
+mod blk;
+mod device;
+mod error;
+mod hal;
+mod net;
+mod rng;
 
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use spin::Mutex;
+use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::pci::bus::DeviceFunctionInfo;
+use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+use virtio_drivers::transport::{DeviceType, Transport};
+
+use crate::block::BlockDevice;
+use crate::dma::DmaDevice;
+use crate::pci::PciFunction;
 use access_platform::AccessPlatform;
 
-pub const BLOCK: usize = 0;
-pub const ENTROPY: usize = 1;
-pub const NETWORK: usize = 2;
-/// Disks on the PCIe bus, behind the IOMMU: two, so that one can be trusted and one not.
-pub const PCI_DISK_A: usize = 3;
-pub const PCI_DISK_B: usize = 4;
-const SLOTS: usize = 5;
-const NETWORK_QUEUE_SIZE: usize = 16;
+pub use blk::Disk;
+pub use error::{StartError, VirtioError};
+pub use hal::VirtioHal;
+pub use net::{Network, NetworkDevice};
+pub use rng::{Entropy, EntropySource};
 
-type Mmio = MmioTransport<'static>;
-type Pci = AccessPlatform<PciTransport>;
-pub type BlockDevice = VirtIOBlk<VirtioHal<BLOCK>, Mmio>;
-pub type EntropyDevice = VirtIORng<VirtioHal<ENTROPY>, Mmio>;
-pub type NetworkDevice = VirtIONetRaw<VirtioHal<NETWORK>, Mmio, NETWORK_QUEUE_SIZE>;
-pub type PciDisk<const SLOT: usize> = VirtIOBlk<VirtioHal<SLOT>, Pci>;
+/// Devices of each kind the kernel drives at most: each slot is a type, so their number is
+/// fixed, and generous for a machine.
+pub const SLOTS_PER_KIND: usize = 8;
+/// Slots of every kind together.
+pub const SLOTS: usize = 4 * SLOTS_PER_KIND;
+const MMIO_DISK_SLOTS: usize = 0;
+const PCI_DISK_SLOTS: usize = SLOTS_PER_KIND;
+const ENTROPY_SLOTS: usize = 2 * SLOTS_PER_KIND;
+const NETWORK_SLOTS: usize = 3 * SLOTS_PER_KIND;
 
-static DEVICES: [Once<DmaDevice>; SLOTS] = [const { Once::new() }; SLOTS];
-pub static BLOCK_DEVICE: Mutex<Option<BlockDevice>> = Mutex::new(None);
-pub static ENTROPY_DEVICE: Mutex<Option<EntropyDevice>> = Mutex::new(None);
-pub static NETWORK_DEVICE: Mutex<Option<NetworkDevice>> = Mutex::new(None);
-pub static PCI_DISK_A_DEVICE: Mutex<Option<PciDisk<PCI_DISK_A>>> = Mutex::new(None);
-pub static PCI_DISK_B_DEVICE: Mutex<Option<PciDisk<PCI_DISK_B>>> = Mutex::new(None);
+pub type Mmio = MmioTransport<'static>;
+pub type Pci = AccessPlatform<PciTransport>;
+/// A virtio-blk-pci disk behind the IOMMU.
+pub type PciDisk<const SLOT: usize> = Disk<SLOT, Pci>;
+/// The slots of the first two virtio-pci disks, which the IOMMU tests use as a pair (one
+/// trusted, one not).
+pub const PCI_DISK_A: usize = PCI_DISK_SLOTS;
+pub const PCI_DISK_B: usize = PCI_DISK_SLOTS + 1;
 
-/// The DMA handle of the device in `slot`, once probed.
+/// One slot of a kind, whatever its number: holds at most one started driver.
+pub trait Slot<Driver: ?Sized, T>: Sync {
+    fn is_free(&self) -> bool;
+    /// Starts a driver on `transport` in this slot, DMA through `dma`, named `name`.
+    fn start(&self, transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<(), StartError>;
+    /// Calls `visit` with the slot's driver, if it holds one.
+    fn with(&self, visit: &mut dyn FnMut(&mut Driver));
+}
+
+macro_rules! slot_of {
+    ($driver:ident as $kind:ty) => {
+        impl<const SLOT: usize, T: Transport + Send + 'static> Slot<$kind, T> for Mutex<Option<$driver<SLOT, T>>> {
+            fn is_free(&self) -> bool {
+                self.lock().is_none()
+            }
+
+            fn start(&self, transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<(), StartError> {
+                let driver = $driver::start(transport, dma, name)?;
+                let mut slot = self.lock();
+                match *slot {
+                    Some(_) => Err(StartError::SlotTaken { slot: SLOT }),
+                    None => {
+                        *slot = Some(driver);
+                        Ok(())
+                    }
+                }
+            }
+
+            fn with(&self, visit: &mut dyn FnMut(&mut $kind)) {
+                if let Some(driver) = self.lock().as_mut() {
+                    visit(driver);
+                }
+            }
+        }
+    };
+}
+
+slot_of!(Disk as dyn BlockDevice + 'static);
+slot_of!(Entropy as dyn EntropySource + 'static);
+slot_of!(Network as dyn NetworkDevice + 'static);
+
+/// The storage of one kind's slots (a driver type per slot, so a tuple), and its table.
+macro_rules! slots {
+    ($storage:ident, $table:ident: $driver:ident<$transport:ty> as $kind:ty, from $first:expr) => {
+        static $storage: (
+            Mutex<Option<$driver<{ $first }, $transport>>>,
+            Mutex<Option<$driver<{ $first + 1 }, $transport>>>,
+            Mutex<Option<$driver<{ $first + 2 }, $transport>>>,
+            Mutex<Option<$driver<{ $first + 3 }, $transport>>>,
+            Mutex<Option<$driver<{ $first + 4 }, $transport>>>,
+            Mutex<Option<$driver<{ $first + 5 }, $transport>>>,
+            Mutex<Option<$driver<{ $first + 6 }, $transport>>>,
+            Mutex<Option<$driver<{ $first + 7 }, $transport>>>,
+        ) = (
+            Mutex::new(None),
+            Mutex::new(None),
+            Mutex::new(None),
+            Mutex::new(None),
+            Mutex::new(None),
+            Mutex::new(None),
+            Mutex::new(None),
+            Mutex::new(None),
+        );
+        static $table: [&'static dyn Slot<$kind, $transport>; SLOTS_PER_KIND] =
+            [&$storage.0, &$storage.1, &$storage.2, &$storage.3, &$storage.4, &$storage.5, &$storage.6, &$storage.7];
+    };
+}
+
+slots!(MMIO_DISK_STORAGE, MMIO_DISKS: Disk<Mmio> as dyn BlockDevice, from MMIO_DISK_SLOTS);
+slots!(PCI_DISK_STORAGE, PCI_DISKS: Disk<Pci> as dyn BlockDevice, from PCI_DISK_SLOTS);
+slots!(ENTROPY_STORAGE, ENTROPY_SOURCES: Entropy<Mmio> as dyn EntropySource, from ENTROPY_SLOTS);
+slots!(NETWORK_STORAGE, NETWORK_DEVICES: Network<Mmio> as dyn NetworkDevice, from NETWORK_SLOTS);
+
+/// The first two virtio-pci disks, by type: the IOMMU tests reach into them.
+pub static PCI_DISK_A_DEVICE: &Mutex<Option<PciDisk<PCI_DISK_A>>> = &PCI_DISK_STORAGE.0;
+pub static PCI_DISK_B_DEVICE: &Mutex<Option<PciDisk<PCI_DISK_B>>> = &PCI_DISK_STORAGE.1;
+
+/// virtio-mmio devices found of each kind, started or not: the number in the next one's name.
+static DISKS_FOUND: AtomicUsize = AtomicUsize::new(0);
+static ENTROPY_SOURCES_FOUND: AtomicUsize = AtomicUsize::new(0);
+static NETWORK_DEVICES_FOUND: AtomicUsize = AtomicUsize::new(0);
+/// The virtio-mmio devices found but not started: name, and why in words.
+static NOT_STARTED: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
+
+/// A device that was found but not started, and why.
+#[derive(Debug)]
+pub struct NotStarted {
+    pub name: &'static str,
+    pub error: StartError,
+}
+
+impl fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.error)
+    }
+}
+
+/// How many virtio-mmio devices of each kind were found, by name prefix, and those not
+/// started, with why (as the device table reported them).
+pub fn mmio_devices_found() -> ([(&'static str, usize); 3], Vec<(&'static str, String)>) {
+    let found = [
+        ("virtio-blk", DISKS_FOUND.load(Ordering::Relaxed)),
+        ("virtio-rng", ENTROPY_SOURCES_FOUND.load(Ordering::Relaxed)),
+        ("virtio-net", NETWORK_DEVICES_FOUND.load(Ordering::Relaxed)),
+    ];
+    (found, NOT_STARTED.lock().clone())
+}
+
+/// The DMA handle of the device in `slot`, while one holds it.
 pub fn dma_device(slot: usize) -> Option<&'static DmaDevice> {
-    DEVICES.get(slot)?.get()
+    hal::device_of(slot)
 }
 
-/// The `virtio-drivers` Hal for the device in `SLOT`.
-pub struct VirtioHal<const SLOT: usize>;
-
-impl<const SLOT: usize> VirtioHal<SLOT> {
-    fn device() -> &'static DmaDevice {
-        // The driver exists only after its slot was filled, in `start`.
-        dma_device(SLOT).expect("virtio device slot filled before its driver starts")
-    }
-
-    fn buffer(device: &DmaDevice, buffer: NonNull<[u8]>) -> PhysRange {
-        let address = VirtAddr::from_ptr(buffer.as_ptr() as *const u8);
-        match device.physical(address, buffer.len()) {
-            Ok(range) => range,
-            Err(error) => panic!("{}: cannot share a buffer: {error}", device.name),
-        }
-    }
+/// The DMA handles of every virtio device started.
+pub fn dma_devices() -> Vec<&'static DmaDevice> {
+    hal::devices()
 }
 
-fn direction(direction: BufferDirection) -> DmaDirection {
-    match direction {
-        BufferDirection::DriverToDevice => DmaDirection::ToDevice,
-        BufferDirection::DeviceToDriver => DmaDirection::FromDevice,
-        BufferDirection::Both => DmaDirection::Bidirectional,
-    }
+/// Calls `visit` with every virtio disk: the virtio-mmio ones in name order, then the
+/// virtio-pci ones in bus order.
+pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
+    MMIO_DISKS.iter().for_each(|slot| slot.with(&mut |disk| visit(disk)));
+    PCI_DISKS.iter().for_each(|slot| slot.with(&mut |disk| visit(disk)));
 }
 
-// SAFETY: `dma_alloc` returns zeroed, page-aligned coherent memory owned by the caller until
-// `dma_dealloc`; `share` returns the DMA address of a mapping of exactly the given buffer;
-// `mmio_phys_to_virt` maps the registers as device memory. Failures panic (the trait leaves no
-// way to report them), which stops the kernel with the reason.
-unsafe impl<const SLOT: usize> Hal for VirtioHal<SLOT> {
-    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (u64, NonNull<u8>) {
-        let device = Self::device();
-        match device.alloc_coherent(pages * PAGE_SIZE) {
-            Ok(memory) => (memory.dma.as_u64(), NonNull::new(memory.virt.as_mut_ptr()).expect("non-null")),
-            Err(error) => panic!("{}: cannot allocate {pages} coherent pages: {error}", device.name),
-        }
-    }
+/// Calls `visit` with every entropy source, in name order.
+pub fn with_each_entropy_source(mut visit: impl FnMut(&mut dyn EntropySource)) {
+    ENTROPY_SOURCES.iter().for_each(|slot| slot.with(&mut |source| visit(source)));
+}
 
-    unsafe fn dma_dealloc(dma: u64, virt: NonNull<u8>, pages: usize) -> i32 {
-        let memory = crate::dma::CoherentMemory {
-            virt: VirtAddr::from_ptr(virt.as_ptr()),
-            dma: DmaAddr::new(dma),
-            size: pages * PAGE_SIZE,
-        };
-        match Self::device().free_coherent(memory) {
-            Ok(()) => 0,
-            Err(_) => -1,
-        }
-    }
-
-    unsafe fn mmio_phys_to_virt(physical: u64, size: usize) -> NonNull<u8> {
-        let registers = PhysRange::new(addr::PhysAddr::new(physical), size as u64).expect("MMIO range");
-        match arch::mmu::map_device(registers) {
-            Ok(virt) => NonNull::new(virt.as_mut_ptr()).expect("device window is not at 0"),
-            Err(error) => panic!("cannot map MMIO {registers}: {error:?}"),
-        }
-    }
-
-    unsafe fn share(buffer: NonNull<[u8]>, buffer_direction: BufferDirection) -> u64 {
-        let device = Self::device();
-        let range = Self::buffer(device, buffer);
-        match device.map(range, direction(buffer_direction)) {
-            Ok(dma) => dma.as_u64(),
-            Err(error) => panic!("{}: cannot map {range} for DMA: {error}", device.name),
-        }
-    }
-
-    unsafe fn unshare(dma: u64, buffer: NonNull<[u8]>, buffer_direction: BufferDirection) {
-        let device = Self::device();
-        let range = Self::buffer(device, buffer);
-        if let Err(error) = device.unmap(DmaAddr::new(dma), range, direction(buffer_direction)) {
-            panic!("{}: cannot unmap {range}: {error}", device.name);
-        }
-    }
+/// Calls `visit` with every network device, in name order.
+pub fn with_each_network_device(mut visit: impl FnMut(&mut dyn NetworkDevice)) {
+    NETWORK_DEVICES.iter().for_each(|slot| slot.with(&mut |device| visit(device)));
 }
 
 /// Opens the transport at `registers`; `Ok(None)` for an empty slot (device ID 0).
-pub fn open_transport(registers: PhysRange) -> Result<Option<Mmio>, &'static str> {
+pub fn open_transport(registers: addr::PhysRange) -> Result<Option<Mmio>, &'static str> {
     let mapped = arch::mmu::map_device(registers).map_err(|_| "cannot map the registers")?;
-    let header = NonNull::new(mapped.as_mut_ptr::<VirtIOHeader>()).ok_or("registers at 0")?;
+    let header = core::ptr::NonNull::new(mapped.as_mut_ptr::<VirtIOHeader>()).ok_or("registers at 0")?;
     // SAFETY: the registers of a virtio-mmio node, freshly mapped as device memory, used by
     // this transport alone.
     match unsafe { MmioTransport::new(header, registers.size() as usize) } {
@@ -153,33 +229,29 @@ pub fn open_transport(registers: PhysRange) -> Result<Option<Mmio>, &'static str
     }
 }
 
-/// Starts the driver for `transport`, whose DMA goes through `device`.
-pub fn start(transport: Mmio, device: DmaDevice) -> Result<&'static str, &'static str> {
-    match transport.device_type() {
-        DeviceType::Block => start_in::<BLOCK, _>(device, &BLOCK_DEVICE, || VirtIOBlk::new(transport), "block"),
-        DeviceType::EntropySource => {
-            start_in::<ENTROPY, _>(device, &ENTROPY_DEVICE, || VirtIORng::new(transport), "entropy")
-        }
-        DeviceType::Network => {
-            start_in::<NETWORK, _>(device, &NETWORK_DEVICE, || VirtIONetRaw::new(transport), "network")
-        }
-        _ => Err("no driver for this virtio device type"),
-    }
-}
-
-fn start_in<const SLOT: usize, D>(
-    device: DmaDevice,
-    driver: &Mutex<Option<D>>,
-    create: impl FnOnce() -> virtio_drivers::Result<D>,
-    kind: &'static str,
-) -> Result<&'static str, &'static str> {
-    if DEVICES[SLOT].get().is_some() {
-        return Err("a device of this type is already driven");
-    }
-    DEVICES[SLOT].call_once(|| device);
-    let started = create().map_err(|_| "the driver could not initialise the device")?;
-    *driver.lock() = Some(started);
-    Ok(kind)
+/// Starts the driver for the virtio-mmio device on `transport`, DMA through `dma`; returns
+/// the device's name. Call in ascending register address, which the names count in.
+pub fn start_mmio(transport: Mmio, dma: DmaDevice) -> Result<&'static str, NotStarted> {
+    let device_type = transport.device_type();
+    let (prefix, found) = match device_type {
+        DeviceType::Block => ("virtio-blk", &DISKS_FOUND),
+        DeviceType::EntropySource => ("virtio-rng", &ENTROPY_SOURCES_FOUND),
+        DeviceType::Network => ("virtio-net", &NETWORK_DEVICES_FOUND),
+        other => return Err(NotStarted { name: "virtio", error: StartError::NoDriver(other) }),
+    };
+    let short = leak(format!("{prefix}{}", found.fetch_add(1, Ordering::Relaxed)));
+    let name = leak(format!("{short} ({})", dma.name));
+    let dma: &'static DmaDevice = Box::leak(Box::new(dma));
+    let started = match device_type {
+        DeviceType::Block => start_in(&MMIO_DISKS, "virtio-mmio disk", transport, dma, name),
+        DeviceType::EntropySource => start_in(&ENTROPY_SOURCES, "entropy", transport, dma, name),
+        _ => start_in(&NETWORK_DEVICES, "network", transport, dma, name),
+    };
+    started.map(|()| short).map_err(|error| {
+        let not_started = NotStarted { name: short, error };
+        NOT_STARTED.lock().push((short, format!("{not_started}")));
+        not_started
+    })
 }
 
 /// Whether `function` is a virtio-blk-pci disk, the virtio-pci device this kernel drives.
@@ -187,33 +259,38 @@ pub fn is_pci_disk(function: &DeviceFunctionInfo) -> bool {
     virtio_device_type(function) == Some(DeviceType::Block)
 }
 
-/// Opens the virtio-pci transport of `function` and starts its driver, DMA through `device`.
-pub fn start_pci(function: &PciFunction, device: DmaDevice) -> Result<&'static str, &'static str> {
-    let slot = if DEVICES[PCI_DISK_A].get().is_none() { PCI_DISK_A } else { PCI_DISK_B };
-    if DEVICES[slot].get().is_some() {
-        return Err("both PCI disk slots are taken");
-    }
-    DEVICES[slot].call_once(|| device);
-    match slot {
-        PCI_DISK_A => open_pci_disk::<PCI_DISK_A>(function.address, &PCI_DISK_A_DEVICE),
-        _ => open_pci_disk::<PCI_DISK_B>(function.address, &PCI_DISK_B_DEVICE),
-    }
-}
-
-/// Opens the transport of the PCI disk in `SLOT` and starts a driver on it.
-fn open_pci_disk<const SLOT: usize>(
-    function: DeviceFunction,
-    driver: &Mutex<Option<PciDisk<SLOT>>>,
-) -> Result<&'static str, &'static str> {
-    let bus = crate::pci::bus().ok_or("no PCIe bus")?;
-    let mut transport = PciTransport::new::<VirtioHal<SLOT>, _>(&mut bus.root.lock(), function)
-        .map_err(|_| "not a virtio-pci device")?;
+/// Opens the virtio-pci transport of `function` and starts a disk driver on it, DMA through
+/// `dma`.
+pub fn start_pci(function: &PciFunction, dma: DmaDevice) -> Result<(), NotStarted> {
+    let name = leak(format!("virtio-blk {}", dma.name));
+    let not_started = |error| NotStarted { name, error };
+    let bus = crate::pci::bus().ok_or(not_started(StartError::Transport("no PCIe bus")))?;
+    // Only the Hal's `mmio_phys_to_virt` is used here, the same for every slot.
+    let mut transport = PciTransport::new::<VirtioHal<PCI_DISK_SLOTS>, _>(&mut bus.root.lock(), function.address)
+        .map_err(|_| not_started(StartError::Transport("not a virtio-pci device")))?;
     // Without the feature the device's DMA would bypass the IOMMU while the driver hands it IOVAs.
     if transport.read_device_features() & access_platform::VIRTIO_F_ACCESS_PLATFORM == 0 {
-        return Err("the device does not offer VIRTIO_F_ACCESS_PLATFORM: its DMA would not be translated");
+        let missing = "VIRTIO_F_ACCESS_PLATFORM: its DMA would not be translated";
+        return Err(not_started(StartError::MissingFeature(missing)));
     }
-    let disk =
-        VirtIOBlk::new(AccessPlatform::new(transport)).map_err(|_| "the driver could not initialise the device")?;
-    *driver.lock() = Some(disk);
-    Ok("block")
+    let dma: &'static DmaDevice = Box::leak(Box::new(dma));
+    start_in(&PCI_DISKS, "virtio-pci disk", AccessPlatform::new(transport), dma, name).map_err(not_started)
+}
+
+/// Starts a driver on `transport` in the first free slot of `table`.
+fn start_in<Driver: ?Sized, T>(
+    table: &[&'static dyn Slot<Driver, T>],
+    kind: &'static str,
+    transport: T,
+    dma: &'static DmaDevice,
+    name: &'static str,
+) -> Result<(), StartError> {
+    let free = table.iter().find(|slot| slot.is_free());
+    let slot = free.ok_or(StartError::NoFreeSlot { kind, slots: table.len() })?;
+    slot.start(transport, dma, name)
+}
+
+/// A name that lives as long as the device it names.
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
 }
