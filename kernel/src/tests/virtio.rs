@@ -294,6 +294,49 @@ kernel_test! {
 }
 
 kernel_test! {
+    /// A receive with nothing to receive ends at its deadline, leaving its buffer posted for
+    /// the next: waiting for the network is bounded even when nothing comes.
+    fn network_receive_ends_at_its_deadline() {
+        const WAIT: Duration = Duration::from_millis(200);
+        let (mut devices, mut skipped, mut failure) = (0, Vec::new(), None);
+        virtio::with_each_network_device(|net| {
+            devices += 1;
+            let name = net.describe();
+            if let Some(reason) = pool_too_small(net.dma_device(), &name, FRAME_BUFFER) {
+                skipped.push(reason);
+                return;
+            }
+            let mut frame = vec![0u8; FRAME_BUFFER];
+            let deadline = arch::timer::uptime() + WAIT;
+            let received = net.receive(&mut frame, deadline);
+            let late = arch::timer::uptime().saturating_sub(deadline);
+            failure = match received {
+                Err(VirtioError::OutOfService { reason }) => {
+                    skipped.push(format!("{name} is out of service: {reason}"));
+                    None
+                }
+                Err(error) => Some(format!("{name}: {error}")),
+                Ok(_) if late > Duration::from_millis(50) => {
+                    Some(format!("{name}: a receive until its deadline returned {} ms after it", late.as_millis()))
+                }
+                Ok(_) => None,
+            }
+            .or(failure.take());
+        });
+        if let Some(failure) = failure {
+            return Err(failure.into());
+        }
+        if devices == 0 {
+            return Err(absent("virtio-net", "no virtio network device"));
+        }
+        if skipped.len() == devices {
+            return Err(skip_because(skipped.join("; ")));
+        }
+        Ok(())
+    }
+}
+
+kernel_test! {
     /// The audit: every DMA address given to a restricted device lay inside its pool, and the
     /// pool carried bytes both ways.
     fn restricted_devices_only_ever_see_their_pool() {
