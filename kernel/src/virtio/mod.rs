@@ -11,7 +11,8 @@
 //!   buffer of a request through the kernel's DMA API *before* submitting it, and the Hal only
 //!   looks up that mapping; the rings come from memory reserved when the device starts. A
 //!   request the pool cannot serve fails with the reason, having reached nothing; a device
-//!   whose queues do not fit is not started, and the device table says why ([`hal`]).
+//!   whose queues do not fit in its pool, or would leave it no page for transfers, is not
+//!   started, and the device table says why ([`hal`]).
 //! - **Every wait has a deadline.** A device that misses it is reset, which makes it let go of
 //!   its buffers, before they are unmapped; it stays out of service ([`device`]).
 //! - **Every device is driven.** The Hal's methods take no `self`, so each device's Hal is a
