@@ -6,7 +6,9 @@
 //! succeeds (`max_mapping_size`, contract rule 7: a bounced mapping must fit the bounce pool's
 //! contiguous slots). [`read`] and [`write`] split a larger request into pieces no larger than
 //! [`BlockDevice::max_transfer`], each mapped, transferred and unmapped in turn — the way
-//! Linux's block layer obeys `max_hw_sectors`, which NVMe derives from both limits (seed 002).
+//! Linux's block layer obeys `max_hw_sectors`, which NVMe derives from both limits (the "nvme-pci:
+//! Fix dma-iommu mapping failures when PAGE_SIZE=64KB" thread, 2024,
+//! docs/dma-contract.md#thread-nvme-64k-pages).
 
 use alloc::format;
 use alloc::string::String;

@@ -187,8 +187,9 @@ impl PciDriver {
 /// A bridge whose `memory-region` names a restricted pool asks that its devices bounce every
 /// transfer through it (force bounce). Behind an IOMMU that is declined, and said so: the SMMU
 /// already confines each device to what is mapped for it, in place, and bouncing would only
-/// add copies (contract R11; Linux's iommu-dma ignores `swiotlb=force` for the same reason,
-/// seed 004). Untrusted devices still bounce what does not fill whole granules.
+/// add copies (contract R11; Linux's iommu-dma ignores `swiotlb=force` for the same reason: the
+/// "iommu/dma: Respect SWIOTLB force_bounce" thread, 2024, docs/dma-contract.md#thread-force-bounce).
+/// Untrusted devices still bounce what does not fill whole granules.
 fn report_declined_force_bounce(devicetree: &Devicetree<'static>, bus: &pci::PciBus) {
     let Some(pool) = bridge_pool(devicetree, bus.bridge.name) else { return };
     match iommu::policy() {

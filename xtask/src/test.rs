@@ -210,10 +210,10 @@ fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
         Board::Virt(Virt { pool, .. }) if pool.size < POOL_SIZE => &["dma_engine::", "iommu::", "nvme::", "virtio::"],
         Board::Virt(Virt { iommu: Some(_), .. }) => &["dma_engine::"],
         Board::Virt(Virt { iommu: None, .. }) => &["dma_engine::", "iommu::", "nvme::"],
-        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::"],
+        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::", "block::"],
         // A restricted engine bounces everything: nothing is lent in place.
         Board::Raspi4b { pool: RaspiPool::Restricted } => {
-            &["virtio::", "iommu::", "nvme::", "dma_engine::buffers_within_reach_are_not_bounced"]
+            &["virtio::", "iommu::", "nvme::", "block::", "dma_engine::buffers_within_reach_are_not_bounced"]
         }
     }
 }
