@@ -1,7 +1,7 @@
 //! The repository stands alone: every file it cites is inside it.
 //!
 //! Code and documents cite the DMA contract as "rule N" and "RN", and link into `docs/` with
-//! `docs/FILE.md#anchor`. These host tests read every tracked file and check that each such
+//! `docs/` + `NAME.md#anchor`. These host tests read every tracked file and check that each such
 //! reference lands on an anchor that exists, and that nothing points outside the repository.
 
 #[cfg(test)]
