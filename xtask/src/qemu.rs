@@ -164,17 +164,18 @@ impl Machine {
         let name = match &self.board {
             Board::Virt(virt) => {
                 let granule = virt.iommu.map_or(String::new(), |granule| format!(", {} IOMMU granule", granule.name()));
+                let standard = Virt::standard(virt.el2, virt.pool.form, virt.iommu);
+                let size = match virt.pool.size == standard.pool.size {
+                    true => String::new(),
+                    false => format!(" of {} KiB", virt.pool.size >> 10),
+                };
                 let mut name = format!(
-                    "{} -cpu {} (EL{}, {:?} pool{granule}",
+                    "{} -cpu {} (EL{}, {:?} pool{size}{granule}",
                     self.machine(),
                     self.cpu,
                     self.entry_el,
                     virt.pool.form
                 );
-                let standard = Virt::standard(virt.el2, virt.pool.form, virt.iommu);
-                if virt.pool.size != standard.pool.size {
-                    name.push_str(&format!(" of {} KiB", virt.pool.size >> 10));
-                }
                 if virt.disks != standard.disks {
                     name.push_str(&format!(", {} virtio disks", virt.disks));
                 }
