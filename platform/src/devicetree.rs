@@ -34,6 +34,9 @@ use fdt::Fdt;
 use crate::dma_config::{self, DmaDescription, PoolProblem, RestrictedPool, MAX_POOLS};
 use crate::memmap::Size;
 
+mod rescue;
+pub use rescue::{rescue_console, FoundBy, Guess, RescuedConsole};
+
 /// How deep nodes may nest; real devicetrees stay below 8.
 pub const MAX_DEPTH: usize = 16;
 /// How many ranges one list (RAM, reservations, a device's `reg`) may hold.
@@ -50,7 +53,8 @@ pub(crate) const TOKEN_PROP: u32 = 3;
 pub(crate) const TOKEN_NOP: u32 = 4;
 pub(crate) const TOKEN_END: u32 = 9;
 
-/// Why a devicetree could not be used.
+/// Why a devicetree could not be used. Every variant prints as a sentence that names what is
+/// wrong and where, so that a boot that stops on it says why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error<'a> {
     /// Fewer bytes than a header, or than the header's `totalsize`.
@@ -63,21 +67,44 @@ pub enum Error<'a> {
     },
     UnsupportedVersion {
         version: u32,
+        last_compatible_version: u32,
     },
-    /// A block named by the header lies outside the blob.
+    /// A block named by the header lies outside the blob's `totalsize` bytes.
     BlockOutOfBounds {
         block: &'static str,
+        offset: u32,
+        size: u32,
+        total_size: usize,
     },
-    /// The structure block is not a well-formed token stream.
+    /// The structure block is not a well-formed token stream; `offset` is from the blob's start.
     Malformed {
         offset: usize,
         problem: &'static str,
+    },
+    /// A node nested deeper than [`MAX_DEPTH`] levels, at `offset` from the blob's start.
+    TooDeep {
+        offset: usize,
     },
     /// A property that has a fixed shape has another one.
     BadProperty {
         node: &'a str,
         property: &'static str,
         problem: &'static str,
+    },
+    /// `#address-cells` or `#size-cells` holds a count this kernel cannot use.
+    BadCellCount {
+        node: &'a str,
+        property: &'static str,
+        value: u32,
+    },
+    /// A `ranges` whose length is not a whole number of (child address, parent address, size)
+    /// entries.
+    RangesShape {
+        bus: &'a str,
+        cells: usize,
+        child_address_cells: usize,
+        parent_address_cells: usize,
+        size_cells: usize,
     },
     /// An address that no `ranges` of an ancestor translates.
     Untranslatable {
@@ -88,9 +115,14 @@ pub enum Error<'a> {
     TooManyRanges {
         what: &'static str,
     },
-    /// `/chosen/stdout-path` names a node that does not exist.
+    /// `/chosen/stdout-path` names a node that does not exist, directly or through `alias`.
     StdoutNotFound {
         path: &'a str,
+        alias: Option<&'a str>,
+    },
+    /// `/chosen/stdout-path` names an alias that `/aliases` does not define.
+    StdoutAliasUndefined {
+        alias: &'a str,
     },
     /// The blob is larger than the storage the kernel keeps devicetrees in.
     TooLarge {
@@ -146,18 +178,40 @@ impl fmt::Display for Error<'_> {
             Error::BadMagic { found } => {
                 write!(f, "not a devicetree: magic {found:#010x}, expected {MAGIC:#010x}")
             }
-            Error::UnsupportedVersion { version } => {
-                write!(f, "devicetree version {version} is not supported (need 16 or 17)")
-            }
-            Error::BlockOutOfBounds { block } => {
-                write!(f, "devicetree {block} block lies outside the blob")
+            Error::UnsupportedVersion { version, last_compatible_version } => write!(
+                f,
+                "devicetree version {version} (compatible back to version {last_compatible_version}) is not \
+                 supported: this kernel reads versions 16 and 17"
+            ),
+            Error::BlockOutOfBounds { block, offset, size, total_size } => {
+                let end = u64::from(offset) + u64::from(size);
+                write!(
+                    f,
+                    "devicetree {block} block truncated: the header places it at [{offset:#x}..{end:#x}), \
+                     but the blob ends at {total_size:#x} (its totalsize)"
+                )
             }
             Error::Malformed { offset, problem } => {
                 write!(f, "devicetree structure malformed at offset {offset:#x}: {problem}")
             }
+            Error::TooDeep { offset } => write!(
+                f,
+                "devicetree structure malformed at offset {offset:#x}: nodes nested more than {MAX_DEPTH} deep"
+            ),
             Error::BadProperty { node, property, problem } => {
                 write!(f, "devicetree node '{node}': property '{property}' {problem}")
             }
+            Error::BadCellCount { node, property, value } => write!(
+                f,
+                "devicetree node '{node}': {property} is {value}; this kernel reads addresses and sizes \
+                 of 0, 1 or 2 cells (at most 64 bits)"
+            ),
+            Error::RangesShape { bus, cells, child_address_cells, parent_address_cells, size_cells } => write!(
+                f,
+                "devicetree node '{bus}': 'ranges' holds {cells} cells, not a whole number of \
+                 (child address, parent address, size) entries of {child_address_cells} + \
+                 {parent_address_cells} + {size_cells} cells"
+            ),
             Error::Untranslatable { node, address } => write!(
                 f,
                 "devicetree node '{node}': address {address:#x} is not translated by the \
@@ -170,8 +224,16 @@ impl fmt::Display for Error<'_> {
             Error::TooLarge { size, capacity } => {
                 write!(f, "devicetree of {size} bytes exceeds the kernel's {capacity}-byte copy")
             }
-            Error::StdoutNotFound { path } => {
+            Error::StdoutNotFound { path, alias: None } => {
                 write!(f, "/chosen/stdout-path names '{path}', which is not in the devicetree")
+            }
+            Error::StdoutNotFound { path, alias: Some(alias) } => write!(
+                f,
+                "/chosen/stdout-path names alias '{alias}', which /aliases points at '{path}', which is \
+                 not in the devicetree"
+            ),
+            Error::StdoutAliasUndefined { alias } => {
+                write!(f, "/chosen/stdout-path names alias '{alias}', which /aliases does not define")
             }
             Error::BadPool { node, problem } => write!(f, "restricted DMA pool '{node}' {problem}"),
             Error::BadMemoryRegion { device, carrier, phandle, problem } if device == carrier => {
@@ -217,9 +279,13 @@ pub fn blob_size(header: &[u8; 8]) -> Result<usize, Error<'static>> {
     Ok(u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize)
 }
 
-/// A devicetree that passed validation. Queries on it do not panic.
+/// A devicetree that passed validation. Queries on it do not panic: validation establishes
+/// everything the `fdt` crate assumes of a blob (see [`canonical_copy`]), and every lookup
+/// here walks down from the root, so none depends on how `fdt` resolves aliases.
 pub struct Devicetree<'a> {
     fdt: Fdt<'a>,
+    /// The canonical copy `fdt` reads, for the lenient console search.
+    bytes: &'a [u8],
 }
 
 /// How a PSCI call reaches the firmware (`/psci/method`).
@@ -298,29 +364,40 @@ impl<'a> Devicetree<'a> {
     /// blanks out deleted nodes and properties with NOPs (QEMU does so with `/memory`), and
     /// the `fdt` crate's path lookup stops at them. `blob` may be longer than the devicetree.
     pub fn parse(blob: &[u8], storage: &'a mut [u8]) -> Result<Self, Error<'a>> {
-        let copy = canonical_copy(blob, storage)?;
-        let fdt = Fdt::new(copy).map_err(|_| Error::Malformed { offset: 0, problem: "header" })?;
-        Ok(Self { fdt })
+        let bytes: &'a [u8] = canonical_copy(blob, storage)?;
+        // The copy holds a whole header with the right magic and `totalsize`, the only things
+        // `Fdt::new` checks, so this cannot fail; it is mapped to an error rather than unwrapped.
+        let fdt = Fdt::new(bytes).map_err(|_| Error::Malformed { offset: 0, problem: "header" })?;
+        Ok(Self { fdt, bytes })
     }
 
     pub fn size_in_bytes(&self) -> usize {
         self.fdt.total_size()
     }
 
+    /// A UART with one of the `drivers` compatible strings, found by the lenient walk of
+    /// [`rescue_console`] (the one `stdout-path` names if it can be read at all, else the
+    /// first): the console to use when [`Self::stdout`] names none, or one that cannot be used.
+    pub fn rescue_console(&self, drivers: &[&str]) -> Option<RescuedConsole<'a>> {
+        rescue_console(self.bytes, drivers)
+    }
+
     /// The root node's `model`, or its first `compatible` string.
     pub fn model(&self) -> &'a str {
-        let root = self.root();
-        string_property(&root, "model").or_else(|| string_property(&root, "compatible")).unwrap_or("unknown machine")
+        let model = self
+            .root()
+            .and_then(|root| string_property(&root, "model").or_else(|| string_property(&root, "compatible")));
+        model.unwrap_or("unknown machine")
     }
 
     /// The kernel command line (`/chosen/bootargs`).
     pub fn bootargs(&self) -> &'a str {
-        self.fdt.find_node("/chosen").and_then(|chosen| string_property(&chosen, "bootargs")).unwrap_or("")
+        self.node("/chosen").and_then(|chosen| string_property(&chosen, "bootargs")).unwrap_or("")
     }
 
     pub fn cpus(&self) -> Cpus<'a> {
         let mut cpus = Cpus { count: 0, enable_method: "none" };
-        let Some(parent) = self.fdt.find_node("/cpus") else { return cpus };
+        let Some(parent) = self.node("/cpus") else { return cpus };
         for cpu in parent.children().filter(|node| string_property(node, "device_type") == Some("cpu")) {
             cpus.count += 1;
             if let Some(method) = string_property(&cpu, "enable-method") {
@@ -332,7 +409,7 @@ impl<'a> Devicetree<'a> {
 
     /// Every RAM range of every `/memory` node, in the order listed.
     pub fn memory(&self) -> Result<RangeList, Error<'a>> {
-        let root = self.root();
+        let Some(root) = self.root() else { return Err(Error::NoMemory) };
         let mut ram = RangeList::new();
         let memory_nodes =
             root.children().filter(|node| string_property(node, "device_type") == Some("memory") && is_enabled(node));
@@ -362,7 +439,7 @@ impl<'a> Devicetree<'a> {
                 reservations.try_push(Reservation { range, label: "/memreserve/", no_map: false }).map_err(too_many)?;
             }
         }
-        let Some(parent) = self.fdt.find_node("/reserved-memory") else { return Ok(reservations) };
+        let Some(parent) = self.node("/reserved-memory") else { return Ok(reservations) };
         for child in parent.children().filter(is_enabled) {
             if child.property("reg").is_none() {
                 continue;
@@ -384,24 +461,26 @@ impl<'a> Devicetree<'a> {
 
     /// The device named by `/chosen/stdout-path` (an alias or a path, options after `:`).
     pub fn stdout(&self) -> Result<Option<Device<'a>>, Error<'a>> {
-        let Some(chosen) = self.fdt.find_node("/chosen") else { return Ok(None) };
+        let Some(chosen) = self.node("/chosen") else { return Ok(None) };
         let Some(stdout_path) = string_property(&chosen, "stdout-path") else { return Ok(None) };
         let name = stdout_path.split(':').next().unwrap_or(stdout_path);
-        let path = if name.starts_with('/') {
-            name
+        let (path, alias) = if name.starts_with('/') {
+            (name, None)
         } else {
-            self.fdt
-                .find_node("/aliases")
+            // An alias names a path, never another alias, so this is one step, not a chain.
+            let path = self
+                .node("/aliases")
                 .and_then(|aliases| string_property(&aliases, name))
-                .ok_or(Error::StdoutNotFound { path: name })?
+                .ok_or(Error::StdoutAliasUndefined { alias: name })?;
+            (path, Some(name))
         };
-        let located = self.locate(path).ok_or(Error::StdoutNotFound { path })?;
+        let located = self.locate(path).ok_or(Error::StdoutNotFound { path, alias })?;
         self.device(&located).map(Some)
     }
 
     /// The PSCI conduit, if the machine has PSCI firmware (`/psci` node).
     pub fn psci(&self) -> Result<Option<PsciConduit>, Error<'a>> {
-        let Some(psci) = self.fdt.find_node("/psci") else { return Ok(None) };
+        let Some(psci) = self.node("/psci") else { return Ok(None) };
         match string_property(&psci, "method") {
             Some("hvc") => Ok(Some(PsciConduit::Hvc)),
             Some("smc") => Ok(Some(PsciConduit::Smc)),
@@ -436,10 +515,12 @@ impl<'a> Devicetree<'a> {
         wanted: &[&str],
         visit: &mut dyn FnMut(&Located<'b, 'a>) -> Result<(), Error<'a>>,
     ) -> Result<(), Error<'a>> {
-        let mut ancestors = ArrayVec::new();
-        Self::walk_compatible(self.root(), &mut ancestors, wanted, visit)
+        let Some(root) = self.root() else { return Ok(()) };
+        Self::walk_compatible(root, &mut ArrayVec::new(), wanted, visit)
     }
 
+    /// Recurses once per level: validation bounded the nesting to [`MAX_DEPTH`], and the
+    /// ancestor list, as long as that, stops the walk should it ever be deeper.
     fn walk_compatible<'b>(
         node: FdtNode<'b, 'a>,
         ancestors: &mut ArrayVec<FdtNode<'b, 'a>, MAX_DEPTH>,
@@ -450,8 +531,9 @@ impl<'a> Devicetree<'a> {
         if matches && is_enabled(&node) {
             visit(&Located { node, ancestors: ancestors.clone() })?;
         }
-        // Validation bounded the depth, so the ancestor list cannot overflow.
-        ancestors.push(node);
+        if ancestors.try_push(node).is_err() {
+            return Ok(());
+        }
         for child in node.children() {
             Self::walk_compatible(child, ancestors, wanted, visit)?;
         }
@@ -464,14 +546,22 @@ impl<'a> Devicetree<'a> {
         self.fdt.find_phandle(phandle)
     }
 
-    fn root(&self) -> FdtNode<'_, 'a> {
-        // Validation checked that the structure block opens with the root node.
-        self.fdt.find_node("/").expect("validated devicetree has a root")
+    /// The root node: the first node of the structure block, which validation checked is
+    /// there. `fdt`'s own `root()` panics when its lookup of `/` fails.
+    fn root(&self) -> Option<FdtNode<'_, 'a>> {
+        self.fdt.all_nodes().next()
     }
 
-    /// Walks from the root along `path`, remembering the nodes passed on the way.
+    /// The node at `path`. Unlike `Fdt::find_node`, a path that is not found is not tried again
+    /// as an alias name.
+    fn node(&self, path: &str) -> Option<FdtNode<'_, 'a>> {
+        self.locate(path).map(|located| located.node)
+    }
+
+    /// Walks from the root along `path`, remembering the nodes passed on the way. A component
+    /// without a unit address matches the first child of that name whatever its address.
     fn locate(&self, path: &str) -> Option<Located<'_, 'a>> {
-        let mut node = self.root();
+        let mut node = self.root()?;
         let mut ancestors = ArrayVec::new();
         for component in path.split('/').filter(|c| !c.is_empty()) {
             let child = node.children().find(|child| {
@@ -514,8 +604,14 @@ pub(crate) fn translate<'a>(node: &'a str, mut address: u64, ancestors: &[FdtNod
         let parent_cells = address_cells(parent)?;
         let size_cells = size_cells(bus)?;
         let entry = (child_cells + parent_cells + size_cells) * 4;
-        if entry == 0 || ranges.value.len() % entry != 0 {
-            return Err(bad_shape(bus.name, "ranges"));
+        if entry == 0 || !ranges.value.len().is_multiple_of(entry) {
+            return Err(Error::RangesShape {
+                bus: bus.name,
+                cells: ranges.value.len() / 4,
+                child_address_cells: child_cells,
+                parent_address_cells: parent_cells,
+                size_cells,
+            });
         }
         let translated = ranges.value.chunks_exact(entry).find_map(|raw| {
             let (child_base, rest) = read_cells(raw, child_cells)?;
@@ -536,17 +632,51 @@ pub(crate) fn parse_reg<'a>(node: &FdtNode<'_, 'a>, parent: &FdtNode<'_, 'a>) ->
     let address_cells = address_cells(parent)?;
     let size_cells = size_cells(parent)?;
     let entry = (address_cells + size_cells) * 4;
-    if entry == 0 || reg.value.len() % entry != 0 {
-        return Err(bad_shape(node.name, "reg"));
+    let shape_error =
+        Error::BadProperty { node: node.name, property: "reg", problem: reg_shape(address_cells, size_cells) };
+    if entry == 0 || !reg.value.len().is_multiple_of(entry) {
+        return Err(shape_error);
     }
     for raw in reg.value.chunks_exact(entry) {
         let parsed =
             read_cells(raw, address_cells).and_then(|(address, rest)| Some((address, read_cells(rest, size_cells)?.0)));
-        let (address, size) = parsed.ok_or(bad_shape(node.name, "reg"))?;
+        let (address, size) = parsed.ok_or(shape_error)?;
         let range = checked_range(address, size, node.name)?;
         ranges.try_push(range).map_err(|_| Error::TooManyRanges { what: "reg entries" })?;
     }
     Ok(ranges)
+}
+
+/// Why a `reg` does not fit its parent's cell counts, in words that give the counts.
+fn reg_shape(address_cells: usize, size_cells: usize) -> &'static str {
+    // The problem is a `&'static str` (callers match on the variant), so each of the nine
+    // layouts cell_count() lets through has its sentence spelled out.
+    macro_rules! sentence {
+        ($address:literal, $size:literal) => {
+            concat!(
+                "is not a whole number of (address, size) entries of ",
+                $address,
+                " + ",
+                $size,
+                " cells, as its parent's #address-cells = <",
+                $address,
+                "> and #size-cells = <",
+                $size,
+                "> shape them"
+            )
+        };
+    }
+    match (address_cells, size_cells) {
+        (0, 0) => sentence!(0, 0),
+        (0, 1) => sentence!(0, 1),
+        (0, _) => sentence!(0, 2),
+        (1, 0) => sentence!(1, 0),
+        (1, 1) => sentence!(1, 1),
+        (1, _) => sentence!(1, 2),
+        (_, 0) => sentence!(2, 0),
+        (_, 1) => sentence!(2, 1),
+        (_, _) => sentence!(2, 2),
+    }
 }
 
 fn checked_range(address: u64, size: u64, node: &str) -> Result<PhysRange, Error<'_>> {
@@ -582,12 +712,10 @@ fn cell_count<'a>(node: &FdtNode<'_, 'a>, property: &'static str, default: usize
     let Some(value) = node.property(property) else { return Ok(default) };
     match read_cells(value.value, 1) {
         Some((cells @ 0..=2, [])) => Ok(cells as usize),
-        _ => Err(Error::BadProperty { node: node.name, property, problem: "must be one cell holding 0, 1 or 2" }),
+        Some((cells, [])) => Err(Error::BadCellCount { node: node.name, property, value: cells as u32 }),
+        // Validation refuses these, but a query answers rather than assumes.
+        _ => Err(Error::BadProperty { node: node.name, property, problem: "is not one cell" }),
     }
-}
-
-fn bad_shape<'a>(node: &'a str, property: &'static str) -> Error<'a> {
-    Error::BadProperty { node, property, problem: "does not match #address-cells/#size-cells" }
 }
 
 fn string_property<'a>(node: &FdtNode<'_, 'a>, name: &str) -> Option<&'a str> {
@@ -600,21 +728,35 @@ pub(crate) fn is_enabled(node: &FdtNode<'_, '_>) -> bool {
     matches!(string_property(node, "status"), None | Some("okay") | Some("ok"))
 }
 
-/// Checks the header and walks the structure block, so that the `fdt` crate (which panics on
-/// malformed input) only ever sees well-formed blobs, and writes the blob into `storage`
+/// Checks the header and walks the structure block, and writes the blob into `storage`
 /// without NOP tokens:
 ///
 /// ```text
 ///  storage: header │ memory reservations │ structure (NOPs dropped) │ strings
 /// ```
+///
+/// The `fdt` crate panics, or recurses without end, on blobs that break what it assumes, so
+/// the checks here are exactly those assumptions, each refused with an error that names it:
+/// - every block lies inside the blob, and the reservation block ends with a zero entry;
+/// - tokens are known, nodes balanced and at most [`MAX_DEPTH`] deep, under one root node
+///   whose name is empty (`fdt` finds `/` by that empty name);
+/// - a node's properties all come before its first child (`fdt` skips a child by reading
+///   properties, then children, then `FDT_END_NODE`, and asserts on anything else);
+/// - names are NUL-terminated UTF-8 inside their block, values inside the structure block,
+///   `#address-cells` and `#size-cells` one cell;
+/// - no `/aliases` property has a `/` in its name. `Fdt::find_node` retries a path it does
+///   not find as an alias name, and follows the alias's value with `find_node` again; an
+///   alias named `/psci` whose value is `/psci` sends it round for ever. Alias names are
+///   letters, digits and `-` (devicetree specification 3.3), so refusing `/` costs nothing
+///   real and makes every lookup of a path stop after one alias step.
 pub fn canonical_copy<'s>(blob: &[u8], storage: &'s mut [u8]) -> Result<&'s [u8], Error<'static>> {
+    if blob.len() < HEADER_SIZE {
+        return Err(Error::Truncated { needed: HEADER_SIZE, available: blob.len() });
+    }
     let field = |index: usize| -> u32 {
         let at = index * 4;
         u32::from_be_bytes([blob[at], blob[at + 1], blob[at + 2], blob[at + 3]])
     };
-    if blob.len() < HEADER_SIZE {
-        return Err(Error::Truncated { needed: HEADER_SIZE, available: blob.len() });
-    }
     if field(0) != MAGIC {
         return Err(Error::BadMagic { found: field(0) });
     }
@@ -622,14 +764,14 @@ pub fn canonical_copy<'s>(blob: &[u8], storage: &'s mut [u8]) -> Result<&'s [u8]
     if total_size > blob.len() || total_size < HEADER_SIZE {
         return Err(Error::Truncated { needed: total_size.max(HEADER_SIZE), available: blob.len() });
     }
-    let version = field(5);
-    if version < 16 || field(6) > 17 {
-        return Err(Error::UnsupportedVersion { version });
+    let (version, last_compatible_version) = (field(5), field(6));
+    if version < 16 || last_compatible_version > 17 {
+        return Err(Error::UnsupportedVersion { version, last_compatible_version });
     }
     let blob = &blob[..total_size];
     let structure = block(blob, field(2), field(9), "structure")?;
     let strings = block(blob, field(3), field(8), "strings")?;
-    let reservations = reservation_block(blob, field(4) as usize)?;
+    let reservations = reservation_block(blob, field(4))?;
     let needed = HEADER_SIZE + reservations.len() + structure.len() + strings.len();
     if storage.len() < needed {
         return Err(Error::TooLarge { size: needed, capacity: storage.len() });
@@ -664,66 +806,92 @@ fn block<'a>(blob: &'a [u8], offset: u32, size: u32, name: &'static str) -> Resu
     let end = start.checked_add(size as usize).filter(|&end| end <= blob.len());
     match end {
         Some(end) => Ok(&blob[start..end]),
-        None => Err(Error::BlockOutOfBounds { block: name }),
+        None => Err(Error::BlockOutOfBounds { block: name, offset, size, total_size: blob.len() }),
     }
 }
 
 /// The reservation block: 16-byte (address, size) entries up to and including a zero entry.
-fn reservation_block(blob: &[u8], offset: usize) -> Result<&[u8], Error<'static>> {
-    let out_of_bounds = Error::BlockOutOfBounds { block: "memory reservation" };
-    let entries = blob.get(offset..).filter(|_| offset.is_multiple_of(8)).ok_or(out_of_bounds)?;
+fn reservation_block(blob: &[u8], offset: u32) -> Result<&[u8], Error<'static>> {
+    let start = offset as usize;
+    let Some(entries) = blob.get(start..) else {
+        return Err(Error::BlockOutOfBounds { block: "memory reservation", offset, size: 0, total_size: blob.len() });
+    };
+    if !start.is_multiple_of(8) {
+        return Err(Error::Malformed { offset: start, problem: "the memory reservation block is not 8-byte aligned" });
+    }
     let terminator = entries.chunks_exact(16).position(|entry| entry.iter().all(|&byte| byte == 0));
-    let count = terminator.ok_or(out_of_bounds)? + 1;
+    let Some(count) = terminator.map(|index| index + 1) else {
+        let problem = "the memory reservation block has no all-zero entry to end it before the blob ends";
+        return Err(Error::Malformed { offset: start, problem });
+    };
     Ok(&entries[..count * 16])
 }
 
-/// Walks the token stream, checking that nodes are balanced and not too deep, that names and
-/// property names are NUL-terminated UTF-8 inside their blocks, values inside the block and
-/// cell counts one cell; copies every token but NOPs to `out`. Returns the bytes written.
+/// Walks the token stream, checking what [`canonical_copy`] lists; copies every token but
+/// NOPs to `out`. Returns the bytes written.
 fn copy_structure(structure: &[u8], base: usize, strings: &[u8], out: &mut [u8]) -> Result<usize, Error<'static>> {
     let mut reader = TokenReader { bytes: structure, position: 0, base };
     let mut depth = 0usize;
     let mut seen_root = false;
+    // Whether the node open at each depth has had a child yet (index 0 is outside the root).
+    let mut has_child = [false; MAX_DEPTH + 1];
+    // Whether the node open at depth 2 (a child of the root) is an `/aliases` node.
+    let mut in_aliases = false;
     let mut written = 0;
     loop {
         let token_start = reader.position;
+        let at_token = |problem| Error::Malformed { offset: base + token_start, problem };
         let token = reader.u32()?;
         match token {
             TOKEN_BEGIN_NODE => {
                 if seen_root && depth == 0 {
-                    return Err(reader.error("a second root node"));
+                    return Err(at_token("a second root node after the first one ended"));
+                }
+                if depth == MAX_DEPTH {
+                    return Err(Error::TooDeep { offset: base + token_start });
+                }
+                has_child[depth] = true;
+                depth += 1;
+                has_child[depth] = false;
+                let name = reader.c_string()?;
+                if !seen_root && !name.is_empty() {
+                    return Err(at_token("the root node has a name; the root's name must be empty"));
+                }
+                if depth == 2 {
+                    in_aliases = name.split('@').next() == Some("aliases");
                 }
                 seen_root = true;
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(reader.error("nodes nested too deeply"));
-                }
-                reader.c_string()?;
             }
             TOKEN_END_NODE => {
-                depth = depth.checked_sub(1).ok_or(reader.error("END_NODE without a node"))?;
+                depth = depth.checked_sub(1).ok_or(at_token("FDT_END_NODE with no node open"))?;
             }
             TOKEN_PROP => {
                 if depth == 0 {
-                    return Err(reader.error("property outside any node"));
+                    return Err(at_token("a property outside any node"));
+                }
+                if has_child[depth] {
+                    return Err(at_token("a property after a child node; a node's properties must come first"));
                 }
                 let length = reader.u32()? as usize;
                 let name_offset = reader.u32()? as usize;
-                let name = strings
-                    .get(name_offset..)
-                    .and_then(|rest| rest.split(|&byte| byte == 0).next().filter(|_| rest.contains(&0)))
-                    .and_then(|name| core::str::from_utf8(name).ok())
-                    .ok_or(reader.error("property name outside the strings block"))?;
+                let name = property_name(strings, name_offset)
+                    .ok_or(at_token("a property name that is not NUL-terminated UTF-8 inside the strings block"))?;
                 let value = reader.take(length)?;
                 let is_cell_count = name == "#address-cells" || name == "#size-cells";
                 if is_cell_count && value.len() != 4 {
-                    return Err(reader.error("#address-cells or #size-cells is not one cell"));
+                    return Err(at_token("#address-cells or #size-cells is not one cell"));
+                }
+                if depth == 2 && in_aliases && name.contains('/') {
+                    return Err(at_token(
+                        "an /aliases property whose name holds '/'; alias names are letters, digits and '-'",
+                    ));
                 }
             }
             TOKEN_NOP => continue,
             TOKEN_END if depth == 0 && seen_root => {}
-            TOKEN_END => return Err(reader.error("END inside an open node")),
-            _ => return Err(reader.error("unknown token")),
+            TOKEN_END if seen_root => return Err(at_token("FDT_END while a node is still open")),
+            TOKEN_END => return Err(at_token("FDT_END before the root node")),
+            _ => return Err(at_token("an unknown token")),
         }
         let token_bytes = &structure[token_start..reader.position];
         out[written..written + token_bytes.len()].copy_from_slice(token_bytes);
@@ -732,6 +900,13 @@ fn copy_structure(structure: &[u8], base: usize, strings: &[u8], out: &mut [u8])
             return Ok(written);
         }
     }
+}
+
+/// The NUL-terminated UTF-8 string at `offset` in the strings block.
+pub(crate) fn property_name(strings: &[u8], offset: usize) -> Option<&str> {
+    let rest = strings.get(offset..)?;
+    let length = rest.iter().position(|&byte| byte == 0)?;
+    core::str::from_utf8(&rest[..length]).ok()
 }
 
 struct TokenReader<'a> {
@@ -754,7 +929,7 @@ impl<'a> TokenReader<'a> {
     /// Takes `length` bytes and skips the padding to the next 4-byte boundary.
     fn take(&mut self, length: usize) -> Result<&'a [u8], Error<'static>> {
         let end = self.position.checked_add(length).filter(|&end| end <= self.bytes.len());
-        let end = end.ok_or(self.error("runs past the end of the structure block"))?;
+        let end = end.ok_or(self.error("a token runs past the end of the structure block"))?;
         let taken = &self.bytes[self.position..end];
         self.position = end.next_multiple_of(4).min(self.bytes.len());
         Ok(taken)
@@ -762,8 +937,11 @@ impl<'a> TokenReader<'a> {
 
     fn c_string(&mut self) -> Result<&'a str, Error<'static>> {
         let rest = &self.bytes[self.position..];
-        let length = rest.iter().position(|&byte| byte == 0).ok_or(self.error("unterminated node name"))?;
-        let name = core::str::from_utf8(&rest[..length]).map_err(|_| self.error("node name is not UTF-8"))?;
+        let length = rest
+            .iter()
+            .position(|&byte| byte == 0)
+            .ok_or(self.error("a node name with no NUL before the block ends"))?;
+        let name = core::str::from_utf8(&rest[..length]).map_err(|_| self.error("a node name that is not UTF-8"))?;
         self.take(length + 1)?;
         Ok(name)
     }

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use addr::{PhysAddr, PhysRange};
 
-use crate::devicetree::{Devicetree, Error as DtError, PsciConduit, Reservation};
+use crate::devicetree::{rescue_console, Devicetree, Error as DtError, FoundBy, Guess, PsciConduit, Reservation};
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap, Size};
 
@@ -234,7 +234,7 @@ fn malformed_structure_is_reported_not_panicked_on() {
     // first property (model) starts: token, length, name offset.
     let mut unknown_token = virt_like(true);
     patch_structure(&mut unknown_token, 8, 0x77);
-    assert!(matches!(parse(&unknown_token), Err(DtError::Malformed { problem: "unknown token", .. })));
+    assert!(matches!(parse(&unknown_token), Err(DtError::Malformed { problem: "an unknown token", .. })));
 
     let mut long_property = virt_like(true);
     patch_structure(&mut long_property, 12, 0x10_0000);
@@ -244,7 +244,10 @@ fn malformed_structure_is_reported_not_panicked_on() {
     patch_structure(&mut bad_name, 16, 0xffff);
     assert!(matches!(
         parse(&bad_name),
-        Err(DtError::Malformed { problem: "property name outside the strings block", .. })
+        Err(DtError::Malformed {
+            problem: "a property name that is not NUL-terminated UTF-8 inside the strings block",
+            ..
+        })
     ));
 
     let mut unbalanced = virt_like(true);
@@ -264,7 +267,13 @@ fn reg_that_does_not_match_the_cell_sizes_is_an_error() {
     w.end_node();
     let blob = w.finish();
     let dt = parse(&blob).unwrap();
-    assert!(matches!(dt.memory(), Err(DtError::BadProperty { node: "memory@0", property: "reg", .. })));
+    let error = dt.memory().unwrap_err();
+    assert!(matches!(error, DtError::BadProperty { node: "memory@0", property: "reg", .. }));
+    assert_eq!(
+        format!("{error}"),
+        "devicetree node 'memory@0': property 'reg' is not a whole number of (address, size) entries of \
+         2 + 1 cells, as its parent's #address-cells = <2> and #size-cells = <1> shape them"
+    );
 }
 
 #[test]
@@ -308,7 +317,9 @@ fn a_missing_stdout_node_is_named() {
     w.end_node();
     let blob = w.finish();
     let dt = parse(&blob).unwrap();
-    assert_eq!(dt.stdout().unwrap_err(), DtError::StdoutNotFound { path: "serial0" });
+    let error = dt.stdout().unwrap_err();
+    assert_eq!(error, DtError::StdoutAliasUndefined { alias: "serial0" });
+    assert_eq!(format!("{error}"), "/chosen/stdout-path names alias 'serial0', which /aliases does not define");
 }
 
 #[test]
@@ -476,4 +487,235 @@ fn storage_too_small_for_the_devicetree_is_an_error() {
     let blob = virt_like(true);
     let mut storage = alloc::vec![0u8; 100];
     assert!(matches!(Devicetree::parse(&blob, &mut storage), Err(DtError::TooLarge { capacity: 100, .. })));
+}
+
+// ---- regressions from random mutations, and the console rescue -----------------------------
+
+/// The drivers the kernel has for consoles: the PL011 and the Raspberry Pi's mini UART.
+const CONSOLE_DRIVERS: [&str; 2] = ["arm,pl011", "brcm,bcm2835-aux-uart"];
+
+/// The message a devicetree error prints, with the structure offset (which moves as the
+/// fixtures grow) left out.
+fn problem(error: DtError<'_>) -> &'static str {
+    match error {
+        DtError::Malformed { problem, .. } => problem,
+        other => panic!("expected a malformed structure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_property_after_a_child_node_is_refused_in_words() {
+    // bus { child {}; #address-cells = <1>; }: `fdt` skips a child by expecting END_NODE after
+    // its children, and asserted ("bad node") on the property.
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.begin_node("bus");
+    w.begin_node("child");
+    w.end_node();
+    w.property_cells("#address-cells", &[1]);
+    w.end_node();
+    w.end_node();
+    let error = parse(&w.finish()).err().unwrap();
+    assert_eq!(problem(error), "a property after a child node; a node's properties must come first");
+    let message = format!("{error}");
+    assert!(message.starts_with("devicetree structure malformed at offset 0x"), "{message}");
+    assert!(message.ends_with(": a property after a child node; a node's properties must come first"), "{message}");
+}
+
+#[test]
+fn a_root_node_with_a_name_is_refused() {
+    let mut w = FdtWriter::new();
+    w.begin_node("root");
+    w.property_string("model", "named root");
+    w.end_node();
+    let error = parse(&w.finish()).err().unwrap();
+    assert_eq!(problem(error), "the root node has a name; the root's name must be empty");
+}
+
+/// `/aliases` with one alias, `name` = `value`, and `/chosen/stdout-path` = `stdout`; no `/psci`.
+fn with_alias(name: &str, value: &str, stdout: &str) -> Vec<u8> {
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.begin_node("aliases");
+    w.property_string(name, value);
+    w.end_node();
+    w.begin_node("chosen");
+    w.property_string("stdout-path", stdout);
+    w.end_node();
+    w.begin_node("reserved-memory");
+    w.begin_node("pool");
+    w.property_string("compatible", "restricted-dma-pool");
+    w.property_cells("size", &[0x10_0000]);
+    w.end_node();
+    w.end_node();
+    w.begin_node("uart@1000");
+    w.property_string("compatible", "arm,pl011");
+    w.property_cells("memory-region", &[7]);
+    w.end_node();
+    w.end_node();
+    w.finish()
+}
+
+#[test]
+fn a_self_referential_alias_is_refused_not_followed_for_ever() {
+    // `Fdt::find_node("/psci")` retries a missing path as an alias and follows the alias's
+    // value the same way: "/psci" = "/psci" overflowed the stack.
+    let error = parse(&with_alias("/psci", "/psci", "/uart@1000")).err().unwrap();
+    assert_eq!(problem(error), "an /aliases property whose name holds '/'; alias names are letters, digits and '-'");
+
+    // An alias that names itself the ordinary way is one step that leads nowhere.
+    let dt = parse(&with_alias("serial0", "serial0", "serial0")).unwrap();
+    assert_eq!(dt.psci(), Ok(None));
+    assert_eq!(dt.bootargs(), "");
+    assert_eq!(dt.stdout().unwrap_err(), DtError::StdoutNotFound { path: "serial0", alias: Some("serial0") });
+    assert!(dt.restricted_pools().is_ok());
+    let error = dt.compatible_devices(&["arm,pl011"]).unwrap_err();
+    assert!(matches!(error, DtError::BadMemoryRegion { phandle: 7, problem: "names no node", .. }), "{error:?}");
+}
+
+/// QEMU `virt`'s blob with `stdout-path` naming a node that is not there.
+fn virt_with_stdout(path: &str) -> Vec<u8> {
+    let blob = virt_like(true);
+    let old = b"/pl011@9000000\0";
+    let at = blob.windows(old.len()).position(|window| window == old).unwrap();
+    let mut patched = blob.clone();
+    assert!(path.len() < old.len());
+    patched[at..at + old.len()].fill(0);
+    patched[at..at + path.len()].copy_from_slice(path.as_bytes());
+    patched
+}
+
+#[test]
+fn a_stdout_path_to_a_missing_node_is_named_and_the_pl011_rescued() {
+    let blob = virt_with_stdout("/uart@9000000");
+    let dt = parse(&blob).unwrap();
+    let error = dt.stdout().unwrap_err();
+    assert_eq!(error, DtError::StdoutNotFound { path: "/uart@9000000", alias: None });
+    assert_eq!(format!("{error}"), "/chosen/stdout-path names '/uart@9000000', which is not in the devicetree");
+    let console = dt.rescue_console(&CONSOLE_DRIVERS).unwrap();
+    assert_eq!((console.name, console.compatible), ("pl011@9000000", "arm,pl011"));
+    assert_eq!(console.registers, range(0x900_0000, 0x1000));
+    assert_eq!(console.found_by, FoundBy::FirstWithDriver);
+    assert!(console.guesses.is_empty());
+    assert_eq!(rescue_console(&blob, &CONSOLE_DRIVERS), Some(console), "the raw blob reads the same");
+}
+
+#[test]
+fn a_root_with_one_size_cell_names_the_mismatch_and_the_pl011_is_rescued() {
+    let mut blob = virt_like(true);
+    // The root's `#size-cells` is the second property: BEGIN_NODE "" (8 bytes), model
+    // (12 + "linux,dummy-virt\0" padded to 20), #address-cells (16), then its token, length,
+    // name offset and value.
+    patch_structure(&mut blob, 8 + 32 + 16 + 12, 1);
+    let dt = parse(&blob).unwrap();
+    let error = dt.stdout().unwrap_err();
+    assert_eq!(
+        format!("{error}"),
+        "devicetree node 'pl011@9000000': property 'reg' is not a whole number of (address, size) entries of \
+         2 + 1 cells, as its parent's #address-cells = <2> and #size-cells = <1> shape them"
+    );
+    let console = dt.rescue_console(&CONSOLE_DRIVERS).unwrap();
+    assert_eq!((console.name, console.registers), ("pl011@9000000", range(0x900_0000, 0x1000)));
+    assert_eq!(console.found_by, FoundBy::StdoutPath);
+    assert_eq!(
+        console.guesses.as_slice(),
+        &[Guess::CellCounts {
+            node: "pl011@9000000",
+            parent: "/",
+            stated_address_cells: 2,
+            stated_size_cells: 1,
+            address_cells: 2,
+            size_cells: 2,
+        }]
+    );
+    assert_eq!(
+        format!("{}", console.guesses[0]),
+        "'reg' of 'pl011@9000000' is not a whole number of entries of #address-cells = <2> and #size-cells = <1> \
+         (of '/'); read as 2 + 2 cells"
+    );
+}
+
+/// `blob` cut `keep` bytes into its strings block, its header's `totalsize` saying so.
+fn cut_in_strings_block(blob: &[u8], keep: usize) -> Vec<u8> {
+    let strings = u32::from_be_bytes(blob[12..16].try_into().unwrap()) as usize;
+    let mut cut = blob[..strings + keep].to_vec();
+    cut[4..8].copy_from_slice(&((strings + keep) as u32).to_be_bytes());
+    cut
+}
+
+#[test]
+fn a_blob_truncated_in_its_strings_block_says_so_and_the_pl011_is_rescued() {
+    let blob = virt_like(true);
+    let strings = u32::from_be_bytes(blob[12..16].try_into().unwrap()) as usize;
+    let strings_size = u32::from_be_bytes(blob[32..36].try_into().unwrap()) as usize;
+    // Keep the names up to and including "reg", and half of the next one.
+    let reg = blob[strings..].windows(5).position(|window| window == b"\0reg\0").unwrap() + 5;
+    let cut = cut_in_strings_block(&blob, reg + 2);
+    let error = parse(&cut).err().unwrap();
+    assert_eq!(
+        error,
+        DtError::BlockOutOfBounds {
+            block: "strings",
+            offset: strings as u32,
+            size: strings_size as u32,
+            total_size: strings + reg + 2
+        }
+    );
+    assert_eq!(
+        format!("{error}"),
+        format!(
+            "devicetree strings block truncated: the header places it at [{strings:#x}..{:#x}), but the blob ends \
+             at {:#x} (its totalsize)",
+            strings + strings_size,
+            strings + reg + 2
+        )
+    );
+    let console = rescue_console(&cut, &CONSOLE_DRIVERS).unwrap();
+    assert_eq!((console.name, console.registers), ("pl011@9000000", range(0x900_0000, 0x1000)));
+    assert_eq!(console.found_by, FoundBy::StdoutPath);
+}
+
+#[test]
+fn the_rescue_finds_the_pi_pl011_through_alias_and_soc_ranges() {
+    let blob = pi4_like();
+    let console = rescue_console(&blob, &CONSOLE_DRIVERS).unwrap();
+    assert_eq!((console.name, console.compatible), ("serial@7e201000", "arm,pl011"));
+    assert_eq!(console.registers, range(0xfe20_1000, 0x200));
+    assert_eq!(console.found_by, FoundBy::StdoutPath);
+    // The mini UART is disabled there, so a kernel with only its driver has no console.
+    assert_eq!(rescue_console(&blob, &["brcm,bcm2835-aux-uart"]), None);
+    assert_eq!(rescue_console(&blob[..39], &CONSOLE_DRIVERS), None, "shorter than a header");
+}
+
+#[test]
+fn the_rescue_prefers_the_stdout_uart_over_an_earlier_one() {
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.property_cells("#size-cells", &[7]); // unusable: the rescue falls back
+    w.begin_node("chosen");
+    w.property_string("stdout-path", "/soc/serial@7e215040:115200n8");
+    w.end_node();
+    w.begin_node("soc");
+    w.property_cells("#address-cells", &[1]);
+    w.property_cells("#size-cells", &[1]);
+    w.begin_node("serial@7e201000");
+    w.property_string("compatible", "arm,pl011");
+    w.property_cells("reg", &[0x7e20_1000, 0x200]);
+    w.end_node();
+    w.begin_node("serial@7e215040");
+    w.property_string("compatible", "brcm,bcm2835-aux-uart");
+    w.property_cells("reg", &[0x7e21_5040, 0x40]);
+    w.end_node();
+    w.end_node();
+    w.end_node();
+    let blob = w.finish();
+    assert!(parse(&blob).unwrap().stdout().is_err(), "the root's #size-cells is refused");
+    let console = rescue_console(&blob, &CONSOLE_DRIVERS).unwrap();
+    assert_eq!((console.name, console.found_by), ("serial@7e215040", FoundBy::StdoutPath));
+    assert_eq!(console.registers, range(0x7e21_5040, 0x40));
+    assert_eq!(console.guesses.as_slice(), &[Guess::Untranslated { bus: "soc", address: 0x7e21_5040 }]);
+    assert_eq!(
+        format!("{}", console.guesses[0]),
+        "'soc' has no 'ranges' that translates 0x7e215040; taken as a physical address"
+    );
 }
