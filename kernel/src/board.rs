@@ -12,7 +12,8 @@ use drivers::bcm2835_pm::PowerManagement;
 use drivers::mini_uart::MiniUart;
 use drivers::pl011::Pl011;
 use log::{info, warn};
-use platform::devicetree::{Device, Devicetree};
+use platform::devicetree::{Device, Devicetree, RescuedConsole};
+use addr::PhysRange;
 
 use crate::console::{self, ConsoleDevice};
 use crate::dma::{pools, DmaDevice, Route};
@@ -24,31 +25,64 @@ const VIRTIO_DMA_MASK: u64 = u64::MAX;
 /// NVMe PRP entries are 64-bit addresses (NVMe Base 2.0, 4.3.1).
 const NVME_DMA_MASK: u64 = u64::MAX;
 
-/// Why the console could not be started. Nothing can print this: the caller stops.
+/// The UARTs the kernel has a driver for, by `compatible`.
+const CONSOLE_DRIVERS: [&str; 2] = [Pl011::COMPATIBLE, MiniUart::COMPATIBLE];
+
+/// Why the console named by `/chosen/stdout-path` could not be started.
 #[derive(Debug)]
-pub enum ConsoleError {
+pub enum ConsoleError<'a> {
     NoStdoutPath,
-    Devicetree,
-    NoDriver,
-    Mapping,
+    Devicetree(platform::devicetree::Error<'a>),
+    NoRegisters(&'a str),
+    NoDriver(&'a str),
+    Mapping(&'a str),
+}
+
+impl core::fmt::Display for ConsoleError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConsoleError::NoStdoutPath => write!(f, "the devicetree has no /chosen/stdout-path"),
+            ConsoleError::Devicetree(error) => write!(f, "{error}"),
+            ConsoleError::NoRegisters(name) => write!(f, "the console {name} has no `reg`"),
+            ConsoleError::NoDriver(name) => {
+                write!(f, "the console {name} is none of the UARTs this kernel drives ({})", CONSOLE_DRIVERS.join(", "))
+            }
+            ConsoleError::Mapping(name) => write!(f, "the console {name}'s registers cannot be mapped"),
+        }
+    }
 }
 
 /// Starts the console named by `/chosen/stdout-path`; returns its node name.
-pub fn start_console(devicetree: &Devicetree<'static>) -> Result<&'static str, ConsoleError> {
-    let device = devicetree.stdout().map_err(|_| ConsoleError::Devicetree)?.ok_or(ConsoleError::NoStdoutPath)?;
-    let registers = *device.regs.first().ok_or(ConsoleError::Devicetree)?;
-    let is_pl011 = device.is_compatible(Pl011::COMPATIBLE);
-    if !is_pl011 && !device.is_compatible(MiniUart::COMPATIBLE) {
-        return Err(ConsoleError::NoDriver);
-    }
-    let mapped = arch::mmu::map_device(registers).map_err(|_| ConsoleError::Mapping)?;
+pub fn start_console(devicetree: &Devicetree<'static>) -> Result<&'static str, ConsoleError<'static>> {
+    let device = devicetree.stdout().map_err(ConsoleError::Devicetree)?.ok_or(ConsoleError::NoStdoutPath)?;
+    let registers = *device.regs.first().ok_or(ConsoleError::NoRegisters(device.name))?;
+    let compatible = CONSOLE_DRIVERS
+        .into_iter()
+        .find(|compatible| device.is_compatible(compatible))
+        .ok_or(ConsoleError::NoDriver(device.name))?;
+    start_uart(compatible, registers).map_err(|()| ConsoleError::Mapping(device.name))?;
+    Ok(device.name)
+}
+
+/// Starts a console the devicetree does not name as one, or names wrongly: the UART
+/// `stdout-path` leads to if it can be read at all, else the first UART with a driver, read
+/// leniently from `blob` even if it failed validation. Returns what was found, for the log.
+pub fn rescue_console(blob: &'static [u8]) -> Option<RescuedConsole<'static>> {
+    let console = platform::devicetree::rescue_console(blob, &CONSOLE_DRIVERS)?;
+    start_uart(console.compatible, console.registers).ok()?;
+    Some(console)
+}
+
+/// Maps the UART with `compatible` at `registers` and makes it the console.
+fn start_uart(compatible: &str, registers: PhysRange) -> Result<(), ()> {
+    let mapped = arch::mmu::map_device(registers).map_err(|_| ())?;
     // SAFETY (both arms): freshly mapped as device memory; the console is the UART's only user.
-    let uart = match is_pl011 {
+    let uart = match compatible == Pl011::COMPATIBLE {
         true => ConsoleDevice::Pl011(unsafe { Pl011::new(mapped.as_mut_ptr()) }),
         false => ConsoleDevice::MiniUart(unsafe { MiniUart::new(mapped.as_mut_ptr()) }),
     };
     console::install(uart);
-    Ok(device.name)
+    Ok(())
 }
 
 /// Finds the Raspberry Pi's power-management watchdog, the way to power off without PSCI.

@@ -4,9 +4,10 @@
 //! By the time [`kernel_main`] runs, `arch` has turned the MMU on and the kernel executes at
 //! its link address, with only the devicetree mapped besides the image. Boot then goes:
 //!
-//! 1. validate the devicetree ([`platform::devicetree`]) — without it there is no console
-//!    to complain on, so a bad one parks the CPU;
-//! 2. find the console through `/chosen/stdout-path` ([`board`]) and start the logger;
+//! 1. validate the devicetree ([`platform::devicetree`]); a malformed one is reported on the
+//!    first UART that can be found in it anyway, and the CPU parks;
+//! 2. find the console through `/chosen/stdout-path` ([`board`]) and start the logger; a
+//!    `stdout-path` that leads nowhere usable is reported the same way, and boot stops;
 //! 3. compute the memory map, build the linear map of RAM, start the heap ([`memory`]);
 //! 4. run the kernel tests (`kernel.test` on the command line) or the demo;
 //! 5. power off ([`power`]).
@@ -83,15 +84,25 @@ impl BootOptions {
 
 #[unsafe(no_mangle)]
 pub fn kernel_main(boot: BootInfo) -> ! {
-    let devicetree = devicetree(boot.devicetree).unwrap_or_else(|| arch::power::park());
+    // Without a devicetree there is no console to complain on: stop where a debugger sees it.
+    let blob = devicetree_blob(boot.devicetree).unwrap_or_else(|| arch::power::park());
+    let devicetree = Devicetree::parse(blob, devicetree_storage()).unwrap_or_else(|error| {
+        // Nothing of the blob can be trusted, not even how to power off: say what is wrong on
+        // whatever console can be found, and stop.
+        if board::rescue_console(blob).is_some() {
+            console::start_logger();
+            error!("{error}");
+            error!("the devicetree is malformed: halting");
+        }
+        arch::power::park()
+    });
     let (options, unknown) = BootOptions::parse(devicetree.bootargs());
     power::set_semihosting(options.semihosting);
     let console = board::start_console(&devicetree);
     console::start_logger();
     match console {
         Ok(name) => info!("console: {name}"),
-        // No console device: nothing can be printed, so stop where a debugger can see it.
-        Err(_) => power::stop(power::Outcome::Failure),
+        Err(problem) => rescue_console(blob, &devicetree, problem),
     }
     // Before anything else can fail: every error from here on ends in a power-off.
     start_power_off(&devicetree);
@@ -116,18 +127,35 @@ pub fn kernel_main(boot: BootInfo) -> ! {
 const DEVICETREE_CAPACITY: usize = 256 << 10;
 static mut DEVICETREE_COPY: [u8; DEVICETREE_CAPACITY] = [0; DEVICETREE_CAPACITY];
 
-/// The devicetree the loader passed, validated; `None` if there is none or it is malformed.
-fn devicetree(blob: PhysRange) -> Option<Devicetree<'static>> {
+/// The devicetree blob the loader passed, as it is; `None` if there is none.
+fn devicetree_blob(blob: PhysRange) -> Option<&'static [u8]> {
     if blob.is_empty() {
         return None;
     }
     let start = arch::layout::phys_to_virt(blob.start());
     // SAFETY: the boot code mapped the blob read-only in the linear map, for good.
-    let bytes = unsafe { core::slice::from_raw_parts(start.as_ptr::<u8>(), blob.size() as usize) };
+    Some(unsafe { core::slice::from_raw_parts(start.as_ptr::<u8>(), blob.size() as usize) })
+}
+
+/// Where the validated, canonical copy of the devicetree lives.
+fn devicetree_storage() -> &'static mut [u8] {
     // SAFETY: called once, at boot, before anything else could refer to the copy.
-    let storage =
-        unsafe { core::slice::from_raw_parts_mut((&raw mut DEVICETREE_COPY).cast::<u8>(), DEVICETREE_CAPACITY) };
-    Devicetree::parse(bytes, storage).ok()
+    unsafe { core::slice::from_raw_parts_mut((&raw mut DEVICETREE_COPY).cast::<u8>(), DEVICETREE_CAPACITY) }
+}
+
+/// The devicetree names no console the kernel can start: find one by other means, say what is
+/// wrong, and stop with a failure (the devicetree needs fixing; booting on would hide it).
+fn rescue_console(blob: &'static [u8], devicetree: &Devicetree<'static>, problem: board::ConsoleError<'static>) -> ! {
+    start_power_off(devicetree);
+    // With no console at all, the status is all there is.
+    let Some(console) = board::rescue_console(blob) else { power::stop(power::Outcome::Failure) };
+    error!("console: {problem}");
+    error!("console: using {} ({}, {}) instead", console.name, console.compatible, console.found_by);
+    for guess in &console.guesses {
+        warn!("console: {guess}");
+    }
+    error!("boot failed: the devicetree names no console this kernel can start");
+    power::stop(power::Outcome::Failure)
 }
 
 fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(), memory::MemoryError> {

@@ -78,9 +78,12 @@ pub struct VirtPool {
 
 /// What `/chosen/stdout-path` says: QEMU's own (the PL011), or, to test how the kernel copes
 /// with a devicetree that names no usable console, a node that does not exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StdoutPath {
+    /// QEMU's own: its PL011.
+    #[value(name = "qemu")]
     AsQemuWroteIt,
+    /// A node that does not exist.
     Missing,
 }
 

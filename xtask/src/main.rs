@@ -75,6 +75,10 @@ enum Command {
         /// The network card's backend [default: user]; `silent` never takes a packet. virt only.
         #[arg(long, value_enum)]
         net: Option<qemu::Network>,
+        /// What `/chosen/stdout-path` names [default: qemu]; `missing`, a node that does not
+        /// exist, shows how the kernel finds a console anyway. virt only.
+        #[arg(long, value_enum)]
+        stdout_path: Option<devicetree::StdoutPath>,
         /// Kernel command line, e.g. `kernel.fault-demo`.
         #[arg(long, default_value = "")]
         append: String,
@@ -131,7 +135,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build => image::build().map(|image| println!("kernel: {}", image.display())),
-        Command::Qemu { board, test, el2, cpu, pool, pool_size, iommu, disks, block_size, net, append, qemu_args } => {
+        Command::Qemu {
+            board,
+            test,
+            el2,
+            cpu,
+            pool,
+            pool_size,
+            iommu,
+            disks,
+            block_size,
+            net,
+            stdout_path,
+            append,
+            qemu_args,
+        } => {
             let virt_only = [
                 ("--el2", el2),
                 ("--cpu", cpu.is_some()),
@@ -141,6 +159,7 @@ fn main() -> ExitCode {
                 ("--disks", disks.is_some()),
                 ("--block-size", block_size.is_some()),
                 ("--net", net.is_some()),
+                ("--stdout-path", stdout_path.is_some()),
             ];
             let run = if test { qemu::Run::Tests } else { qemu::Run::Demo };
             let machine = match board {
@@ -156,6 +175,7 @@ fn main() -> ExitCode {
                     virt.disks = disks.map_or(virt.disks, usize::from);
                     virt.block_size = block_size.map_or(virt.block_size, |size| size.parse().expect("listed sizes"));
                     virt.network = net.unwrap_or(virt.network);
+                    virt.stdout = stdout_path.unwrap_or(virt.stdout);
                     Ok(qemu::Machine::virt(virt, cpu.as_deref().unwrap_or("cortex-a72")))
                 }
             };
