@@ -54,7 +54,7 @@ fn bounce_pool(engine: &DmaEngine) -> Result<&'static DmaPool, String> {
 }
 
 kernel_test! {
-    /// Source and destination above 1 GiB, where the engine cannot reach: every copy, at many
+    /// Source and destination above the engine's limit (1 GiB on the Pi 4): every copy, at many
     /// sizes and start offsets, succeeds through the bounce pool, byte for byte, and the engine
     /// only ever sees bus addresses below its limit.
     fn copies_above_the_limit_through_the_bounce_pool() {
@@ -73,7 +73,11 @@ kernel_test! {
             let source = &source_bytes[offset..offset + size];
             let destination = &mut destination_bytes[(offset * 3) % 4096..][..size];
             let (from, to) = (physical(engine, source)?, physical(engine, destination)?);
-            ensure!(from.start() >= limit && to.start() >= limit, "buffers {from} and {to} are not above the limit {limit:?}");
+            if from.start() < limit || to.start() < limit {
+                // A board whose RAM all lies within the engine's reach (a 1 GiB Pi 4) puts the
+                // heap there too: nothing needs to bounce.
+                skip!("the heap lies within the engine's reach: this board has no RAM beyond it");
+            }
             let report = engine.copy(source, destination).map_err(|e| alloc::format!("{size} bytes at offset {offset:#x}: {e}"))?;
             ensure!(destination == source, "{size} bytes at offset {offset:#x}: the copy differs");
             ensure_within_reach(&windows, &report, size)?;

@@ -104,7 +104,8 @@ fn disk_round_trips<const SLOT: usize>(driver: &Mutex<Option<PciDisk<SLOT>>>) ->
     let mut guard = driver.lock();
     let disk = guard.as_mut().ok_or("disk not started")?;
     let largest = disk.max_transfer().map_or(1 << 20, |limit| limit.min(1 << 20));
-    let sizes = [SECTOR, 2 * SECTOR, 4096, 4096 + SECTOR, 16 << 10, 60 << 10, 128 << 10, largest, largest + 4096];
+    let block = disk.block_size();
+    let sizes = [block, 2 * block, 4096, 4096 + block, 16 << 10, 60 << 10, 128 << 10, largest, largest + 4096];
     translated_round_trips(disk, &sizes, 1000 * SLOT as u64)
 }
 
@@ -303,8 +304,9 @@ kernel_test! {
         let driver = if slot == PCI_DISK_A { &PCI_DISK_A_DEVICE } else { return Err("the trusted disk is expected first".into()) };
         let mut guard = driver.lock();
         let disk = guard.as_mut().ok_or("disk not started")?;
-        let mut buffer = vec![0u8; SECTOR];
-        let physical = device.physical(VirtAddr::from_ptr(buffer.as_ptr()), SECTOR).map_err(|e| format!("{e}"))?;
+        let block = disk.block_size();
+        let mut buffer = vec![0u8; block];
+        let physical = device.physical(VirtAddr::from_ptr(buffer.as_ptr()), block).map_err(|e| format!("{e}"))?;
 
         device.inject(physical, Fault::None);
         disk.read_blocks(0, &mut buffer).map_err(|e| format!("warm-up read: {e:?}"))?;
@@ -336,7 +338,7 @@ kernel_test! {
         ensure!(fault.event.input_address == Some(revoked.as_u64()), "fault at {:?}, expected IOVA {revoked:?}", fault.event.input_address);
         ensure!(fault.event.access.is_some_and(|access| access.write), "fault {fault}: not a write");
         ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed on completion");
-        let data = pattern(7, SECTOR);
+        let data = pattern(7, block);
         disk.write_blocks(1, &data).map_err(|e| format!("write afterwards: {e:?}"))?;
         disk.read_blocks(1, &mut buffer).map_err(|e| format!("read afterwards: {e:?}"))?;
         ensure!(buffer == data, "the disk returned other data afterwards");
