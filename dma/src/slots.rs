@@ -47,12 +47,16 @@ impl Geometry {
         if !areas.is_power_of_two() || !slots.is_multiple_of(areas) {
             return Err(PoolError::BadAreaCount { areas, slots });
         }
-        if !segment_slots.is_power_of_two() || segment_slots * SLOT_SIZE < PAGE_SIZE {
+        // Checked: a segment whose size in bytes does not fit a `usize` is a bad request, not an
+        // overflow (which would wrap to a plausible size in a release build).
+        let segment_bytes = segment_slots.checked_mul(SLOT_SIZE);
+        if !segment_slots.is_power_of_two() || segment_bytes.is_none_or(|bytes| bytes < PAGE_SIZE) {
             return Err(PoolError::BadSegmentSlots { segment_slots });
         }
         let area_slots = slots / areas;
         if area_slots == 0 || u32::try_from(area_slots).is_err() {
-            return Err(PoolError::TooSmall { size: (slots * SLOT_SIZE) as u64, areas });
+            let size = (slots as u64).saturating_mul(SLOT_SIZE as u64);
+            return Err(PoolError::TooSmall { size, areas });
         }
         Ok(Self { dma_base, slots, areas, area_slots, segment_slots })
     }

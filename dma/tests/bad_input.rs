@@ -223,6 +223,14 @@ fn pools_refuse_memory_they_cannot_use() {
         build(base, 1 << 20, base, PoolConfig { segment_slots: 96, ..ok }),
         Some(PoolError::BadSegmentSlots { segment_slots: 96 })
     );
+    // Sizes in bytes that overflow are refused as such, in debug builds (overflow checks on)
+    // and release builds alike.
+    for segment_slots in [1 << 53, 1 << 62, 1 << 63] {
+        assert_eq!(
+            build(base, 1 << 20, base, PoolConfig { segment_slots, ..ok }),
+            Some(PoolError::BadSegmentSlots { segment_slots })
+        );
+    }
     assert_eq!(
         build(base, 8 << 20, base, ok),
         Some(PoolError::Unreachable { phys: PhysAddr::new(base), size: 8 << 20 })
