@@ -250,15 +250,27 @@ fn pci_dma_device(
     name: &'static str,
     function: &PciFunction,
     constraints: Constraints,
-) -> Result<(DmaDevice, String), &'static str> {
-    let stream = function.stream.filter(|stream| iommu::translates_for(stream.iommu));
-    let (Some(stream), Some(policy)) = (stream, iommu::policy()) else {
-        return Err("its DMA is not translated by a running IOMMU, and untranslated PCIe DMA is not supported");
+) -> Result<(DmaDevice, String), String> {
+    const UNTRANSLATED: &str = "untranslated PCIe DMA is not supported";
+    let stream = function.stream.ok_or(alloc::format!(
+        "no `iommu-map` entry of the host bridge covers requester ID {:#06x}: {UNTRANSLATED}",
+        (u16::from(function.address.bus) << 8) | (u16::from(function.address.device) << 3) | u16::from(function.address.function)
+    ))?;
+    let (Some(policy), Some((smmu, phandle))) = (iommu::policy(), iommu::running()) else {
+        return Err(alloc::format!(
+            "its `iommu-map` names the IOMMU with phandle {:#x}, which is not running: {UNTRANSLATED}",
+            stream.iommu
+        ));
     };
-    let domain = iommu::attach(name, stream.stream_id, VIRTIO_DMA_MASK).map_err(|error| {
-        warn!("{name}: cannot attach to the IOMMU: {error}");
-        "no IOMMU domain"
-    })?;
+    if !iommu::translates_for(stream.iommu) {
+        let running = phandle.map_or("no phandle".into(), |phandle| alloc::format!("phandle {phandle:#x}"));
+        return Err(alloc::format!(
+            "its `iommu-map` names phandle {:#x}, which is not the running SMMU {smmu} ({running}): {UNTRANSLATED}",
+            stream.iommu
+        ));
+    }
+    let domain = iommu::attach(name, stream.stream_id, VIRTIO_DMA_MASK)
+        .map_err(|error| alloc::format!("cannot attach to the IOMMU {smmu}: {error}"))?;
     let untrusted = policy.is_untrusted(function.address);
     let route = Route::Iommu { domain, untrusted, bounce: pools::default_pool() };
     let coherent = crate::pci::bus().is_some_and(|bus| bus.bridge.coherent);

@@ -209,6 +209,11 @@ pub fn translates_for(phandle: u32) -> bool {
     IOMMU.get().is_some_and(|iommu| iommu.phandle == Some(phandle))
 }
 
+/// The running SMMU's node name and phandle, for messages about devices it does not translate.
+pub fn running() -> Option<(&'static str, Option<u32>)> {
+    IOMMU.get().map(|iommu| (iommu.name, iommu.phandle))
+}
+
 /// Gives `device` (StreamID `stream_id`) a fresh domain and points its STE at it.
 pub fn attach(device: &'static str, stream_id: u32, dma_limit: u64) -> Result<&'static Domain, DomainError> {
     let iommu = IOMMU.get().expect("attach after the SMMU started");
