@@ -11,14 +11,14 @@
 
 use core::fmt;
 
-use addr::{PhysAddr, PhysRange, VirtAddr};
+use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 use arch::mmu::MapError;
 use arch::BootInfo;
 use arrayvec::ArrayVec;
 use linked_list_allocator::LockedHeap;
 use log::info;
 use platform::devicetree::{self, Devicetree, Reservation, MAX_RANGES};
-use platform::dma_config::{PoolPlacement, MAX_POOLS};
+use platform::dma_config::{DmaDescription, PoolPlacement, MAX_POOLS};
 use platform::memmap::{self, MemoryMap, Size};
 use vmsa::{Access, MemoryType};
 
@@ -34,7 +34,7 @@ pub struct Memory {
 }
 
 /// Why RAM could not be set up. Displayed without the heap, which does not exist yet.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum MemoryError {
     Devicetree(devicetree::Error<'static>),
     MemoryMap(memmap::Error<'static>),
@@ -42,8 +42,11 @@ pub enum MemoryError {
     NoFreeRam,
     /// A restricted pool's bounce pool could not be built on its range.
     Pool(&'static str, dma::PoolError),
-    /// The devices of a pool cannot all reach it at one bus address.
-    PoolUnreachable(&'static str, PhysRange),
+    /// A device of the pool cannot reach all of it.
+    PoolUnreachable { pool: &'static str, range: PhysRange, device: &'static str, dma: DmaDescription<'static> },
+    /// Two devices of the pool reach it at different bus addresses: one pool address cannot
+    /// serve both.
+    PoolAddressedTwoWays { pool: &'static str, range: PhysRange, first: (&'static str, DmaAddr), other: (&'static str, DmaAddr) },
     TooManyPools,
 }
 
@@ -55,9 +58,14 @@ impl fmt::Display for MemoryError {
             MemoryError::LinearMap(range, error) => write!(f, "cannot add {range} to the linear map: {error:?}"),
             MemoryError::NoFreeRam => write!(f, "no free RAM left for the heap"),
             MemoryError::Pool(name, error) => write!(f, "DMA pool '{name}': {error}"),
-            MemoryError::PoolUnreachable(name, range) => {
-                write!(f, "DMA pool '{name}' {range}: not every device using it reaches it at one bus address")
+            MemoryError::PoolUnreachable { pool, range, device, dma } => {
+                write!(f, "DMA pool '{pool}' {range}: its device {device} cannot reach all of it ({dma})")
             }
+            MemoryError::PoolAddressedTwoWays { pool, range, first, other } => write!(
+                f,
+                "DMA pool '{pool}' {range}: {} reaches it at {}, {} at {}; its devices must agree on one bus address",
+                first.0, first.1, other.0, other.1
+            ),
             MemoryError::TooManyPools => {
                 write!(f, "more than {MAX_POOLS} DMA pools (the devicetree's restricted pools and the default one)")
             }

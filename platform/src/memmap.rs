@@ -33,7 +33,7 @@ use crate::devicetree::{RangeList, Reservation, MAX_RANGES};
 /// The CPU page: free regions are whole pages.
 pub const PAGE_SIZE: u64 = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error<'a> {
     /// No RAM range was given.
     NoRam,
@@ -69,7 +69,8 @@ pub enum Error<'a> {
         size: u64,
         alignment: u64,
         below: Option<PhysAddr>,
-        in_alloc_ranges: bool,
+        /// The node's `alloc-ranges`; empty when it has none (anywhere in RAM will do).
+        alloc_ranges: RangeList,
     },
 }
 
@@ -96,14 +97,17 @@ impl fmt::Display for Error<'_> {
                 "memory map: restricted DMA pool '{pool}': size {size:#x} (whole pages, not zero) and \
                  alignment {alignment:#x} (a power of two) do not describe a pool"
             ),
-            Error::PoolDoesNotFit { pool, size, alignment, below, in_alloc_ranges } => {
+            Error::PoolDoesNotFit { pool, size, alignment, below, alloc_ranges } => {
                 write!(f, "memory map: no free range holds restricted DMA pool '{pool}' of {}", Size(*size))?;
                 write!(f, " aligned to {}", Size(*alignment))?;
                 if let Some(limit) = below {
                     write!(f, " below {limit} (the limit of its devices)")?;
                 }
-                if *in_alloc_ranges {
-                    write!(f, " inside its alloc-ranges")?;
+                if let Some((first, rest)) = alloc_ranges.split_first() {
+                    write!(f, " inside its alloc-ranges {first}")?;
+                    for range in rest {
+                        write!(f, ", {range}")?;
+                    }
                 }
                 Ok(())
             }
@@ -211,8 +215,8 @@ impl<'a> MemoryMap<'a> {
             self.free.iter().flat_map(|free| allowed.iter().filter_map(|allowed| free.intersection(allowed)));
         let start = candidates.filter_map(|window| highest_fit(window, size, alignment, limit)).max();
         let Some(start) = start else {
-            let in_alloc_ranges = !alloc_ranges.is_empty();
-            return Err(Error::PoolDoesNotFit { pool: name, size, alignment, below, in_alloc_ranges });
+            let alloc_ranges = alloc_ranges.iter().copied().collect();
+            return Err(Error::PoolDoesNotFit { pool: name, size, alignment, below, alloc_ranges });
         };
         let pool = PhysRange::new(start, size).ok_or(Error::TooManyRanges)?;
         let reservation = Reservation { range: pool, label: name, no_map: true };

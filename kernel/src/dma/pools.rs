@@ -186,17 +186,18 @@ pub fn create(
 
 /// The pool's base as its devices address it; they must all agree.
 fn bus_address(plan: &Plan, request: &PoolRequest, range: PhysRange) -> Result<DmaAddr, MemoryError> {
-    let name = request.node.name;
+    let pool = request.node.name;
     let mut users = plan.devices.iter().filter(|device| request.serves(device, plan.ram_end));
-    let unreachable = MemoryError::PoolUnreachable(name, range);
+    let address = |device: &Device<'static>| match device.dma.phys_to_dma(range.start()) {
+        Some(base) if device.dma.reaches(range) => Ok(base),
+        _ => Err(MemoryError::PoolUnreachable { pool, range, device: device.name, dma: device.dma.clone() }),
+    };
     let Some(first) = users.next() else { return Ok(DmaAddr::new(range.start().as_u64())) };
-    if !first.dma.reaches(range) {
-        return Err(unreachable);
-    }
-    let base = first.dma.phys_to_dma(range.start()).ok_or(unreachable)?;
+    let base = address(first)?;
     for device in users {
-        if !device.dma.reaches(range) || device.dma.phys_to_dma(range.start()) != Some(base) {
-            return Err(unreachable);
+        let other = address(device)?;
+        if other != base {
+            return Err(MemoryError::PoolAddressedTwoWays { pool, range, first: (first.name, base), other: (device.name, other) });
         }
     }
     Ok(base)
