@@ -77,10 +77,10 @@ fn stable(line: &str) -> String {
         Some((time, rest)) if time.trim().parse::<f64>().is_ok() => rest.trim_start(),
         _ => line,
     };
-    const ENTROPY: &str = "demo: entropy device: [";
-    match line.find(ENTROPY) {
-        Some(at) => format!("{}{ENTROPY}…]", &line[..at]),
-        None => line.to_string(),
+    // "demo: entropy device NAME (NODE): [bytes]": the bytes are random.
+    match (line.contains("demo: entropy device"), line.rfind('[')) {
+        (true, Some(at)) => format!("{}[…]", &line[..at]),
+        _ => line.to_string(),
     }
 }
 
@@ -196,8 +196,8 @@ mod tests {
         assert!(error.contains("it prints:\n    [ 3.0] INFO  heap: 248 MiB"), "{error}");
         assert!(check(&excerpt(), "[ 3.0] INFO  heap: 504 MiB\n[ 1.5] INFO  machine: virt\n").is_err(), "order");
         assert_eq!(
-            stable("[ 0.1] INFO  demo: entropy device: [01, 02]"),
-            stable("[ 0.2] INFO  demo: entropy device: [ff]")
+            stable("[ 0.1] INFO  demo: entropy device virtio-rng0 (virtio_mmio@a003c00): [01, 02]"),
+            stable("[ 0.2] INFO  demo: entropy device virtio-rng0 (virtio_mmio@a003c00): [ff, 8b]")
         );
     }
 
