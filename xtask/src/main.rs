@@ -4,9 +4,11 @@
 //! - `cargo xtask qemu [--board raspi4b] [-- QEMU ARGS]`: build, boot on QEMU `virt` (or the
 //!   Raspberry Pi 4 model), stream the console.
 //! - `cargo xtask test`: host tests of every pure crate, then the kernel's own tests under
-//!   QEMU `virt` at EL1 and EL2 on two CPU models and on `raspi4b`, then the SD card image read
-//!   back; fails if anything fails or QEMU hangs.
+//!   QEMU `virt` at EL1 and EL2 on two CPU models, on odd machines and on `raspi4b`, the demos
+//!   and the boots that go wrong on purpose, the documentation's log excerpts, then the SD card
+//!   image read back; fails if anything fails or QEMU hangs.
 //! - `cargo xtask sdcard`: a Raspberry Pi 4 SD card image (firmware, devicetree, kernel).
+//! - `cargo xtask excerpts`: rewrite the documentation's log excerpts from fresh runs.
 //!
 //! Each command checks its prerequisites first (the Rust target, QEMU >= 9) and installs
 //! them where it can, or says exactly what to run.
