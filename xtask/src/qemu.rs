@@ -387,7 +387,7 @@ pub fn run_captured(machine: &Machine, kernel: &Path, bootargs: &str, timeout: D
         .map_err(|error| format!("cannot run {QEMU}: {error}"))?;
     let stdout = child.stdout.take().ok_or("no QEMU output")?;
     let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
             println!("    {line}");
             if lines.send(line).is_err() {
@@ -411,7 +411,8 @@ pub fn run_captured(machine: &Machine, kernel: &Path, bootargs: &str, timeout: D
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    std::thread::sleep(Duration::from_millis(50));
+    // QEMU has exited: the reader ends at the end of its output, every line read.
+    let _ = reader.join();
     let console = received.try_iter().collect::<Vec<_>>().join("\n");
     Ok(TestRun { console, exit_code: status.code() })
 }

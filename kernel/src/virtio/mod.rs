@@ -95,7 +95,8 @@ macro_rules! slot_of {
     ($driver:ident as $kind:ty) => {
         impl<const SLOT: usize, T: Transport + Send + 'static> Slot<$kind, T> for Mutex<Option<$driver<SLOT, T>>> {
             fn is_free(&self) -> bool {
-                self.lock().is_none()
+                // A slot whose device was never confirmed reset keeps its DMA state for good.
+                self.lock().is_none() && hal::device_of(SLOT).is_none()
             }
 
             fn start(&self, transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<(), StartError> {

@@ -108,6 +108,9 @@ impl<const SLOT: usize, T: Transport> NetworkDevice for Network<SLOT, T> {
     }
 
     fn receive(&mut self, buffer: &mut [u8], deadline: Duration) -> Result<Option<usize>, VirtioError> {
+        // A device stopped (reset) since the buffer was posted has let go of it: its token
+        // means nothing any more.
+        self.device.check_in_service()?;
         let token = match self.posted {
             Some(token) => token,
             None => {
