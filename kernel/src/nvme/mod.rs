@@ -19,6 +19,10 @@
 //!   entries valid: the first carries the offset, every later one must start a page.
 //! - One command carries at most the smallest of MDTS, the DMA layer's `max_mapping_size` and
 //!   what one PRP list page describes; `crate::block` splits larger requests.
+//! - A command moves whole logical blocks of the namespace's LBA format (Identify Namespace:
+//!   FLBAS picks one of the LBA formats, whose LBADS gives the block size — 512 bytes or
+//!   4 KiB on QEMU, as `logical_block_size` says). A request of part of a block, or of more
+//!   than one command carries, is refused with the sizes before anything is mapped.
 //! - A command that does not complete in time disables the controller, which stops its DMA,
 //!   before the buffer is unmapped; later requests are refused with the reason.
 
@@ -41,7 +45,7 @@ use drivers::nvme::queue::QueueError;
 use drivers::nvme::registers::{
     admin_queue_attributes, enabling_configuration, Capabilities, ControllerStatus, RegisterError, Registers, Version,
 };
-use drivers::nvme::transfer::{TransferError, TransferLimits};
+use drivers::nvme::transfer::{Limit, TransferError, TransferLimits};
 use spin::Mutex;
 use tock_registers::interfaces::{Readable, Writeable};
 
@@ -92,11 +96,16 @@ pub enum NvmeError {
         expected: u16,
         got: (u16, u16),
     },
-    /// A transfer that is not whole blocks, or more than one command carries.
-    BadLength {
+    /// A transfer that is not a whole number of the namespace's logical blocks.
+    PartialBlock {
         length: usize,
         block_size: usize,
+    },
+    /// A transfer larger than one command carries.
+    TooLong {
+        length: usize,
         max_transfer: usize,
+        limit: Limit,
     },
     /// A command handed to [`Controller::execute_without_data`] that points at data.
     CarriesData,
@@ -134,9 +143,13 @@ impl fmt::Display for NvmeError {
                 f,
                 "completion queue {queue} reported command {command} of submission queue {from_queue} while command {expected} was outstanding"
             ),
-            NvmeError::BadLength { length, block_size, max_transfer } => write!(
+            NvmeError::PartialBlock { length, block_size } => write!(
                 f,
-                "{length} bytes are not a whole number of {block_size}-byte blocks, or more than the {max_transfer} one command carries"
+                "{length} bytes are not a whole number of the namespace's {block_size}-byte logical blocks"
+            ),
+            NvmeError::TooLong { length, max_transfer, limit } => write!(
+                f,
+                "{length} bytes are more than one command carries: {max_transfer} bytes, limited by {limit}"
             ),
             NvmeError::CarriesData => write!(f, "the command points at data (PRP1 or PRP2 set), which it was not given"),
             NvmeError::Command { command, status } => write!(f, "{command} failed: {status}"),
@@ -405,10 +418,7 @@ impl Controller {
         build: fn(u32, u64, u32, u64, u64) -> Result<SubmissionEntry, CommandError>,
     ) -> Result<(), NvmeError> {
         self.check_enabled()?;
-        let block_size = self.namespace.identity.block_size as usize;
-        if !length.is_multiple_of(block_size) || length > self.max_transfer {
-            return Err(NvmeError::BadLength { length, block_size, max_transfer: self.max_transfer });
-        }
+        let block_size = self.block_size();
         let plan = PrpPlan::new(dma.as_u64(), length, PAGE_SIZE)?;
         let list = match plan.list_entries() {
             0 => None,
@@ -456,6 +466,23 @@ impl Controller {
         }
     }
 
+    /// Whether `length` bytes can be one Read or Write: at least one whole block of the
+    /// namespace, and no more than one command carries. Checked before the buffer is mapped.
+    fn check_length(&self, length: usize) -> Result<(), NvmeError> {
+        let block_size = self.block_size();
+        if length == 0 {
+            return Err(TransferError::Empty.into());
+        }
+        if !length.is_multiple_of(block_size) {
+            return Err(NvmeError::PartialBlock { length, block_size });
+        }
+        if length > self.max_transfer {
+            let limit = self.limits.limiting_factor();
+            return Err(NvmeError::TooLong { length, max_transfer: self.max_transfer, limit });
+        }
+        Ok(())
+    }
+
     fn physical(&self, buffer: &[u8]) -> Result<PhysRange, NvmeError> {
         Ok(self.dma.physical(VirtAddr::from_ptr(buffer.as_ptr()), buffer.len())?)
     }
@@ -483,12 +510,14 @@ impl BlockDevice for Controller {
     }
 
     fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
+        self.check_length(buffer.len())?;
         let mapping = Streaming::<FromDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
         let read = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::read);
         self.finish(read, mapping.unmap())
     }
 
     fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
+        self.check_length(buffer.len())?;
         let mapping = Streaming::<ToDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
         let written = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::write);
         self.finish(written, mapping.unmap())

@@ -1,11 +1,12 @@
 //! The Raspberry Pi 4's DMA engine through the DMA API: copies that only work because the
 //! kernel bounces what the engine cannot reach, and bus addresses that always lie within it.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use addr::{PhysRange, VirtAddr};
+use addr::{PhysAddr, PhysRange, VirtAddr};
 use drivers::bcm2835_dma::{ControlBlock, Controller};
 use platform::dma_config::DmaDescription;
 
@@ -13,7 +14,51 @@ use crate::dma::DmaPool;
 use crate::dma_engine::{CopyReport, DmaEngine, DMA_ENGINE};
 use crate::machine;
 use crate::testing::{ensure, kernel_test, skip};
+use crate::tests::block::skip_because;
 use crate::tests::virtio::pattern;
+
+/// Memory for a test's buffers inside `area`, found where the memory map says the machine has
+/// it: a heap allocation, if it lands there, or else free RAM there that nothing uses (the
+/// heap is the only allocator of free RAM, and it lies elsewhere).
+enum Scratch {
+    Heap(Vec<u8>),
+    Free(&'static mut [u8]),
+}
+
+impl Scratch {
+    /// `bytes` bytes inside `area`, page-aligned; `None` when the machine has no such RAM free.
+    fn inside(area: PhysRange, bytes: usize) -> Option<Scratch> {
+        let memory = &machine().memory;
+        let heap = vec![0u8; bytes];
+        let start = arch::layout::linear_virt_to_phys(VirtAddr::from_ptr(heap.as_ptr()))?;
+        if PhysRange::new(start, bytes as u64).is_some_and(|buffer| area.covers(&buffer)) {
+            return Some(Scratch::Heap(heap));
+        }
+        let free = memory.map.free().iter().filter(|free| !free.overlaps(&memory.heap));
+        let range = free.filter_map(|free| free.intersection(&area)).find_map(|candidate| {
+            let start = candidate.start().align_up(4096)?;
+            PhysRange::new(start, bytes as u64).filter(|range| candidate.covers(range))
+        })?;
+        let virt = arch::layout::phys_to_virt(range.start());
+        // SAFETY: free RAM in the linear map (read-write), which no allocator hands out: the
+        // heap lies elsewhere, and pools were carved and reserved at boot. Only this test, which
+        // holds the engine's lock, uses it, and only while it runs.
+        Some(Scratch::Free(unsafe { core::slice::from_raw_parts_mut(virt.as_mut_ptr::<u8>(), bytes) }))
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        match self {
+            Scratch::Heap(bytes) => bytes,
+            Scratch::Free(bytes) => bytes,
+        }
+    }
+}
+
+/// The RAM ranges of the memory map, for skip reasons.
+fn ram_ranges() -> String {
+    let ranges: Vec<String> = machine().memory.map.ram().iter().map(|ram| format!("{ram}")).collect();
+    ranges.join(", ")
+}
 
 /// The engine's bus windows, as the devicetree gives them.
 fn engine_windows() -> Result<DmaDescription<'static>, String> {
@@ -56,7 +101,9 @@ fn bounce_pool(engine: &DmaEngine) -> Result<&'static DmaPool, String> {
 kernel_test! {
     /// Source and destination above the engine's limit (1 GiB on the Pi 4): every copy, at many
     /// sizes and start offsets, succeeds through the bounce pool, byte for byte, and the engine
-    /// only ever sees bus addresses below its limit.
+    /// only ever sees bus addresses below its limit. The buffers lie in RAM beyond the limit,
+    /// wherever the memory map has it free; a board whose RAM all lies within reach (a 1 GiB
+    /// Pi 4) has nothing to bounce, and the test skips.
     fn copies_above_the_limit_through_the_bounce_pool() {
         let guard = DMA_ENGINE.lock();
         let Some(engine) = guard.as_ref() else { skip!("no brcm,bcm2835-dma device") };
@@ -67,17 +114,22 @@ kernel_test! {
         let mut copied = 0u64;
         let sizes = [4usize, 64, 512, 2048, 4096, 3 * 4096 + 12, 65536, 128 << 10];
         let offsets = [0usize, 1, 0x7c8, 0xfa0];
+        let half = sizes.iter().max().copied().unwrap_or(0) + 4096;
+        let beyond = PhysRange::from_bounds(limit, PhysAddr::new(u64::MAX)).ok_or("limit beyond the address space")?;
+        let Some(mut scratch) = Scratch::inside(beyond, 2 * half) else {
+            if machine().memory.map.ram().iter().all(|ram| ram.end() <= limit) {
+                return Err(skip_because(format!("all RAM ({}) lies within the engine's reach, below {limit:?}: nothing needs to bounce", ram_ranges())));
+            }
+            return Err(format!("RAM ({}) extends beyond the engine's limit {limit:?}, but none of it is free for two {half}-byte buffers", ram_ranges()).into());
+        };
+        let (source_bytes, destination_bytes) = scratch.bytes().split_at_mut(half);
         for (round, (&size, &offset)) in sizes.iter().flat_map(|size| offsets.iter().map(move |offset| (size, offset))).enumerate() {
-            let source_bytes = pattern(round as u64 + 1000, size + 4096);
-            let mut destination_bytes = vec![0u8; size + 4096];
+            source_bytes[..size + 4096].copy_from_slice(&pattern(round as u64 + 1000, size + 4096));
+            destination_bytes.fill(0);
             let source = &source_bytes[offset..offset + size];
             let destination = &mut destination_bytes[(offset * 3) % 4096..][..size];
             let (from, to) = (physical(engine, source)?, physical(engine, destination)?);
-            if from.start() < limit || to.start() < limit {
-                // A board whose RAM all lies within the engine's reach (a 1 GiB Pi 4) puts the
-                // heap there too: nothing needs to bounce.
-                skip!("the heap lies within the engine's reach: this board has no RAM beyond it");
-            }
+            ensure!(from.start() >= limit && to.start() >= limit, "buffers {from} and {to} are not beyond the limit {limit:?}");
             let report = engine.copy(source, destination).map_err(|e| alloc::format!("{size} bytes at offset {offset:#x}: {e}"))?;
             ensure!(destination == source, "{size} bytes at offset {offset:#x}: the copy differs");
             ensure_within_reach(&windows, &report, size)?;
@@ -93,13 +145,11 @@ kernel_test! {
     }
 }
 
-/// Below 1 GiB on the Pi: the kernel image's own memory (the heap is the upper GiB).
-static LOW_BUFFERS: spin::Mutex<[[u8; 16384]; 2]> = spin::Mutex::new([[0; 16384]; 2]);
-
 kernel_test! {
     /// A buffer the engine reaches is lent to it in place: its bus address is the window's
     /// translation of its physical address (0xC000_0000 + PA on the Pi 4), nothing bounced
-    /// (unless the devicetree restricts the engine to a pool).
+    /// (unless the devicetree restricts the engine to a pool). The buffers lie in RAM within
+    /// the engine's first window, wherever the memory map has it free.
     fn buffers_within_reach_are_not_bounced() {
         let guard = DMA_ENGINE.lock();
         let Some(engine) = guard.as_ref() else { skip!("no brcm,bcm2835-dma device") };
@@ -107,11 +157,17 @@ kernel_test! {
         if pool.restricted {
             skip!("the devicetree restricts the engine to a pool: every transfer bounces");
         }
-        let mut buffers = LOW_BUFFERS.lock();
-        let [source, destination] = &mut *buffers;
+        let windows = engine_windows()?;
+        let reach = match windows.windows.first() {
+            Some(window) => PhysRange::new(window.cpu_start, window.size).ok_or("window range")?,
+            None => PhysRange::from_bounds(PhysAddr::new(0), PhysAddr::new(u64::MAX)).ok_or("address space")?,
+        };
+        let Some(mut scratch) = Scratch::inside(reach, 2 * 16384) else {
+            return Err(format!("no RAM ({}) is free within the engine's window {reach}", ram_ranges()).into());
+        };
+        let (source, destination) = scratch.bytes().split_at_mut(16384);
         source.copy_from_slice(&pattern(5, 16384));
         destination.fill(0);
-        let windows = engine_windows()?;
         let from = physical(engine, source)?;
         let before = pool.bounce.stats();
         let report = engine.copy(source, destination).map_err(|e| alloc::format!("{e}"))?;

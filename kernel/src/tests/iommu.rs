@@ -14,13 +14,14 @@ use virtio_drivers::device::blk::{BlkReq, BlkResp};
 use crate::block::BlockDevice;
 use crate::dma::{DmaDevice, Fault, Route};
 use crate::iommu::{self, Domain};
-use crate::testing::{ensure, kernel_test, skip};
-use crate::tests::block::{round_trips, PAGE_OFFSETS};
+use crate::testing::{ensure, kernel_test, skip, Verdict};
+use crate::tests::block::{round_trips, skip_because, PAGE_OFFSETS};
 use crate::tests::virtio::pattern;
 use crate::virtio::{self, PciDisk, PCI_DISK_A, PCI_DISK_A_DEVICE, PCI_DISK_B, PCI_DISK_B_DEVICE};
 use drivers::smmuv3::EventKind;
 
-const SECTOR: usize = 512;
+/// A buffer smaller than any granule, for the mapping tests (no disk request is made with it).
+const BUFFER_IN_A_PAGE: usize = 512;
 
 /// The domain and trust of the disk in `slot`.
 fn translated(slot: usize) -> Result<(&'static DmaDevice, &'static Domain, bool), String> {
@@ -31,9 +32,18 @@ fn translated(slot: usize) -> Result<(&'static DmaDevice, &'static Domain, bool)
     }
 }
 
+/// Whether this boot's `iommu.untrusted=` distrusts the PCIe function behind `device`.
+fn policy_distrusts(device: &DmaDevice) -> Result<bool, String> {
+    let policy = iommu::policy().ok_or("no IOMMU policy")?;
+    let bus = crate::pci::bus().ok_or("no PCIe bus")?;
+    let function = bus.functions.iter().find(|function| format!("pci {}", function.address) == device.name);
+    let function = function.ok_or(format!("{}: no such function on the bus", device.name))?;
+    Ok(policy.is_untrusted(function.address))
+}
+
 kernel_test! {
-    /// Both disks are translated, each in a domain of its own with this boot's granule, one
-    /// trusted and one not, as `iommu.untrusted=` said.
+    /// Both disks are translated, each in a domain of its own with this boot's granule, each
+    /// trusted or not as `iommu.untrusted=` said.
     fn pci_disks_have_domains_of_their_own() {
         if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
         let policy = iommu::policy().ok_or("no policy")?;
@@ -44,7 +54,10 @@ kernel_test! {
         for domain in [domain_a, domain_b] {
             ensure!(domain.granule == policy.granule, "domain {} has granule {:?}, policy {:?}", domain.id, domain.granule, policy.granule);
         }
-        ensure!(untrusted_a != untrusted_b, "expected one trusted and one untrusted disk, got {untrusted_a} and {untrusted_b}");
+        for (device, untrusted) in [(a, untrusted_a), (b, untrusted_b)] {
+            let expected = policy_distrusts(device)?;
+            ensure!(untrusted == expected, "{}: untrusted {untrusted}, but iommu.untrusted= says {expected}", device.name);
+        }
         Ok(())
     }
 }
@@ -113,7 +126,7 @@ kernel_test! {
     /// The first disk moves data at many sizes and offsets through its domain.
     fn first_pci_disk_round_trips_every_size_and_offset() {
         if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
-        Ok(disk_round_trips(&PCI_DISK_A_DEVICE)?)
+        Ok(disk_round_trips(PCI_DISK_A_DEVICE)?)
     }
 }
 
@@ -121,19 +134,21 @@ kernel_test! {
     /// So does the second, with the other trust.
     fn second_pci_disk_round_trips_every_size_and_offset() {
         if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
-        Ok(disk_round_trips(&PCI_DISK_B_DEVICE)?)
+        Ok(disk_round_trips(PCI_DISK_B_DEVICE)?)
     }
 }
 
-/// The disk whose trust is `untrusted`.
-fn disk_with_trust(untrusted: bool) -> Result<(usize, &'static DmaDevice, &'static Domain), String> {
+/// The disk whose trust is `untrusted`; skipped when this boot's `iommu.untrusted=` gives
+/// neither disk that trust.
+fn disk_with_trust(untrusted: bool) -> Result<(usize, &'static DmaDevice, &'static Domain), Verdict> {
     for slot in [PCI_DISK_A, PCI_DISK_B] {
         let (device, domain, is_untrusted) = translated(slot)?;
         if is_untrusted == untrusted {
             return Ok((slot, device, domain));
         }
     }
-    Err(format!("no {} disk", if untrusted { "untrusted" } else { "trusted" }))
+    let trust = if untrusted { "untrusted" } else { "trusted" };
+    Err(skip_because(format!("no {trust} virtio-blk-pci disk: iommu.untrusted= gives neither disk that trust")))
 }
 
 /// A page-aligned heap page of `fill` bytes, and its physical range.
@@ -181,7 +196,7 @@ kernel_test! {
         let (_page, physical) = page_of(device, 0xaa)?;
         let granule = domain.granule_size();
         dirty_free_slots(device.bounce_pool().ok_or("no pool")?);
-        for (offset, size) in [(0x7c8, SECTOR as u64), (0, 4096)] {
+        for (offset, size) in [(0x7c8, BUFFER_IN_A_PAGE as u64), (0, 4096)] {
             let buffer = PhysRange::new(physical.start().add(offset), size).ok_or("range")?;
             let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
             let fills_granules = (buffer.start().as_u64() | buffer.end().as_u64()) & (granule - 1) == 0;
@@ -301,49 +316,60 @@ kernel_test! {
     fn use_after_unmap_is_refused_by_the_smmu() {
         if iommu::policy().is_none() { skip!("no SMMUv3 on this machine") }
         let (slot, device, domain) = disk_with_trust(false)?;
-        let driver = if slot == PCI_DISK_A { &PCI_DISK_A_DEVICE } else { return Err("the trusted disk is expected first".into()) };
-        let mut guard = driver.lock();
-        let disk = guard.as_mut().ok_or("disk not started")?;
-        let block = disk.block_size();
-        let mut buffer = vec![0u8; block];
-        let physical = device.physical(VirtAddr::from_ptr(buffer.as_ptr()), block).map_err(|e| format!("{e}"))?;
-
-        device.inject(physical, Fault::None);
-        disk.read_blocks(0, &mut buffer).map_err(|e| format!("warm-up read: {e:?}"))?;
-        let warm = device.injected_iova().ok_or("the warm-up read did not map the buffer")?;
-
-        buffer.fill(0x5a);
-        device.inject(physical, Fault::UseAfterUnmap);
-        let (mut request, mut response) = (BlkReq::default(), BlkResp::default());
-        // SAFETY: the buffers outlive the request, which completes below before they drop.
-        let token = unsafe { disk.read_blocks_nb(0, &mut request, &mut buffer, &mut response) };
-        let token = token.map_err(|e| format!("submit: {e:?}"))?;
-        let revoked = device.injected_iova();
-        let completed = wait_for_completion(disk);
-        let faults = iommu::take_faults();
-        let unchanged = buffer.iter().all(|&byte| byte == 0x5a);
-        if completed {
-            // SAFETY: the same buffers as submitted with `token`. Completed before any check,
-            // so that no failure below leaves the device a request into freed memory.
-            let outcome = unsafe { disk.complete_read_blocks(token, &request, &mut buffer, &mut response) };
-            log::info!("{}: the refused read completed with {outcome:?}; {} SMMU event(s)", device.name, faults.len());
+        match slot {
+            PCI_DISK_A => Ok(use_after_unmap(PCI_DISK_A_DEVICE, device, domain)?),
+            _ => Ok(use_after_unmap(PCI_DISK_B_DEVICE, device, domain)?),
         }
-        ensure!(completed, "the disk did not complete the refused request within a second");
-        ensure!(unchanged, "the buffer changed: the disk's write went through");
-        let revoked = revoked.ok_or("the read did not map the buffer")?;
-        ensure!(revoked == warm, "the second read got IOVA {revoked:?}, not {warm:?}: the IOTLB was not warm");
-        let ours = |fault: &&iommu::Fault| fault.event.stream_id == domain.stream_id;
-        let fault = faults.iter().find(ours).ok_or(format!("no fault from StreamID {:#x}", domain.stream_id))?;
-        ensure!(fault.event.kind == EventKind::TranslationFault, "fault {fault}, not a translation fault");
-        ensure!(fault.event.input_address == Some(revoked.as_u64()), "fault at {:?}, expected IOVA {revoked:?}", fault.event.input_address);
-        ensure!(fault.event.access.is_some_and(|access| access.write), "fault {fault}: not a write");
-        ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed on completion");
-        let data = pattern(7, block);
-        disk.write_blocks(1, &data).map_err(|e| format!("write afterwards: {e:?}"))?;
-        disk.read_blocks(1, &mut buffer).map_err(|e| format!("read afterwards: {e:?}"))?;
-        ensure!(buffer == data, "the disk returned other data afterwards");
-        Ok(())
     }
+}
+
+/// [`use_after_unmap_is_refused_by_the_smmu`] on the trusted disk, whichever slot it is in.
+fn use_after_unmap<const SLOT: usize>(
+    driver: &Mutex<Option<PciDisk<SLOT>>>,
+    device: &DmaDevice,
+    domain: &Domain,
+) -> Result<(), String> {
+    let mut guard = driver.lock();
+    let disk = guard.as_mut().ok_or("disk not started")?;
+    let block = disk.block_size();
+    let mut buffer = vec![0u8; block];
+    let physical = device.physical(VirtAddr::from_ptr(buffer.as_ptr()), block).map_err(|e| format!("{e}"))?;
+
+    device.inject(physical, Fault::None);
+    disk.read_blocks(0, &mut buffer).map_err(|e| format!("warm-up read: {e:?}"))?;
+    let warm = device.injected_iova().ok_or("the warm-up read did not map the buffer")?;
+
+    buffer.fill(0x5a);
+    device.inject(physical, Fault::UseAfterUnmap);
+    let (mut request, mut response) = (BlkReq::default(), BlkResp::default());
+    // SAFETY: the buffers outlive the request, which completes below before they drop.
+    let token = unsafe { disk.read_blocks_nb(0, &mut request, &mut buffer, &mut response) };
+    let token = token.map_err(|e| format!("submit: {e:?}"))?;
+    let revoked = device.injected_iova();
+    let completed = wait_for_completion(disk);
+    let faults = iommu::take_faults();
+    let unchanged = buffer.iter().all(|&byte| byte == 0x5a);
+    if completed {
+        // SAFETY: the same buffers as submitted with `token`. Completed before any check,
+        // so that no failure below leaves the device a request into freed memory.
+        let outcome = unsafe { disk.complete_read_blocks(token, &request, &mut buffer, &mut response) };
+        log::info!("{}: the refused read completed with {outcome:?}; {} SMMU event(s)", device.name, faults.len());
+    }
+    ensure!(completed, "the disk did not complete the refused request within a second");
+    ensure!(unchanged, "the buffer changed: the disk's write went through");
+    let revoked = revoked.ok_or("the read did not map the buffer")?;
+    ensure!(revoked == warm, "the second read got IOVA {revoked:?}, not {warm:?}: the IOTLB was not warm");
+    let ours = |fault: &&iommu::Fault| fault.event.stream_id == domain.stream_id;
+    let fault = faults.iter().find(ours).ok_or(format!("no fault from StreamID {:#x}", domain.stream_id))?;
+    ensure!(fault.event.kind == EventKind::TranslationFault, "fault {fault}, not a translation fault");
+    ensure!(fault.event.input_address == Some(revoked.as_u64()), "fault at {:?}, expected IOVA {revoked:?}", fault.event.input_address);
+    ensure!(fault.event.access.is_some_and(|access| access.write), "fault {fault}: not a write");
+    ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed on completion");
+    let data = pattern(7, block);
+    disk.write_blocks(1, &data).map_err(|e| format!("write afterwards: {e:?}"))?;
+    disk.read_blocks(1, &mut buffer).map_err(|e| format!("read afterwards: {e:?}"))?;
+    ensure!(buffer == data, "the disk returned other data afterwards");
+    Ok(())
 }
 
 /// Whether the disk completes its request within a second (its DMA runs in QEMU's own
