@@ -43,6 +43,11 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// Every size this computes is checked, so that no input overflows (a panic with overflow
+    /// checks on, a wrong size without): the segment's bytes, and the pool's bytes at
+    /// `dma_base`, which must end below the top of the 64-bit DMA address space (as
+    /// `BouncePool::new` requires) so that [`Self::slot_dma`] can add any slot's offset to the
+    /// base.
     pub fn new(dma_base: DmaAddr, slots: usize, areas: usize, segment_slots: usize) -> Result<Self, PoolError> {
         if !areas.is_power_of_two() || !slots.is_multiple_of(areas) {
             return Err(PoolError::BadAreaCount { areas, slots });
@@ -53,9 +58,18 @@ impl Geometry {
         if !segment_slots.is_power_of_two() || segment_bytes.is_none_or(|bytes| bytes < PAGE_SIZE) {
             return Err(PoolError::BadSegmentSlots { segment_slots });
         }
+        // In 128 bits, where neither the product nor the sum can overflow. A pool of 2^53
+        // slots or more has more bytes than a `u64` counts; it wraps whatever its base, and
+        // its size is reported as the largest a `u64` holds.
+        let bytes = (slots as u128) << SLOT_SHIFT;
+        if u128::from(dma_base.as_u64()) + bytes > u128::from(u64::MAX) {
+            let size = u64::try_from(bytes).unwrap_or(u64::MAX);
+            return Err(PoolError::DmaRangeWraps { dma: dma_base, size });
+        }
+        // The pool's bytes fit a `u64` now.
+        let size = bytes as u64;
         let area_slots = slots / areas;
         if area_slots == 0 || u32::try_from(area_slots).is_err() {
-            let size = (slots as u64).saturating_mul(SLOT_SIZE as u64);
             return Err(PoolError::TooSmall { size, areas });
         }
         Ok(Self { dma_base, slots, areas, area_slots, segment_slots })
@@ -350,5 +364,50 @@ impl<T> SlotAllocator<T> {
                 (0..self.geometry.area_slots).map(|slot| area.free.is_free(slot)).collect::<Vec<_>>()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest segment Linux allows, and a valid pool of one area.
+    const SEGMENT: usize = PAGE_SIZE / SLOT_SIZE;
+
+    // `cargo test` builds with overflow checks on: each case below would panic if any size
+    // were computed unchecked, and a release build would wrap it to a plausible number.
+
+    #[test]
+    fn segment_sizes_whose_bytes_overflow_are_refused() {
+        let base = DmaAddr::new(0x4000_0000);
+        for segment_slots in [1 << 53, 1 << 62, 1 << 63] {
+            assert_eq!(Geometry::new(base, 1024, 1, segment_slots), Err(PoolError::BadSegmentSlots { segment_slots }));
+        }
+    }
+
+    #[test]
+    fn pools_that_pass_the_top_of_the_dma_space_are_refused() {
+        // Two slots end one slot below 2^64: the last slot's address is computable. A third
+        // would end at 2^64, past the last address a `u64` holds.
+        let top = DmaAddr::new(0u64.wrapping_sub(3 * SLOT_SIZE as u64));
+        let geometry = Geometry::new(top, 2, 1, SEGMENT).unwrap();
+        assert_eq!(geometry.slot_dma(1), DmaAddr::new(0u64.wrapping_sub(2 * SLOT_SIZE as u64)));
+        let three = 3 * SLOT_SIZE as u64;
+        assert_eq!(Geometry::new(top, 3, 1, SEGMENT), Err(PoolError::DmaRangeWraps { dma: top, size: three }));
+        // More slots than 64 bits of bytes: refused whatever the base, without overflowing.
+        for (slots, areas) in [(1 << 53, 1 << 22), (1 << 60, 1 << 30), (usize::MAX - (usize::MAX >> 1), 1 << 32)] {
+            let refused = Geometry::new(DmaAddr::new(0), slots, areas, SEGMENT);
+            assert_eq!(refused, Err(PoolError::DmaRangeWraps { dma: DmaAddr::new(0), size: u64::MAX }), "{slots} slots");
+        }
+    }
+
+    #[test]
+    fn area_sizes_are_checked_on_exact_sizes() {
+        let base = DmaAddr::new(0);
+        assert_eq!(Geometry::new(base, 0, 1, SEGMENT), Err(PoolError::TooSmall { size: 0, areas: 1 }));
+        // One area of 2^32 slots: more than an area's `u32` slot indices count.
+        let slots = 1 << 32;
+        let size = (slots as u64) << SLOT_SHIFT;
+        assert_eq!(Geometry::new(base, slots, 1, SEGMENT), Err(PoolError::TooSmall { size, areas: 1 }));
     }
 }
