@@ -397,7 +397,11 @@ mod tests {
         // More slots than 64 bits of bytes: refused whatever the base, without overflowing.
         for (slots, areas) in [(1 << 53, 1 << 22), (1 << 60, 1 << 30), (usize::MAX - (usize::MAX >> 1), 1 << 32)] {
             let refused = Geometry::new(DmaAddr::new(0), slots, areas, SEGMENT);
-            assert_eq!(refused, Err(PoolError::DmaRangeWraps { dma: DmaAddr::new(0), size: u64::MAX }), "{slots} slots");
+            assert_eq!(
+                refused,
+                Err(PoolError::DmaRangeWraps { dma: DmaAddr::new(0), size: u64::MAX }),
+                "{slots} slots"
+            );
         }
     }
 

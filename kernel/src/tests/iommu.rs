@@ -362,7 +362,11 @@ fn use_after_unmap<const SLOT: usize>(
     let ours = |fault: &&iommu::Fault| fault.event.stream_id == domain.stream_id;
     let fault = faults.iter().find(ours).ok_or(format!("no fault from StreamID {:#x}", domain.stream_id))?;
     ensure!(fault.event.kind == EventKind::TranslationFault, "fault {fault}, not a translation fault");
-    ensure!(fault.event.input_address == Some(revoked.as_u64()), "fault at {:?}, expected IOVA {revoked:?}", fault.event.input_address);
+    ensure!(
+        fault.event.input_address == Some(revoked.as_u64()),
+        "fault at {:?}, expected IOVA {revoked:?}",
+        fault.event.input_address
+    );
     ensure!(fault.event.access.is_some_and(|access| access.write), "fault {fault}: not a write");
     ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed on completion");
     let data = pattern(7, block);
