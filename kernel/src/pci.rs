@@ -84,6 +84,11 @@ impl fmt::Display for PciError {
 pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>, PciError> {
     let bridges = devicetree.pci_host_bridges().map_err(|error| PciError::Devicetree(alloc::format!("{error}")))?;
     let Some(bridge) = bridges.into_iter().next() else { return Ok(None) };
+    // Said once per entry, with the phandle: each function it covers is then reported "not
+    // started" by its driver, which knows only that no running SMMU translates it.
+    for problem in devicetree.iommu_map_problems(&bridge) {
+        warn!("pci: {problem}");
+    }
     let ecam = arch::mmu::map_device(bridge.ecam).map_err(PciError::Ecam)?;
     let base = NonNull::new(ecam.as_mut_ptr::<u8>()).expect("device window is not at 0");
     // SAFETY: the ECAM window, freshly mapped as device memory, used through this root only.

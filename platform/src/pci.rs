@@ -84,7 +84,7 @@ use arrayvec::ArrayVec;
 use core::fmt;
 use fdt::node::FdtNode;
 
-use crate::devicetree::{address_cells, read_cells, translate, Devicetree, Error, Located};
+use crate::devicetree::{address_cells, is_enabled, read_cells, translate, Devicetree, Error, Located};
 use crate::memmap::Size;
 
 /// How many host bridges one devicetree may describe.
@@ -243,6 +243,47 @@ pub struct IommuMapEntry {
     pub iommu: u32,
     pub stream_base: u32,
     pub length: u32,
+}
+
+/// What the phandle of an `iommu-map` entry leads to, when it is not an SMMUv3 that can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IommuTarget<'a> {
+    /// No node carries the phandle: a dangling reference.
+    Missing,
+    /// A node that is not an SMMUv3 (its name).
+    NotAnSmmu(&'a str),
+    /// An SMMUv3 whose `status` disables it (its name).
+    Disabled(&'a str),
+}
+
+/// An `iommu-map` entry whose phandle names no SMMUv3 that can run: the functions whose
+/// requester IDs it covers cannot have their DMA translated. Reported, not refused: the rest of
+/// the bridge still works, as in Linux, where only the devices such an entry covers fail
+/// (`of_map_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IommuMapProblem<'a> {
+    pub bridge: &'a str,
+    pub entry: IommuMapEntry,
+    pub target: IommuTarget<'a>,
+}
+
+impl fmt::Display for IommuMapProblem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let IommuMapEntry { rid_base, iommu, length, .. } = self.entry;
+        // Parsing checked that the entry's last RID fits 32 bits, and that its length is not 0.
+        let last = rid_base + (length - 1);
+        write!(
+            f,
+            "PCI host bridge '{}': `iommu-map` sends requester IDs {rid_base:#06x} to {last:#06x} to phandle {iommu:#x}, ",
+            self.bridge
+        )?;
+        match self.target {
+            IommuTarget::Missing => write!(f, "which no node has")?,
+            IommuTarget::NotAnSmmu(node) => write!(f, "which is '{node}', not an SMMUv3 ({SMMU_V3_COMPATIBLE})")?,
+            IommuTarget::Disabled(node) => write!(f, "which is '{node}', an SMMUv3 that `status` disables")?,
+        }
+        write!(f, ": the DMA of those functions cannot be translated")
+    }
 }
 
 /// Where a requester's DMA goes: which IOMMU (its phandle), under which StreamID.
@@ -415,6 +456,27 @@ impl<'a> Devicetree<'a> {
             bridges.try_push(bridge).map_err(|_| Error::TooManyRanges { what: "PCI host bridges" })
         })?;
         Ok(bridges)
+    }
+
+    /// The `iommu-map` entries of `bridge` whose phandle names no SMMUv3 that can run: a phandle
+    /// no node has, a node of another kind, or a disabled SMMU.
+    pub fn iommu_map_problems(
+        &self,
+        bridge: &PciHostBridge<'a>,
+    ) -> ArrayVec<IommuMapProblem<'a>, MAX_IOMMU_MAP_ENTRIES> {
+        let target = |phandle| match self.node_by_phandle(phandle) {
+            None => Some(IommuTarget::Missing),
+            Some(node) if !node.compatible().is_some_and(|c| c.all().any(|c| c == SMMU_V3_COMPATIBLE)) => {
+                Some(IommuTarget::NotAnSmmu(node.name))
+            }
+            Some(node) if !is_enabled(&node) => Some(IommuTarget::Disabled(node.name)),
+            Some(_) => None,
+        };
+        (bridge.iommu_map.iter())
+            .filter_map(|entry| {
+                Some(IommuMapProblem { bridge: bridge.name, entry: *entry, target: target(entry.iommu)? })
+            })
+            .collect()
     }
 
     /// Every enabled `arm,smmu-v3` node, in document order.

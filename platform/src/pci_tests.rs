@@ -10,8 +10,8 @@ use arrayvec::ArrayVec;
 use crate::devicetree::Error as DtError;
 use crate::fdt_writer::FdtWriter;
 use crate::pci::{
-    BarAllocator, BarAssignment, BarError, BarKind, BarRequest, BusRange, IntxPin, IommuMapEntry, PciFunction,
-    PciSpace, PciWindow, StreamRoute, MAX_PCI_WINDOWS,
+    BarAllocator, BarAssignment, BarError, BarKind, BarRequest, BusRange, IntxPin, IommuMapEntry, IommuTarget,
+    PciFunction, PciSpace, PciWindow, StreamRoute, MAX_PCI_WINDOWS,
 };
 use crate::tests::{parse, range, GIB, MIB};
 
@@ -221,6 +221,61 @@ fn a_rid_outside_every_entry_is_not_translated() {
     assert_eq!(bridge.stream_id(0x0010), None);
     assert_eq!(bridge.stream_id(0x0105), Some(StreamRoute { iommu: SMMU_PHANDLE, stream_id: 0x45 }));
     assert_eq!(bridge.stream_id(0x0110), None);
+}
+
+#[test]
+fn qemus_iommu_map_names_its_smmu_and_has_no_problem() {
+    let blob = qemu_virt();
+    let dt = parse(&blob).unwrap();
+    let bridge = &dt.pci_host_bridges().unwrap()[0];
+    assert!(dt.iommu_map_problems(bridge).is_empty());
+}
+
+#[test]
+fn an_iommu_map_phandle_no_node_has_is_reported_with_the_phandle_and_the_requesters() {
+    let mut bridge = qemu_bridge();
+    bridge.set("iommu-map", &[0, 0x99, 0, 0x100, 0x100, SMMU_PHANDLE, 0x100, 0x100]);
+    let blob = virt(&bridge, &qemu_smmu());
+    let dt = parse(&blob).unwrap();
+    let bridges = dt.pci_host_bridges().expect("a dangling iommu-map phandle leaves the rest of the bridge usable");
+    let problems = dt.iommu_map_problems(&bridges[0]);
+    let [problem] = problems.as_slice() else { panic!("one problem expected: {problems:?}") };
+    assert_eq!(problem.target, IommuTarget::Missing);
+    assert_eq!(problem.entry, IommuMapEntry { rid_base: 0, iommu: 0x99, stream_base: 0, length: 0x100 });
+    assert_eq!(
+        format!("{problem}"),
+        "PCI host bridge 'pcie@10000000': `iommu-map` sends requester IDs 0x0000 to 0x00ff to phandle 0x99, \
+         which no node has: the DMA of those functions cannot be translated"
+    );
+    // The route is still what the entry says: the kernel names the phandle again per function.
+    assert_eq!(bridges[0].stream_id(0x0008), Some(StreamRoute { iommu: 0x99, stream_id: 0x08 }));
+}
+
+#[test]
+fn an_iommu_map_naming_another_node_or_a_disabled_smmu_is_reported_with_its_name() {
+    let mut bridge = qemu_bridge();
+    bridge.set("iommu-map", &[0, GIC_PHANDLE, 0, 0x1_0000]);
+    let blob = virt(&bridge, &qemu_smmu());
+    let dt = parse(&blob).unwrap();
+    let problems = dt.iommu_map_problems(&dt.pci_host_bridges().unwrap()[0]);
+    assert_eq!(problems[0].target, IommuTarget::NotAnSmmu("intc@8000000"));
+    let message = format!("{}", problems[0]);
+    for fact in [BRIDGE, "0x0000 to 0xffff", "phandle 0x8002", "'intc@8000000'", "not an SMMUv3 (arm,smmu-v3)"] {
+        assert!(message.contains(fact), "{fact:?} missing from: {message}");
+    }
+
+    let mut smmu = qemu_smmu();
+    // `status = "disabled"`, NUL-padded to whole cells.
+    smmu.set("status", &[u32::from_be_bytes(*b"disa"), u32::from_be_bytes(*b"bled"), 0]);
+    let blob = virt(&qemu_bridge(), &smmu);
+    let dt = parse(&blob).unwrap();
+    let problems = dt.iommu_map_problems(&dt.pci_host_bridges().unwrap()[0]);
+    assert_eq!(problems[0].target, IommuTarget::Disabled("smmuv3@9050000"));
+    let message = format!("{}", problems[0]);
+    assert!(
+        message.contains("phandle 0x8004, which is 'smmuv3@9050000', an SMMUv3 that `status` disables"),
+        "{message}"
+    );
 }
 
 #[test]
