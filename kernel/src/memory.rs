@@ -9,16 +9,20 @@
 //! - the largest free range becomes the heap (`alloc::` works from here on);
 //! - the lower half's identity map, needed only to turn the MMU on, is dropped.
 
+// `MemoryError` carries the memory map's and the pools' errors by value: it is made before the
+// heap exists, so nothing can be boxed.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
+
 use core::fmt;
 
-use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
+use addr::{PhysAddr, PhysRange, VirtAddr};
 use arch::mmu::MapError;
 use arch::BootInfo;
 use arrayvec::ArrayVec;
 use linked_list_allocator::LockedHeap;
 use log::info;
 use platform::devicetree::{self, Devicetree, Reservation, MAX_RANGES};
-use platform::dma_config::{DmaDescription, PoolPlacement, MAX_POOLS};
+use platform::dma_config::{PoolPlacement, PoolReachError, MAX_POOLS};
 use platform::memmap::{self, MemoryMap, Size};
 use vmsa::{Access, MemoryType};
 
@@ -42,11 +46,8 @@ pub enum MemoryError {
     NoFreeRam,
     /// A restricted pool's bounce pool could not be built on its range.
     Pool(&'static str, dma::PoolError),
-    /// A device of the pool cannot reach all of it.
-    PoolUnreachable { pool: &'static str, range: PhysRange, device: &'static str, dma: DmaDescription<'static> },
-    /// Two devices of the pool reach it at different bus addresses: one pool address cannot
-    /// serve both.
-    PoolAddressedTwoWays { pool: &'static str, range: PhysRange, first: (&'static str, DmaAddr), other: (&'static str, DmaAddr) },
+    /// The devices of a pool cannot all reach it at one bus address.
+    PoolReach(PoolReachError<'static>),
     TooManyPools,
 }
 
@@ -58,14 +59,7 @@ impl fmt::Display for MemoryError {
             MemoryError::LinearMap(range, error) => write!(f, "cannot add {range} to the linear map: {error:?}"),
             MemoryError::NoFreeRam => write!(f, "no free RAM left for the heap"),
             MemoryError::Pool(name, error) => write!(f, "DMA pool '{name}': {error}"),
-            MemoryError::PoolUnreachable { pool, range, device, dma } => {
-                write!(f, "DMA pool '{pool}' {range}: its device {device} cannot reach all of it ({dma})")
-            }
-            MemoryError::PoolAddressedTwoWays { pool, range, first, other } => write!(
-                f,
-                "DMA pool '{pool}' {range}: {} reaches it at {}, {} at {}; its devices must agree on one bus address",
-                first.0, first.1, other.0, other.1
-            ),
+            MemoryError::PoolReach(error) => write!(f, "{error}"),
             MemoryError::TooManyPools => {
                 write!(f, "more than {MAX_POOLS} DMA pools (the devicetree's restricted pools and the default one)")
             }

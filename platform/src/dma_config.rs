@@ -245,6 +245,82 @@ impl fmt::Display for DmaDescription<'_> {
     }
 }
 
+/// The windows of a device in words, for messages: `[0x0000000000..0x0040000000) at bus
+/// 0xc0000000, limit 0x40000000 (1 GiB)`; every address when it has none.
+struct Reach<'d>(&'d DmaDescription<'d>);
+
+impl fmt::Display for Reach<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some((first, rest)) = self.0.windows.split_first() else { return write!(f, "every address") };
+        for (index, window) in core::iter::once(first).chain(rest).enumerate() {
+            let separator = if index == 0 { "" } else { ", " };
+            match PhysRange::new(window.cpu_start, window.size) {
+                Some(range) => write!(f, "{separator}{range} at bus {}", window.bus_start)?,
+                None => {
+                    write!(f, "{separator}{} bytes from {} at bus {}", window.size, window.cpu_start, window.bus_start)?
+                }
+            }
+        }
+        match self.0.limit() {
+            Some(limit) => write!(f, ", limit {limit} ({})", Size(limit.as_u64())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why the devices of a pool cannot all use it at one bus address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolReachError<'a> {
+    /// A device of the pool cannot reach all of it through one of its windows.
+    Unreachable { pool: &'a str, range: PhysRange, device: &'a str, dma: DmaDescription<'a> },
+    /// Two devices of the pool reach it at different bus addresses: one pool address (a bounce
+    /// slot's DMA address is the pool's plus the slot's offset) cannot serve both.
+    AddressedTwoWays { pool: &'a str, range: PhysRange, first: (&'a str, DmaAddr), other: (&'a str, DmaAddr) },
+}
+
+impl fmt::Display for PoolReachError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolReachError::Unreachable { pool, range, device, dma } => write!(
+                f,
+                "DMA pool '{pool}' {range}: its device '{device}' cannot reach all of it; the device reaches {}",
+                Reach(dma)
+            ),
+            PoolReachError::AddressedTwoWays { pool, range, first, other } => write!(
+                f,
+                "DMA pool '{pool}' {range}: its device '{}' reaches it at bus {}, its device '{}' at bus {}; the \
+                 devices of one pool must agree on one bus address",
+                first.0, first.1, other.0, other.1
+            ),
+        }
+    }
+}
+
+/// The bus address at which every one of `devices` (name, DMA description) reaches the pool
+/// `pool` at CPU `range`: each must reach all of it through one window, and all at the same
+/// address. With no device, the CPU address.
+// The error carries the device's windows by value: this crate has no heap to box them in.
+#[allow(clippy::result_large_err)]
+pub fn pool_bus_address<'a: 'd, 'd>(
+    pool: &'a str,
+    range: PhysRange,
+    devices: impl IntoIterator<Item = (&'a str, &'d DmaDescription<'a>)>,
+) -> Result<DmaAddr, PoolReachError<'a>> {
+    let address = |(device, dma): (&'a str, &'d DmaDescription<'a>)| match dma.phys_to_dma(range.start()) {
+        Some(base) if dma.reaches(range) => Ok((device, base)),
+        _ => Err(PoolReachError::Unreachable { pool, range, device, dma: dma.clone() }),
+    };
+    let mut devices = devices.into_iter().map(address);
+    let Some(first) = devices.next().transpose()? else { return Ok(DmaAddr::new(range.start().as_u64())) };
+    for other in devices {
+        let other = other?;
+        if other.1 != first.1 {
+            return Err(PoolReachError::AddressedTwoWays { pool, range, first, other });
+        }
+    }
+    Ok(first.1)
+}
+
 /// Every enabled `restricted-dma-pool` child of `/reserved-memory`, validated.
 pub(crate) fn restricted_pools<'a>(fdt: &Fdt<'a>) -> Result<ArrayVec<RestrictedPool<'a>, MAX_POOLS>, Error<'a>> {
     let mut pools = ArrayVec::new();
@@ -297,20 +373,40 @@ fn check_size(size: u64) -> Result<(), PoolProblem> {
     }
 }
 
-/// `alloc-ranges`: (address, size) pairs shaped like `reg`.
+/// `alloc-ranges`: (address, size) pairs shaped like `reg`. Each way it can be wrong is an
+/// error of its own, so that the message says which.
 fn alloc_ranges<'a>(node: &FdtNode<'_, 'a>, parent: &FdtNode<'_, 'a>) -> Result<RangeList, Error<'a>> {
     let mut ranges = RangeList::new();
     let Some(property) = node.property("alloc-ranges") else { return Ok(ranges) };
     let (address_cells, size_cells) = (address_cells(parent)?, size_cells(parent)?);
-    let bad = Error::BadProperty { node: node.name, property: "alloc-ranges", problem: "is malformed" };
+    let bad = |problem| Error::BadProperty { node: node.name, property: "alloc-ranges", problem };
     let entry = (address_cells + size_cells) * 4;
-    if entry == 0 || property.value.is_empty() || !property.value.len().is_multiple_of(entry) {
-        return Err(bad);
+    if entry == 0 {
+        return Err(bad("cannot be read: /reserved-memory's #address-cells and #size-cells are both 0"));
+    }
+    if property.value.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if !property.value.len().is_multiple_of(entry) {
+        let cells = property.value.len() / 4;
+        let layout = "address, size";
+        return Err(Error::BadEntryLength {
+            node: node.name,
+            property: "alloc-ranges",
+            cells,
+            entry_cells: entry / 4,
+            layout,
+        });
     }
     for raw in property.value.chunks_exact(entry) {
-        let (address, rest) = read_cells(raw, address_cells).ok_or(bad)?;
-        let (size, _) = read_cells(rest, size_cells).ok_or(bad)?;
-        let range = PhysRange::new(PhysAddr::new(address), size).filter(|range| !range.is_empty()).ok_or(bad)?;
+        // Whole entries of the parent's cell counts: both reads succeed.
+        let (address, rest) = read_cells(raw, address_cells).ok_or(bad("is malformed"))?;
+        let (size, _) = read_cells(rest, size_cells).ok_or(bad("is malformed"))?;
+        if size == 0 {
+            return Err(bad("has an entry of size zero"));
+        }
+        let range = PhysRange::new(PhysAddr::new(address), size)
+            .ok_or(bad("has an entry that runs past the top of the address space"))?;
         ranges.try_push(range).map_err(|_| Error::TooManyRanges { what: "alloc-ranges entries" })?;
     }
     Ok(ranges)

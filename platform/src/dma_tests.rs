@@ -8,7 +8,10 @@ use addr::{DmaAddr, PhysAddr};
 use arrayvec::ArrayVec;
 
 use crate::devicetree::{Devicetree, Error as DtError, Reservation};
-use crate::dma_config::{lowest_limit, DmaDescription, DmaWindow, PoolPlacement, PoolProblem, RestrictedPool};
+use crate::dma_config::{
+    lowest_limit, pool_bus_address, DmaDescription, DmaWindow, PoolPlacement, PoolProblem, PoolReachError,
+    RestrictedPool,
+};
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap};
 use crate::tests::{assert_free_is_ram_minus_reservations, parse, range, reservation, GIB, MIB};
@@ -231,13 +234,6 @@ fn pool_shape_errors_name_the_node() {
         (
             pool_error(|w| {
                 w.property_cells("size", &[0, 0x10_0000]);
-                w.property_cells("alloc-ranges", &[0, 0x4000_0000, 0]);
-            }),
-            "alloc-ranges",
-        ),
-        (
-            pool_error(|w| {
-                w.property_cells("size", &[0, 0x10_0000]);
                 w.property_cells("phandle", &[1, 2]);
             }),
             "phandle",
@@ -248,6 +244,28 @@ fn pool_shape_errors_name_the_node() {
             matches!(error, DtError::BadProperty { node: "bad-pool", property: p, .. } if p == property),
             "{property}: {error:?}"
         );
+    }
+}
+
+#[test]
+fn alloc_ranges_errors_name_the_pool_and_say_what_is_wrong() {
+    let empty: &[u32] = &[];
+    let cases = [
+        (empty, "property 'alloc-ranges' is empty"),
+        (
+            &[0, 0x4000_0000, 0],
+            "property 'alloc-ranges' holds 3 cells, not a whole number of 4-cell entries (address, size)",
+        ),
+        (&[0, 0x4000_0000, 0, 0], "property 'alloc-ranges' has an entry of size zero"),
+        (&[0xffff_ffff, 0xffff_f000, 0, 0x2000], "property 'alloc-ranges' has an entry that runs past the top"),
+    ];
+    for (cells, problem) in cases {
+        let error = pool_error(|w| {
+            w.property_cells("size", &[0, 0x10_0000]);
+            w.property_cells("alloc-ranges", cells);
+        });
+        let message = format!("{error}");
+        assert!(message.contains("'bad-pool'") && message.contains(problem), "{problem:?} missing from: {message}");
     }
 }
 
@@ -274,6 +292,7 @@ fn static_pool_at(start: u64, size: u64) -> Vec<u8> {
     )
 }
 
+#[allow(clippy::result_large_err)] // as `MemoryMap::check_pool`, whose error it returns
 fn check_static_pool(start: u64, size: u64) -> Result<(), MapError<'static>> {
     let blob = static_pool_at(start, size);
     let dt = parse(&blob).unwrap();
@@ -705,6 +724,14 @@ fn carving_where_nothing_fits_is_an_error_naming_the_pool() {
     let error = map.carve("bounce", 64 * MIB, 0x1000, None, &[range(0x2eff_0000, 64 * MIB)]).unwrap_err();
     assert!(matches!(&error, MapError::PoolDoesNotFit { alloc_ranges, .. } if alloc_ranges.len() == 1));
     assert!(format!("{error}").ends_with("inside its alloc-ranges [0x002eff0000..0x0032ff0000)"), "{error}");
+    // Every range is printed, in the devicetree's order.
+    let alloc_ranges = [range(0x2eff_0000, 64 * MIB), range(0x8_0000, 2 * MIB)];
+    let error = map.carve("bounce", 64 * MIB, 0x1000, Some(PhysAddr::new(GIB)), &alloc_ranges).unwrap_err();
+    assert_eq!(
+        format!("{error}"),
+        "memory map: no free range holds restricted DMA pool 'bounce' of 64 MiB aligned to 4 KiB below 0x40000000 \
+         (the limit of its devices) inside its alloc-ranges [0x002eff0000..0x0032ff0000), [0x0000080000..0x0000280000)"
+    );
     assert_eq!(map.free(), before.as_slice(), "a failed carve changes nothing");
 }
 
@@ -783,4 +810,60 @@ fn the_lowest_limit_is_the_smallest_window_end_and_unlimited_devices_impose_none
     let unlimited = DmaDescription { pool: Some("b"), pool_named_by: None, windows: ArrayVec::new(), coherent: true };
     assert_eq!(lowest_limit([&limited, &unlimited]), Some(PhysAddr::new(GIB)));
     assert_eq!(lowest_limit([&unlimited]), None);
+}
+
+// ---- whether the devices of a pool reach it ------------------------------------------------
+
+const POOL_RANGE: (u64, u64) = (0x5000_0000, 4 * MIB);
+
+fn reaching(windows: &[DmaWindow]) -> DmaDescription<'static> {
+    DmaDescription {
+        pool: Some(STATIC_POOL),
+        pool_named_by: None,
+        windows: windows.iter().copied().collect(),
+        coherent: true,
+    }
+}
+
+#[test]
+fn a_pool_its_devices_reach_at_one_address_is_given_that_address() {
+    let pool = range(POOL_RANGE.0, POOL_RANGE.1);
+    let offset = reaching(&[window(0x4000_0000, 0xc000_0000, GIB)]);
+    let devices = [("a", &offset), ("b", &offset)];
+    assert_eq!(pool_bus_address(STATIC_POOL, pool, devices), Ok(DmaAddr::new(0xd000_0000)));
+    assert_eq!(pool_bus_address(STATIC_POOL, pool, []), Ok(DmaAddr::new(0x5000_0000)), "no device: its CPU address");
+}
+
+#[test]
+fn a_pool_a_device_cannot_reach_is_an_error_naming_the_device_its_windows_and_its_limit() {
+    let pool = range(POOL_RANGE.0, POOL_RANGE.1);
+    let below = reaching(&[window(0x4000_0000, 0x4000_0000, 256 * MIB)]);
+    let error = pool_bus_address(STATIC_POOL, pool, [("virtio_mmio@a003e00", &below)]).unwrap_err();
+    assert!(matches!(&error, PoolReachError::Unreachable { device: "virtio_mmio@a003e00", .. }));
+    assert_eq!(
+        format!("{error}"),
+        "DMA pool 'restricted-dma@50000000' [0x0050000000..0x0050400000): its device 'virtio_mmio@a003e00' cannot \
+         reach all of it; the device reaches [0x0040000000..0x0050000000) at bus 0x40000000, limit 0x50000000 \
+         (1.2 GiB)"
+    );
+    // Two windows with a hole where the pool lies: both are named.
+    let holed = reaching(&[window(0x4000_0000, 0, 0x1020_0000), window(0x5030_0000, 0x1030_0000, GIB)]);
+    let message = format!("{}", pool_bus_address(STATIC_POOL, pool, [("dma@7e007000", &holed)]).unwrap_err());
+    for fact in
+        ["'dma@7e007000'", "[0x0040000000..0x0050200000) at bus 0x0", "[0x0050300000..0x0090300000) at bus 0x10300000"]
+    {
+        assert!(message.contains(fact), "{fact:?} missing from: {message}");
+    }
+}
+
+#[test]
+fn a_pool_its_devices_reach_at_different_addresses_is_an_error_naming_both() {
+    let pool = range(POOL_RANGE.0, POOL_RANGE.1);
+    let (direct, offset) = (reaching(&[]), reaching(&[window(0, 0xc000_0000, 2 * GIB)]));
+    let error = pool_bus_address(STATIC_POOL, pool, [("first@1000", &direct), ("second@2000", &offset)]).unwrap_err();
+    assert_eq!(
+        format!("{error}"),
+        "DMA pool 'restricted-dma@50000000' [0x0050000000..0x0050400000): its device 'first@1000' reaches it at bus \
+         0x50000000, its device 'second@2000' at bus 0x110000000; the devices of one pool must agree on one bus address"
+    );
 }

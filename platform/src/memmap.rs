@@ -24,6 +24,10 @@
 //!  free    [===]       [=]     [============]                 [===============]
 //! ```
 
+// `Error::PoolDoesNotFit` carries the pool's alloc-ranges by value, so that its message can
+// print them: the map is built before the heap exists, and this crate has none to box them in.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
+
 use addr::{PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
 use core::fmt::{self, Write};

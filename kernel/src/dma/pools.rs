@@ -20,6 +20,9 @@
 //!    snoop the caches, so neither copies nor virtqueues need cache maintenance) and builds
 //!    its bounce pool, at the DMA address its devices see it at.
 
+// `MemoryError` is large (see `crate::memory`), and these run before the heap exists.
+#![allow(clippy::result_large_err)]
+
 use addr::{DmaAddr, PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
 use dma::{BouncePool, PoolConfig};
@@ -186,19 +189,7 @@ pub fn create(
 
 /// The pool's base as its devices address it; they must all agree.
 fn bus_address(plan: &Plan, request: &PoolRequest, range: PhysRange) -> Result<DmaAddr, MemoryError> {
-    let pool = request.node.name;
-    let mut users = plan.devices.iter().filter(|device| request.serves(device, plan.ram_end));
-    let address = |device: &Device<'static>| match device.dma.phys_to_dma(range.start()) {
-        Some(base) if device.dma.reaches(range) => Ok(base),
-        _ => Err(MemoryError::PoolUnreachable { pool, range, device: device.name, dma: device.dma.clone() }),
-    };
-    let Some(first) = users.next() else { return Ok(DmaAddr::new(range.start().as_u64())) };
-    let base = address(first)?;
-    for device in users {
-        let other = address(device)?;
-        if other != base {
-            return Err(MemoryError::PoolAddressedTwoWays { pool, range, first: (first.name, base), other: (device.name, other) });
-        }
-    }
-    Ok(base)
+    let users = plan.devices.iter().filter(|device| request.serves(device, plan.ram_end));
+    dma_config::pool_bus_address(request.node.name, range, users.map(|device| (device.name, &device.dma)))
+        .map_err(MemoryError::PoolReach)
 }
