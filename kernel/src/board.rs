@@ -6,7 +6,7 @@
 
 use alloc::string::String;
 
-use dma::Constraints;
+use swiotlb::Constraints;
 use drivers::bcm2835_dma::Controller;
 use drivers::bcm2835_pm::PowerManagement;
 use drivers::mini_uart::MiniUart;

@@ -45,7 +45,7 @@ pub enum MemoryError {
     LinearMap(PhysRange, MapError),
     NoFreeRam,
     /// A restricted pool's bounce pool could not be built on its range.
-    Pool(&'static str, dma::PoolError),
+    Pool(&'static str, swiotlb::PoolError),
     /// The devices of a pool cannot all reach it at one bus address.
     PoolReach(PoolReachError<'static>),
     TooManyPools,

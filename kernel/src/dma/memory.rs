@@ -10,7 +10,7 @@
 use core::ptr::NonNull;
 
 use addr::{PhysAddr, PhysRange, VirtAddr};
-use dma::PhysMemory;
+use swiotlb::PhysMemory;
 
 /// The kernel's CPU window onto RAM: the image through its own mapping, the rest of RAM
 /// through the linear map.

@@ -40,7 +40,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
-use dma::{BouncePool, Constraints, DmaDirection, DmaError};
+use swiotlb::{BouncePool, Constraints, DmaDirection, DmaError};
 use platform::dma_config::DmaDescription;
 
 use crate::iommu::{self, Domain, DomainError, Origin};

@@ -25,7 +25,7 @@
 
 use addr::{DmaAddr, PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
-use dma::{BouncePool, PoolConfig};
+use swiotlb::{BouncePool, PoolConfig};
 use log::info;
 use platform::devicetree::{Device, Devicetree, MAX_RANGES};
 use platform::dma_config::{self, PoolPlacement, RestrictedPool as PoolNode, MAX_POOLS};

@@ -14,7 +14,7 @@
 use core::marker::PhantomData;
 
 use addr::{DmaAddr, PhysRange};
-use dma::DmaDirection;
+use swiotlb::DmaDirection;
 
 use super::{DmaApiError, DmaDevice};
 

@@ -18,7 +18,7 @@
 //! than the CPU page (the contract's "where we go beyond Linux").
 
 use addr::{DmaAddr, PhysRange, VirtAddr};
-use dma::DmaDirection;
+use swiotlb::DmaDirection;
 use vmsa::Access;
 
 use super::{CoherentMemory, DmaApiError, DmaDevice, DmaPool};

@@ -3,7 +3,7 @@
 //! A domain is three things kept in step under one lock:
 //!
 //! ```text
-//!   IovaAllocator          which IOVA ranges are in use        (dma::iova)
+//!   IovaAllocator          which IOVA ranges are in use        (swiotlb::iova)
 //!   PageTable              IOVA granule → physical granule     (vmsa, read by the SMMU)
 //!   mappings               what each live range is for         (this module)
 //! ```
@@ -26,7 +26,7 @@ use core::fmt;
 use drivers::smmuv3::SmmuMemory;
 
 use addr::{DmaAddr, PhysAddr, PhysRange};
-use dma::iova::{IovaAllocator, IovaError};
+use swiotlb::iova::{IovaAllocator, IovaError};
 use drivers::smmuv3::{Smmu, SmmuError};
 use spin::Mutex;
 use vmsa::{Access, Attributes, Granule, MemoryType, PageTable, TableMemory, TlbMaintenance};

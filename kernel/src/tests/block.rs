@@ -91,8 +91,8 @@ pub fn pool_too_small(device: &DmaDevice, name: &str, bytes: usize) -> Option<St
         run = if free { run + 1 } else { 0 };
         longest = longest.max(run);
     }
-    let longest = longest * dma::SLOT_SIZE;
-    (longest < bytes + dma::PAGE_SIZE).then(|| {
+    let longest = longest * swiotlb::SLOT_SIZE;
+    (longest < bytes + swiotlb::PAGE_SIZE).then(|| {
         format!(
             "{name}: pool '{}' is {} KiB, its longest free run {} KiB, too little for a {} KiB request",
             pool.name,

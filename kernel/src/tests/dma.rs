@@ -4,7 +4,7 @@ use alloc::vec;
 
 use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 use arrayvec::ArrayVec;
-use dma::Constraints;
+use swiotlb::Constraints;
 use platform::dma_config::{DmaDescription, DmaWindow};
 use vmsa::MemoryType;
 

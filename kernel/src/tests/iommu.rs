@@ -7,7 +7,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use addr::{PhysRange, VirtAddr};
-use dma::DmaDirection;
+use swiotlb::DmaDirection;
 use spin::Mutex;
 use virtio_drivers::device::blk::{BlkReq, BlkResp};
 
@@ -166,9 +166,9 @@ fn page_of(device: &DmaDevice, fill: u8) -> Result<(Vec<u8>, PhysRange), String>
 fn dirty_free_slots(pool: &crate::dma::DmaPool) {
     for (index, free) in pool.bounce.slot_states().into_iter().enumerate() {
         if free {
-            let slot = arch::layout::phys_to_virt(pool.range.start().add((index * dma::SLOT_SIZE) as u64));
+            let slot = arch::layout::phys_to_virt(pool.range.start().add((index * swiotlb::SLOT_SIZE) as u64));
             // SAFETY: a free slot of the pool, in the linear map; no mapping owns it.
-            unsafe { core::ptr::write_bytes(slot.as_mut_ptr::<u8>(), 0xee, dma::SLOT_SIZE) };
+            unsafe { core::ptr::write_bytes(slot.as_mut_ptr::<u8>(), 0xee, swiotlb::SLOT_SIZE) };
         }
     }
 }

@@ -114,7 +114,7 @@ kernel_test! {
             if too_big / block > disk.blocks() as usize {
                 return Ok(Some(format!("{name}: the disk is smaller than its pool '{}'", pool.name)));
             }
-            let refusals = |stats: dma::Stats| stats.failures.no_space + stats.failures.too_large;
+            let refusals = |stats: swiotlb::Stats| stats.failures.no_space + stats.failures.too_large;
             let before = refusals(pool.bounce.stats());
             let mut buffer = vec![0u8; too_big];
             match disk.read_request(0, &mut buffer) {

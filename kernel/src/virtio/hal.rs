@@ -35,7 +35,7 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use addr::{DmaAddr, PhysRange, VirtAddr};
-use dma::DmaDirection;
+use swiotlb::DmaDirection;
 use spin::Mutex;
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
 
@@ -109,7 +109,7 @@ fn longest_free_run(pool: &DmaPool) -> usize {
         run = if free { run + 1 } else { 0 };
         longest = longest.max(run);
     }
-    longest * dma::SLOT_SIZE
+    longest * swiotlb::SLOT_SIZE
 }
 
 /// A device's hold on slot `SLOT`: its DMA handle and the coherent memory reserved for it.

@@ -7,15 +7,15 @@
 mod common;
 
 use common::*;
-use dma::{
+use swiotlb::{
     BouncePool, Constraints, DmaAddr, DmaDirection, DmaError, HeapMemory, MaskKind, PhysAddr, PhysRange, PoolConfig,
     PoolError, RegionKind,
 };
 
 struct Scene {
     pool: Pool,
-    streaming: dma::Mapping,
-    coherent: dma::CoherentBuffer,
+    streaming: swiotlb::Mapping,
+    coherent: swiotlb::CoherentBuffer,
 }
 
 /// A pool with one streaming mapping that has pre-padding and one coherent allocation.

@@ -18,7 +18,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use dma::{
+use swiotlb::{
     BouncePool, Constraints, DmaAddr, DmaDirection, Geometry, HeapMemory, PhysAddr, PhysRange, Placement, PoolConfig,
     SlotAllocator, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE,
 };

@@ -21,7 +21,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use dma::{
+use swiotlb::{
     CoherentBuffer, Constraints, DmaAddr, DmaDirection, DmaError, Mapping, PhysAddr, PoolConfig, PAGE_SIZE, SLOT_SIZE,
 };
 

@@ -4,7 +4,7 @@
 
 use std::sync::Barrier;
 
-use dma::{BouncePool, Constraints, DmaAddr, DmaDirection, PhysAddr, PhysMemory, PhysRange, PoolConfig};
+use swiotlb::{BouncePool, Constraints, DmaAddr, DmaDirection, PhysAddr, PhysMemory, PhysRange, PoolConfig};
 
 const RAM_BASE: u64 = 0x4000_0000;
 const THREADS: usize = 4;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use dma::{Constraints, DmaDirection, PoolConfig};
+use swiotlb::{Constraints, DmaDirection, PoolConfig};
 
 #[test]
 fn occupancy_map_shows_each_area() {

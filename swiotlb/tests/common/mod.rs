@@ -2,7 +2,7 @@
 //! both inside one `HeapMemory`.
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
-use dma::{BouncePool, DmaAddr, HeapMemory, Mapping, PhysAddr, PhysRange, PoolConfig};
+use swiotlb::{BouncePool, DmaAddr, HeapMemory, Mapping, PhysAddr, PhysRange, PoolConfig};
 
 /// Physical address of the simulated RAM.
 pub const RAM_BASE: u64 = 0x4000_0000;
