@@ -1,0 +1,2 @@
+//! The DMA API drivers use (being written).
+#![no_std]
