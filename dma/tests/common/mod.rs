@@ -1,0 +1,91 @@
+//! Every route of the DMA API, built on one simulated machine, for the host tests.
+#![allow(dead_code)] // each test file uses part of it
+
+use addr::{DmaAddr, PhysAddr, PhysRange};
+use dma::sim::{Churn, Config, Machine};
+use dma::{Constraints, DmaDevice, Route};
+use vmsa::Granule;
+
+/// A device and the route it was built for.
+pub struct Rig {
+    pub label: &'static str,
+    pub device: &'static DmaDevice<Machine>,
+}
+
+/// Devices see RAM at this offset from its physical address: bus and physical addresses are
+/// different numbers, as on the Raspberry Pi 4.
+pub const BUS_OFFSET: u64 = 0x1_0000_0000;
+
+/// A machine with a device on every route, all snooping the caches or none.
+pub fn rigs(coherent: bool, seed: u64) -> (&'static Machine, Vec<Rig>) {
+    let machine = Machine::new(Config { size: 8 << 20, seed, ..Config::default() });
+    let ram = machine.ram();
+    let half = ram.size() / 2;
+    let default_pool = machine.pool("swiotlb", 512 << 10, false, coherent, BUS_OFFSET);
+    let restricted_pool = machine.pool("restricted", 512 << 10, true, coherent, BUS_OFFSET);
+    let everywhere = Machine::windows(ram.start(), ram.size(), BUS_OFFSET, coherent);
+    // The heap (every buffer) is the first half of RAM: a window over the second half only
+    // leaves every buffer out of reach, and the pools within it.
+    let upper = Machine::windows(ram.start().add(half), half, BUS_OFFSET, coherent);
+    let none = Constraints::NONE;
+    let mut rigs = vec![
+        Rig {
+            label: "direct, in reach",
+            device: machine.device(
+                "direct",
+                Route::Direct { windows: everywhere.clone(), bounce: Some(default_pool) },
+                coherent,
+                none,
+            ),
+        },
+        Rig {
+            label: "direct, out of reach",
+            device: machine.device("far", Route::Direct { windows: upper, bounce: Some(default_pool) }, coherent, none),
+        },
+        Rig { label: "restricted pool", device: machine.device("restricted", Route::Restricted(restricted_pool), coherent, none) },
+    ];
+    let granules = [(Granule::Size4KiB, "4K"), (Granule::Size16KiB, "16K"), (Granule::Size64KiB, "64K")];
+    for (index, (granule, name)) in granules.into_iter().enumerate() {
+        for untrusted in [false, true] {
+            let id = (2 * index + usize::from(untrusted) + 1) as u16;
+            let domain = machine.domain(id, granule, u64::MAX);
+            let route = Route::Iommu { domain, untrusted, bounce: Some(default_pool) };
+            let label: &'static str = Box::leak(
+                format!("IOMMU {name}, {}", if untrusted { "untrusted" } else { "trusted" }).into_boxed_str(),
+            );
+            rigs.push(Rig { label, device: machine.device(label, route, coherent, none) });
+        }
+    }
+    (machine, rigs)
+}
+
+/// The cache evicts and fetches on its own at most events.
+pub const BUSY: Churn = Churn { evict: 300, speculate: 300 };
+
+/// A recognisable byte pattern, different per `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+}
+
+/// `len` bytes at `offset` into a fresh, line-aligned allocation that has `guard` bytes of
+/// neighbours on each side: returns the whole allocation and the range of the buffer in it.
+pub fn buffer_with_neighbours(
+    machine: &'static Machine,
+    offset: usize,
+    len: usize,
+    guard: usize,
+) -> (&'static mut [u8], std::ops::Range<usize>) {
+    let total = (offset + len + guard).next_multiple_of(64);
+    let bytes = machine.buffer(total, 4096);
+    (bytes, offset..offset + len)
+}
+
+/// The physical range of `bytes`.
+pub fn physical(machine: &Machine, bytes: &[u8]) -> PhysRange {
+    machine.physical_of(bytes)
+}
+
+/// A physical address as a DMA address, for messages.
+pub fn bus(address: PhysAddr) -> DmaAddr {
+    DmaAddr::new(address.as_u64() + BUS_OFFSET)
+}
