@@ -18,6 +18,50 @@
 //!
 //! The dashes are calls that would be bugs (Linux's DMA debug warns about them at run time);
 //! here the method does not exist for that type, so they do not compile.
+//!
+//! A buffer the device owns cannot be touched; after the unmap it can:
+//!
+//! ```compile_fail
+//! # use dma::sim::{Config, Machine};
+//! # use dma::{Constraints, Route};
+//! # let machine = Machine::new(Config::default());
+//! # let ram = machine.ram();
+//! # let windows = Machine::windows(ram.start(), ram.size(), 0, true);
+//! # let device = machine.device("disk", Route::Direct { windows, bounce: None }, true, Constraints::NONE);
+//! let buffer = machine.buffer(512, 512);
+//! let mapping = device.map_from_device(buffer).unwrap();
+//! buffer[0] = 1; // error[E0499]: the device owns the buffer until the mapping ends
+//! mapping.unmap().unwrap();
+//! ```
+//!
+//! ```
+//! # use dma::sim::{Config, Machine};
+//! # use dma::{Constraints, Route};
+//! # let machine = Machine::new(Config::default());
+//! # let ram = machine.ram();
+//! # let windows = Machine::windows(ram.start(), ram.size(), 0, true);
+//! # let device = machine.device("disk", Route::Direct { windows, bounce: None }, true, Constraints::NONE);
+//! let buffer = machine.buffer(512, 512);
+//! let mapping = device.map_from_device(buffer).unwrap();
+//! machine.device_write(device, mapping.dma(), &[7; 512]).unwrap();
+//! mapping.unmap().unwrap();
+//! assert_eq!(buffer[0], 7); // the CPU's again
+//! ```
+//!
+//! And a sync the direction cannot need does not exist:
+//!
+//! ```compile_fail
+//! # use dma::sim::{Config, Machine};
+//! # use dma::{Constraints, Route};
+//! # let machine = Machine::new(Config::default());
+//! # let ram = machine.ram();
+//! # let windows = Machine::windows(ram.start(), ram.size(), 0, true);
+//! # let device = machine.device("disk", Route::Direct { windows, bounce: None }, true, Constraints::NONE);
+//! let buffer = machine.buffer(512, 512);
+//! let mapping = device.map_to_device(buffer).unwrap();
+//! let mut out = [0; 4];
+//! mapping.read(0, &mut out).unwrap(); // error[E0599]: the device never writes a to-device buffer
+//! ```
 
 use core::marker::PhantomData;
 use core::panic::Location;
