@@ -11,7 +11,7 @@
 use aarch64_cpu::asm::barrier;
 
 /// The smallest data cache line in the system, in bytes.
-fn line_size() -> u64 {
+pub fn line_size() -> u64 {
     let ctr: u64;
     // SAFETY: CTR_EL0 is a read-only identification register.
     unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };

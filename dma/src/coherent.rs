@@ -49,6 +49,11 @@ pub struct Coherent<'d, P: Platform + 'static> {
     made_at: &'static Location<'static>,
 }
 
+// SAFETY: the memory is owned by this value alone (no other CPU pointer to it is handed out
+// but through it), so moving it to another thread moves the ownership; the device handle it
+// refers to is shared, which needs `DmaDevice<P>: Sync`, hence `P: Sync`.
+unsafe impl<P: Platform + Sync + 'static> Send for Coherent<'_, P> where DmaDevice<P>: Sync {}
+
 impl<P: Platform + 'static> fmt::Debug for Coherent<'_, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} bytes of coherent memory at {:?} for {}", self.size, self.dma, self.device.name)

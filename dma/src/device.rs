@@ -356,7 +356,7 @@ impl<P: Platform + 'static> DmaDevice<P> {
     /// its restricted pool, or its bus windows. What a device was given, shown as memory.
     pub fn translate(&self, dma: DmaAddr) -> Option<PhysAddr> {
         match &self.route {
-            Route::Iommu { domain, .. } => domain.translate(dma).map(|(physical, _)| physical),
+            Route::Iommu { domain, .. } => domain.translate(dma),
             Route::Restricted(pool) => {
                 let offset = dma.offset_from(pool.bounce.geometry().dma_base)?;
                 (offset < pool.range.size()).then(|| pool.range.start().add(offset))

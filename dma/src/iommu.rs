@@ -313,9 +313,13 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// Where the domain's tables send `iova`, and what they allow there, read by walking them
-    /// in software.
-    pub fn translate(&self, iova: DmaAddr) -> Option<(PhysAddr, Access)> {
+    /// Where the domain's tables send `iova`, read by walking them in software.
+    pub fn translate(&self, iova: DmaAddr) -> Option<PhysAddr> {
+        self.walk(iova).map(|(physical, _)| physical)
+    }
+
+    /// Where the domain's tables send `iova`, and what they allow the device to do there.
+    pub fn walk(&self, iova: DmaAddr) -> Option<(PhysAddr, Access)> {
         let state = self.state.lock();
         state.tables.translate(iova.as_u64()).map(|translation| (translation.output, translation.attributes.access))
     }

@@ -16,7 +16,8 @@ use core::fmt;
 
 use drivers::nvme::transfer::{self, TransferError};
 
-use crate::dma::{DmaApiError, DmaDevice};
+use crate::dma_platform::DmaDevice;
+use dma::DmaApiError;
 use crate::nvme::NvmeError;
 use crate::virtio::{self, VirtioError};
 

@@ -16,7 +16,7 @@ use platform::devicetree::{Device, Devicetree, RescuedConsole};
 use addr::PhysRange;
 
 use crate::console::{self, ConsoleDevice};
-use crate::dma::{pools, DmaDevice, Route};
+use crate::dma_platform::{self, pools, DmaDevice, Route};
 use crate::iommu;
 use crate::pci::{self, PciFunction};
 
@@ -269,7 +269,7 @@ fn pci_dma_device(
             stream.iommu
         ));
     }
-    let domain = iommu::attach(name, stream.stream_id, VIRTIO_DMA_MASK)
+    let domain = iommu::attach(name, stream.stream_id, constraints.dma_mask)
         .map_err(|error| alloc::format!("cannot attach to the IOMMU {smmu}: {error}"))?;
     let untrusted = policy.is_untrusted(function.address);
     let route = Route::Iommu { domain, untrusted, bounce: pools::default_pool() };
@@ -281,7 +281,7 @@ fn pci_dma_device(
         domain.id,
         alloc::format!("{}K", domain.granule_size() >> 10)
     );
-    Ok((DmaDevice::new(name, route, coherent, constraints, pools::kernel_memory()), row))
+    Ok((dma_platform::device(name, route, coherent, constraints), row))
 }
 
 /// The DMA handle for `device`: through its restricted pool if it names one (force bounce,
@@ -293,5 +293,5 @@ pub fn dma_device(device: &Device<'static>, dma_mask: u64) -> Result<DmaDevice, 
         None => Route::Direct { windows: device.dma.clone(), bounce: pools::default_pool_for(device) },
     };
     let constraints = Constraints::NONE.with_dma_mask(dma_mask);
-    Ok(DmaDevice::new(device.name, route, device.dma.coherent, constraints, pools::kernel_memory()))
+    Ok(dma_platform::device(device.name, route, device.dma.coherent, constraints))
 }

@@ -10,14 +10,14 @@ use core::time::Duration;
 
 use log::{error, info};
 
-use crate::{block, dma, dma_engine, iommu, memory, net, nvme, power, virtio};
+use crate::{block, dma_engine, dma_platform, iommu, memory, net, nvme, power, virtio};
 
 /// What `cargo xtask qemu` shows: the machine as booted, a transfer on each device, what the
 /// pools did, then a clean power-off. A transfer that fails is reported and the demo carries
 /// on with the next device; the outcome is then a failure.
 pub fn run() -> power::Outcome {
     let failures = demo_transfers();
-    for pool in dma::pools::pools() {
+    for pool in dma_platform::pools::pools() {
         let kind = if pool.restricted { "restricted pool" } else { "bounce pool" };
         info!("{kind} '{}' after the demo:", pool.name);
         for line in format!("{}", pool.bounce.stats()).lines() {
@@ -51,7 +51,7 @@ fn demo_transfers() -> usize {
     };
     virtio::with_each_disk(|disk| {
         report(match disk.dma_device().route {
-            dma::Route::Iommu { .. } => demo_translated_disk(disk),
+            dma_platform::Route::Iommu { .. } => demo_translated_disk(disk),
             _ => demo_disk(disk),
         })
     });
@@ -136,7 +136,7 @@ fn demo_translated_disk(disk: &mut dyn block::BlockDevice) -> Result<(), String>
     const PAGE_OFFSET: usize = 0x7c8;
     let device = disk.dma_device();
     let name = disk.describe();
-    let dma::Route::Iommu { domain, untrusted, bounce } = &device.route else {
+    let dma_platform::Route::Iommu { domain, untrusted, bounce } = &device.route else {
         return Err(format!("{name}: not translated by the IOMMU"));
     };
     let before = bounce.map_or(0, |pool| pool.bounce.stats().bytes_to_device);

@@ -18,12 +18,13 @@ use core::time::Duration;
 
 use alloc::vec::Vec;
 
-use addr::{DmaAddr, VirtAddr};
+use addr::DmaAddr;
 use drivers::bcm2835_dma::{Channel, ChannelStuck, ControlBlock, Controller, Status, TransferError, MAX_BLOCK_LENGTH};
 use platform::devicetree::{Device, Devicetree};
 use spin::Mutex;
 
-use crate::dma::{CoherentMemory, DmaApiError, DmaDevice, FromDevice, Streaming, ToDevice};
+use crate::dma_platform::{Coherent, DmaDevice};
+use dma::{DmaApiError, MapError};
 
 /// The engine moves 32-bit words; QEMU's model even assumes whole words (it would run past
 /// the end of a shorter tail), so copies are whole words everywhere.
@@ -61,6 +62,12 @@ pub enum CopyError {
 impl From<DmaApiError> for CopyError {
     fn from(error: DmaApiError) -> Self {
         CopyError::Dma(error)
+    }
+}
+
+impl From<MapError> for CopyError {
+    fn from(error: MapError) -> Self {
+        CopyError::Dma(error.error())
     }
 }
 
@@ -152,35 +159,32 @@ impl DmaEngine {
         if source.len() != destination.len() || !whole_words || block_length == 0 {
             return Err(bad_length);
         }
-        let from = self.dma.physical(VirtAddr::from_ptr(source.as_ptr()), source.len())?;
-        let to = self.dma.physical(VirtAddr::from_ptr(destination.as_ptr()), destination.len())?;
-        let reading = Streaming::<ToDevice>::new(&self.dma, from)?;
-        let writing = Streaming::<FromDevice>::new(&self.dma, to)?;
-        let chain = Chain { source: reading.dma(), destination: writing.dma(), length: source.len(), block_length };
+        let length = source.len();
+        let reading = self.dma.map_to_device(source)?;
+        let writing = self.dma.map_from_device(destination)?;
+        let chain = Chain { source: reading.dma(), destination: writing.dma(), length, block_length };
         let blocks = self.control_blocks(&chain)?;
-        let finished = self.run(blocks.dma);
+        let finished = self.run(blocks.dma());
         let report = CopyReport {
             source: chain.source,
             destination: chain.destination,
-            first_block: blocks.dma,
+            first_block: blocks.dma(),
             blocks: chain.count(),
         };
         // Unmapping copies a bounced destination back, so it must come after the engine
         // stops; all three clean-ups run whatever happened, and the engine's verdict wins.
-        let cleaned = [reading.unmap(), writing.unmap(), self.dma.free_coherent(blocks)];
+        let cleaned = [reading.unmap(), writing.unmap(), blocks.free()];
         finished?;
         cleaned.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(report)
     }
 
     /// The chain's control blocks, written into coherent memory.
-    fn control_blocks(&self, chain: &Chain) -> Result<CoherentMemory, CopyError> {
+    /// (On a failure the memory is dropped, which frees it; the failure is what is reported.)
+    fn control_blocks(&self, chain: &Chain) -> Result<Coherent<'_>, CopyError> {
         let memory = self.dma.alloc_coherent(chain.count() * size_of::<ControlBlock>())?;
-        let written = chain.write(&memory);
-        if written.is_err() {
-            self.dma.free_coherent(memory)?;
-        }
-        written.map(|()| memory)
+        chain.write(&memory)?;
+        Ok(memory)
     }
 
     /// Starts the chain and waits for the engine to finish it, fail, or time out.
@@ -224,8 +228,8 @@ impl Chain {
     }
 
     /// Writes block `i` at `memory + 32 * i`, linked to block `i + 1`; the last links to 0.
-    fn write(&self, memory: &CoherentMemory) -> Result<(), CopyError> {
-        let blocks = memory.virt.as_mut_ptr::<ControlBlock>();
+    fn write(&self, memory: &Coherent<'_>) -> Result<(), CopyError> {
+        let blocks = memory.as_ptr().as_ptr().cast::<ControlBlock>();
         for index in 0..self.count() {
             let offset = index * self.block_length;
             let length = (self.length - offset).min(self.block_length) as u32;
@@ -233,7 +237,7 @@ impl Chain {
             let destination = bus32(self.destination.add(offset as u64))?;
             let mut block = ControlBlock::memory_to_memory(source, destination, length);
             if index + 1 < self.count() {
-                block.next = bus32(memory.dma.add(((index + 1) * size_of::<ControlBlock>()) as u64))?;
+                block.next = bus32(memory.dma().add(((index + 1) * size_of::<ControlBlock>()) as u64))?;
             }
             // SAFETY: coherent memory sized for `count` blocks, page-aligned (so 32-byte
             // aligned), owned by this copy; volatile because the engine reads it.

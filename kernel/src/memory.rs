@@ -26,7 +26,7 @@ use platform::dma_config::{PoolPlacement, PoolReachError, MAX_POOLS};
 use platform::memmap::{self, MemoryMap, Size};
 use vmsa::{Access, MemoryType};
 
-use crate::dma::pools::Plan;
+use crate::dma_platform::pools::Plan;
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
@@ -104,7 +104,7 @@ pub fn init(boot: &BootInfo, devicetree: &Devicetree<'static>, plan: &Plan) -> R
     // Bounce pools keep their bookkeeping on the heap.
     let writable: ArrayVec<PhysRange, { 2 * MAX_RANGES }> =
         linear.iter().filter(|piece| piece.writable).map(|piece| piece.range).collect();
-    crate::dma::pools::create(plan, &placed, boot.image, &writable)?;
+    crate::dma_platform::pools::create(plan, &placed, boot.image, &writable)?;
     Ok(Memory { map, heap })
 }
 

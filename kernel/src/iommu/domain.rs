@@ -1,112 +1,24 @@
-//! An IOMMU domain: one device's private I/O address space.
+//! The kernel's side of an IOMMU domain: where its page tables live and how the SMMU's TLB is
+//! told about an unmap.
 //!
-//! A domain is three things kept in step under one lock:
+//! A domain (`dma::Domain`) keeps an IOVA allocator, its page tables and the record of each
+//! live mapping in step; it is plain logic, tested on the host. What it needs from hardware is
+//! two things, answered here:
 //!
-//! ```text
-//!   IovaAllocator          which IOVA ranges are in use        (swiotlb::iova)
-//!   PageTable              IOVA granule → physical granule     (vmsa, read by the SMMU)
-//!   mappings               what each live range is for         (this module)
-//! ```
-//!
-//! A mapping always covers whole granules, because that is what a page table entry maps:
-//! a buffer `[phys, phys + size)` gets the granules that enclose it, and the device is told
-//! `IOVA base + (phys & (granule - 1))` — the buffer's offset inside its granule is kept
-//! (Linux's `iova_offset`). Whatever else lies in those granules is exposed to the device
-//! too; that is why untrusted devices bounce buffers that do not fill their granules
-//! ([`crate::dma`]).
-//!
-//! Unmapping is strict: the entries are cleared, every cached translation of them is
-//! invalidated (`CMD_TLBI_NH_VA`) and a `CMD_SYNC` waits for that to finish before the IOVA is
-//! reused or the memory returned. Until the sync completes, the device could still reach the
-//! old page through a stale TLB entry.
+//! - [`DomainTables`]: memory for its page tables, one granule each, zeroed, from the heap,
+//!   never freed (a domain lives as long as its device). The SMMU walks them coherently.
+//! - [`SmmuIotlb`]: a strict unmap. The domain clears entries; each one is invalidated with
+//!   `CMD_TLBI_NH_VA` (IHI 0070, 4.4.2.4) and a `CMD_SYNC` (4.7.3) waits for them all, with the
+//!   SMMU locked throughout, before the IOVA is reused or the memory returned (contract rule 14).
 
-use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
-use core::fmt;
-use drivers::smmuv3::SmmuMemory;
+use addr::PhysAddr;
+use dma::platform::{Iotlb, IotlbError};
+use drivers::smmuv3::{Smmu, SmmuError, SmmuMemory};
+use vmsa::{Granule, TableMemory, TlbMaintenance};
 
-use addr::{DmaAddr, PhysAddr, PhysRange};
-use swiotlb::iova::{IovaAllocator, IovaError};
-use drivers::smmuv3::{Smmu, SmmuError};
-use spin::Mutex;
-use vmsa::{Access, Attributes, Granule, MemoryType, PageTable, TableMemory, TlbMaintenance};
-
-/// IOVA width of every domain: the SMMU walks 48-bit inputs (T0SZ = 16) like the CPU.
-pub const INPUT_BITS: u32 = 48;
-
-/// What a live IOVA range was made for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// A caller's buffer, lent in place.
-    Buffer,
-    /// A bounce buffer in a pool; `pool_dma` is the pool's own address of the copy.
-    Bounce { pool_dma: DmaAddr },
-    /// Coherent memory the domain's user allocated.
-    Coherent,
-}
-
-/// One live mapping: `size` bytes of whole granules at `iova`; the mapped buffer (or scatter
-/// list, in total) is `length` bytes and starts `offset` bytes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mapping {
-    pub iova: DmaAddr,
-    pub size: u64,
-    pub offset: u64,
-    pub length: u64,
-    pub origin: Origin,
-    /// How many buffers share the range: more than one for a scatter list.
-    pub segments: usize,
-    /// Its entries were removed while the mapping stayed on record ([`Domain::revoke`]).
-    pub revoked: bool,
-}
-
-impl Mapping {
-    /// Whether `[dma, dma + size)` lies within the mapped bytes: the buffer itself, or for a
-    /// scatter list (whose buffers sit in granules of their own) the mapped granules.
-    fn contains(&self, dma: DmaAddr, size: u64) -> bool {
-        let (start, end) = match self.segments {
-            1 => (self.offset, self.offset + self.length),
-            _ => (self.offset, self.size),
-        };
-        dma.offset_from(self.iova).is_some_and(|at| at >= start && at.checked_add(size).is_some_and(|last| last <= end))
-    }
-}
-
-/// Why a domain refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DomainError {
-    Iova(IovaError),
-    Tables(vmsa::Error),
-    Smmu(SmmuError),
-    /// A buffer of no bytes: mapping it would still expose a whole granule.
-    EmptyBuffer,
-    /// No live mapping of this kind starts at this address with this size.
-    UnknownMapping {
-        dma: DmaAddr,
-        size: u64,
-    },
-    OutOfMemory,
-}
-
-impl fmt::Display for DomainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DomainError::Iova(error) => write!(f, "IOVA space: {error}"),
-            DomainError::Tables(error) => write!(f, "IOMMU page tables: {error}"),
-            DomainError::EmptyBuffer => write!(f, "an empty buffer cannot be mapped"),
-            DomainError::Smmu(error) => write!(f, "SMMU: {error}"),
-            DomainError::UnknownMapping { dma, size } => {
-                write!(f, "no live IOMMU mapping of {size} bytes at {dma:?}")
-            }
-            DomainError::OutOfMemory => write!(f, "no memory for IOMMU page tables"),
-        }
-    }
-}
-
-/// Page tables of a domain: one granule each, zeroed, from the heap, never freed (a domain
-/// lives as long as its device).
-struct DomainTables {
-    granule: Granule,
+/// Page tables of a domain: one granule each, zeroed, from the heap.
+pub struct DomainTables {
+    pub granule: Granule,
 }
 
 impl TableMemory for DomainTables {
@@ -120,30 +32,10 @@ impl TableMemory for DomainTables {
     }
 }
 
-struct State {
-    tables: PageTable<DomainTables>,
-    iova: IovaAllocator,
-    mappings: BTreeMap<u64, Mapping>,
-}
+/// The SMMU's TLB, as a domain's unmap sees it.
+pub struct SmmuIotlb;
 
-/// One device's address space behind the SMMU.
-pub struct Domain {
-    /// Also the ASID its TLB entries are tagged with.
-    pub id: u16,
-    pub stream_id: u32,
-    pub granule: Granule,
-    state: Mutex<State>,
-}
-
-/// For entries no device was ever told about: nothing can cache them.
-struct NeverUsed;
-
-impl TlbMaintenance for NeverUsed {
-    fn invalidate(&mut self, _input: u64, _level: u32) {}
-    fn sync(&mut self) {}
-}
-
-/// The SMMU's TLB, as the page tables see it: invalidations queued by address, one sync.
+/// The SMMU's TLB during one unmap: invalidations queued by address, one sync.
 struct SmmuTlb<'a> {
     smmu: &'a mut Smmu,
     asid: u16,
@@ -164,160 +56,26 @@ impl TlbMaintenance for SmmuTlb<'_> {
     }
 }
 
-impl Domain {
-    /// An empty domain: no IOVA mapped, so every access by its device faults.
-    /// `dma_limit` is the highest IOVA the device can put on the bus.
-    pub fn new(id: u16, stream_id: u32, granule: Granule, dma_limit: u64) -> Result<Self, DomainError> {
-        let tables = PageTable::new(granule, INPUT_BITS, DomainTables { granule }).map_err(DomainError::Tables)?;
-        let end = dma_limit.min((1 << INPUT_BITS) - 1).saturating_add(1) & !(granule.size() - 1);
-        // IOVA 0 is never handed out: a zero address in a descriptor is always a bug.
-        let iova = IovaAllocator::new(granule.size(), DmaAddr::new(granule.size()), DmaAddr::new(end))
-            .map_err(DomainError::Iova)?;
-        let state = State { tables, iova, mappings: BTreeMap::new() };
-        Ok(Self { id, stream_id, granule, state: Mutex::new(state) })
-    }
-
-    /// Physical address of the root table: the context descriptor's TTB0.
-    pub fn root(&self) -> PhysAddr {
-        self.state.lock().tables.root()
-    }
-
-    pub fn granule_size(&self) -> u64 {
-        self.granule.size()
-    }
-
-    /// Maps the granules enclosing `buffer`; returns the IOVA of its first byte.
-    pub fn map(&self, buffer: PhysRange, access: Access, origin: Origin) -> Result<DmaAddr, DomainError> {
-        Ok(self.map_segments(&[buffer], access, origin)?[0])
-    }
-
-    /// Maps a scatter list into one IOVA range: each buffer gets the granules that enclose it,
-    /// one after the other, so each keeps its offset in its granule; buffers that end and start
-    /// on granule boundaries come out contiguous. Returns the IOVA of each buffer's first byte;
-    /// one record covers them all (unmapped with the first IOVA and the total length).
-    pub fn map_segments(
-        &self,
-        buffers: &[PhysRange],
-        access: Access,
-        origin: Origin,
-    ) -> Result<Vec<DmaAddr>, DomainError> {
-        let granule = self.granule.size();
-        if buffers.is_empty() || buffers.iter().any(PhysRange::is_empty) {
-            return Err(DomainError::EmptyBuffer);
-        }
-        let spans: Vec<(PhysAddr, u64)> = buffers
-            .iter()
-            .map(|buffer| self.enclosing_granules(buffer))
-            .collect::<Option<_>>()
-            .ok_or(DomainError::OutOfMemory)?;
-        let size = spans.iter().map(|(_, span)| span).sum::<u64>();
-        let mut state = self.state.lock();
-        let iova = state.iova.allocate(size).map_err(DomainError::Iova)?;
-        let attributes = Attributes::new(MemoryType::Normal, access, false);
-        let (mut at, mut addresses) = (iova.as_u64(), Vec::with_capacity(buffers.len()));
-        for (buffer, &(physical, span)) in buffers.iter().zip(&spans) {
-            if let Err(error) = state.tables.map(at, physical, span, attributes) {
-                // A map that runs out of tables keeps what it wrote. Nothing of the range was
-                // handed out yet, so no TLB can hold it: cleared without invalidation.
-                Self::clear_unused(&mut state.tables, iova.as_u64(), at + span);
-                let _ = state.iova.free(iova, size);
-                return Err(DomainError::Tables(error));
-            }
-            addresses.push(DmaAddr::new(at + (buffer.start().as_u64() & (granule - 1))));
-            at += span;
-        }
-        let offset = addresses[0].as_u64() - iova.as_u64();
-        let length = buffers.iter().map(PhysRange::size).sum();
-        let mapping = Mapping { iova, size, offset, length, origin, segments: buffers.len(), revoked: false };
-        state.mappings.insert(iova.as_u64(), mapping);
-        Ok(addresses)
-    }
-
-    /// Clears every leaf in `[start, end)`, one whole leaf at a time so that no block is split.
-    fn clear_unused(tables: &mut PageTable<DomainTables>, start: u64, end: u64) {
-        let mut at = start;
-        while at < end {
-            let mapped =
-                tables.translate(at).map(|translation| 1u64 << tables.granule().level_shift(translation.level));
-            let leaf = mapped.unwrap_or(tables.granule().size());
-            let leaf_start = at & !(leaf - 1);
-            if mapped.is_some() {
-                let _ = tables.unmap(leaf_start, leaf, &mut NeverUsed);
-            }
-            at = leaf_start + leaf;
-        }
-    }
-
-    /// The first granule and the granule-multiple size that enclose a non-empty `buffer`.
-    fn enclosing_granules(&self, buffer: &PhysRange) -> Option<(PhysAddr, u64)> {
-        let mask = self.granule.size() - 1;
-        let first = buffer.start().align_down(self.granule.size());
-        let end = buffer.end().as_u64().checked_add(mask)? & !mask;
-        Some((first, end - first.as_u64()))
-    }
-
-    /// The live mapping that holds `[dma, dma + size)`.
-    pub fn lookup(&self, dma: DmaAddr, size: u64) -> Option<Mapping> {
-        let state = self.state.lock();
-        let (_, mapping) = state.mappings.range(..=dma.as_u64()).next_back()?;
-        mapping.contains(dma, size).then_some(*mapping)
-    }
-
-    /// Ends the mapping `map` returned `dma` for (a buffer of `size` bytes), which must be
-    /// coherent memory if `coherent` and a streaming mapping otherwise: clears its entries,
-    /// invalidates them and waits (strict mode), then frees the IOVA range.
-    pub fn unmap(&self, smmu: &Mutex<Smmu>, dma: DmaAddr, size: u64, coherent: bool) -> Result<Mapping, DomainError> {
-        let mut state = self.state.lock();
-        let unknown = DomainError::UnknownMapping { dma, size };
-        let base = dma.as_u64() & !(self.granule.size() - 1);
-        let mapping = *state.mappings.get(&base).ok_or(unknown)?;
-        let same_kind = (mapping.origin == Origin::Coherent) == coherent;
-        if dma != mapping.iova.add(mapping.offset) || size != mapping.length || !same_kind {
-            return Err(unknown);
-        }
-        if !mapping.revoked {
-            Self::clear(&mut state, smmu, self.id, &mapping)?;
-        }
-        state.mappings.remove(&base);
-        state.iova.free(mapping.iova, mapping.size).map_err(DomainError::Iova)?;
-        Ok(mapping)
-    }
-
-    /// Removes the entries of the live mapping at `dma` (strictly invalidated) but keeps it on
-    /// record, so that its owner still unmaps it: the device now faults on an IOVA its driver
-    /// believes mapped — a use after unmap, made on purpose to show that the SMMU refuses it.
-    pub fn revoke(&self, smmu: &Mutex<Smmu>, dma: DmaAddr) -> Result<(), DomainError> {
-        let mut state = self.state.lock();
-        let base = dma.as_u64() & !(self.granule.size() - 1);
-        let mapping = state.mappings.get(&base).copied().filter(|mapping| !mapping.revoked);
-        let mapping = mapping.ok_or(DomainError::UnknownMapping { dma, size: 0 })?;
-        Self::clear(&mut state, smmu, self.id, &mapping)?;
-        state.mappings.insert(base, Mapping { revoked: true, ..mapping });
-        Ok(())
-    }
-
-    /// Clears a mapping's entries; returns once the SMMU can no longer use them.
-    fn clear(state: &mut State, smmu: &Mutex<Smmu>, asid: u16, mapping: &Mapping) -> Result<(), DomainError> {
-        let mut smmu = smmu.lock();
+impl Iotlb for SmmuIotlb {
+    fn strictly<R>(&self, asid: u16, unmap: impl FnOnce(&mut dyn TlbMaintenance) -> R) -> Result<R, IotlbError> {
+        let mut smmu = super::smmu().lock();
         let mut tlb = SmmuTlb { smmu: &mut smmu, asid, failure: None };
-        state.tables.unmap(mapping.iova.as_u64(), mapping.size, &mut tlb).map_err(DomainError::Tables)?;
+        let result = unmap(&mut tlb);
         match tlb.failure {
-            // The entries are gone but the SMMU may still cache them: the caller must keep
-            // the IOVA range from being reused. It stays allocated, leaked on purpose.
+            None => Ok(result),
             Some(error) => {
-                state.mappings.remove(&mapping.iova.as_u64());
-                Err(DomainError::Smmu(error))
+                log::error!("iommu: invalidating ASID {asid}'s unmapped entries failed: {error}");
+                Err(IotlbError { reason: reason(error) })
             }
-            None => Ok(()),
         }
     }
+}
 
-    /// Where the domain's tables send `iova`, read by walking them in software.
-    pub fn translate(&self, iova: DmaAddr) -> Option<PhysAddr> {
-        self.state.lock().tables.translate(iova.as_u64()).map(|translation| translation.output)
-    }
-
-    pub fn live_mappings(&self) -> usize {
-        self.state.lock().mappings.len()
+/// The class of an invalidation failure, for the error value (the log has every fact).
+fn reason(error: SmmuError) -> &'static str {
+    match error {
+        SmmuError::Timeout { .. } => "the SMMU did not complete the invalidation in time",
+        SmmuError::CommandError { .. } => "the SMMU refused an invalidation command",
+        _ => "the SMMU failed during the invalidation",
     }
 }

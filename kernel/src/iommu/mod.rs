@@ -33,14 +33,17 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use addr::PhysAddr;
-use drivers::smmuv3::{Event, Smmu, SmmuMemory, Stage1Context};
+use drivers::smmuv3::{Event, Smmu, SmmuError, SmmuMemory, Stage1Context};
 use log::{error, info, warn};
 use platform::devicetree::Devicetree;
 use spin::{Mutex, Once};
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 use vmsa::Granule;
 
-pub use domain::{Domain, DomainError, Mapping, Origin};
+pub use domain::{DomainTables, SmmuIotlb};
+pub use dma::iommu::DomainError;
+
+pub use crate::dma_platform::Domain;
 
 /// Which devices bounce what they cannot map whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,37 +217,51 @@ pub fn running() -> Option<(&'static str, Option<u32>)> {
     IOMMU.get().map(|iommu| (iommu.name, iommu.phandle))
 }
 
+/// Why a device could not be given a domain.
+#[derive(Debug, Clone, Copy)]
+pub enum AttachError {
+    /// The domain could not be built (its IOVA space or root table).
+    Domain(DomainError),
+    /// The SMMU refused the stream table entry or context descriptor.
+    Smmu(SmmuError),
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::Domain(error) => write!(f, "{error}"),
+            AttachError::Smmu(error) => write!(f, "{error}"),
+        }
+    }
+}
+
 /// Gives `device` (StreamID `stream_id`) a fresh domain and points its STE at it.
-pub fn attach(device: &'static str, stream_id: u32, dma_limit: u64) -> Result<&'static Domain, DomainError> {
+/// `dma_limit` is the highest address the device can put on the bus: its DMA mask.
+pub fn attach(device: &'static str, stream_id: u32, dma_limit: u64) -> Result<&'static Domain, AttachError> {
     let iommu = IOMMU.get().expect("attach after the SMMU started");
     // Lock order, everywhere: a domain's state, the SMMU, `attached`, `faults`.
-    let mut smmu = iommu.smmu.lock();
     let mut attached = iommu.attached.lock();
     let id = attached.len() as u16 + 1;
-    let domain = Domain::new(id, stream_id, iommu.policy.granule, dma_limit)?;
+    let granule = iommu.policy.granule;
+    let domain = Domain::new(id, stream_id, granule, dma_limit, DomainTables { granule }, SmmuIotlb)
+        .map_err(AttachError::Domain)?;
     let context = Stage1Context {
         asid: id,
         ttb0: domain.root(),
-        granule_shift: iommu.policy.granule.shift(),
-        input_bits: domain::INPUT_BITS,
+        granule_shift: granule.shift(),
+        input_bits: dma::iommu::INPUT_BITS,
         mair: vmsa::MAIR,
     };
-    smmu.attach_stage1(stream_id, &context, &mut HeapForSmmu).map_err(DomainError::Smmu)?;
+    let mut smmu = iommu.smmu.lock();
+    smmu.attach_stage1(stream_id, &context, &mut HeapForSmmu).map_err(AttachError::Smmu)?;
+    drop(smmu);
     attached.push((stream_id, device));
     Ok(alloc::boxed::Box::leak(alloc::boxed::Box::new(domain)))
 }
 
-/// Ends a streaming mapping (or, if `coherent`, a coherent one) of `domain`, invalidating it in
-/// the SMMU before returning.
-pub fn unmap(domain: &Domain, dma: addr::DmaAddr, size: u64, coherent: bool) -> Result<Mapping, DomainError> {
-    let iommu = IOMMU.get().expect("domains exist only once the SMMU started");
-    domain.unmap(&iommu.smmu, dma, size, coherent)
-}
-
-/// Removes the entries of a live mapping but keeps it on record ([`Domain::revoke`]).
-pub fn revoke(domain: &Domain, dma: addr::DmaAddr) -> Result<(), DomainError> {
-    let iommu = IOMMU.get().expect("domains exist only once the SMMU started");
-    domain.revoke(&iommu.smmu, dma)
+/// The running SMMU, for the domains' TLB maintenance.
+fn smmu() -> &'static Mutex<Smmu> {
+    &IOMMU.get().expect("domains exist only once the SMMU started").smmu
 }
 
 /// Reads the event queue: logs every event with its device's name and keeps it for

@@ -36,7 +36,7 @@ use core::fmt;
 use core::mem::size_of;
 use core::time::Duration;
 
-use addr::{PhysAddr, PhysRange, VirtAddr};
+use addr::{PhysAddr, VirtAddr};
 use drivers::nvme::command::{CommandError, IdentifyTarget, SubmissionEntry};
 use drivers::nvme::completion::Status;
 use drivers::nvme::identify::{self, ControllerIdentity, IdentifyError, NamespaceIdentity, IDENTIFY_BYTES};
@@ -50,7 +50,8 @@ use spin::Mutex;
 use tock_registers::interfaces::{Readable, Writeable};
 
 use crate::block::{BlockDevice, BlockError};
-use crate::dma::{CoherentMemory, DmaApiError, DmaDevice, FromDevice, Streaming, ToDevice};
+use crate::dma_platform::{Coherent, DmaDevice};
+use dma::{DmaApiError, MapError};
 use crate::pci::PciFunction;
 use queue::{Doorbells, QueuePair};
 
@@ -181,6 +182,12 @@ from_error! {
     IdentifyError => Identify, TransferError => Transfer, DmaApiError => Dma,
 }
 
+impl From<MapError> for NvmeError {
+    fn from(error: MapError) -> Self {
+        NvmeError::Dma(error.error())
+    }
+}
+
 /// The namespace this driver serves: the first active one.
 #[derive(Debug, Clone, Copy)]
 pub struct Namespace {
@@ -256,7 +263,7 @@ pub struct Controller {
     admin: QueuePair,
     io: QueuePair,
     /// One page of PRP entries, for the one command in flight.
-    prp_list: CoherentMemory,
+    prp_list: Coherent<'static>,
     /// Why the controller was disabled, if it was.
     disabled: Option<String>,
     last_received: Option<ReceivedCommand>,
@@ -424,7 +431,7 @@ impl Controller {
             0 => None,
             _ => {
                 plan.write_list(self.prp_list_entries())?;
-                Some(self.prp_list.dma.as_u64())
+                Some(self.prp_list.dma().as_u64())
             }
         };
         let blocks = (length / block_size) as u32;
@@ -449,7 +456,7 @@ impl Controller {
     fn prp_list_entries(&mut self) -> &mut [u64] {
         // SAFETY: one page of coherent memory, owned by this controller; no command is in
         // flight while the CPU writes or reads it.
-        unsafe { core::slice::from_raw_parts_mut(self.prp_list.virt.as_mut_ptr::<u64>(), PAGE_SIZE / size_of::<u64>()) }
+        unsafe { core::slice::from_raw_parts_mut(self.prp_list.as_ptr().as_ptr().cast::<u64>(), PAGE_SIZE / size_of::<u64>()) }
     }
 
     /// The outcome of a transfer whose mapping was then ended: the transfer's error first,
@@ -483,9 +490,6 @@ impl Controller {
         Ok(())
     }
 
-    fn physical(&self, buffer: &[u8]) -> Result<PhysRange, NvmeError> {
-        Ok(self.dma.physical(VirtAddr::from_ptr(buffer.as_ptr()), buffer.len())?)
-    }
 }
 
 impl BlockDevice for Controller {
@@ -510,15 +514,16 @@ impl BlockDevice for Controller {
     }
 
     fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-        self.check_length(buffer.len())?;
-        let mapping = Streaming::<FromDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
-        let read = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::read);
+        let length = buffer.len();
+        self.check_length(length)?;
+        let mapping = self.dma.map_from_device(buffer).map_err(|error| BlockError::Dma(error.error()))?;
+        let read = self.transfer(block, length, mapping.dma(), SubmissionEntry::read);
         self.finish(read, mapping.unmap())
     }
 
     fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
         self.check_length(buffer.len())?;
-        let mapping = Streaming::<ToDevice>::new(self.dma, self.physical(buffer)?).map_err(BlockError::Dma)?;
+        let mapping = self.dma.map_to_device(buffer).map_err(|error| BlockError::Dma(error.error()))?;
         let written = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::write);
         self.finish(written, mapping.unmap())
     }
@@ -592,9 +597,8 @@ fn identify_page(
     admin: &mut QueuePair,
     target: IdentifyTarget,
 ) -> Result<Box<[u8; IDENTIFY_BYTES]>, NvmeError> {
-    let page = Box::new(IdentifyPage([0; IDENTIFY_BYTES]));
-    let buffer = dma.physical(VirtAddr::from_ptr(page.0.as_ptr()), IDENTIFY_BYTES)?;
-    let mapping = Streaming::<FromDevice>::new(dma, buffer)?;
+    let mut page = Box::new(IdentifyPage([0; IDENTIFY_BYTES]));
+    let mapping = dma.map_from_device(&mut page.0)?;
     let entry = SubmissionEntry::identify(target, mapping.dma().as_u64());
     let name = entry.name(true);
     let completion = admin.execute(entry, COMMAND_TIMEOUT);

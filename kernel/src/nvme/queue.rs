@@ -18,7 +18,7 @@ use drivers::nvme::queue::{CompletionRing, SubmissionRing};
 use drivers::nvme::registers::{doorbell_offset, Doorbell};
 
 use super::NvmeError;
-use crate::dma::{CoherentMemory, DmaDevice};
+use crate::dma_platform::{Coherent, DmaDevice};
 
 /// Where a controller's doorbells are: after its registers, `stride` bytes apart (CAP.DSTRD).
 #[derive(Clone, Copy)]
@@ -37,10 +37,11 @@ impl Doorbells {
 
 pub(super) struct QueuePair {
     pub id: u16,
-    dma: &'static DmaDevice,
     doorbells: Doorbells,
-    submissions: CoherentMemory,
-    completions: CoherentMemory,
+    /// The rings' memory, freed when the pair is dropped: only once the controller no longer
+    /// uses them (the queue deleted, or the controller disabled).
+    submissions: Coherent<'static>,
+    completions: Coherent<'static>,
     submission_ring: SubmissionRing,
     completion_ring: CompletionRing,
     next_command_id: u16,
@@ -53,23 +54,17 @@ impl QueuePair {
         let submission_ring = SubmissionRing::new(entries)?;
         let completion_ring = CompletionRing::new(entries)?;
         let submissions = dma.alloc_coherent(usize::from(entries) * size_of::<SubmissionEntry>())?;
-        let completions = match dma.alloc_coherent(usize::from(entries) * size_of::<CompletionEntry>()) {
-            Ok(memory) => memory,
-            Err(error) => {
-                dma.free_coherent(submissions)?;
-                return Err(error.into());
-            }
-        };
+        let completions = dma.alloc_coherent(usize::from(entries) * size_of::<CompletionEntry>())?;
         let next_command_id = 0;
-        Ok(Self { id, dma, doorbells, submissions, completions, submission_ring, completion_ring, next_command_id })
+        Ok(Self { id, doorbells, submissions, completions, submission_ring, completion_ring, next_command_id })
     }
 
     pub fn submission_address(&self) -> DmaAddr {
-        self.submissions.dma
+        self.submissions.dma()
     }
 
     pub fn completion_address(&self) -> DmaAddr {
-        self.completions.dma
+        self.completions.dma()
     }
 
     /// Submits `entry` and waits for its completion, at most `timeout`. Returns the completion
@@ -92,14 +87,14 @@ impl QueuePair {
 
     /// The command the controller was given in `slot`, read back from the ring.
     pub fn submitted(&self, slot: u16) -> SubmissionEntry {
-        let entry = self.submissions.virt.as_ptr::<SubmissionEntry>().wrapping_add(usize::from(slot));
+        let entry = self.submissions.as_ptr().as_ptr().cast::<SubmissionEntry>().wrapping_add(usize::from(slot));
         // SAFETY: `slot` is inside the ring (it came from `push`), which lives as long as `self`.
         unsafe { core::ptr::read_volatile(entry) }
     }
 
     fn submit(&mut self, entry: SubmissionEntry) -> Result<u16, NvmeError> {
         let slot = self.submission_ring.push()?;
-        let target = self.submissions.virt.as_mut_ptr::<SubmissionEntry>().wrapping_add(usize::from(slot));
+        let target = self.submissions.as_ptr().as_ptr().cast::<SubmissionEntry>().wrapping_add(usize::from(slot));
         // SAFETY: `slot` is inside the ring, which the controller does not read until told.
         unsafe { core::ptr::write_volatile(target, entry) };
         arch::cache::order_writes_before_doorbell();
@@ -111,7 +106,7 @@ impl QueuePair {
     pub fn wait(&mut self, timeout: Duration) -> Result<CompletionEntry, NvmeError> {
         let deadline = arch::timer::uptime() + timeout;
         let slot =
-            self.completions.virt.as_ptr::<CompletionEntry>().wrapping_add(usize::from(self.completion_ring.head()));
+            self.completions.as_ptr().as_ptr().cast::<CompletionEntry>().wrapping_add(usize::from(self.completion_ring.head()));
         loop {
             // SAFETY (both reads): `slot` is inside the ring, which lives as long as `self`.
             let posted = unsafe { core::ptr::read_volatile(slot) };
@@ -129,17 +124,6 @@ impl QueuePair {
                 return Err(NvmeError::Timeout { queue: self.id, after: timeout });
             }
             core::hint::spin_loop();
-        }
-    }
-}
-
-impl Drop for QueuePair {
-    /// Only once the controller no longer uses the rings: deleted, or the controller disabled.
-    fn drop(&mut self) {
-        for memory in [self.submissions, self.completions] {
-            if let Err(error) = self.dma.free_coherent(memory) {
-                log::error!("{}: queue {} memory not freed: {error}", self.dma.name, self.id);
-            }
         }
     }
 }

@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::block::{self, BlockDevice};
-use crate::dma::{DmaDevice, DmaPool, Route};
+use crate::dma_platform::{DmaDevice, DmaPool, Route};
 use crate::testing::{ensure, kernel_test, skip, Verdict};
 use crate::tests::virtio::pattern;
 

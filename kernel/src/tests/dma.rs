@@ -8,7 +8,8 @@ use swiotlb::Constraints;
 use platform::dma_config::{DmaDescription, DmaWindow};
 use vmsa::MemoryType;
 
-use crate::dma::{pools, Bidirectional, DmaApiError, DmaDevice, FromDevice, Route, Streaming, ToDevice};
+use crate::dma_platform::{self, pools, DmaDevice, Route};
+use dma::DmaApiError;
 use crate::testing::{ensure, kernel_test, skip, Verdict};
 use crate::tests::virtio::pattern;
 
@@ -18,7 +19,7 @@ const NO_POOL: Verdict = Verdict::Skipped("no DMA pool on this machine: no devic
 /// A device restricted to the first pool, for exercising the API without a transfer.
 fn restricted_device() -> Result<DmaDevice, Verdict> {
     let pool = pools::pools().first().ok_or(NO_POOL)?;
-    Ok(DmaDevice::new("test device", Route::Restricted(pool), pool.coherent, Constraints::NONE, pools::kernel_memory()))
+    Ok(dma_platform::device("test device", Route::Restricted(pool), pool.coherent, Constraints::NONE))
 }
 
 /// Reads `length` bytes at a physical address the kernel maps.
@@ -40,8 +41,7 @@ kernel_test! {
     fn to_device_mapping_copies_into_the_pool() {
         let device = restricted_device()?;
         let data = pattern(7, 3000);
-        let buffer = device.physical(VirtAddr::from_ptr(data.as_ptr()), data.len()).map_err(|e| alloc::format!("{e}"))?;
-        let mapping = Streaming::<ToDevice>::new(&device, buffer).map_err(|e| alloc::format!("{e}"))?;
+        let mapping = device.map_to_device(&data).map_err(|e| alloc::format!("{e}"))?;
         let pool = &pools::pools()[0];
         let copy = dma_to_pool_phys(mapping.dma());
         ensure!(pool.range.contains(copy), "DMA {:?} is not in the pool", mapping.dma());
@@ -53,23 +53,20 @@ kernel_test! {
 }
 
 kernel_test! {
-    /// What a device writes reaches the buffer on `sync_for_cpu` (only the synced part) and
-    /// on unmap (all of it).
+    /// What a device writes reaches the buffer on `sync_for_cpu` (a read of part of the live
+    /// mapping) and on unmap (all of it).
     fn device_writes_reach_the_buffer_on_sync_and_unmap() {
         let device = restricted_device()?;
         let mut buffer_bytes = vec![0u8; 4096];
-        let buffer = device.physical(VirtAddr::from_ptr(buffer_bytes.as_ptr()), 4096).map_err(|e| alloc::format!("{e}"))?;
-        let mapping = Streaming::<FromDevice>::new(&device, buffer).map_err(|e| alloc::format!("{e}"))?;
+        let mapping = device.map_from_device(&mut buffer_bytes).map_err(|e| alloc::format!("{e}"))?;
         let copy = dma_to_pool_phys(mapping.dma());
         let device_writes = pattern(11, 4096);
         let virt = pools::kernel_memory().virt(PhysRange::new(copy, 4096).unwrap()).ok_or("pool not mapped")?;
         // SAFETY: the mapping's bounce buffer, written as the device would.
         unsafe { core::ptr::copy_nonoverlapping(device_writes.as_ptr(), virt.as_mut_ptr(), 4096) };
-        mapping.sync_for_cpu(1000, 500).map_err(|e| alloc::format!("{e}"))?;
-        // SAFETY: reading our own buffer while the mapping lives, after a sync, is allowed.
-        let seen = unsafe { core::ptr::read_volatile(buffer_bytes.as_ptr().cast::<[u8; 4096]>()) };
-        ensure!(seen[1000..1500] == device_writes[1000..1500], "synced part not copied");
-        ensure!(seen[..1000].iter().chain(&seen[1500..]).all(|&byte| byte == 0), "unsynced bytes copied");
+        let mut seen = [0u8; 500];
+        mapping.read(1000, &mut seen).map_err(|e| alloc::format!("{e}"))?;
+        ensure!(seen[..] == device_writes[1000..1500], "the part read while mapped differs from what the device wrote");
         mapping.unmap().map_err(|e| alloc::format!("{e}"))?;
         buffer_bytes.truncate(4096);
         ensure!(buffer_bytes == device_writes, "unmap did not copy everything back");
@@ -81,28 +78,36 @@ kernel_test! {
     /// A direct device gets bus addresses through its `dma-ranges` window (the Raspberry Pi 4
     /// shape: bus 0xC000_0000 + CPU address), and a buffer outside the window is refused.
     fn direct_device_translates_through_its_bus_window() {
-        let heap = crate::machine().memory.heap;
-        let window = DmaWindow { cpu_start: heap.start(), bus_start: DmaAddr::new(0xc000_0000), size: 1 << 20 };
+        let mut pages = alloc::boxed::Box::new(TwoPages([0; 8192]));
+        let (inside, outside) = pages.0.split_at_mut(4096);
+        let page = arch::mmu::walk(VirtAddr::from_ptr(inside.as_ptr())).ok_or("the buffer is not mapped")?.output;
+        let window = DmaWindow { cpu_start: page, bus_start: DmaAddr::new(0xc000_0000), size: 4096 };
         let mut windows = ArrayVec::new();
         windows.push(window);
         let description = DmaDescription { pool: None, pool_named_by: None, windows, coherent: false };
-        let device = DmaDevice::new("direct test device", Route::Direct { windows: description, bounce: None }, false, Constraints::NONE, pools::kernel_memory());
-        let inside = PhysRange::new(heap.start().add(0x1234), 100).unwrap();
-        let mapping = Streaming::<Bidirectional>::new(&device, inside).map_err(|e| alloc::format!("{e}"))?;
-        ensure!(mapping.dma() == DmaAddr::new(0xc000_1234), "DMA {:?}", mapping.dma());
-        mapping.sync_for_device(0, 100).map_err(|e| alloc::format!("{e}"))?;
-        mapping.sync_for_cpu(0, 100).map_err(|e| alloc::format!("{e}"))?;
-        let beyond = mapping.sync_for_cpu(90, 20).err();
-        ensure!(beyond == Some(DmaApiError::OutsideMapping { offset: 90, size: 20, mapping_size: 100 }), "got {beyond:?}");
+        let route = Route::Direct { windows: description, bounce: None };
+        let device = dma_platform::device("direct test device", route, false, Constraints::NONE);
+        // Whole cache lines: the device does not snoop, so anything else would need a pool.
+        let mut mapping = device.map_bidirectional(&mut inside[0x40..0xc0]).map_err(|e| alloc::format!("{e}"))?;
+        ensure!(mapping.dma() == DmaAddr::new(0xc000_0040), "DMA {:?}", mapping.dma());
+        mapping.write(0, &[1; 16]).map_err(|e| alloc::format!("{e}"))?;
+        let mut seen = [0; 16];
+        mapping.read(0, &mut seen).map_err(|e| alloc::format!("{e}"))?;
+        let beyond = mapping.read(120, &mut seen).err();
+        ensure!(beyond == Some(DmaApiError::OutsideMapping { offset: 120, size: 16, mapping_size: 128 }), "got {beyond:?}");
         mapping.unmap().map_err(|e| alloc::format!("{e}"))?;
-        let outside = PhysRange::new(heap.start().add(2 << 20), 100).unwrap();
-        let refused = Streaming::<ToDevice>::new(&device, outside).err();
-        let limit = Some(heap.start().add(1 << 20));
-        ensure!(refused == Some(DmaApiError::Unreachable { buffer: outside, limit, pool: None }), "got {refused:?}");
+        let buffer = device.physical(VirtAddr::from_ptr(outside.as_ptr()), 64).map_err(|e| alloc::format!("{e}"))?;
+        let refused = device.map_to_device(&outside[..64]).map(|_| ()).map_err(|error| error.error()).err();
+        let limit = Some(page.add(4096));
+        ensure!(refused == Some(DmaApiError::Unreachable { buffer, limit, pool: None }), "got {refused:?}");
         ensure!(device.alloc_coherent(4096).err() == Some(DmaApiError::NoCoherentMemory), "coherent memory for a non-coherent direct device");
         Ok(())
     }
 }
+
+/// Two pages, page-aligned, for a window of one page and a buffer beyond it.
+#[repr(C, align(4096))]
+struct TwoPages([u8; 8192]);
 
 kernel_test! {
     /// Every pool is inside RAM, listed in the memory map, outside the heap, and mapped with
@@ -142,9 +147,9 @@ kernel_test! {
         windows.push(DmaWindow { cpu_start: lowest_ram, bus_start: DmaAddr::new(0), size: reach.size() });
         let description = DmaDescription { pool: None, pool_named_by: None, windows, coherent: true };
         let route = Route::Direct { windows: description, bounce: Some(pool) };
-        let device = DmaDevice::new("low device", route, true, Constraints::NONE, pools::kernel_memory());
+        let device = dma_platform::device("low device", route, true, Constraints::NONE);
         let before = pool.bounce.stats();
-        let refused = Streaming::<ToDevice>::new(&device, buffer).err();
+        let refused = device.map_to_device(&data).map(|_| ()).map_err(|error| error.error()).err();
         let expected = DmaApiError::Unreachable { buffer, limit: Some(reach.end()), pool: Some(pool.range) };
         ensure!(refused == Some(expected), "got {refused:?}");
         let message = alloc::format!("{expected}");

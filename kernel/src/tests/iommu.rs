@@ -12,7 +12,8 @@ use spin::Mutex;
 use virtio_drivers::device::blk::{BlkReq, BlkResp};
 
 use crate::block::BlockDevice;
-use crate::dma::{DmaDevice, Fault, Route};
+use dma::translated::Fault;
+use crate::dma_platform::{DmaDevice, Route};
 use crate::iommu::{self, Domain};
 use crate::testing::{ensure, kernel_test, skip, Verdict};
 use crate::tests::block::{round_trips, skip_because, PAGE_OFFSETS};
@@ -163,7 +164,7 @@ fn page_of(device: &DmaDevice, fill: u8) -> Result<(Vec<u8>, PhysRange), String>
 
 /// Fills every free slot of `pool` with 0xEE, so that padding reads as zero only if the map
 /// zeroed it, not because the pool was never used.
-fn dirty_free_slots(pool: &crate::dma::DmaPool) {
+fn dirty_free_slots(pool: &crate::dma_platform::DmaPool) {
     for (index, free) in pool.bounce.slot_states().into_iter().enumerate() {
         if free {
             let slot = arch::layout::phys_to_virt(pool.range.start().add((index * swiotlb::SLOT_SIZE) as u64));
@@ -198,7 +199,8 @@ kernel_test! {
         dirty_free_slots(device.bounce_pool().ok_or("no pool")?);
         for (offset, size) in [(0x7c8, BUFFER_IN_A_PAGE as u64), (0, 4096)] {
             let buffer = PhysRange::new(physical.start().add(offset), size).ok_or("range")?;
-            let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+            // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+            let iova = unsafe { device.map(buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
             let fills_granules = (buffer.start().as_u64() | buffer.end().as_u64()) & (granule - 1) == 0;
             if fills_granules {
                 ensure!(domain.translate(iova) == Some(buffer.start()), "{buffer} fills its granule, yet was not mapped in place");
@@ -212,7 +214,8 @@ kernel_test! {
                 ensure!(leaked == 0, "{size} bytes: {leaked} other bytes of the {granule}-byte granule are not zero");
                 ensure!(bytes[inside].iter().all(|&byte| byte == 0xaa), "the buffer's bytes did not reach the copy");
             }
-            device.unmap(iova, buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+            // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+            unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
             ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
         }
         Ok(())
@@ -229,7 +232,8 @@ kernel_test! {
         let granule = domain.granule_size();
         let (_pages, physical) = (0..8).map(|_| page_of(device, 0x33)).collect::<Result<(Vec<_>, Vec<_>), _>>()?;
         let pages: Vec<PhysRange> = physical.into_iter().step_by(2).collect();
-        let addresses = device.map_scatter(&pages, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        let addresses = unsafe { device.map_scatter(&pages, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
         for (index, (iova, page)) in addresses.iter().zip(&pages).enumerate() {
             ensure!(iova.as_u64() & (granule - 1) == page.start().as_u64() & (granule - 1), "page {index}: IOVA {iova:?} lost the offset of {page}");
             ensure!(domain.translate(*iova) == Some(page.start()), "page {index}: {iova:?} does not translate to {page}");
@@ -242,7 +246,8 @@ kernel_test! {
             let last = addresses[addresses.len() - 1].as_u64();
             ensure!(last - addresses[0].as_u64() == 3 * 4096, "4 KiB granule: the pages should be one contiguous DMA segment");
         }
-        device.unmap_scatter(&addresses, &pages, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        unsafe { device.unmap_scatter(&addresses, &pages, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
         ensure!(addresses.iter().all(|iova| domain.translate(*iova).is_none()), "a page still translates after the unmap");
         Ok(())
     }
@@ -274,11 +279,13 @@ kernel_test! {
         let (_, device, domain) = disk_with_trust(false)?;
         let (_page, physical) = page_of(device, 0x55)?;
         let buffer = PhysRange::new(physical.start().add(0xfa0), 0x60).ok_or("range")?;
-        let iova = device.map(buffer, DmaDirection::FromDevice).map_err(|e| format!("{e}"))?;
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        let iova = unsafe { device.map(buffer, DmaDirection::FromDevice) }.map_err(|e| format!("{e}"))?;
         let mask = domain.granule_size() - 1;
         ensure!(iova.as_u64() & mask == buffer.start().as_u64() & mask, "IOVA {iova:?} vs buffer {buffer}: offset not kept");
         ensure!(domain.translate(iova) == Some(buffer.start()), "{iova:?} translates to {:?}, not {buffer}", domain.translate(iova));
-        device.unmap(iova, buffer, DmaDirection::FromDevice).map_err(|e| format!("{e}"))?;
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        unsafe { device.unmap(iova, buffer, DmaDirection::FromDevice) }.map_err(|e| format!("{e}"))?;
         ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
         Ok(())
     }
@@ -292,17 +299,23 @@ kernel_test! {
         let (_, device, domain) = disk_with_trust(false)?;
         let (_page, physical) = page_of(device, 0x11)?;
         let buffer = PhysRange::new(physical.start(), 4096).ok_or("range")?;
-        let iova = device.map(buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        let iova = unsafe { device.map(buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
         let shorter = PhysRange::new(physical.start(), 2048).ok_or("range")?;
-        ensure!(device.unmap(iova, shorter, DmaDirection::ToDevice).is_err(), "an unmap of the wrong size was accepted");
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        ensure!(unsafe { device.unmap(iova, shorter, DmaDirection::ToDevice) }.is_err(), "an unmap of the wrong size was accepted");
         // IOVA 0 is never handed out.
         let never_mapped = addr::DmaAddr::new(0x800);
-        ensure!(device.unmap(never_mapped, buffer, DmaDirection::ToDevice).is_err(), "an unmap of an unmapped IOVA was accepted");
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        ensure!(unsafe { device.unmap(never_mapped, buffer, DmaDirection::ToDevice) }.is_err(), "an unmap of an unmapped IOVA was accepted");
         let beyond = PhysRange::new(physical.start().add(2048), 4096).ok_or("range")?;
-        ensure!(device.sync_for_cpu(iova.add(2048), beyond).is_err(), "a sync past the end of the buffer was accepted");
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        ensure!(unsafe { device.sync_for_cpu(iova.add(2048), beyond) }.is_err(), "a sync past the end of the buffer was accepted");
         ensure!(domain.translate(iova) == Some(buffer.start()), "the live mapping changed");
-        device.unmap(iova, buffer, DmaDirection::ToDevice).map_err(|e| format!("{e}"))?;
-        ensure!(device.unmap(iova, buffer, DmaDirection::ToDevice).is_err(), "a second unmap was accepted");
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
+        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        ensure!(unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.is_err(), "a second unmap was accepted");
         Ok(())
     }
 }

@@ -13,7 +13,8 @@ use drivers::nvme::command::SubmissionEntry;
 use spin::Mutex;
 
 use crate::block::{self, BlockDevice, BlockError};
-use crate::dma::{DmaDevice, Fault, Route};
+use dma::translated::Fault;
+use crate::dma_platform::{DmaDevice, Route};
 use crate::iommu;
 use crate::nvme::{self, Controller, NvmeError, ReceivedCommand, MIN_ALIGN_MASK, PAGE_SIZE};
 use crate::testing::{ensure, kernel_test, skip, Verdict};

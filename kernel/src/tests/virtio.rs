@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use crate::block::{BlockDevice, BlockError};
-use crate::dma::Route;
+use crate::dma_platform::Route;
 use crate::testing::{ensure, kernel_test, skip};
 use crate::tests::block::{bounce_pool, disk_pool_too_small, pool_too_small, round_trips, skip_because};
 use crate::virtio::{self, VirtioError};

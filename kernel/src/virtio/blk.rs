@@ -22,7 +22,8 @@ use super::device::Device;
 use super::hal::{queue_memory, Lease, VirtioHal};
 use super::{StartError, VirtioError};
 use crate::block::{BlockDevice, BlockError};
-use crate::dma::{CoherentMemory, DmaDevice};
+use super::hal::Carved;
+use crate::dma_platform::DmaDevice;
 
 const QUEUE: u16 = 0;
 /// One request is in flight at a time, and takes three descriptors.
@@ -51,7 +52,7 @@ pub struct Disk<const SLOT: usize, T: Transport> {
     queue: VirtQueue<VirtioHal<SLOT>, QUEUE_SIZE>,
     device: Device<SLOT, T>,
     /// The request header and, after it, the status: coherent memory the device sees.
-    request: CoherentMemory,
+    request: Carved,
     block_size: usize,
     blocks: u64,
     read_only: bool,

@@ -30,7 +30,7 @@ use virtio_drivers::PAGE_SIZE;
 
 use super::hal::{Lease, VirtioHal};
 use super::{StartError, VirtioError};
-use crate::dma::DmaDevice;
+use crate::dma_platform::DmaDevice;
 
 /// virtio 1.2, 6 "Reserved Feature Bits": the device is virtio 1.x, and a driver must accept
 /// the bit when offered.

@@ -7,7 +7,7 @@ use core::time::Duration;
 
 use virtio_drivers::transport::DeviceType;
 
-use crate::dma::DmaApiError;
+use dma::DmaApiError;
 
 /// Why a request failed. After [`VirtioError::Map`], [`VirtioError::NotWholeBlocks`],
 /// [`VirtioError::BeyondEnd`] and [`VirtioError::ReadOnly`] nothing reached the device.

@@ -40,12 +40,22 @@ use spin::Mutex;
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
 
 use super::{StartError, VirtioError, SLOTS};
-use crate::dma::{CoherentMemory, DmaApiError, DmaDevice, DmaPool, Route};
+use crate::dma_platform::{Coherent, DmaDevice, DmaPool, Route};
+use dma::DmaApiError;
+
+/// Part of a slot's reservation, carved for one use (a ring, a request header): where the CPU
+/// and the device each see it. It lives as long as the reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carved {
+    pub virt: VirtAddr,
+    pub dma: DmaAddr,
+    pub size: usize,
+}
 
 /// What a slot's Hal reaches while a device holds the slot.
 struct SlotState {
     device: &'static DmaDevice,
-    reservation: CoherentMemory,
+    reservation: Coherent<'static>,
     /// Bytes of the reservation handed out so far, from its start.
     carved: usize,
     /// Buffers of submitted requests, mapped before submission, until `unshare` ends them.
@@ -127,13 +137,11 @@ impl<const SLOT: usize> Lease<SLOT> {
             return Err(StartError::SlotTaken { slot: SLOT });
         }
         let reservation = device.alloc_coherent(bytes).map_err(|error| StartError::Reserve { bytes, error })?;
-        let pool = device.bounce_pool().filter(|pool| pool.holds(reservation.dma, reservation.size as u64));
+        let pool = device.bounce_pool().filter(|pool| pool.holds(reservation.dma(), reservation.len() as u64));
         if let Some(pool) = pool {
             let left = longest_free_run(pool);
             if left < ROOM_FOR_TRANSFERS {
-                if let Err(error) = device.free_coherent(reservation) {
-                    log::error!("{}: freeing the queue memory failed: {error}", device.name);
-                }
+                // Dropping the reservation frees it.
                 return Err(StartError::NoRoomLeft { pool: pool.name, size: pool.range.size(), bytes, left });
             }
         }
@@ -155,7 +163,7 @@ impl<const SLOT: usize> Lease<SLOT> {
 
     /// `bytes` of the reservation for the driver's own use (never given back before the lease
     /// ends), `align`-aligned; zeroed.
-    pub fn carve(&self, bytes: usize, align: usize) -> Result<CoherentMemory, StartError> {
+    pub fn carve(&self, bytes: usize, align: usize) -> Result<Carved, StartError> {
         with_state::<SLOT, _>(|state| carve(state, bytes, align)).flatten().ok_or_else(|| self.shortfall())
     }
 
@@ -184,7 +192,9 @@ impl<const SLOT: usize> Lease<SLOT> {
                 Ok(prepared) => made.push(prepared),
                 Err(error) => {
                     for prepared in made {
-                        if let Err(unmap_error) = self.device.unmap(prepared.dma, prepared.physical, prepared.direction)
+                        // SAFETY: mapped just above and never submitted.
+                        if let Err(unmap_error) =
+                            unsafe { self.device.unmap(prepared.dma, prepared.physical, prepared.direction) }
                         {
                             log::error!(
                                 "{}: undoing a mapping after a refusal failed: {unmap_error}",
@@ -203,7 +213,10 @@ impl<const SLOT: usize> Lease<SLOT> {
     fn map(&self, buffer: &[u8], direction: DmaDirection) -> Result<Prepared, VirtioError> {
         let refused = |error| VirtioError::Map { bytes: buffer.len(), error };
         let physical = self.device.physical(VirtAddr::from_ptr(buffer.as_ptr()), buffer.len()).map_err(refused)?;
-        let dma = self.device.map(physical, direction).map_err(refused)?;
+        // SAFETY: the drivers of this module submit the buffer right after and do not touch it
+        // until the device completed it (`unshare` ends the mapping), or end the mapping with
+        // `release` if the request is not submitted after all.
+        let dma = unsafe { self.device.map(physical, direction) }.map_err(|error| refused(error.error()))?;
         Ok(Prepared { address: buffer.as_ptr() as usize, length: buffer.len(), direction, physical, dma })
     }
 
@@ -218,7 +231,8 @@ impl<const SLOT: usize> Lease<SLOT> {
                 Some(state.prepared.swap_remove(index))
             });
             if let Some(prepared) = found.flatten() {
-                if let Err(error) = self.device.unmap(prepared.dma, prepared.physical, prepared.direction) {
+                // SAFETY: a mapping `prepare` made, of a request never submitted.
+                if let Err(error) = unsafe { self.device.unmap(prepared.dma, prepared.physical, prepared.direction) } {
                     log::error!("{}: ending a mapping of a request never submitted failed: {error}", self.device.name);
                 }
             }
@@ -236,7 +250,8 @@ impl<const SLOT: usize> Lease<SLOT> {
         let prepared = with_state::<SLOT, _>(|state| core::mem::take(&mut state.prepared)).unwrap_or_default();
         let mut first_error = None;
         for buffer in prepared {
-            if let Err(error) = self.device.unmap(buffer.dma, buffer.physical, buffer.direction) {
+            // SAFETY: a mapping `prepare` made; the device was reset and no longer uses it.
+            if let Err(error) = unsafe { self.device.unmap(buffer.dma, buffer.physical, buffer.direction) } {
                 first_error.get_or_insert(error);
             }
         }
@@ -259,7 +274,9 @@ impl<const SLOT: usize> Lease<SLOT> {
             }
         });
         for buffer in prepared.unwrap_or_default() {
-            if let Err(error) = self.device.unmap(buffer.dma, buffer.physical, buffer.direction) {
+            // SAFETY: a mapping `prepare` made. Behind the IOMMU the unmap is what takes the
+            // buffer away from a device that may still be running.
+            if let Err(error) = unsafe { self.device.unmap(buffer.dma, buffer.physical, buffer.direction) } {
                 log::error!("{}: revoking {:?} failed: {error}", self.device.name, buffer.dma);
             }
         }
@@ -285,9 +302,9 @@ impl<const SLOT: usize> Drop for Lease<SLOT> {
         }
         let Some(state) = slot.take() else { return };
         drop(slot);
-        if let Err(error) = self.device.free_coherent(state.reservation) {
-            log::error!("{}: freeing the queue memory failed: {error}", self.device.name);
-        }
+        // Freed here, when the reservation drops; the debug checker reports what is left.
+        drop(state);
+        self.device.stopped();
     }
 }
 
@@ -297,25 +314,25 @@ fn with_state<const SLOT: usize, R>(work: impl FnOnce(&mut SlotState) -> R) -> O
 
 /// The device address of `[address, address + length)` if it lies in the reservation.
 fn reserved_address(state: &SlotState, address: usize, length: usize) -> Option<u64> {
-    let start = state.reservation.virt.as_u64() as usize;
+    let start = state.reservation.as_ptr().as_ptr() as usize;
     let offset = address.checked_sub(start)?;
-    (offset.checked_add(length)? <= state.carved).then(|| state.reservation.dma.as_u64() + offset as u64)
+    (offset.checked_add(length)? <= state.carved).then(|| state.reservation.dma().as_u64() + offset as u64)
 }
 
 /// Hands out the next `bytes` of the reservation, zeroed; `None` (noted) if they do not fit.
-fn carve(state: &mut SlotState, bytes: usize, align: usize) -> Option<CoherentMemory> {
+fn carve(state: &mut SlotState, bytes: usize, align: usize) -> Option<Carved> {
     let start = state.carved.next_multiple_of(align);
-    let end = start.checked_add(bytes).filter(|&end| end <= state.reservation.size);
+    let end = start.checked_add(bytes).filter(|&end| end <= state.reservation.len());
     let Some(end) = end else {
-        state.shortfall = Some((bytes, state.reservation.size.saturating_sub(start)));
+        state.shortfall = Some((bytes, state.reservation.len().saturating_sub(start)));
         return None;
     };
     state.carved = end;
-    let virt = state.reservation.virt.add(start as u64);
+    let virt = VirtAddr::from_ptr(state.reservation.as_ptr().as_ptr()).add(start as u64);
     // SAFETY: bytes of the reservation no one was given before; the reservation is coherent
     // memory the kernel maps read-write for as long as the slot is held.
     unsafe { core::ptr::write_bytes(virt.as_mut_ptr::<u8>(), 0, bytes) };
-    Some(CoherentMemory { virt, dma: state.reservation.dma.add(start as u64), size: bytes })
+    Some(Carved { virt, dma: state.reservation.dma().add(start as u64), size: bytes })
 }
 
 /// The `virtio-drivers` Hal of the device in slot `SLOT`.
@@ -391,7 +408,8 @@ unsafe impl<const SLOT: usize> Hal for VirtioHal<SLOT> {
         let Some(found) = found.flatten() else { unprepared(SLOT, buffer, "unshare") };
         // The device has completed the request: end the mapping (copying a bounce back).
         if let Some((device, prepared)) = found {
-            if let Err(error) = device.unmap(prepared.dma, prepared.physical, prepared.direction) {
+            // SAFETY: the mapping `prepare` made for this buffer; the device completed it.
+            if let Err(error) = unsafe { device.unmap(prepared.dma, prepared.physical, prepared.direction) } {
                 with_state::<SLOT, _>(|state| {
                     state.unmap_error.get_or_insert(error);
                 });

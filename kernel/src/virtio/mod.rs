@@ -53,7 +53,7 @@ use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, Transport};
 
 use crate::block::BlockDevice;
-use crate::dma::DmaDevice;
+use crate::dma_platform::DmaDevice;
 use crate::pci::PciFunction;
 use access_platform::AccessPlatform;
 

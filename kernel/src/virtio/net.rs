@@ -23,7 +23,7 @@ use virtio_drivers::transport::Transport;
 use super::device::{Device, VIRTIO_F_VERSION_1};
 use super::hal::{queue_memory, Lease, VirtioHal};
 use super::{StartError, VirtioError};
-use crate::dma::DmaDevice;
+use crate::dma_platform::DmaDevice;
 
 /// virtio 1.2, 5.1.2 "Virtqueues": receiveq1, then transmitq1.
 const RECEIVE_QUEUE: u16 = 0;

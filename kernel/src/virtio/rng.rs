@@ -11,7 +11,7 @@ use virtio_drivers::transport::Transport;
 use super::device::Device;
 use super::hal::{queue_memory, Lease, VirtioHal};
 use super::{StartError, VirtioError};
-use crate::dma::DmaDevice;
+use crate::dma_platform::DmaDevice;
 
 const QUEUE: u16 = 0;
 /// One request at a time, of one buffer.

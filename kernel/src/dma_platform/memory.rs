@@ -10,6 +10,7 @@
 use core::ptr::NonNull;
 
 use addr::{PhysAddr, PhysRange, VirtAddr};
+use dma::MemoryKind;
 use swiotlb::PhysMemory;
 
 /// The kernel's CPU window onto RAM: the image through its own mapping, the rest of RAM
@@ -34,6 +35,23 @@ impl KernelMemory {
         }
         let in_ram = self.ram.iter().any(|ram| ram.covers(&range));
         in_ram.then(|| arch::layout::phys_to_virt(range.start()))
+    }
+
+    /// What `range` is, for the DMA debug checker: the image's code and read-only data are
+    /// not for DMA; the rest of the image (data, the boot stack) and the linear map are RAM.
+    pub fn kind(&self, range: PhysRange) -> MemoryKind {
+        let overlaps = |start: u64, size: u64| range.start().as_u64() < start + size && start < range.end().as_u64();
+        let image = arch::layout::ImageLayout::current();
+        for section in image.sections() {
+            let start = self.image.start().as_u64() + section.offset;
+            if overlaps(start, section.size) && section.attributes.access == vmsa::Access::ReadOnly {
+                return if section.attributes.executable { MemoryKind::KernelCode } else { MemoryKind::KernelReadOnly };
+            }
+        }
+        match self.virt(range) {
+            Some(_) => MemoryKind::Ram,
+            None => MemoryKind::NotMapped,
+        }
     }
 }
 
