@@ -38,7 +38,6 @@
 //! - [`limits`]: `max_mapping_size` that holds whatever the pool's base alignment;
 //! - [`pool`]: the copies, the records, coherent allocations;
 //! - [`error`], [`stats`], [`memory`]: refusals, counters, and how the CPU reaches bytes;
-//! - [`iova`]: for devices behind an IOMMU, the allocator of their domain's IOVA space.
 //!
 //! "Rule N" and "RN" in this crate refer to the rules and regression cases of the project's
 //! DMA contract, `docs/dma-contract.md`, which also names the Linux threads each one comes from;
@@ -50,7 +49,6 @@ extern crate alloc;
 pub mod constraints;
 pub mod error;
 mod freemap;
-pub mod iova;
 pub mod limits;
 pub mod memory;
 pub mod placement;
@@ -61,7 +59,6 @@ pub mod stats;
 pub use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 pub use constraints::{Constraints, DmaDirection};
 pub use error::{DmaError, FailureReason, MaskKind, PoolError, RegionKind};
-pub use iova::{IovaAllocator, IovaError, IovaStats};
 pub use memory::{HeapMemory, PhysMemory};
 pub use placement::Placement;
 pub use pool::{BouncePool, CoherentBuffer, Mapping, PoolConfig};

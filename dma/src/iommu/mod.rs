@@ -3,7 +3,7 @@
 //! A domain is three things kept in step under one lock:
 //!
 //! ```text
-//!   IovaAllocator          which IOVA ranges are in use        (swiotlb::iova)
+//!   IovaAllocator          which IOVA ranges are in use        ([`iova`])
 //!   PageTable              IOVA granule → physical granule     (vmsa, read by the IOMMU)
 //!   mappings               what each live range is for         (this module)
 //! ```
@@ -26,7 +26,9 @@ use core::fmt;
 
 use addr::{DmaAddr, PhysAddr, PhysRange};
 use spin::Mutex;
-use swiotlb::iova::{IovaAllocator, IovaError};
+pub mod iova;
+
+use iova::{IovaAllocator, IovaError};
 use vmsa::{Access, Attributes, Granule, MemoryType, PageTable, TlbMaintenance};
 
 use crate::platform::{Iotlb, IotlbError, Platform};

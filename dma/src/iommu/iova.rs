@@ -78,7 +78,7 @@
 //!
 //! ## Compared with the bounce pool
 //!
-//! The bounce pool ([`crate::pool`]) hands out *physical* memory: slots of a real buffer that
+//! The bounce pool (`swiotlb::pool`) hands out *physical* memory: slots of a real buffer that
 //! the CPU copies data into, for devices that must not or cannot see the original. An IOVA is
 //! only a *name*: allocating one reserves no memory, it reserves a window of the device's
 //! address space that page tables then point at the caller's own buffer, with no copy.
@@ -88,7 +88,7 @@
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use core::fmt;
 
-use crate::DmaAddr;
+use addr::DmaAddr;
 
 /// Number of cached size classes: 1, 2, 4, 8, 16 and 32 granules (Linux:
 /// `IOVA_RANGE_CACHE_MAX_SIZE`).

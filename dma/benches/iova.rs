@@ -13,8 +13,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use swiotlb::iova::DEFAULT_CACHE_CAPACITY;
-use swiotlb::{DmaAddr, IovaAllocator};
+use addr::DmaAddr;
+use dma::iommu::iova::{IovaAllocator, DEFAULT_CACHE_CAPACITY};
 
 const GRANULE: u64 = 4096;
 const SPACE_END: u64 = 1 << 32;
