@@ -133,7 +133,12 @@ fn map_identity(frames: &mut FramePool, image_start: u64, image_size: u64) -> Op
 }
 
 /// Reads the devicetree header's size field at a physical address: 0 if it is not a devicetree.
+///
+/// Only enough of the header to map the blob: its magic and `totalsize`, the first two
+/// big-endian words (Devicetree Specification v0.4, 5.2 "Header"). Everything else is checked
+/// by `platform::devicetree` once the kernel runs.
 fn devicetree_size(devicetree: u64) -> u64 {
+    const MAGIC: u32 = 0xd00d_feed;
     if devicetree == 0 || !devicetree.is_multiple_of(8) {
         return 0;
     }
@@ -144,8 +149,9 @@ fn devicetree_size(devicetree: u64) -> u64 {
     for (index, byte) in bytes.iter_mut().enumerate() {
         *byte = unsafe { header.add(index).read_volatile() };
     }
-    match platform::devicetree::blob_size(&bytes) {
-        Ok(size) if size as u64 <= MAX_DEVICETREE_SIZE => size as u64,
+    let word = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    match (word(0), u64::from(word(4))) {
+        (MAGIC, size) if size <= MAX_DEVICETREE_SIZE => size,
         _ => 0,
     }
 }

@@ -7,14 +7,21 @@
 //! tests report to `cargo xtask test`. On a machine without a debugger that instruction
 //! would trap, so only call [`semihosting_exit`] when the kernel was asked to.
 
-use platform::devicetree::PsciConduit;
 use smccc::{Hvc, Smc};
 
+/// How the kernel calls the firmware (SMCCC, Arm DEN 0028, 2.5): `hvc` to a hypervisor at EL2,
+/// `smc` to secure firmware at EL3. The devicetree's `/psci/method` says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conduit {
+    Hvc,
+    Smc,
+}
+
 /// Asks the firmware to power the system off. Returns only if it refused.
-pub fn psci_system_off(conduit: PsciConduit) -> smccc::psci::Error {
+pub fn psci_system_off(conduit: Conduit) -> smccc::psci::Error {
     let refusal = match conduit {
-        PsciConduit::Hvc => smccc::psci::system_off::<Hvc>(),
-        PsciConduit::Smc => smccc::psci::system_off::<Smc>(),
+        Conduit::Hvc => smccc::psci::system_off::<Hvc>(),
+        Conduit::Smc => smccc::psci::system_off::<Smc>(),
     };
     match refusal {
         Err(error) => error,

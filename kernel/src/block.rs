@@ -10,16 +10,15 @@
 //! Fix dma-iommu mapping failures when PAGE_SIZE=64KB" thread, 2024,
 //! docs/dma-contract.md#thread-nvme-64k-pages).
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use core::fmt;
+use core::ops::Range;
 
-use drivers::nvme::transfer::{self, TransferError};
+use dma::DmaApiError;
 
 use crate::dma_platform::DmaDevice;
-use dma::DmaApiError;
-use crate::nvme::NvmeError;
-use crate::virtio::{self, VirtioError};
 
 /// A disk, whatever carries its requests.
 pub trait BlockDevice {
@@ -50,10 +49,26 @@ pub enum BlockError {
         bytes: usize,
         capacity: u64,
     },
-    Transfer(TransferError),
+    /// The DMA layer refused the buffer.
     Dma(DmaApiError),
-    Virtio(VirtioError),
-    Nvme(NvmeError),
+    /// The disk's driver refused the request or the device failed it, in the driver's own
+    /// terms (`downcast_ref` recovers them: a virtio or NVMe error).
+    Device(Box<dyn core::error::Error + Send + Sync>),
+}
+
+impl BlockError {
+    /// A driver's error, kept whole.
+    pub fn device(error: impl core::error::Error + Send + Sync + 'static) -> Self {
+        BlockError::Device(Box::new(error))
+    }
+
+    /// The driver's error, if it is one and of type `E`.
+    pub fn device_error<E: core::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            BlockError::Device(error) => error.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for BlockError {
@@ -65,35 +80,15 @@ impl fmt::Display for BlockError {
                     "{bytes} bytes from block {block} are not whole blocks within the {capacity} blocks of the disk"
                 )
             }
-            BlockError::Transfer(error) => write!(f, "{error}"),
             BlockError::Dma(error) => write!(f, "{error}"),
-            BlockError::Virtio(error) => write!(f, "{error}"),
-            BlockError::Nvme(error) => write!(f, "{error}"),
+            BlockError::Device(error) => write!(f, "{error}"),
         }
-    }
-}
-
-impl From<TransferError> for BlockError {
-    fn from(error: TransferError) -> Self {
-        BlockError::Transfer(error)
-    }
-}
-
-impl From<VirtioError> for BlockError {
-    fn from(error: VirtioError) -> Self {
-        BlockError::Virtio(error)
-    }
-}
-
-impl From<NvmeError> for BlockError {
-    fn from(error: NvmeError) -> Self {
-        BlockError::Nvme(error)
     }
 }
 
 /// Calls `visit` with every disk the kernel drives: virtio-mmio, virtio-pci, then NVMe.
 pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
-    virtio::with_each_disk(&mut visit);
+    crate::virtio::with_each_disk(&mut visit);
     for controller in crate::nvme::controllers() {
         visit(&mut *controller.lock());
     }
@@ -102,8 +97,8 @@ pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
 /// Reads `buffer.len()` bytes from `block` on, in as many requests as the disk's limit needs.
 pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
     check_range(disk, block, buffer.len())?;
-    for chunk in transfer::split(block, buffer.len(), disk.block_size(), request_limit(disk))? {
-        disk.read_request(chunk.block, &mut buffer[chunk.offset..chunk.offset + chunk.length])?;
+    for (first, bytes) in requests(block, buffer.len(), disk.block_size(), request_limit(disk)) {
+        disk.read_request(first, &mut buffer[bytes])?;
     }
     Ok(())
 }
@@ -111,10 +106,17 @@ pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result
 /// Writes `buffer` from `block` on, in as many requests as the disk's limit needs.
 pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
     check_range(disk, block, buffer.len())?;
-    for chunk in transfer::split(block, buffer.len(), disk.block_size(), request_limit(disk))? {
-        disk.write_request(chunk.block, &buffer[chunk.offset..chunk.offset + chunk.length])?;
+    for (first, bytes) in requests(block, buffer.len(), disk.block_size(), request_limit(disk)) {
+        disk.write_request(first, &buffer[bytes])?;
     }
     Ok(())
+}
+
+/// `length` bytes (whole blocks) from `block` on, cut into requests of at most `limit` bytes
+/// (at least one block each): each request's first block and its bytes in the buffer.
+fn requests(block: u64, length: usize, block_size: usize, limit: usize) -> impl Iterator<Item = (u64, Range<usize>)> {
+    let step = (limit / block_size).max(1) * block_size;
+    (0..length).step_by(step).map(move |offset| (block + (offset / block_size) as u64, offset..(offset + step).min(length)))
 }
 
 /// The disk's request limit, in words.

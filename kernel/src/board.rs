@@ -254,7 +254,7 @@ fn pci_dma_device(
     const UNTRANSLATED: &str = "untranslated PCIe DMA is not supported";
     let stream = function.stream.ok_or(alloc::format!(
         "no `iommu-map` entry of the host bridge covers requester ID {:#06x}: {UNTRANSLATED}",
-        (u16::from(function.address.bus) << 8) | (u16::from(function.address.device) << 3) | u16::from(function.address.function)
+        function.address.requester_id()
     ))?;
     let (Some(policy), Some((smmu, phandle))) = (iommu::policy(), iommu::running()) else {
         return Err(alloc::format!(

@@ -39,7 +39,8 @@ pub type Root = PciRoot<MmioCam<'static>>;
 
 /// A function found on the bus, its BARs assigned and enabled.
 pub struct PciFunction {
-    pub address: DeviceFunction,
+    /// Bus, device and function, as the devicetree's `iommu-map` and `interrupt-map` key them.
+    pub address: pci_dt::PciFunction,
     pub info: DeviceFunctionInfo,
     /// Where its DMA goes: the IOMMU and StreamID `iommu-map` names, if any.
     pub stream: Option<StreamRoute>,
@@ -96,7 +97,11 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>
     let mut windows = BarAllocator::new(&bridge.windows);
     let first_bus = bridge.buses.first;
     let mut functions = Vec::new();
-    for (address, info) in root.enumerate_bus(first_bus) {
+    for (config, info) in root.enumerate_bus(first_bus) {
+        let Some(address) = pci_dt::PciFunction::new(config.bus, config.device, config.function) else {
+            warn!("pci {config}: not a valid bus:device.function; skipped");
+            continue;
+        };
         if info.header_type != HeaderType::Standard {
             warn!("pci {address}: {info}: bridges are not configured; nothing behind it is used");
             continue;
@@ -108,9 +113,8 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>
                 continue;
             }
         };
-        let located = pci_dt::PciFunction::new(address.bus, address.device, address.function);
-        let stream = located.and_then(|located| bridge.stream_id(located.requester_id()));
-        let intx = located.and_then(|located| bridge.legacy_interrupt(located, IntxPin::A)?.gic_spi());
+        let stream = bridge.stream_id(address.requester_id());
+        let intx = bridge.legacy_interrupt(address, IntxPin::A).and_then(|interrupt| interrupt.gic_spi());
         functions.push(PciFunction { address, info, stream, intx, memory_bars });
     }
     info!("pci: {} ({}), {} function(s) on bus {first_bus}", bridge.name, bridge.ecam, functions.len());
@@ -122,8 +126,9 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>
 fn assign_bars(
     root: &mut Root,
     windows: &mut BarAllocator,
-    address: DeviceFunction,
+    address: pci_dt::PciFunction,
 ) -> Result<[Option<PhysRange>; 6], String> {
+    let address = config_address(address);
     let bars = root.bars(address).map_err(|error| alloc::format!("cannot size its BARs: {error:?}"))?;
     let mut command = Command::MEMORY_SPACE;
     let mut memory_bars = [None; 6];
@@ -156,6 +161,12 @@ fn assign_bars(
 /// Lets `function` master the bus: start DMA. Only once its DMA route exists.
 pub fn enable_dma(bus: &PciBus, function: &PciFunction) {
     let mut root = bus.root.lock();
-    let (_, command) = root.get_status_command(function.address);
-    root.set_command(function.address, command | Command::BUS_MASTER);
+    let address = config_address(function.address);
+    let (_, command) = root.get_status_command(address);
+    root.set_command(address, command | Command::BUS_MASTER);
+}
+
+/// The function's address as `virtio-drivers`' configuration-space access takes it.
+pub fn config_address(function: pci_dt::PciFunction) -> DeviceFunction {
+    DeviceFunction { bus: function.bus(), device: function.device(), function: function.function() }
 }

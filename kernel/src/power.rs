@@ -45,7 +45,10 @@ pub fn stop(outcome: Outcome) -> ! {
     match PSCI.get().copied().flatten() {
         Some(conduit) => {
             info!("powering off: PSCI SYSTEM_OFF via {conduit}");
-            let refusal = arch::power::psci_system_off(conduit);
+            let refusal = arch::power::psci_system_off(match conduit {
+                PsciConduit::Hvc => arch::power::Conduit::Hvc,
+                PsciConduit::Smc => arch::power::Conduit::Smc,
+            });
             error!("PSCI SYSTEM_OFF refused: {refusal:?}");
         }
         None => match WATCHDOG.get() {

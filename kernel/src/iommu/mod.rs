@@ -37,7 +37,7 @@ use drivers::smmuv3::{Event, Smmu, SmmuError, SmmuMemory, Stage1Context};
 use log::{error, info, warn};
 use platform::devicetree::Devicetree;
 use spin::{Mutex, Once};
-use virtio_drivers::transport::pci::bus::DeviceFunction;
+use platform::pci::PciFunction;
 use vmsa::Granule;
 
 pub use domain::{DomainTables, SmmuIotlb};
@@ -50,7 +50,7 @@ pub use crate::dma_platform::Domain;
 pub enum Untrusted {
     None,
     All,
-    Listed(Vec<DeviceFunction>),
+    Listed(Vec<PciFunction>),
 }
 
 /// The IOMMU policy of this boot.
@@ -83,7 +83,7 @@ impl Policy {
         policy
     }
 
-    pub fn is_untrusted(&self, function: DeviceFunction) -> bool {
+    pub fn is_untrusted(&self, function: PciFunction) -> bool {
         match &self.untrusted {
             Untrusted::None => false,
             Untrusted::All => true,
@@ -110,15 +110,10 @@ fn parse_untrusted(value: &str) -> Option<Untrusted> {
 }
 
 /// `BB:DD.F`, hexadecimal bus and device, as `lspci` prints them.
-fn parse_device_function(text: &str) -> Option<DeviceFunction> {
+fn parse_device_function(text: &str) -> Option<PciFunction> {
     let (bus, rest) = text.split_once(':')?;
     let (device, function) = rest.split_once('.')?;
-    let address = DeviceFunction {
-        bus: u8::from_str_radix(bus, 16).ok()?,
-        device: u8::from_str_radix(device, 16).ok()?,
-        function: function.parse().ok()?,
-    };
-    address.valid().then_some(address)
+    PciFunction::new(u8::from_str_radix(bus, 16).ok()?, u8::from_str_radix(device, 16).ok()?, function.parse().ok()?)
 }
 
 /// A fault the SMMU reported, with the name of the device it came from.

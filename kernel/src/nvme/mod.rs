@@ -182,6 +182,14 @@ from_error! {
     IdentifyError => Identify, TransferError => Transfer, DmaApiError => Dma,
 }
 
+impl core::error::Error for NvmeError {}
+
+impl From<NvmeError> for BlockError {
+    fn from(error: NvmeError) -> Self {
+        BlockError::device(error)
+    }
+}
+
 impl From<MapError> for NvmeError {
     fn from(error: MapError) -> Self {
         NvmeError::Dma(error.error())

@@ -117,13 +117,14 @@ kernel_test! {
             let refusals = |stats: swiotlb::Stats| stats.failures.no_space + stats.failures.too_large;
             let before = refusals(pool.bounce.stats());
             let mut buffer = vec![0u8; too_big];
-            match disk.read_request(0, &mut buffer) {
-                Err(BlockError::Virtio(error @ VirtioError::Map { .. })) => {
+            let read = disk.read_request(0, &mut buffer);
+            match read.as_ref().err().and_then(BlockError::device_error::<VirtioError>) {
+                Some(error @ VirtioError::Map { .. }) => {
                     let words = format!("{error}");
                     ensure!(words.contains("nothing was submitted"), "{name}: the refusal does not say nothing was submitted: {words}");
                     log::info!("{name}: a {too_big}-byte read through the {} KiB pool: {words}", pool.range.size() >> 10);
                 }
-                other => return Err(format!("{name}: a {too_big}-byte read through a {}-byte pool gave {other:?}", pool.range.size())),
+                _ => return Err(format!("{name}: a {too_big}-byte read through a {}-byte pool gave {read:?}", pool.range.size())),
             }
             ensure!(refusals(pool.bounce.stats()) == before + 1, "{name}: pool '{}' did not count the refusal", pool.name);
             let mut one_block = vec![0u8; block];
@@ -149,11 +150,12 @@ kernel_test! {
                 ensure!(block.is_power_of_two() && block >= 512, "{name}: block size {block}");
                 ensure!(disk.blocks() > 0, "{name}: no blocks");
                 let mut half = vec![0u8; block / 2];
-                match disk.read_request(0, &mut half) {
-                    Err(BlockError::Virtio(VirtioError::NotWholeBlocks { bytes, block_size })) => {
+                let read = disk.read_request(0, &mut half);
+                match read.as_ref().err().and_then(BlockError::device_error::<VirtioError>) {
+                    Some(&VirtioError::NotWholeBlocks { bytes, block_size }) => {
                         ensure!((bytes, block_size) == (block / 2, block), "{name}: refused {bytes} of {block_size}");
                     }
-                    other => return Err(format!("{name}: a {}-byte read gave {other:?}", block / 2)),
+                    _ => return Err(format!("{name}: a {}-byte read gave {read:?}", block / 2)),
                 }
                 if disk_pool_too_small(disk, block).is_none() {
                     let mut whole = vec![0u8; block];

@@ -64,6 +64,14 @@ pub enum VirtioError {
     },
 }
 
+impl core::error::Error for VirtioError {}
+
+impl From<VirtioError> for crate::block::BlockError {
+    fn from(error: VirtioError) -> Self {
+        crate::block::BlockError::device(error)
+    }
+}
+
 impl fmt::Display for VirtioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -268,7 +268,7 @@ pub fn start_pci(function: &PciFunction, dma: DmaDevice) -> Result<(), NotStarte
     let not_started = |error| NotStarted { name, error };
     let bus = crate::pci::bus().ok_or(not_started(StartError::Transport("no PCIe bus")))?;
     // Only the Hal's `mmio_phys_to_virt` is used here, the same for every slot.
-    let mut transport = PciTransport::new::<VirtioHal<PCI_DISK_SLOTS>, _>(&mut bus.root.lock(), function.address)
+    let mut transport = PciTransport::new::<VirtioHal<PCI_DISK_SLOTS>, _>(&mut bus.root.lock(), crate::pci::config_address(function.address))
         .map_err(|_| not_started(StartError::Transport("not a virtio-pci device")))?;
     // Without the feature the device's DMA would bypass the IOMMU while the driver hands it IOVAs.
     if transport.read_device_features() & access_platform::VIRTIO_F_ACCESS_PLATFORM == 0 {
