@@ -316,8 +316,23 @@ kernel_test! {
         unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
         // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
         ensure!(unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.is_err(), "a second unmap was accepted");
-        Ok(())
+        check_debug_reports(device.name)
     }
+}
+
+/// The DMA debug checker saw each of `bad_unmaps_are_refused`'s mistakes, named the device
+/// and said what was wrong: the wrong size, an address never mapped, a sync outside any
+/// mapping, and the second unmap.
+fn check_debug_reports(device: &str) -> Result<(), Verdict> {
+    use dma::debug::Problem;
+    let Some(checker) = crate::dma_platform::checker() else { skip!("the DMA debug checker is off (dma.debug=off)") };
+    let reports = checker.take_reports();
+    let mine: Vec<_> = reports.iter().filter(|report| report.device == device).collect();
+    let sizes = mine.iter().filter(|report| matches!(report.problem, Problem::SizeMismatch { .. })).count();
+    let unknown = mine.iter().filter(|report| matches!(report.problem, Problem::UnknownMapping { .. })).count();
+    ensure!(sizes == 1 && unknown == 3, "the checker reported {mine:?}");
+    ensure!(mine.iter().all(|report| format!("{report}").starts_with(&format!("DMA debug: {device}: "))), "a report does not name the device");
+    Ok(())
 }
 
 kernel_test! {
