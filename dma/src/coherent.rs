@@ -46,7 +46,6 @@ pub struct Coherent<'d, P: Platform + 'static> {
     dma: DmaAddr,
     size: usize,
     source: Source<P>,
-    made_at: &'static Location<'static>,
 }
 
 // SAFETY: the memory is owned by this value alone (no other CPU pointer to it is handed out
@@ -82,7 +81,7 @@ impl<P: Platform + 'static> DmaDevice<P> {
         if let Some(checker) = self.checker {
             checker.mapped(self.name, dma, physical, None, None, made_at);
         }
-        Ok(Coherent { device: self, cpu, physical, dma, size, source, made_at })
+        Ok(Coherent { device: self, cpu, physical, dma, size, source })
     }
 
     fn alloc_from_pool(
@@ -239,7 +238,7 @@ impl<P: Platform + 'static> Coherent<'_, P> {
     /// reset was not confirmed), so it must never be reused. The debug checker forgets it.
     pub fn abandon(self) {
         if let Some(checker) = self.device.checker {
-            checker.unmapped(self.device.name, "abandon", self.dma, self.physical.size(), None, self.made_at);
+            checker.unmapped(self.device.name, self.dma, None);
         }
         core::mem::forget(self);
     }
@@ -247,7 +246,7 @@ impl<P: Platform + 'static> Coherent<'_, P> {
     fn release(&self) -> Result<(), DmaApiError> {
         let device = self.device;
         if let Some(checker) = device.checker {
-            checker.unmapped(device.name, "free_coherent", self.dma, self.physical.size(), None, self.made_at);
+            checker.unmapped(device.name, self.dma, None);
         }
         match self.source {
             Source::Pool(pool) => pool.bounce.free(self.dma, self.size)?,

@@ -263,9 +263,10 @@ impl Checker {
         self.state.lock().live.push(new);
     }
 
-    /// Ends the record of a mapping (`direction`) or coherent allocation (`None`) at `dma`,
-    /// reporting what does not match it.
-    pub(crate) fn unmapped(
+    /// Checks an unmap (`direction`) or free (`None`) of `dma` against the live record,
+    /// reporting what does not match it. The record stays until [`Self::unmapped`]: a refused
+    /// unmap leaves the mapping live.
+    pub(crate) fn check_unmap(
         &self,
         device: &'static str,
         call: &'static str,
@@ -274,14 +275,7 @@ impl Checker {
         direction: Option<DmaDirection>,
         location: &'static Location<'static>,
     ) {
-        let found = {
-            let mut state = self.state.lock();
-            let index = state.live.iter().position(|live| {
-                live.device == device && live.dma == dma && live.direction.is_some() == direction.is_some()
-            });
-            index.map(|index| state.live.swap_remove(index))
-        };
-        let Some(live) = found else {
+        let Some(live) = self.find(device, dma, direction) else {
             return self.report(device, Problem::UnknownMapping { call, dma, size }, location);
         };
         if live.buffer.size() != size {
@@ -293,6 +287,23 @@ impl Checker {
             }
             _ => {}
         }
+    }
+
+    /// Ends the record of the mapping or allocation at `dma`, once it really ended.
+    pub(crate) fn unmapped(&self, device: &'static str, dma: DmaAddr, direction: Option<DmaDirection>) {
+        let mut state = self.state.lock();
+        let index = state.live.iter().position(|live| Self::is(live, device, dma, direction));
+        if let Some(index) = index {
+            state.live.swap_remove(index);
+        }
+    }
+
+    fn find(&self, device: &str, dma: DmaAddr, direction: Option<DmaDirection>) -> Option<Live> {
+        self.state.lock().live.iter().find(|live| Self::is(live, device, dma, direction)).copied()
+    }
+
+    fn is(live: &Live, device: &str, dma: DmaAddr, direction: Option<DmaDirection>) -> bool {
+        live.device == device && live.dma == dma && live.direction.is_some() == direction.is_some()
     }
 
     /// Checks a sync of `[dma, dma + size)`: it must lie in a live mapping whose direction

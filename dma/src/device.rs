@@ -206,8 +206,16 @@ impl<P: Platform + 'static> DmaDevice<P> {
     #[track_caller]
     pub unsafe fn unmap(&self, dma: DmaAddr, buffer: PhysRange, direction: DmaDirection) -> Result<(), DmaApiError> {
         if let Some(checker) = self.checker {
-            checker.unmapped(self.name, "unmap", dma, buffer.size(), Some(direction), Location::caller());
+            checker.check_unmap(self.name, "unmap", dma, buffer.size(), Some(direction), Location::caller());
         }
+        let ended = self.end_mapping(dma, buffer, direction);
+        if let (Ok(()), Some(checker)) = (ended, self.checker) {
+            checker.unmapped(self.name, dma, Some(direction));
+        }
+        ended
+    }
+
+    fn end_mapping(&self, dma: DmaAddr, buffer: PhysRange, direction: DmaDirection) -> Result<(), DmaApiError> {
         if let Route::Iommu { domain, bounce, .. } = &self.route {
             return self.unmap_translated(domain, *bounce, dma, buffer, direction);
         }

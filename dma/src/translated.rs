@@ -144,10 +144,13 @@ impl<P: Platform + 'static> DmaDevice<P> {
     ) -> Result<(), DmaApiError> {
         if let Some(checker) = self.checker {
             for (dma, buffer) in addresses.iter().zip(buffers) {
-                checker.unmapped(self.name, "unmap_scatter", *dma, buffer.size(), Some(direction), location);
+                checker.check_unmap(self.name, "unmap_scatter", *dma, buffer.size(), Some(direction), location);
             }
         }
         domain.unmap(addresses[0], buffers.iter().map(PhysRange::size).sum(), false)?;
+        if let Some(checker) = self.checker {
+            addresses.iter().for_each(|dma| checker.unmapped(self.name, *dma, Some(direction)));
+        }
         if direction != DmaDirection::ToDevice {
             buffers.iter().for_each(|buffer| self.invalidate(*buffer, Maintenance::UnmapInvalidate));
         }

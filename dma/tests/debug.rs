@@ -67,6 +67,23 @@ fn unmap_with_another_size_or_direction_is_reported() {
 }
 
 #[test]
+fn an_unmap_the_iommu_refuses_leaves_the_mapping_on_record() {
+    let (machine, rigs) = common::rigs(true, 1);
+    let rig = rigs.iter().find(|rig| rig.label == "IOMMU 4K, trusted").unwrap();
+    let buffer = machine.physical_of(machine.buffer(4096, 4096));
+    // SAFETY: the test's own buffer, not touched while mapped.
+    let dma = unsafe { rig.device.map(buffer, DmaDirection::ToDevice) }.unwrap();
+    let half = PhysRange::new(buffer.start(), 2048).unwrap();
+    // SAFETY: on purpose, a mistake: the size differs; the domain refuses it.
+    assert!(unsafe { rig.device.unmap(dma, half, DmaDirection::ToDevice) }.is_err());
+    // SAFETY: the mapping made above, still live.
+    unsafe { rig.device.unmap(dma, buffer, DmaDirection::ToDevice) }.unwrap();
+    let reports = machine.checker().take_reports();
+    assert_eq!(reports.len(), 1, "only the wrong size is a mistake: {reports:#?}");
+    assert!(matches!(reports[0].problem, Problem::SizeMismatch { .. }));
+}
+
+#[test]
 fn a_sync_the_direction_cannot_need_is_reported() {
     let (machine, device) = setup();
     let buffer = machine.physical_of(machine.buffer(4096, 4096));
