@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{pattern, rigs, BUSY};
+use common::{pattern, rigs, rigs_with_lines, BUSY};
 use dma::sim::Machine;
 use dma::{DmaDevice, Route};
 
@@ -64,9 +64,9 @@ fn transfer_from_device(machine: &'static Machine, device: &DmaDevice<Machine>, 
     Ok(())
 }
 
-fn every_route(coherent: bool) {
+fn every_route(coherent: bool, line: usize) {
     for seed in 1..=6u64 {
-        let (machine, rigs) = rigs(coherent, seed);
+        let (machine, rigs) = rigs_with_lines(coherent, seed, line);
         machine.set_churn(BUSY);
         for rig in &rigs {
             for (shape, &(offset, len)) in SHAPES.iter().enumerate() {
@@ -84,12 +84,19 @@ fn every_route(coherent: bool) {
 
 #[test]
 fn every_route_moves_every_byte_for_devices_that_snoop() {
-    every_route(true);
+    every_route(true, 64);
 }
 
 #[test]
 fn every_route_moves_every_byte_for_devices_that_do_not_snoop() {
-    every_route(false);
+    every_route(false, 64);
+}
+
+/// The line size is what the machine reports: with 128-byte lines (as on some Arm cores'
+/// outer caches, and Apple's), a buffer that owns its 64-byte lines shares a 128-byte one.
+#[test]
+fn every_route_moves_every_byte_with_128_byte_cache_lines() {
+    every_route(false, 128);
 }
 
 #[test]
@@ -98,6 +105,11 @@ fn buffers_that_own_their_lines_are_lent_in_place_and_others_bounce() {
     let direct = &rigs[0];
     let Route::Direct { bounce: Some(pool), .. } = &direct.device.route else { panic!("rig 0 is direct") };
     let aligned = machine.buffer(128, 64);
+    let (wide_machine, wide_rigs) = rigs_with_lines(false, 1, 128);
+    let line_of_64 = &wide_machine.buffer(256, 128)[64..128];
+    let wide_mapping = wide_rigs[0].device.map_to_device(line_of_64).unwrap();
+    assert!(wide_rigs[0].device.bounce_pool().unwrap().holds(wide_mapping.dma(), 64), "64 bytes of a 128-byte line went in place");
+    drop(wide_mapping);
     let mapping = direct.device.map_to_device(aligned).unwrap();
     assert!(!pool.holds(mapping.dma(), 128), "a line-aligned buffer bounced");
     assert_eq!(direct.device.translate(mapping.dma()), Some(machine.physical_of(aligned).start()));

@@ -18,7 +18,12 @@ pub const BUS_OFFSET: u64 = 0x1_0000_0000;
 
 /// A machine with a device on every route, all snooping the caches or none.
 pub fn rigs(coherent: bool, seed: u64) -> (&'static Machine, Vec<Rig>) {
-    let machine = Machine::new(Config { size: 8 << 20, seed, ..Config::default() });
+    rigs_with_lines(coherent, seed, 64)
+}
+
+/// [`rigs`], on a machine whose cache lines are `line` bytes (`CTR_EL0.DminLine`).
+pub fn rigs_with_lines(coherent: bool, seed: u64, line: usize) -> (&'static Machine, Vec<Rig>) {
+    let machine = Machine::new(Config { size: 8 << 20, seed, line, ..Config::default() });
     let ram = machine.ram();
     let half = ram.size() / 2;
     let default_pool = machine.pool("swiotlb", 512 << 10, false, coherent, BUS_OFFSET);
