@@ -30,7 +30,7 @@ use addr::{PhysAddr, PhysRange};
 use vmsa::{Access, Attributes, Granule, MemoryType, PageTable};
 
 use crate::layout::{self, ImageLayout};
-use crate::mmu::{FramePool, BOOT_FRAMES};
+use crate::mmu::{BOOT_FRAMES, FramePool};
 use crate::power::park;
 
 core::arch::global_asm!(include_str!("entry.s"));

@@ -6,7 +6,7 @@
 //! the offset between virtual and physical counts to zero.
 
 use aarch64_cpu::asm::barrier;
-use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTVCT_EL0, Readable};
 use core::time::Duration;
 
 /// Ticks per second.

@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use addr::DmaAddr;
-use dma::iommu::iova::{IovaAllocator, DEFAULT_CACHE_CAPACITY};
+use dma::iommu::iova::{DEFAULT_CACHE_CAPACITY, IovaAllocator};
 
 const GRANULE: u64 = 4096;
 const SPACE_END: u64 = 1 << 32;
@@ -57,11 +57,7 @@ impl Rng {
 /// Packets and pages most often, block I/O less, and any size up to 32 granules now and then.
 fn request_size(rng: &mut Rng) -> u64 {
     const SIZES: [u64; 8] = [1500, 1500, 2048, 4096, 4096, 8192, 65536, 131072];
-    if rng.below(4) == 0 {
-        1 + rng.below(32 * GRANULE)
-    } else {
-        SIZES[rng.below(SIZES.len() as u64) as usize]
-    }
+    if rng.below(4) == 0 { 1 + rng.below(32 * GRANULE) } else { SIZES[rng.below(SIZES.len() as u64) as usize] }
 }
 
 struct Measurement {

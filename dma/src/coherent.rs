@@ -180,7 +180,8 @@ impl<P: Platform + 'static> Coherent<'_, P> {
 
     /// Checks that a `T` fits at `offset` and is aligned there; returns its pointer.
     fn place<T>(&self, offset: usize, size: usize) -> Result<*mut T, DmaApiError> {
-        let outside = DmaApiError::OutsideMapping { offset: offset as u64, size: size as u64, mapping_size: self.size as u64 };
+        let outside =
+            DmaApiError::OutsideMapping { offset: offset as u64, size: size as u64, mapping_size: self.size as u64 };
         offset.checked_add(size).filter(|&end| end <= self.size).ok_or(outside)?;
         // SAFETY: `offset + size <= self.size`, inside the allocation.
         let at = unsafe { self.cpu.as_ptr().add(offset) };

@@ -144,7 +144,9 @@ impl fmt::Display for Report {
                     write!(f, "sync_for_device of {dma:?}, mapped {mapped}: the device never reads it")?
                 }
             },
-            Problem::NotDmaMemory { buffer, kind } => write!(f, "mapping {buffer}, which is {kind}, not memory for DMA")?,
+            Problem::NotDmaMemory { buffer, kind } => {
+                write!(f, "mapping {buffer}, which is {kind}, not memory for DMA")?
+            }
             Problem::SharedCacheLine { buffer, other, other_device } => write!(
                 f,
                 "mapping {buffer} shares a cache line with {other}, mapped for {other_device}; the device does not snoop the caches"
@@ -251,10 +253,14 @@ impl Checker {
         let overlap = lines.and_then(|line| {
             let (start, end) = new.line_span(line);
             let state = self.state.lock();
-            state.live.iter().find(|live| {
-                let (other_start, other_end) = live.line_span(line);
-                live.lines.is_some() && start < other_end && other_start < end
-            }).copied()
+            state
+                .live
+                .iter()
+                .find(|live| {
+                    let (other_start, other_end) = live.line_span(line);
+                    live.lines.is_some() && start < other_end && other_start < end
+                })
+                .copied()
         });
         if let Some(other) = overlap {
             let problem = Problem::SharedCacheLine { buffer, other: other.buffer, other_device: other.device };

@@ -172,7 +172,9 @@ impl<P: Platform + 'static> DmaDevice<P> {
             }
             Some(_) => {
                 let line = self.platform.cache_line_size();
-                bounce.filter(|pool| windows.reaches(pool.range)).ok_or(DmaApiError::SharesCacheLine { buffer, line })?
+                bounce
+                    .filter(|pool| windows.reaches(pool.range))
+                    .ok_or(DmaApiError::SharesCacheLine { buffer, line })?
             }
             None => self.reachable_bounce_pool(windows, bounce, buffer)?,
         };
@@ -242,7 +244,9 @@ impl<P: Platform + 'static> DmaDevice<P> {
         if let Route::Iommu { domain, untrusted: false, .. } = &self.route
             && buffers.iter().all(|buffer| self.owns_its_lines(*buffer))
         {
-            return self.map_segments(domain, buffers, direction, location).map_err(|error| self.refused(error, location));
+            return self
+                .map_segments(domain, buffers, direction, location)
+                .map_err(|error| self.refused(error, location));
         }
         let mut addresses = Vec::with_capacity(buffers.len());
         for buffer in buffers {

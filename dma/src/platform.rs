@@ -39,8 +39,12 @@ pub enum Maintenance {
 
 impl Maintenance {
     /// Every maintenance operation the API performs.
-    pub const ALL: [Maintenance; 4] =
-        [Maintenance::MapClean, Maintenance::UnmapInvalidate, Maintenance::SyncForCpuInvalidate, Maintenance::SyncForDeviceClean];
+    pub const ALL: [Maintenance; 4] = [
+        Maintenance::MapClean,
+        Maintenance::UnmapInvalidate,
+        Maintenance::SyncForCpuInvalidate,
+        Maintenance::SyncForDeviceClean,
+    ];
 
     /// Whether the operation cleans (writes back) rather than invalidates (drops) lines.
     pub fn cleans(self) -> bool {

@@ -127,10 +127,7 @@ impl<P: Platform + 'static> DmaDevice<P> {
 
     /// Lends `buffer` to the device to read and write.
     #[track_caller]
-    pub fn map_bidirectional<'b>(
-        &'b self,
-        buffer: &'b mut [u8],
-    ) -> Result<Streaming<'b, P, Bidirectional>, MapError> {
+    pub fn map_bidirectional<'b>(&'b self, buffer: &'b mut [u8]) -> Result<Streaming<'b, P, Bidirectional>, MapError> {
         self.map_borrowed(NonNull::from(&mut *buffer).cast(), buffer.len(), Location::caller())
     }
 
@@ -141,7 +138,8 @@ impl<P: Platform + 'static> DmaDevice<P> {
         size: usize,
         location: &'static Location<'static>,
     ) -> Result<Streaming<'b, P, D>, MapError> {
-        let buffer = self.physical(VirtAddr::from_ptr(cpu.as_ptr()), size).map_err(|error| self.refused(error, location))?;
+        let buffer =
+            self.physical(VirtAddr::from_ptr(cpu.as_ptr()), size).map_err(|error| self.refused(error, location))?;
         // SAFETY: the caller's borrow of the buffer is held by the `Streaming` until the
         // mapping ends, so no safe code touches the buffer while the device owns it.
         let dma = unsafe { self.map(buffer, D::DIRECTION) }?;

@@ -18,15 +18,38 @@ type Catcher = fn(&'static Machine, &DmaDevice<Machine>) -> Result<(), String>;
 
 /// Every maintenance operation, the test that fails without it, and that test's name.
 const CATCHERS: [(Maintenance, &str, Catcher); 5] = [
-    (Maintenance::MapClean, "map_clean_lets_the_device_read_what_the_cpu_wrote", map_clean_lets_the_device_read_what_the_cpu_wrote),
-    (Maintenance::MapClean, "map_clean_keeps_evictions_from_overwriting_the_device", map_clean_keeps_evictions_from_overwriting_the_device),
-    (Maintenance::UnmapInvalidate, "unmap_invalidate_shows_the_cpu_what_the_device_wrote", unmap_invalidate_shows_the_cpu_what_the_device_wrote),
-    (Maintenance::SyncForCpuInvalidate, "sync_for_cpu_shows_the_device_writes_so_far", sync_for_cpu_shows_the_device_writes_so_far),
-    (Maintenance::SyncForDeviceClean, "sync_for_device_shows_the_device_the_cpu_writes", sync_for_device_shows_the_device_the_cpu_writes),
+    (
+        Maintenance::MapClean,
+        "map_clean_lets_the_device_read_what_the_cpu_wrote",
+        map_clean_lets_the_device_read_what_the_cpu_wrote,
+    ),
+    (
+        Maintenance::MapClean,
+        "map_clean_keeps_evictions_from_overwriting_the_device",
+        map_clean_keeps_evictions_from_overwriting_the_device,
+    ),
+    (
+        Maintenance::UnmapInvalidate,
+        "unmap_invalidate_shows_the_cpu_what_the_device_wrote",
+        unmap_invalidate_shows_the_cpu_what_the_device_wrote,
+    ),
+    (
+        Maintenance::SyncForCpuInvalidate,
+        "sync_for_cpu_shows_the_device_writes_so_far",
+        sync_for_cpu_shows_the_device_writes_so_far,
+    ),
+    (
+        Maintenance::SyncForDeviceClean,
+        "sync_for_device_shows_the_device_the_cpu_writes",
+        sync_for_device_shows_the_device_the_cpu_writes,
+    ),
 ];
 
 /// The CPU wrote the buffer (the lines are dirty); the device must read those bytes.
-fn map_clean_lets_the_device_read_what_the_cpu_wrote(machine: &'static Machine, device: &DmaDevice<Machine>) -> Result<(), String> {
+fn map_clean_lets_the_device_read_what_the_cpu_wrote(
+    machine: &'static Machine,
+    device: &DmaDevice<Machine>,
+) -> Result<(), String> {
     let buffer = machine.buffer(4096, 4096);
     buffer.copy_from_slice(&pattern(4096, 1));
     let mapping = device.map_to_device(buffer).map_err(|error| error.to_string())?;
@@ -35,7 +58,10 @@ fn map_clean_lets_the_device_read_what_the_cpu_wrote(machine: &'static Machine, 
 }
 
 /// The CPU's dirty lines, evicted during a transfer from the device, must not land on it.
-fn map_clean_keeps_evictions_from_overwriting_the_device(machine: &'static Machine, device: &DmaDevice<Machine>) -> Result<(), String> {
+fn map_clean_keeps_evictions_from_overwriting_the_device(
+    machine: &'static Machine,
+    device: &DmaDevice<Machine>,
+) -> Result<(), String> {
     let buffer = machine.buffer(4096, 4096);
     buffer.fill(0x5a);
     let mapping = device.map_from_device(buffer).map_err(|error| error.to_string())?;
@@ -49,17 +75,25 @@ fn map_clean_keeps_evictions_from_overwriting_the_device(machine: &'static Machi
 
 /// The CPU had the buffer's lines cached (it read them, or fetched them speculatively); after
 /// unmap it must read the device's bytes.
-fn unmap_invalidate_shows_the_cpu_what_the_device_wrote(machine: &'static Machine, device: &DmaDevice<Machine>) -> Result<(), String> {
+fn unmap_invalidate_shows_the_cpu_what_the_device_wrote(
+    machine: &'static Machine,
+    device: &DmaDevice<Machine>,
+) -> Result<(), String> {
     let buffer = machine.buffer(4096, 4096);
     let mapping = device.map_from_device(buffer).map_err(|error| error.to_string())?;
     machine.speculate(machine.ram()); // the CPU fetches ahead, during the transfer
     machine.device_write(device, mapping.dma(), &pattern(4096, 3)).map_err(|fault| fault.to_string())?;
     mapping.unmap().map_err(|error| error.to_string())?;
-    (buffer == pattern(4096, 3).as_slice()).then_some(()).ok_or_else(|| "the CPU read stale cached bytes after unmap".into())
+    (buffer == pattern(4096, 3).as_slice())
+        .then_some(())
+        .ok_or_else(|| "the CPU read stale cached bytes after unmap".into())
 }
 
 /// A look at a live mapping (a status word the device wrote) must show the device's bytes.
-fn sync_for_cpu_shows_the_device_writes_so_far(machine: &'static Machine, device: &DmaDevice<Machine>) -> Result<(), String> {
+fn sync_for_cpu_shows_the_device_writes_so_far(
+    machine: &'static Machine,
+    device: &DmaDevice<Machine>,
+) -> Result<(), String> {
     let buffer = machine.buffer(4096, 4096);
     let mapping = device.map_from_device(buffer).map_err(|error| error.to_string())?;
     machine.speculate(machine.ram());
@@ -70,7 +104,10 @@ fn sync_for_cpu_shows_the_device_writes_so_far(machine: &'static Machine, device
 }
 
 /// A write to a live bidirectional mapping must reach the device.
-fn sync_for_device_shows_the_device_the_cpu_writes(machine: &'static Machine, device: &DmaDevice<Machine>) -> Result<(), String> {
+fn sync_for_device_shows_the_device_the_cpu_writes(
+    machine: &'static Machine,
+    device: &DmaDevice<Machine>,
+) -> Result<(), String> {
     let buffer = machine.buffer(4096, 4096);
     let mut mapping = device.map_bidirectional(buffer).map_err(|error| error.to_string())?;
     mapping.write(512, &pattern(512, 5)).map_err(|error| error.to_string())?;
@@ -83,7 +120,9 @@ fn sync_for_device_shows_the_device_the_cpu_writes(machine: &'static Machine, de
 fn run(catcher: Catcher, skipped: Option<Maintenance>) -> Result<(), String> {
     let (machine, rigs) = rigs(false, 7);
     machine.skip(skipped);
-    let in_place = rigs.iter().filter(|rig| rig.label == "direct, in reach" || rig.label.ends_with("trusted") && !rig.label.ends_with("untrusted"));
+    let in_place = rigs.iter().filter(|rig| {
+        rig.label == "direct, in reach" || rig.label.ends_with("trusted") && !rig.label.ends_with("untrusted")
+    });
     for rig in in_place {
         catcher(machine, rig.device).map_err(|error| format!("{}: {error}", rig.label))?;
     }
@@ -147,5 +186,9 @@ fn the_api_asks_for_exactly_the_operations_a_transfer_needs() {
     );
     let to_device = machine.buffer(4096, 4096);
     device.map_to_device(to_device).unwrap().unmap().unwrap();
-    assert_eq!(machine.take_maintenance(), vec![(Maintenance::MapClean, machine.physical_of(to_device))], "an invalidate after a transfer to the device");
+    assert_eq!(
+        machine.take_maintenance(),
+        vec![(Maintenance::MapClean, machine.physical_of(to_device))],
+        "an invalidate after a transfer to the device"
+    );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{rigs, BUSY};
+use common::{BUSY, rigs};
 use dma::{DmaApiError, Route};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -27,7 +27,9 @@ fn coherent_memory_is_shared_without_syncs_on_every_route() {
                 Ok(memory) => memory,
                 // Heap memory is cached: behind the IOMMU a device that does not snoop has no
                 // uncached pool to take it from.
-                Err(DmaApiError::NoCoherentMemory) if !coherent && matches!(device.route, Route::Iommu { .. }) => continue,
+                Err(DmaApiError::NoCoherentMemory) if !coherent && matches!(device.route, Route::Iommu { .. }) => {
+                    continue;
+                }
                 Err(error) => panic!("{}: {error}", rig.label),
             };
             let block = Block { command: 0x1234_5678, status: 0, address: 0xdead_beef };
@@ -37,7 +39,12 @@ fn coherent_memory_is_shared_without_syncs_on_every_route() {
             assert_eq!(seen, block.as_bytes(), "{} (coherent: {coherent}): the device read a stale block", rig.label);
             machine.device_write(device, memory.dma().add(68), &7u32.to_le_bytes()).unwrap();
             machine.tick();
-            assert_eq!(memory.read::<Block>(64).unwrap().status, 7, "{} (coherent: {coherent}): the CPU read a stale status", rig.label);
+            assert_eq!(
+                memory.read::<Block>(64).unwrap().status,
+                7,
+                "{} (coherent: {coherent}): the CPU read a stale status",
+                rig.label
+            );
             assert!(memory.read::<u64>(4).is_err(), "a misaligned typed read was allowed");
             assert_eq!(
                 memory.read::<u32>(2998),
@@ -48,7 +55,11 @@ fn coherent_memory_is_shared_without_syncs_on_every_route() {
             assert_eq!(machine.checker().live(device.name), 0, "{}: the allocation is still live", rig.label);
             if let Route::Iommu { domain, .. } = &device.route {
                 assert_eq!(domain.live_mappings(), 0, "{}: still mapped", rig.label);
-                assert!(machine.device_read(device, dma, 4).is_err(), "{}: the device still reaches freed memory", rig.label);
+                assert!(
+                    machine.device_read(device, dma, 4).is_err(),
+                    "{}: the device still reaches freed memory",
+                    rig.label
+                );
             }
             if let Some(pool) = device.bounce_pool() {
                 assert_eq!(pool.bounce.stats().slots_in_use, 0, "{}: pool slots still held", rig.label);
@@ -64,7 +75,10 @@ fn a_device_that_does_not_snoop_gets_no_cached_memory() {
     let direct = rigs.iter().find(|rig| rig.label == "direct, in reach").unwrap();
     let memory = direct.device.alloc_coherent(64).unwrap();
     let pool = direct.device.bounce_pool().unwrap();
-    assert!(pool.holds(memory.dma(), 64) && !pool.coherent, "coherent memory for a non-snooping device must come from an uncached pool");
+    assert!(
+        pool.holds(memory.dma(), 64) && !pool.coherent,
+        "coherent memory for a non-snooping device must come from an uncached pool"
+    );
     let iommu = rigs.iter().find(|rig| rig.label == "IOMMU 4K, trusted").unwrap();
     assert_eq!(iommu.device.alloc_coherent(64).map(|_| ()), Err(DmaApiError::NoCoherentMemory));
 }

@@ -61,7 +61,8 @@ fn unmap_with_another_size_or_direction_is_reported() {
     // SAFETY: on purpose, a mistake: the direction differs from the map's.
     let _ = unsafe { device.unmap(dma, buffer, DmaDirection::ToDevice) };
     let report = only_report(machine);
-    let problem = Problem::DirectionMismatch { dma, mapped: DmaDirection::FromDevice, unmapped: DmaDirection::ToDevice };
+    let problem =
+        Problem::DirectionMismatch { dma, mapped: DmaDirection::FromDevice, unmapped: DmaDirection::ToDevice };
     assert_eq!(report.problem, problem);
     assert!(report.to_string().contains("it was mapped from-device"), "{report}");
 }
@@ -120,7 +121,10 @@ fn two_mappings_in_one_cache_line_of_a_device_that_does_not_snoop_are_reported()
     let second = device.map_to_device(&bytes[..64]).unwrap();
     let report = only_report(machine);
     let buffer = machine.physical_of(&bytes[..64]);
-    assert_eq!(report.problem, Problem::SharedCacheLine { buffer, other: machine.physical_of(bytes), other_device: "disk0" });
+    assert_eq!(
+        report.problem,
+        Problem::SharedCacheLine { buffer, other: machine.physical_of(bytes), other_device: "disk0" }
+    );
     drop((first, second));
 }
 
@@ -136,7 +140,8 @@ fn mappings_still_live_when_the_device_stops_are_reported_as_leaks() {
     device.stopped();
     let reports = machine.checker().take_reports();
     assert_eq!(reports.len(), 2, "{reports:#?}");
-    let streaming = reports.iter().find(|report| matches!(report.problem, Problem::Leak { direction: Some(_), .. })).unwrap();
+    let streaming =
+        reports.iter().find(|report| matches!(report.problem, Problem::Leak { direction: Some(_), .. })).unwrap();
     let text = streaming.to_string();
     assert!(text.contains("disk0: stopped with a from-device mapping of 4096 bytes"), "{text}");
     assert!(text.contains(&format!("made at {}:{made_at}:", file!())), "{text}");
@@ -152,7 +157,10 @@ fn a_refused_map_whose_error_nobody_read_is_reported() {
     let too_large = machine.buffer(1 << 20, 4096);
     let far = machine.device(
         "disk0",
-        Route::Direct { windows: Machine::windows(machine.ram().start(), 4096, 0, false), bounce: device.bounce_pool() },
+        Route::Direct {
+            windows: Machine::windows(machine.ram().start(), 4096, 0, false),
+            bounce: device.bounce_pool(),
+        },
         false,
         Constraints::NONE,
     );

@@ -16,7 +16,12 @@ fn after_a_strict_unmap_the_device_faults_even_where_its_tlb_had_the_page() {
         let dma = mapping.dma();
         machine.device_write(rig.device, dma, &pattern(8192, 9)).unwrap(); // the TLB now holds it
         mapping.unmap().unwrap();
-        assert_eq!(machine.device_write(rig.device, dma, &[1; 4]), Err(BusFault::Translation { iova: dma }), "{}", rig.label);
+        assert_eq!(
+            machine.device_write(rig.device, dma, &[1; 4]),
+            Err(BusFault::Translation { iova: dma }),
+            "{}",
+            rig.label
+        );
         assert_eq!(buffer, pattern(8192, 9).as_slice(), "{}", rig.label);
     }
 }
@@ -50,7 +55,11 @@ fn an_untrusted_device_sees_only_zeros_around_its_buffer_at_every_granule() {
         let seen = machine.device_read(rig.device, start, granule).unwrap();
         let offset = (mapping.dma().as_u64() - start.as_u64()) as usize;
         assert_eq!(&seen[offset..offset + 500], &page[100..600], "{}", rig.label);
-        assert!(seen[..offset].iter().chain(&seen[offset + 500..]).all(|&byte| byte == 0), "{}: the device saw the neighbours", rig.label);
+        assert!(
+            seen[..offset].iter().chain(&seen[offset + 500..]).all(|&byte| byte == 0),
+            "{}: the device saw the neighbours",
+            rig.label
+        );
     }
 }
 
@@ -65,7 +74,11 @@ fn a_trusted_device_sees_the_rest_of_the_granule() {
         let mapping = rig.device.map_to_device(&page[100..600]).unwrap();
         assert_eq!(mapping.dma().as_u64() as usize % granule, 100, "{}: the offset in the granule is kept", rig.label);
         let around = machine.device_read(rig.device, mapping.dma().align_down(granule as u64), granule).unwrap();
-        assert!(around.iter().all(|&byte| byte == 0x5e), "{}: in place, the whole granule is the buffer's page", rig.label);
+        assert!(
+            around.iter().all(|&byte| byte == 0x5e),
+            "{}: in place, the whole granule is the buffer's page",
+            rig.label
+        );
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{pattern, rigs, rigs_with_lines, BUSY};
+use common::{BUSY, pattern, rigs, rigs_with_lines};
 use dma::sim::Machine;
 use dma::{DmaDevice, Route};
 
@@ -14,7 +14,13 @@ use dma::{DmaDevice, Route};
 const SHAPES: [(usize, usize); 8] =
     [(0, 64), (8, 40), (0, 4096), (100, 3000), (4000, 200), (64, 8192), (13, 70_000), (0, 65_536)];
 
-fn transfer_to_device(machine: &'static Machine, device: &DmaDevice<Machine>, offset: usize, len: usize, seed: u8) -> Result<(), String> {
+fn transfer_to_device(
+    machine: &'static Machine,
+    device: &DmaDevice<Machine>,
+    offset: usize,
+    len: usize,
+    seed: u8,
+) -> Result<(), String> {
     let bytes = machine.buffer(offset + len + 128, 4096);
     let (before, rest) = bytes.split_at_mut(offset);
     let (buffer, after) = rest.split_at_mut(len);
@@ -38,7 +44,13 @@ fn transfer_to_device(machine: &'static Machine, device: &DmaDevice<Machine>, of
     Ok(())
 }
 
-fn transfer_from_device(machine: &'static Machine, device: &DmaDevice<Machine>, offset: usize, len: usize, seed: u8) -> Result<(), String> {
+fn transfer_from_device(
+    machine: &'static Machine,
+    device: &DmaDevice<Machine>,
+    offset: usize,
+    len: usize,
+    seed: u8,
+) -> Result<(), String> {
     let bytes = machine.buffer(offset + len + 128, 4096);
     let (before, rest) = bytes.split_at_mut(offset);
     let (buffer, after) = rest.split_at_mut(len);
@@ -46,7 +58,9 @@ fn transfer_from_device(machine: &'static Machine, device: &DmaDevice<Machine>, 
     let mapping = device.map_from_device(buffer).map_err(|error| format!("map: {error}"))?;
     before.fill(0xb1);
     after.fill(0xa1);
-    machine.device_write(device, mapping.dma(), &pattern(len, seed)).map_err(|fault| format!("device write: {fault}"))?;
+    machine
+        .device_write(device, mapping.dma(), &pattern(len, seed))
+        .map_err(|fault| format!("device write: {fault}"))?;
     machine.tick();
     mapping.unmap().map_err(|error| format!("unmap: {error}"))?;
     machine.tick();
@@ -71,12 +85,22 @@ fn every_route(coherent: bool, line: usize) {
         for rig in &rigs {
             for (shape, &(offset, len)) in SHAPES.iter().enumerate() {
                 let tag = (seed as u8).wrapping_mul(17).wrapping_add(shape as u8);
-                let context = |error: String| format!("{} (coherent: {coherent}, seed {seed}, {len} bytes at offset {offset}): {error}", rig.label);
+                let context = |error: String| {
+                    format!(
+                        "{} (coherent: {coherent}, seed {seed}, {len} bytes at offset {offset}): {error}",
+                        rig.label
+                    )
+                };
                 transfer_to_device(machine, rig.device, offset, len, tag).map_err(context).unwrap();
                 transfer_from_device(machine, rig.device, offset, len, tag).map_err(context).unwrap();
             }
             assert_eq!(machine.checker().live(rig.device.name), 0, "{}: mappings left", rig.label);
-            assert_eq!(rig.device.audit_report().violations, 0, "{}: the audit saw addresses outside the route", rig.label);
+            assert_eq!(
+                rig.device.audit_report().violations,
+                0,
+                "{}: the audit saw addresses outside the route",
+                rig.label
+            );
         }
         assert_eq!(machine.checker().take_reports(), vec![], "the debug checker saw mistakes");
     }
@@ -108,7 +132,10 @@ fn buffers_that_own_their_lines_are_lent_in_place_and_others_bounce() {
     let (wide_machine, wide_rigs) = rigs_with_lines(false, 1, 128);
     let line_of_64 = &wide_machine.buffer(256, 128)[64..128];
     let wide_mapping = wide_rigs[0].device.map_to_device(line_of_64).unwrap();
-    assert!(wide_rigs[0].device.bounce_pool().unwrap().holds(wide_mapping.dma(), 64), "64 bytes of a 128-byte line went in place");
+    assert!(
+        wide_rigs[0].device.bounce_pool().unwrap().holds(wide_mapping.dma(), 64),
+        "64 bytes of a 128-byte line went in place"
+    );
     drop(wide_mapping);
     let mapping = direct.device.map_to_device(aligned).unwrap();
     assert!(!pool.holds(mapping.dma(), 128), "a line-aligned buffer bounced");

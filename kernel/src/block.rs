@@ -44,11 +44,7 @@ pub trait BlockDevice {
 #[derive(Debug)]
 pub enum BlockError {
     /// Not a whole number of blocks, or beyond the end of the disk.
-    OutOfRange {
-        block: u64,
-        bytes: usize,
-        capacity: u64,
-    },
+    OutOfRange { block: u64, bytes: usize, capacity: u64 },
     /// The DMA layer refused the buffer.
     Dma(DmaApiError),
     /// The disk's driver refused the request or the device failed it, in the driver's own
@@ -116,7 +112,9 @@ pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<()
 /// (at least one block each): each request's first block and its bytes in the buffer.
 fn requests(block: u64, length: usize, block_size: usize, limit: usize) -> impl Iterator<Item = (u64, Range<usize>)> {
     let step = (limit / block_size).max(1) * block_size;
-    (0..length).step_by(step).map(move |offset| (block + (offset / block_size) as u64, offset..(offset + step).min(length)))
+    (0..length)
+        .step_by(step)
+        .map(move |offset| (block + (offset / block_size) as u64, offset..(offset + step).min(length)))
 }
 
 /// The disk's request limit, in words.

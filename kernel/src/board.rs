@@ -6,17 +6,17 @@
 
 use alloc::string::String;
 
-use swiotlb::Constraints;
+use addr::PhysRange;
 use drivers::bcm2835_dma::Controller;
 use drivers::bcm2835_pm::PowerManagement;
 use drivers::mini_uart::MiniUart;
 use drivers::pl011::Pl011;
 use log::{info, warn};
 use platform::devicetree::{Device, Devicetree, RescuedConsole};
-use addr::PhysRange;
+use swiotlb::Constraints;
 
 use crate::console::{self, ConsoleDevice};
-use crate::dma_platform::{self, pools, DmaDevice, Route};
+use crate::dma_platform::{self, DmaDevice, Route, pools};
 use crate::iommu;
 use crate::pci::{self, PciFunction};
 
@@ -231,7 +231,10 @@ fn report_declined_force_bounce(devicetree: &Devicetree<'static>, bus: &pci::Pci
             "{}: memory-region names restricted pool '{pool}' (force bounce); declined: its devices are behind the IOMMU, which isolates them in place",
             bus.bridge.name
         ),
-        None => warn!("{}: memory-region names restricted pool '{pool}', but untranslated PCIe DMA is not supported", bus.bridge.name),
+        None => warn!(
+            "{}: memory-region names restricted pool '{pool}', but untranslated PCIe DMA is not supported",
+            bus.bridge.name
+        ),
     }
 }
 

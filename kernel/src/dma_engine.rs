@@ -19,7 +19,7 @@ use core::time::Duration;
 use alloc::vec::Vec;
 
 use addr::DmaAddr;
-use drivers::bcm2835_dma::{Channel, ChannelStuck, ControlBlock, Controller, Status, TransferError, MAX_BLOCK_LENGTH};
+use drivers::bcm2835_dma::{Channel, ChannelStuck, ControlBlock, Controller, MAX_BLOCK_LENGTH, Status, TransferError};
 use platform::devicetree::{Device, Devicetree};
 use spin::Mutex;
 

@@ -16,13 +16,13 @@
 use core::fmt;
 
 use addr::{PhysAddr, PhysRange, VirtAddr};
-use arch::mmu::MapError;
 use arch::BootInfo;
+use arch::mmu::MapError;
 use arrayvec::ArrayVec;
 use linked_list_allocator::LockedHeap;
 use log::info;
-use platform::devicetree::{self, Devicetree, Reservation, MAX_RANGES};
-use platform::dma_config::{PoolPlacement, PoolReachError, MAX_POOLS};
+use platform::devicetree::{self, Devicetree, MAX_RANGES, Reservation};
+use platform::dma_config::{MAX_POOLS, PoolPlacement, PoolReachError};
 use platform::memmap::{self, MemoryMap, Size};
 use vmsa::{Access, MemoryType};
 

@@ -67,7 +67,7 @@ macro_rules! kernel_test {
 
 /// Fails the test with a formatted message unless `condition` holds.
 macro_rules! ensure {
-    ($condition:expr, $($message:tt)+) => {
+    ($condition:expr_2021, $($message:tt)+) => {
         if !$condition {
             return Err(alloc::format!($($message)+).into());
         }
@@ -124,11 +124,7 @@ pub fn run_all() -> Outcome {
     }
     let passed = tests.len() - failed - skipped;
     crate::console::write_fmt(format_args!("kernel: {passed} passed, {failed} failed, {skipped} skipped\n"));
-    if failed == 0 {
-        Outcome::Success
-    } else {
-        Outcome::Failure
-    }
+    if failed == 0 { Outcome::Success } else { Outcome::Failure }
 }
 
 /// Called by the panic handler: a panic inside a test is that test's failure.

@@ -28,14 +28,14 @@
 use addr::{PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
 use core::fmt;
-use fdt::node::FdtNode;
 use fdt::Fdt;
+use fdt::node::FdtNode;
 
-use crate::dma_config::{self, DmaDescription, PoolProblem, RestrictedPool, MAX_POOLS};
+use crate::dma_config::{self, DmaDescription, MAX_POOLS, PoolProblem, RestrictedPool};
 use crate::memmap::Size;
 
 mod rescue;
-pub use rescue::{rescue_console, FoundBy, Guess, RescuedConsole};
+pub use rescue::{FoundBy, Guess, RescuedConsole, rescue_console};
 
 /// How deep nodes may nest; real devicetrees stay below 8.
 pub const MAX_DEPTH: usize = 16;
@@ -334,7 +334,7 @@ pub struct Device<'a> {
 
 impl<'a> Device<'a> {
     /// The `compatible` strings, most specific first.
-    pub fn compatible(&self) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn compatible(&self) -> impl Iterator<Item = &'a str> + 'a + use<'a> {
         self.compatible.split(|&byte| byte == 0).filter(|s| !s.is_empty()).filter_map(|s| core::str::from_utf8(s).ok())
     }
 

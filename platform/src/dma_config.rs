@@ -43,13 +43,13 @@
 use addr::{DmaAddr, PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
 use core::fmt;
-use fdt::node::FdtNode;
 use fdt::Fdt;
+use fdt::node::FdtNode;
 
 use crate::devicetree::{
-    address_cells, is_enabled, parse_reg, read_cells, size_cells, Error, RangeList, MAX_DEPTH, MAX_RANGES,
+    Error, MAX_DEPTH, MAX_RANGES, RangeList, address_cells, is_enabled, parse_reg, read_cells, size_cells,
 };
-use crate::memmap::{Size, PAGE_SIZE};
+use crate::memmap::{PAGE_SIZE, Size};
 
 /// How many restricted pools one devicetree may declare.
 pub const MAX_POOLS: usize = 8;

@@ -9,12 +9,12 @@ use arrayvec::ArrayVec;
 
 use crate::devicetree::{Devicetree, Error as DtError, Reservation};
 use crate::dma_config::{
-    lowest_limit, pool_bus_address, DmaDescription, DmaWindow, PoolPlacement, PoolProblem, PoolReachError,
-    RestrictedPool,
+    DmaDescription, DmaWindow, PoolPlacement, PoolProblem, PoolReachError, RestrictedPool, lowest_limit,
+    pool_bus_address,
 };
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap};
-use crate::tests::{assert_free_is_ram_minus_reservations, parse, range, reservation, GIB, MIB};
+use crate::tests::{GIB, MIB, assert_free_is_ram_minus_reservations, parse, range, reservation};
 
 const STATIC_POOL: &str = "restricted-dma@50000000";
 const DYNAMIC_POOL: &str = "restricted-dma-dynamic";

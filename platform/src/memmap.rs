@@ -32,7 +32,7 @@ use addr::{PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
 use core::fmt::{self, Write};
 
-use crate::devicetree::{RangeList, Reservation, MAX_RANGES};
+use crate::devicetree::{MAX_RANGES, RangeList, Reservation};
 
 /// The CPU page: free regions are whole pages.
 pub const PAGE_SIZE: u64 = 4096;

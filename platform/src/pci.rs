@@ -84,7 +84,7 @@ use arrayvec::ArrayVec;
 use core::fmt;
 use fdt::node::FdtNode;
 
-use crate::devicetree::{address_cells, is_enabled, read_cells, translate, Devicetree, Error, Located};
+use crate::devicetree::{Devicetree, Error, Located, address_cells, is_enabled, read_cells, translate};
 use crate::memmap::Size;
 
 /// How many host bridges one devicetree may describe.
@@ -130,11 +130,7 @@ pub struct PciFunction {
 impl PciFunction {
     /// `None` if `device` or `function` does not fit its 5 or 3 bits.
     pub const fn new(bus: u8, device: u8, function: u8) -> Option<Self> {
-        if device < 32 && function < 8 {
-            Some(Self { bus, device, function })
-        } else {
-            None
-        }
+        if device < 32 && function < 8 { Some(Self { bus, device, function }) } else { None }
     }
 
     pub const fn bus(self) -> u8 {

@@ -11,9 +11,9 @@ use crate::devicetree::Error as DtError;
 use crate::fdt_writer::FdtWriter;
 use crate::pci::{
     BarAllocator, BarAssignment, BarError, BarKind, BarRequest, BusRange, IntxPin, IommuMapEntry, IommuTarget,
-    PciFunction, PciSpace, PciWindow, StreamRoute, MAX_PCI_WINDOWS,
+    MAX_PCI_WINDOWS, PciFunction, PciSpace, PciWindow, StreamRoute,
 };
-use crate::tests::{parse, range, GIB, MIB};
+use crate::tests::{GIB, MIB, parse, range};
 
 const GIC_PHANDLE: u32 = 0x8002;
 const SMMU_PHANDLE: u32 = 0x8004;

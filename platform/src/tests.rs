@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use addr::{PhysAddr, PhysRange};
 
-use crate::devicetree::{rescue_console, Devicetree, Error as DtError, FoundBy, Guess, PsciConduit, Reservation};
+use crate::devicetree::{Devicetree, Error as DtError, FoundBy, Guess, PsciConduit, Reservation, rescue_console};
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap, Size};
 

@@ -33,13 +33,13 @@ use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use addr::{DmaAddr, PhysAddr, PhysRange};
-use platform::devicetree::{blob_size, rescue_console, Devicetree, Reservation};
-use platform::dma_config::{lowest_limit, PoolPlacement};
+use platform::devicetree::{Devicetree, Reservation, blob_size, rescue_console};
+use platform::dma_config::{PoolPlacement, lowest_limit};
 use platform::fdt_writer::FdtWriter;
 use platform::memmap::MemoryMap;
 use platform::pci::{BarAllocator, BarKind, BarRequest, IntxPin, PciFunction};
@@ -338,7 +338,9 @@ impl Original {
         let (structure, strings_start, strings_size) = (word(8) as usize, word(12) as usize, word(32) as usize);
         let strings_block = strings_start..strings_start + strings_size;
         let strings = std::iter::once(0)
-            .chain(blob[strings_block.clone()].iter().enumerate().filter(|(_, &b)| b == 0).map(|(at, _)| at as u32 + 1))
+            .chain(
+                blob[strings_block.clone()].iter().enumerate().filter(|&(_, &b)| b == 0).map(|(at, _)| at as u32 + 1),
+            )
             .filter(|&offset| (offset as usize) < strings_size)
             .collect();
         let (mut tokens, mut properties, mut aliases, mut node_names) =

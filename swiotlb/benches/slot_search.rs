@@ -18,11 +18,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use swiotlb::{
-    BouncePool, Constraints, DmaAddr, DmaDirection, Geometry, HeapMemory, PhysAddr, PhysRange, Placement, PoolConfig,
-    SlotAllocator, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE,
-};
 use spin::Mutex;
+use swiotlb::{
+    BouncePool, Constraints, DmaAddr, DmaDirection, Geometry, HeapMemory, PAGE_SIZE, PhysAddr, PhysRange, Placement,
+    PoolConfig, SLOT_SHIFT, SLOT_SIZE, SlotAllocator,
+};
 
 const POOL_BYTES: u64 = 16 << 20;
 const AREAS: usize = 4;

@@ -121,11 +121,7 @@ impl Default for Constraints {
 
 /// `2^n - 1` is exactly the numbers whose successor shares no bit with them.
 pub(crate) fn check_mask(kind: MaskKind, value: u64) -> Result<(), DmaError> {
-    if value & value.wrapping_add(1) == 0 {
-        Ok(())
-    } else {
-        Err(DmaError::InvalidMask { kind, value })
-    }
+    if value & value.wrapping_add(1) == 0 { Ok(()) } else { Err(DmaError::InvalidMask { kind, value }) }
 }
 
 #[cfg(test)]

@@ -133,11 +133,7 @@ impl FreeMap {
 
     /// The positions in word `index` at which `run` consecutive free slots start.
     pub fn run_starts(&self, index: usize, run: usize) -> u64 {
-        if run <= 64 {
-            self.short_run_starts(index, run)
-        } else {
-            self.long_run_starts(index, run)
-        }
+        if run <= 64 { self.short_run_starts(index, run) } else { self.long_run_starts(index, run) }
     }
 
     fn short_run_starts(&self, index: usize, run: usize) -> u64 {
@@ -186,20 +182,12 @@ fn longest_inside(mut word: u64) -> usize {
 
 /// The lowest `count` bits set (`count <= 64`).
 pub(crate) const fn low_bits(count: usize) -> u64 {
-    if count >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << count) - 1
-    }
+    if count >= 64 { u64::MAX } else { (1u64 << count) - 1 }
 }
 
 /// Bits `[start, end)` set, clipped to the word.
 pub(crate) const fn bit_range(start: usize, end: usize) -> u64 {
-    if start >= end || start >= 64 {
-        0
-    } else {
-        low_bits(end) & !low_bits(start)
-    }
+    if start >= end || start >= 64 { 0 } else { low_bits(end) & !low_bits(start) }
 }
 
 #[cfg(test)]

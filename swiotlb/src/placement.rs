@@ -51,11 +51,11 @@
 //! The DMA mask bounds the last acceptable slot; the segment boundary accepts, in each window
 //! of `boundary + 1` bytes, only the slots from which the buffer ends before the window does.
 
-use crate::constraints::{check_mask, Constraints};
+use crate::constraints::{Constraints, check_mask};
 use crate::error::{DmaError, MaskKind};
 use crate::limits::max_mapping_size;
 use crate::slots::Geometry;
-use crate::{PhysAddr, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE};
+use crate::{PAGE_SIZE, PhysAddr, SLOT_SHIFT, SLOT_SIZE};
 
 const SLOT_MASK: u64 = SLOT_SIZE as u64 - 1;
 
@@ -164,11 +164,7 @@ impl Placement {
 /// Rule 4 folded into the alignment: no mask and at least a page means page alignment.
 pub(crate) fn effective_align_mask(constraints: &Constraints, size: usize) -> u64 {
     let historic_page = constraints.min_align_mask == 0 && constraints.alloc_align_mask == 0 && size >= PAGE_SIZE;
-    if historic_page {
-        PAGE_SIZE as u64 - 1
-    } else {
-        constraints.alloc_align_mask | SLOT_MASK
-    }
+    if historic_page { PAGE_SIZE as u64 - 1 } else { constraints.alloc_align_mask | SLOT_MASK }
 }
 
 fn round_up(value: u64, mask: u64) -> Option<u64> {

@@ -19,14 +19,14 @@ use alloc::vec;
 use alloc::vec::Vec;
 use spin::MutexGuard;
 
-use crate::constraints::{check_mask, Constraints, DmaDirection};
+use crate::constraints::{Constraints, DmaDirection, check_mask};
 use crate::error::{DmaError, MaskKind, PoolError, RegionKind};
 use crate::limits::max_mapping_size;
 use crate::memory::PhysMemory;
 use crate::placement::Placement;
 use crate::slots::{Area, Geometry, Reserved, SlotAllocator};
 use crate::stats::{Counters, Stats};
-use crate::{DmaAddr, PhysAddr, PhysRange, VirtAddr, DEFAULT_SEGMENT_SLOTS, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE};
+use crate::{DEFAULT_SEGMENT_SLOTS, DmaAddr, PAGE_SIZE, PhysAddr, PhysRange, SLOT_SHIFT, SLOT_SIZE, VirtAddr};
 
 /// How to cut a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 use spin::{Mutex, MutexGuard};
 
 use crate::error::PoolError;
-use crate::freemap::{bit_range, low_bits, FreeMap};
+use crate::freemap::{FreeMap, bit_range, low_bits};
 use crate::placement::{BoundaryRule, Placement, StartRule};
 use crate::{DmaAddr, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE};
 
@@ -212,11 +212,7 @@ impl StartFilter {
             Some(pattern) => pattern,
             None => {
                 let bit = self.phase.wrapping_sub(word as u64 * 64) & (self.stride - 1);
-                if bit < 64 {
-                    1 << bit
-                } else {
-                    0
-                }
+                if bit < 64 { 1 << bit } else { 0 }
             }
         }
     }
@@ -266,11 +262,7 @@ impl LocalBoundary {
 
 /// Bits 0, n, 2n, ... set (`n` a power of two, at most 64).
 fn every_nth_bit(n: u64) -> u64 {
-    if n == 64 {
-        1
-    } else {
-        u64::MAX / ((1u64 << n) - 1)
-    }
+    if n == 64 { 1 } else { u64::MAX / ((1u64 << n) - 1) }
 }
 
 /// Slots grouped in areas, each behind its own lock with bookkeeping of type `T`.

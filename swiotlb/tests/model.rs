@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use swiotlb::{
-    CoherentBuffer, Constraints, DmaAddr, DmaDirection, DmaError, Mapping, PhysAddr, PoolConfig, PAGE_SIZE, SLOT_SIZE,
+    CoherentBuffer, Constraints, DmaAddr, DmaDirection, DmaError, Mapping, PAGE_SIZE, PhysAddr, PoolConfig, SLOT_SIZE,
 };
 
 const STEPS_PER_SEED: usize = 62_500;

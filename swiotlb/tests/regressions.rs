@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use swiotlb::{Constraints, DmaDirection, DmaError, PhysAddr, PoolConfig, DEFAULT_SEGMENT_SLOTS, PAGE_SIZE, SLOT_SIZE};
+use swiotlb::{Constraints, DEFAULT_SEGMENT_SLOTS, DmaDirection, DmaError, PAGE_SIZE, PhysAddr, PoolConfig, SLOT_SIZE};
 
 const KIB: usize = 1024;
 

@@ -75,7 +75,7 @@ use core::fmt;
 use addr::PhysAddr;
 
 use descriptor::Descriptor;
-pub use descriptor::{Access, Attributes, MemoryType, MAIR};
+pub use descriptor::{Access, Attributes, MAIR, MemoryType};
 pub use unmap::TlbMaintenance;
 
 /// The translation granule: the size of a page and of every table.

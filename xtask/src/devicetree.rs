@@ -29,8 +29,8 @@
 //!   960 MiB into `/memory` (its `modify_dtb` compares the VideoCore base, not the RAM size, to
 //!   decide whether RAM goes past 1 GiB); the real firmware lists all of RAM itself.
 
-use fdt::node::FdtNode;
 use fdt::Fdt;
+use fdt::node::FdtNode;
 use platform::devicetree::canonical_copy;
 use platform::fdt_writer::FdtWriter;
 

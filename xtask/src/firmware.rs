@@ -22,8 +22,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::image::workspace_root;
 use crate::Result;
+use crate::image::workspace_root;
 
 pub const START_ELF: &str = "start4.elf";
 pub const FIXUP_DAT: &str = "fixup4.dat";

@@ -9,12 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use object::Endianness;
 use object::elf::PT_LOAD;
 use object::read::elf::{ElfFile64, ProgramHeader};
-use object::Endianness;
 
-use crate::prerequisites::{ensure_rust_target, KERNEL_TARGET};
 use crate::Result;
+use crate::prerequisites::{KERNEL_TARGET, ensure_rust_target};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()

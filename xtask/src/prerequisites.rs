@@ -88,9 +88,5 @@ fn output(program: &str, arguments: &[&str]) -> std::io::Result<String> {
 
 fn run_visible(program: &str, arguments: &[&str]) -> std::io::Result<()> {
     let status = Command::new(program).args(arguments).env("DEBIAN_FRONTEND", "noninteractive").status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!("{program} failed")))
-    }
+    if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("{program} failed"))) }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::devicetree::{PoolForm, RaspiPool, StdoutPath, VirtPool};
 use crate::prerequisites::ensure_qemu;
-use crate::{devicetree, firmware, image, Result};
+use crate::{Result, devicetree, firmware, image};
 
 const QEMU: &str = "qemu-system-aarch64";
 

@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::devicetree::{PoolForm, StdoutPath, MISSING_CONSOLE};
-use crate::qemu::{self, IommuGranule, Machine, Network, Virt};
 use crate::Result;
+use crate::devicetree::{MISSING_CONSOLE, PoolForm, StdoutPath};
+use crate::qemu::{self, IommuGranule, Machine, Network, Virt};
 
 /// Longer than any wait the kernel bounds itself (5 s per device request), far shorter than a
 /// hang would take to notice otherwise.
@@ -86,7 +86,10 @@ impl Scenario {
             },
             Scenario::TinyPool => Expected {
                 status: 0,
-                lines: &["virtio-net0: its queues would take 16 KiB of the 16 KiB pool", "not started: virtio-blk0: cannot reserve"],
+                lines: &[
+                    "virtio-net0: its queues would take 16 KiB of the 16 KiB pool",
+                    "not started: virtio-blk0: cannot reserve",
+                ],
                 summary: "devices whose queues do not fit reported and not started; the rest ran",
             },
             Scenario::SilentNetwork => Expected {

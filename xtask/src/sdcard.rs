@@ -37,9 +37,9 @@ use std::path::{Path, PathBuf};
 use fatfs::{Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider};
 use platform::devicetree::Devicetree;
 
-use crate::devicetree::{self, RaspiPool, PI_LEGACY_DMA};
-use crate::firmware::{self, PiFiles, DEVICETREE, FIXUP_DAT, START_ELF};
-use crate::{image, Result};
+use crate::devicetree::{self, PI_LEGACY_DMA, RaspiPool};
+use crate::firmware::{self, DEVICETREE, FIXUP_DAT, PiFiles, START_ELF};
+use crate::{Result, image};
 
 const SECTOR_SIZE: usize = 512;
 /// The partition's first sector: 1 MiB into the card.

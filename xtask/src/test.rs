@@ -4,12 +4,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::devicetree::{PoolForm, RaspiPool, POOL_SIZE};
+use crate::devicetree::{POOL_SIZE, PoolForm, RaspiPool};
 use crate::excerpts;
 use crate::prerequisites::ensure_qemu;
 use crate::qemu::{self, Board, IommuGranule, Machine, Virt};
 use crate::scenarios::Scenario;
-use crate::{image, sdcard, Result};
+use crate::{Result, image, sdcard};
 
 /// Crates that build for the host and carry their tests with them.
 const HOST_CRATES: [&str; 6] = ["addr", "platform", "vmsa", "dma", "drivers", "xtask"];

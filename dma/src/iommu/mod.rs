@@ -301,9 +301,8 @@ impl<P: Platform> Domain<P> {
     /// Clears a mapping's entries; returns once the IOMMU can no longer use them.
     fn clear(&self, state: &mut State<P>, mapping: &Mapping) -> Result<(), DomainError> {
         let tables = &mut state.tables;
-        let cleared = self
-            .iotlb
-            .strictly(self.id, |tlb| tables.unmap(mapping.iova.as_u64(), mapping.size, &mut Lent(tlb)));
+        let cleared =
+            self.iotlb.strictly(self.id, |tlb| tables.unmap(mapping.iova.as_u64(), mapping.size, &mut Lent(tlb)));
         match cleared {
             Ok(result) => result.map_err(DomainError::Tables),
             // The entries are gone but the IOMMU may still cache them: the IOVA range must

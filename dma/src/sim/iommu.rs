@@ -137,7 +137,8 @@ impl Machine {
             let (physical, access) = match cached {
                 Some(entry) => entry,
                 None => {
-                    let (physical, access) = domain.walk(DmaAddr::new(page)).ok_or(BusFault::Translation { iova: at })?;
+                    let (physical, access) =
+                        domain.walk(DmaAddr::new(page)).ok_or(BusFault::Translation { iova: at })?;
                     self.inner.borrow_mut().tlb.entries.insert((domain.id, page), (physical, access));
                     (physical, access)
                 }

@@ -132,7 +132,8 @@ impl Machine {
             done: Vec::new(),
             tlb: iommu::Tlb::default(),
         };
-        let machine = Machine { base: config.base, size: config.size, cpu, inner: RefCell::new(inner), checker: Checker::new() };
+        let machine =
+            Machine { base: config.base, size: config.size, cpu, inner: RefCell::new(inner), checker: Checker::new() };
         Box::leak(Box::new(machine))
     }
 
@@ -394,8 +395,12 @@ impl Machine {
         };
         match &device.route {
             Route::Direct { windows, .. } => {
-                let (first, last) = (windows.dma_to_phys(dma), dma.checked_add(len as u64 - 1).and_then(|last| windows.dma_to_phys(last)));
-                let contiguous = first.zip(last).is_some_and(|(first, last)| last.offset_from(first) == Some(len as u64 - 1));
+                let (first, last) = (
+                    windows.dma_to_phys(dma),
+                    dma.checked_add(len as u64 - 1).and_then(|last| windows.dma_to_phys(last)),
+                );
+                let contiguous =
+                    first.zip(last).is_some_and(|(first, last)| last.offset_from(first) == Some(len as u64 - 1));
                 whole(first.filter(|_| contiguous))
             }
             Route::Restricted(pool) => whole(pool.holds(dma, len as u64).then(|| device.translate(dma)).flatten()),
@@ -463,7 +468,8 @@ impl Platform for Machine {
 
     fn memory_kind(&self, range: PhysRange) -> MemoryKind {
         let inner = self.inner.borrow();
-        let marked = inner.kinds.iter().find(|(marked, _)| marked.start() < range.end() && range.start() < marked.end());
+        let marked =
+            inner.kinds.iter().find(|(marked, _)| marked.start() < range.end() && range.start() < marked.end());
         match marked {
             Some((_, kind)) => *kind,
             None if self.ram().covers(&range) => MemoryKind::Ram,

@@ -47,7 +47,10 @@ pub fn rigs_with_lines(coherent: bool, seed: u64, line: usize) -> (&'static Mach
             label: "direct, out of reach",
             device: machine.device("far", Route::Direct { windows: upper, bounce: Some(default_pool) }, coherent, none),
         },
-        Rig { label: "restricted pool", device: machine.device("restricted", Route::Restricted(restricted_pool), coherent, none) },
+        Rig {
+            label: "restricted pool",
+            device: machine.device("restricted", Route::Restricted(restricted_pool), coherent, none),
+        },
     ];
     let granules = [(Granule::Size4KiB, "4K"), (Granule::Size16KiB, "16K"), (Granule::Size64KiB, "64K")];
     for (index, (granule, name)) in granules.into_iter().enumerate() {

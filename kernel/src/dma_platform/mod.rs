@@ -55,7 +55,10 @@ static CHECKING: Once<bool> = Once::new();
 pub fn start_checker(bootargs: &str) {
     CHECKING.call_once(|| {
         let off = bootargs.split_whitespace().any(|word| word == "dma.debug=off");
-        log::info!("dma: debug checker {}", if off { "off (dma.debug=off)" } else { "on (dma.debug=off turns it off)" });
+        log::info!(
+            "dma: debug checker {}",
+            if off { "off (dma.debug=off)" } else { "on (dma.debug=off turns it off)" }
+        );
         !off
     });
 }

@@ -25,12 +25,12 @@
 
 use addr::{DmaAddr, PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
-use swiotlb::{BouncePool, PoolConfig};
 use log::info;
 use platform::devicetree::{Device, Devicetree, MAX_RANGES};
-use platform::dma_config::{self, PoolPlacement, RestrictedPool as PoolNode, MAX_POOLS};
+use platform::dma_config::{self, MAX_POOLS, PoolPlacement, RestrictedPool as PoolNode};
 use platform::memmap::Size;
 use spin::Once;
+use swiotlb::{BouncePool, PoolConfig};
 use vmsa::{Access, MemoryType};
 
 use super::{DmaPool, KernelMemory};

@@ -36,12 +36,12 @@ use addr::PhysAddr;
 use drivers::smmuv3::{Event, Smmu, SmmuError, SmmuMemory, Stage1Context};
 use log::{error, info, warn};
 use platform::devicetree::Devicetree;
-use spin::{Mutex, Once};
 use platform::pci::PciFunction;
+use spin::{Mutex, Once};
 use vmsa::Granule;
 
-pub use domain::{DomainTables, SmmuIotlb};
 pub use dma::iommu::DomainError;
+pub use domain::{DomainTables, SmmuIotlb};
 
 pub use crate::dma_platform::Domain;
 

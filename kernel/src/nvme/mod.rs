@@ -39,11 +39,11 @@ use core::time::Duration;
 use addr::{PhysAddr, VirtAddr};
 use drivers::nvme::command::{CommandError, IdentifyTarget, SubmissionEntry};
 use drivers::nvme::completion::Status;
-use drivers::nvme::identify::{self, ControllerIdentity, IdentifyError, NamespaceIdentity, IDENTIFY_BYTES};
-use drivers::nvme::prp::{max_prp_transfer, PrpError, PrpPlan};
+use drivers::nvme::identify::{self, ControllerIdentity, IDENTIFY_BYTES, IdentifyError, NamespaceIdentity};
+use drivers::nvme::prp::{PrpError, PrpPlan, max_prp_transfer};
 use drivers::nvme::queue::QueueError;
 use drivers::nvme::registers::{
-    admin_queue_attributes, enabling_configuration, Capabilities, ControllerStatus, RegisterError, Registers, Version,
+    Capabilities, ControllerStatus, RegisterError, Registers, Version, admin_queue_attributes, enabling_configuration,
 };
 use drivers::nvme::transfer::{Limit, TransferError, TransferLimits};
 use spin::Mutex;
@@ -51,8 +51,8 @@ use tock_registers::interfaces::{Readable, Writeable};
 
 use crate::block::{BlockDevice, BlockError};
 use crate::dma_platform::{Coherent, DmaDevice};
-use dma::{DmaApiError, MapError};
 use crate::pci::PciFunction;
+use dma::{DmaApiError, MapError};
 use queue::{Doorbells, QueuePair};
 
 /// The memory page size the controller is configured with (CC.MPS): the CPU's page size, and
@@ -144,15 +144,15 @@ impl fmt::Display for NvmeError {
                 f,
                 "completion queue {queue} reported command {command} of submission queue {from_queue} while command {expected} was outstanding"
             ),
-            NvmeError::PartialBlock { length, block_size } => write!(
-                f,
-                "{length} bytes are not a whole number of the namespace's {block_size}-byte logical blocks"
-            ),
-            NvmeError::TooLong { length, max_transfer, limit } => write!(
-                f,
-                "{length} bytes are more than one command carries: {max_transfer} bytes, limited by {limit}"
-            ),
-            NvmeError::CarriesData => write!(f, "the command points at data (PRP1 or PRP2 set), which it was not given"),
+            NvmeError::PartialBlock { length, block_size } => {
+                write!(f, "{length} bytes are not a whole number of the namespace's {block_size}-byte logical blocks")
+            }
+            NvmeError::TooLong { length, max_transfer, limit } => {
+                write!(f, "{length} bytes are more than one command carries: {max_transfer} bytes, limited by {limit}")
+            }
+            NvmeError::CarriesData => {
+                write!(f, "the command points at data (PRP1 or PRP2 set), which it was not given")
+            }
             NvmeError::Command { command, status } => write!(f, "{command} failed: {status}"),
             NvmeError::NoNamespace => write!(f, "the controller has no active namespace"),
             NvmeError::Disabled(reason) => write!(f, "controller disabled after an earlier failure: {reason}"),
@@ -464,7 +464,9 @@ impl Controller {
     fn prp_list_entries(&mut self) -> &mut [u64] {
         // SAFETY: one page of coherent memory, owned by this controller; no command is in
         // flight while the CPU writes or reads it.
-        unsafe { core::slice::from_raw_parts_mut(self.prp_list.as_ptr().as_ptr().cast::<u64>(), PAGE_SIZE / size_of::<u64>()) }
+        unsafe {
+            core::slice::from_raw_parts_mut(self.prp_list.as_ptr().as_ptr().cast::<u64>(), PAGE_SIZE / size_of::<u64>())
+        }
     }
 
     /// The outcome of a transfer whose mapping was then ended: the transfer's error first,
@@ -497,7 +499,6 @@ impl Controller {
         }
         Ok(())
     }
-
 }
 
 impl BlockDevice for Controller {

@@ -15,7 +15,7 @@ use addr::{DmaAddr, VirtAddr};
 use drivers::nvme::command::SubmissionEntry;
 use drivers::nvme::completion::CompletionEntry;
 use drivers::nvme::queue::{CompletionRing, SubmissionRing};
-use drivers::nvme::registers::{doorbell_offset, Doorbell};
+use drivers::nvme::registers::{Doorbell, doorbell_offset};
 
 use super::NvmeError;
 use crate::dma_platform::{Coherent, DmaDevice};
@@ -105,8 +105,12 @@ impl QueuePair {
     /// Polls the completion slot at the head until the controller posts into it.
     pub fn wait(&mut self, timeout: Duration) -> Result<CompletionEntry, NvmeError> {
         let deadline = arch::timer::uptime() + timeout;
-        let slot =
-            self.completions.as_ptr().as_ptr().cast::<CompletionEntry>().wrapping_add(usize::from(self.completion_ring.head()));
+        let slot = self
+            .completions
+            .as_ptr()
+            .as_ptr()
+            .cast::<CompletionEntry>()
+            .wrapping_add(usize::from(self.completion_ring.head()));
         loop {
             // SAFETY (both reads): `slot` is inside the ring, which lives as long as `self`.
             let posted = unsafe { core::ptr::read_volatile(slot) };

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use crate::block::{self, BlockDevice};
 use crate::dma_platform::{DmaDevice, DmaPool, Route};
-use crate::testing::{ensure, kernel_test, skip, Verdict};
+use crate::testing::{Verdict, ensure, kernel_test, skip};
 use crate::tests::virtio::pattern;
 
 /// Buffer start offsets within a page every disk is tested at: the contract's R6 set, each

@@ -4,14 +4,14 @@ use alloc::vec;
 
 use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 use arrayvec::ArrayVec;
-use swiotlb::Constraints;
 use platform::dma_config::{DmaDescription, DmaWindow};
+use swiotlb::Constraints;
 use vmsa::MemoryType;
 
-use crate::dma_platform::{self, pools, DmaDevice, Route};
-use dma::DmaApiError;
-use crate::testing::{ensure, kernel_test, skip, Verdict};
+use crate::dma_platform::{self, DmaDevice, Route, pools};
+use crate::testing::{Verdict, ensure, kernel_test, skip};
 use crate::tests::virtio::pattern;
+use dma::DmaApiError;
 
 /// A machine none of whose devices needs a pool has none: the tests of pools skip there.
 const NO_POOL: Verdict = Verdict::Skipped("no DMA pool on this machine: no device is restricted or limited");

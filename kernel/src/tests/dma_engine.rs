@@ -10,8 +10,8 @@ use addr::{PhysAddr, PhysRange, VirtAddr};
 use drivers::bcm2835_dma::{ControlBlock, Controller};
 use platform::dma_config::DmaDescription;
 
+use crate::dma_engine::{CopyReport, DMA_ENGINE, DmaEngine};
 use crate::dma_platform::DmaPool;
-use crate::dma_engine::{CopyReport, DmaEngine, DMA_ENGINE};
 use crate::machine;
 use crate::testing::{ensure, kernel_test, skip};
 use crate::tests::block::skip_because;

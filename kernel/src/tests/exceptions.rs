@@ -1,8 +1,8 @@
 //! Faults are reported as what they are, and the harness can expect them.
 
 use addr::VirtAddr;
-use arch::exception::{probe_read, Fault, Syndrome};
-use arch::layout::{phys_to_virt, ImageLayout, KERNEL_IMAGE_BASE};
+use arch::exception::{Fault, Syndrome, probe_read};
+use arch::layout::{ImageLayout, KERNEL_IMAGE_BASE, phys_to_virt};
 use arch::mmu::walk;
 
 use crate::machine;

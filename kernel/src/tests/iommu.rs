@@ -7,18 +7,18 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use addr::{PhysRange, VirtAddr};
-use swiotlb::DmaDirection;
 use spin::Mutex;
+use swiotlb::DmaDirection;
 use virtio_drivers::device::blk::{BlkReq, BlkResp};
 
 use crate::block::BlockDevice;
-use dma::translated::Fault;
 use crate::dma_platform::{DmaDevice, Route};
 use crate::iommu::{self, Domain};
-use crate::testing::{ensure, kernel_test, skip, Verdict};
-use crate::tests::block::{round_trips, skip_because, PAGE_OFFSETS};
+use crate::testing::{Verdict, ensure, kernel_test, skip};
+use crate::tests::block::{PAGE_OFFSETS, round_trips, skip_because};
 use crate::tests::virtio::pattern;
-use crate::virtio::{self, PciDisk, PCI_DISK_A, PCI_DISK_A_DEVICE, PCI_DISK_B, PCI_DISK_B_DEVICE};
+use crate::virtio::{self, PCI_DISK_A, PCI_DISK_A_DEVICE, PCI_DISK_B, PCI_DISK_B_DEVICE, PciDisk};
+use dma::translated::Fault;
 use drivers::smmuv3::EventKind;
 
 /// A buffer smaller than any granule, for the mapping tests (no disk request is made with it).
@@ -331,7 +331,10 @@ fn check_debug_reports(device: &str) -> Result<(), Verdict> {
     let sizes = mine.iter().filter(|report| matches!(report.problem, Problem::SizeMismatch { .. })).count();
     let unknown = mine.iter().filter(|report| matches!(report.problem, Problem::UnknownMapping { .. })).count();
     ensure!(sizes == 1 && unknown == 3, "the checker reported {mine:?}");
-    ensure!(mine.iter().all(|report| format!("{report}").starts_with(&format!("DMA debug: {device}: "))), "a report does not name the device");
+    ensure!(
+        mine.iter().all(|report| format!("{report}").starts_with(&format!("DMA debug: {device}: "))),
+        "a report does not name the device"
+    );
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! The kernel's mappings translate as designed, by the software walk and by the MMU itself.
 
 use addr::{PhysAddr, VirtAddr};
-use arch::exception::{probe_write, Fault};
-use arch::layout::{phys_to_virt, ImageLayout, KERNEL_IMAGE_BASE};
+use arch::exception::{Fault, probe_write};
+use arch::layout::{ImageLayout, KERNEL_IMAGE_BASE, phys_to_virt};
 use arch::mmu::{translate_in_hardware, walk};
 use vmsa::{Access, MemoryType};
 

@@ -13,14 +13,14 @@ use drivers::nvme::command::SubmissionEntry;
 use spin::Mutex;
 
 use crate::block::{self, BlockDevice, BlockError};
-use dma::translated::Fault;
 use crate::dma_platform::{DmaDevice, Route};
 use crate::iommu;
-use crate::nvme::{self, Controller, NvmeError, ReceivedCommand, MIN_ALIGN_MASK, PAGE_SIZE};
-use crate::testing::{ensure, kernel_test, skip, Verdict};
-use crate::tests::block::{skip_because, PAGE_OFFSETS};
+use crate::nvme::{self, Controller, MIN_ALIGN_MASK, NvmeError, PAGE_SIZE, ReceivedCommand};
+use crate::testing::{Verdict, ensure, kernel_test, skip};
+use crate::tests::block::{PAGE_OFFSETS, skip_because};
 use crate::tests::iommu::{route_of, translated_round_trips};
 use crate::tests::virtio::pattern;
+use dma::translated::Fault;
 
 /// The contract's R10 figure: `256 KiB - roundup(min_align_mask, 2 KiB)` with NVMe's mask.
 const LARGEST_BOUNCED_MAPPING: usize = 252 << 10;

@@ -13,8 +13,8 @@
 //! writes into a queue comes from the [`Hal`](virtio_drivers::Hal), which for these devices
 //! maps through the device's IOMMU domain.
 
-use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::Result;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// virtio 1.2, 6: "VIRTIO_F_ACCESS_PLATFORM (33)".

@@ -19,10 +19,10 @@ use virtio_drivers::transport::Transport;
 use zerocopy::IntoBytes;
 
 use super::device::Device;
-use super::hal::{queue_memory, Lease, VirtioHal};
+use super::hal::Carved;
+use super::hal::{Lease, VirtioHal, queue_memory};
 use super::{StartError, VirtioError};
 use crate::block::{BlockDevice, BlockError};
-use super::hal::Carved;
 use crate::dma_platform::DmaDevice;
 
 const QUEUE: u16 = 0;

@@ -24,9 +24,9 @@ use alloc::format;
 use alloc::string::String;
 use core::time::Duration;
 
+use virtio_drivers::PAGE_SIZE;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, Transport};
-use virtio_drivers::PAGE_SIZE;
 
 use super::hal::{Lease, VirtioHal};
 use super::{StartError, VirtioError};

@@ -78,18 +78,25 @@ impl fmt::Display for VirtioError {
             VirtioError::Map { bytes, error } => {
                 write!(f, "cannot map a {bytes}-byte buffer for the device, so nothing was submitted: {error}")
             }
-            VirtioError::Unmap(error) => write!(f, "the device completed the request, but ending its mapping failed: {error}"),
+            VirtioError::Unmap(error) => {
+                write!(f, "the device completed the request, but ending its mapping failed: {error}")
+            }
             VirtioError::Timeout { request, after } => {
                 write!(f, "the device did not complete the {request} within {} ms", after.as_millis())
             }
-            VirtioError::WrongCompletion { expected, got } => write!(
-                f,
-                "the device completed descriptor chain {got} while chain {expected} was the one outstanding"
-            ),
+            VirtioError::WrongCompletion { expected, got } => {
+                write!(f, "the device completed descriptor chain {got} while chain {expected} was the one outstanding")
+            }
             VirtioError::Queue(error) => write!(f, "the virtqueue refused the request: {error}"),
-            VirtioError::Status { request, status: 1 } => write!(f, "the device reports an I/O error for the {request} (VIRTIO_BLK_S_IOERR)"),
-            VirtioError::Status { request, status: 2 } => write!(f, "the device does not support the {request} (VIRTIO_BLK_S_UNSUPP)"),
-            VirtioError::Status { request, status } => write!(f, "the device answered the {request} with unknown status {status}"),
+            VirtioError::Status { request, status: 1 } => {
+                write!(f, "the device reports an I/O error for the {request} (VIRTIO_BLK_S_IOERR)")
+            }
+            VirtioError::Status { request, status: 2 } => {
+                write!(f, "the device does not support the {request} (VIRTIO_BLK_S_UNSUPP)")
+            }
+            VirtioError::Status { request, status } => {
+                write!(f, "the device answered the {request} with unknown status {status}")
+            }
             VirtioError::NotWholeBlocks { bytes, block_size } => {
                 write!(f, "{bytes} bytes are not a whole, non-zero number of the disk's {block_size}-byte blocks")
             }
@@ -158,21 +165,18 @@ impl fmt::Display for StartError {
                 bytes.div_ceil(1024),
                 size >> 10
             ),
-            StartError::ReservationTooSmall { asked, left } => write!(
-                f,
-                "{asked} bytes of queue memory were asked for, {left} were left in its reservation"
-            ),
+            StartError::ReservationTooSmall { asked, left } => {
+                write!(f, "{asked} bytes of queue memory were asked for, {left} were left in its reservation")
+            }
             StartError::ResetNotConfirmed => write!(f, "its status did not read 0 after a reset"),
-            StartError::FeaturesRefused { offered, accepted } => write!(
-                f,
-                "it cleared FEATURES_OK: it does not accept features {accepted:#x} (it offered {offered:#x})"
-            ),
+            StartError::FeaturesRefused { offered, accepted } => {
+                write!(f, "it cleared FEATURES_OK: it does not accept features {accepted:#x} (it offered {offered:#x})")
+            }
             StartError::MissingFeature(feature) => write!(f, "it does not offer {feature}"),
             StartError::Config(error) => write!(f, "cannot read its configuration space: {error}"),
-            StartError::BadBlockSize(size) => write!(
-                f,
-                "it states a block size of {size} bytes, not a power of two from 512 bytes to 64 KiB"
-            ),
+            StartError::BadBlockSize(size) => {
+                write!(f, "it states a block size of {size} bytes, not a power of two from 512 bytes to 64 KiB")
+            }
             StartError::Queue { queue, error } => write!(f, "cannot set up virtqueue {queue}: {error}"),
             StartError::Transport(problem) => write!(f, "{problem}"),
         }

@@ -35,11 +35,11 @@ use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use addr::{DmaAddr, PhysRange, VirtAddr};
-use swiotlb::DmaDirection;
 use spin::Mutex;
+use swiotlb::DmaDirection;
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
 
-use super::{StartError, VirtioError, SLOTS};
+use super::{SLOTS, StartError, VirtioError};
 use crate::dma_platform::{Coherent, DmaDevice, DmaPool, Route};
 use dma::DmaApiError;
 

@@ -49,7 +49,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use spin::Mutex;
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::DeviceFunctionInfo;
-use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
 use virtio_drivers::transport::{DeviceType, Transport};
 
 use crate::block::BlockDevice;
@@ -126,7 +126,7 @@ slot_of!(Network as dyn NetworkDevice + 'static);
 
 /// The storage of one kind's slots (a driver type per slot, so a tuple), and its table.
 macro_rules! slots {
-    ($storage:ident, $table:ident: $driver:ident<$transport:ty> as $kind:ty, from $first:expr) => {
+    ($storage:ident, $table:ident: $driver:ident<$transport:ty> as $kind:ty, from $first:expr_2021) => {
         static $storage: (
             Mutex<Option<$driver<{ $first }, $transport>>>,
             Mutex<Option<$driver<{ $first + 1 }, $transport>>>,
@@ -268,8 +268,11 @@ pub fn start_pci(function: &PciFunction, dma: DmaDevice) -> Result<(), NotStarte
     let not_started = |error| NotStarted { name, error };
     let bus = crate::pci::bus().ok_or(not_started(StartError::Transport("no PCIe bus")))?;
     // Only the Hal's `mmio_phys_to_virt` is used here, the same for every slot.
-    let mut transport = PciTransport::new::<VirtioHal<PCI_DISK_SLOTS>, _>(&mut bus.root.lock(), crate::pci::config_address(function.address))
-        .map_err(|_| not_started(StartError::Transport("not a virtio-pci device")))?;
+    let mut transport = PciTransport::new::<VirtioHal<PCI_DISK_SLOTS>, _>(
+        &mut bus.root.lock(),
+        crate::pci::config_address(function.address),
+    )
+    .map_err(|_| not_started(StartError::Transport("not a virtio-pci device")))?;
     // Without the feature the device's DMA would bypass the IOMMU while the driver hands it IOVAs.
     if transport.read_device_features() & access_platform::VIRTIO_F_ACCESS_PLATFORM == 0 {
         let missing = "VIRTIO_F_ACCESS_PLATFORM: its DMA would not be translated";

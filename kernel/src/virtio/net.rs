@@ -21,7 +21,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
 use super::device::{Device, VIRTIO_F_VERSION_1};
-use super::hal::{queue_memory, Lease, VirtioHal};
+use super::hal::{Lease, VirtioHal, queue_memory};
 use super::{StartError, VirtioError};
 use crate::dma_platform::DmaDevice;
 

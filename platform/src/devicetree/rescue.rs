@@ -35,7 +35,7 @@ use arrayvec::ArrayVec;
 use core::fmt;
 
 use super::{
-    property_name, read_cells, HEADER_SIZE, MAGIC, MAX_DEPTH, TOKEN_BEGIN_NODE, TOKEN_END_NODE, TOKEN_NOP, TOKEN_PROP,
+    HEADER_SIZE, MAGIC, MAX_DEPTH, TOKEN_BEGIN_NODE, TOKEN_END_NODE, TOKEN_NOP, TOKEN_PROP, property_name, read_cells,
 };
 
 /// At most one guess about cell counts, and one per bus above the console.
