@@ -107,25 +107,72 @@ const ORDERS: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IovaError {
     /// A granule other than 4, 16 or 64 KiB.
-    UnsupportedGranule { granule: u64 },
+    UnsupportedGranule {
+        /// The granule asked for, in bytes.
+        granule: u64,
+    },
     /// A bound of the IOVA space that is not a multiple of the granule.
-    UnalignedBound { bound: DmaAddr, granule: u64 },
+    UnalignedBound {
+        /// The bound.
+        bound: DmaAddr,
+        /// The granule it should be a multiple of.
+        granule: u64,
+    },
     /// A space that would hand out IOVA 0.
-    ZeroInSpace { end: DmaAddr },
+    ZeroInSpace {
+        /// The end of the space asked for.
+        end: DmaAddr,
+    },
     /// A space whose end is not above its start.
-    EmptySpace { start: DmaAddr, end: DmaAddr },
+    EmptySpace {
+        /// The start asked for.
+        start: DmaAddr,
+        /// The end asked for.
+        end: DmaAddr,
+    },
     /// An allocation of zero bytes.
     ZeroSize,
     /// No size-aligned place for the request exists in the whole space, even empty.
-    TooLarge { size: u64, start: DmaAddr, end: DmaAddr },
+    TooLarge {
+        /// The size asked for, in bytes.
+        size: u64,
+        /// The space's start.
+        start: DmaAddr,
+        /// The space's end.
+        end: DmaAddr,
+    },
     /// No free place fits the request now, even after the caches were flushed.
-    NoRoom { size: u64, granules: u64, free_granules: u64 },
+    NoRoom {
+        /// The size asked for, in bytes.
+        size: u64,
+        /// The granules it takes.
+        granules: u64,
+        /// The granules free in the whole space, scattered.
+        free_granules: u64,
+    },
     /// No live allocation contains this IOVA (never allocated, or already freed).
-    UnknownAddress { iova: DmaAddr },
+    UnknownAddress {
+        /// The address given.
+        iova: DmaAddr,
+    },
     /// The IOVA lies inside a live allocation that starts elsewhere.
-    NotAllocationStart { iova: DmaAddr, allocation_start: DmaAddr },
+    NotAllocationStart {
+        /// The address given.
+        iova: DmaAddr,
+        /// Where the allocation holding it starts.
+        allocation_start: DmaAddr,
+    },
     /// A free whose size rounds to a different number of granules than was allocated.
-    SizeMismatch { iova: DmaAddr, allocated_granules: u64, given_size: u64, given_granules: u64 },
+    SizeMismatch {
+        /// The allocation's start.
+        iova: DmaAddr,
+        /// The granules it was allocated with.
+        allocated_granules: u64,
+        /// The size the free gave, in bytes.
+        given_size: u64,
+        /// The granules that size rounds to.
+        given_granules: u64,
+    },
 }
 
 impl fmt::Display for IovaError {
@@ -169,6 +216,7 @@ impl core::error::Error for IovaError {}
 /// A snapshot of the allocator's state and counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IovaStats {
+    /// Allocations handed out and not yet freed.
     pub live_allocations: usize,
     /// IOVA space the live allocations reserve: a class request counts its whole power of two.
     pub live_bytes: u64,
@@ -259,6 +307,7 @@ impl IovaAllocator {
         })
     }
 
+    /// The granule the space is counted in, in bytes.
     pub const fn granule(&self) -> u64 {
         1 << self.granule_shift
     }
@@ -294,6 +343,7 @@ impl IovaAllocator {
         Ok(())
     }
 
+    /// The allocator's state and counters now.
     pub fn stats(&self) -> IovaStats {
         IovaStats {
             live_allocations: self.live.len(),

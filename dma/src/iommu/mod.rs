@@ -13,7 +13,7 @@
 //! `IOVA base + (phys & (granule - 1))` — the buffer's offset inside its granule is kept
 //! (Linux's `iova_offset`). Whatever else lies in those granules is exposed to the device
 //! too; that is why untrusted devices bounce buffers that do not fill their granules
-//! ([`crate::device`]).
+//! ([`crate::DmaDevice`]).
 //!
 //! Unmapping is strict: the entries are cleared, every cached translation of them is
 //! invalidated (on the SMMUv3, `CMD_TLBI_NH_VA`) and the unmap waits for that to finish

@@ -3,7 +3,7 @@
 //!
 //! QEMU models no caches, so on QEMU a DMA API that forgets a clean or an invalidate passes
 //! every test, and loses data on the first board with a non-coherent device (the Raspberry Pi
-//! 4's whole `/soc`). This machine is where such bugs show: its [`cache`] keeps what the CPU
+//! 4's whole `/soc`). This machine is where such bugs show: its cache (the `cache` module) keeps what the CPU
 //! sees apart from what memory holds, evicts lines and fetches them speculatively at random
 //! moments (seeded, so a failure replays), and lets a test switch one maintenance operation of
 //! the API off ([`Machine::skip`]) to watch a named test fail without it.
@@ -200,6 +200,9 @@ impl Machine {
 
     /// A buffer in cached RAM for a test, `align`-aligned, zeroed (in the CPU's view and in
     /// memory alike).
+    // An allocator: each call carves bytes no earlier call handed out, so the `&mut` is unique
+    // although it comes from `&self`.
+    #[allow(clippy::mut_from_ref)]
     pub fn buffer(&'static self, size: usize, align: usize) -> &'static mut [u8] {
         let range = self.carve(size.max(1), align).expect("the simulated heap has room");
         let pointer = self.cpu_pointer(range).expect("the heap is RAM");
