@@ -31,10 +31,13 @@ macro_rules! address_type {
         pub struct $name(u64);
 
         impl $name {
+            /// The address `value`; any 64-bit number is one (no check: what it points at is the
+            /// caller's business).
             pub const fn new(value: u64) -> Self {
                 Self(value)
             }
 
+            /// The address as a plain number, for arithmetic and registers.
             pub const fn as_u64(self) -> u64 {
                 self.0
             }
@@ -79,6 +82,7 @@ macro_rules! address_type {
                 }
             }
 
+            /// Whether the address is a multiple of `align` (a power of two).
             pub const fn is_aligned(self, align: u64) -> bool {
                 debug_assert!(align.is_power_of_two());
                 self.0 & (align - 1) == 0
@@ -122,14 +126,17 @@ address_type!(
 );
 
 impl VirtAddr {
+    /// The address a pointer holds.
     pub fn from_ptr<T>(pointer: *const T) -> Self {
         Self(pointer as usize as u64)
     }
 
+    /// The address as a pointer, for reading (using it is `unsafe`, as for any raw pointer).
     pub const fn as_ptr<T>(self) -> *const T {
         self.0 as usize as *const T
     }
 
+    /// The address as a pointer, for writing.
     pub const fn as_mut_ptr<T>(self) -> *mut T {
         self.0 as usize as *mut T
     }
@@ -162,10 +169,12 @@ impl PhysRange {
         }
     }
 
+    /// The first byte.
     pub const fn start(&self) -> PhysAddr {
         self.start
     }
 
+    /// How many bytes.
     pub const fn size(&self) -> u64 {
         self.size
     }
@@ -175,10 +184,12 @@ impl PhysRange {
         PhysAddr::new(self.start.as_u64() + self.size)
     }
 
+    /// Whether the range holds no byte.
     pub const fn is_empty(&self) -> bool {
         self.size == 0
     }
 
+    /// Whether `address` lies inside.
     pub const fn contains(&self, address: PhysAddr) -> bool {
         address.as_u64() >= self.start.as_u64() && address.as_u64() < self.end().as_u64()
     }
@@ -188,6 +199,7 @@ impl PhysRange {
         other.start.as_u64() >= self.start.as_u64() && other.end().as_u64() <= self.end().as_u64()
     }
 
+    /// Whether the two ranges share a byte.
     pub const fn overlaps(&self, other: &PhysRange) -> bool {
         self.start.as_u64() < other.end().as_u64() && other.start.as_u64() < self.end().as_u64()
     }

@@ -57,21 +57,27 @@ pub enum MemoryType {
 pub const MAIR: u64 = 0xff | (0x04 << 8) | (0x44 << 16);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the translation lets its user (the CPU at EL1, or a device through the SMMU) do.
 pub enum Access {
+    /// Reads only: a write faults (a permission fault).
     ReadOnly,
+    /// Reads and writes.
     ReadWrite,
 }
 
 /// What a mapping allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attributes {
+    /// How the memory is cached and ordered (MAIR index).
     pub memory: MemoryType,
+    /// Reads, or reads and writes.
     pub access: Access,
     /// Whether the kernel (EL1) may execute from it. EL0 never may.
     pub executable: bool,
 }
 
 impl Attributes {
+    /// Attributes of memory of `memory` type, with `access`, executable by EL1 if `executable`.
     pub const fn new(memory: MemoryType, access: Access, executable: bool) -> Self {
         Self { memory, access, executable }
     }

@@ -81,12 +81,16 @@ pub use unmap::TlbMaintenance;
 /// The translation granule: the size of a page and of every table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Granule {
+    /// 4 KiB pages, four levels for 48 bits.
     Size4KiB,
+    /// 16 KiB pages, four levels (the first with two entries) for 48 bits.
     Size16KiB,
+    /// 64 KiB pages, three levels for 48 bits.
     Size64KiB,
 }
 
 impl Granule {
+    /// log2 of the page size: 12, 14 or 16.
     pub const fn shift(self) -> u32 {
         match self {
             Granule::Size4KiB => 12,
@@ -95,6 +99,7 @@ impl Granule {
         }
     }
 
+    /// The page size in bytes.
     pub const fn size(self) -> u64 {
         1 << self.shift()
     }
@@ -128,15 +133,44 @@ impl Granule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     /// An address or size is not a multiple of the granule.
-    Misaligned { input: u64, output: PhysAddr, size: u64, granule: u64 },
+    Misaligned {
+        /// The input (virtual or I/O virtual) address.
+        input: u64,
+        /// The output (physical) address.
+        output: PhysAddr,
+        /// The size asked for.
+        size: u64,
+        /// The granule they must be multiples of.
+        granule: u64,
+    },
     /// The input address or size of an unmap is not a multiple of the granule.
-    MisalignedUnmap { input: u64, size: u64, granule: u64 },
+    MisalignedUnmap {
+        /// The input address.
+        input: u64,
+        /// The size asked for.
+        size: u64,
+        /// The granule they must be multiples of.
+        granule: u64,
+    },
     /// The input range does not fit the table's input address width.
-    OutOfRange { input: u64, size: u64, input_bits: u32 },
+    OutOfRange {
+        /// The input address.
+        input: u64,
+        /// The size asked for.
+        size: u64,
+        /// The table's input address width.
+        input_bits: u32,
+    },
     /// Part of the range is already mapped, differently.
-    AlreadyMapped { input: u64 },
+    AlreadyMapped {
+        /// The first input address already mapped differently.
+        input: u64,
+    },
     /// Part of a range to unmap is not mapped; `input` is its first such address.
-    NotMapped { input: u64 },
+    NotMapped {
+        /// The first input address that is not mapped.
+        input: u64,
+    },
     /// [`TableMemory::allocate_table`] had no table to give.
     OutOfTables,
 }
@@ -185,7 +219,9 @@ impl<T: TableMemory + ?Sized> TableMemory for &mut T {
 /// The result of a successful walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {
+    /// The physical address the input translates to.
     pub output: PhysAddr,
+    /// What the leaf entry allows.
     pub attributes: Attributes,
     /// The level of the entry that mapped it, and so the size of that block or page.
     pub level: u32,
@@ -236,10 +272,12 @@ impl<M: TableMemory> PageTable<M> {
         self.root
     }
 
+    /// The table's granule.
     pub fn granule(&self) -> Granule {
         self.granule
     }
 
+    /// The memory the tables live in.
     pub fn memory(&self) -> &M {
         &self.memory
     }
