@@ -65,9 +65,15 @@ impl fmt::Display for DmaDirection {
 /// The requirements one streaming mapping must satisfy. See the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Constraints {
+    /// Low address bits the device reads meaning into (NVMe: `0xfff`, the offset in a page):
+    /// the copy keeps them equal to the buffer's (rule 1).
     pub min_align_mask: u64,
+    /// The region for the copy, padding included, starts on `mask + 1` and is a multiple of
+    /// it: an IOMMU granule, so that mapping whole granules exposes nothing else (rule 2).
     pub alloc_align_mask: u64,
+    /// The highest DMA address the device can put on the bus.
     pub dma_mask: u64,
+    /// A copy must not cross a multiple of `mask + 1` (a device's segment boundary).
     pub seg_boundary_mask: u64,
     /// Zero the padding around the buffer inside its region (rule 10). Set it for untrusted
     /// devices: an IOMMU maps whole granules, so the device can read the padding.
@@ -84,22 +90,27 @@ impl Constraints {
         zero_padding: false,
     };
 
+    /// These constraints, with `min_align_mask` = `mask`.
     pub const fn with_min_align_mask(self, mask: u64) -> Self {
         Self { min_align_mask: mask, ..self }
     }
 
+    /// These constraints, with `alloc_align_mask` = `mask`.
     pub const fn with_alloc_align_mask(self, mask: u64) -> Self {
         Self { alloc_align_mask: mask, ..self }
     }
 
+    /// These constraints, with `dma_mask` = `mask`.
     pub const fn with_dma_mask(self, mask: u64) -> Self {
         Self { dma_mask: mask, ..self }
     }
 
+    /// These constraints, with `seg_boundary_mask` = `mask`.
     pub const fn with_seg_boundary_mask(self, mask: u64) -> Self {
         Self { seg_boundary_mask: mask, ..self }
     }
 
+    /// These constraints, zeroing the padding or not.
     pub const fn with_zero_padding(self, zero: bool) -> Self {
         Self { zero_padding: zero, ..self }
     }

@@ -12,9 +12,13 @@ use crate::{DmaAddr, PhysAddr};
 /// Which of the four constraint masks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MaskKind {
+    /// `min_align_mask`.
     MinAlign,
+    /// `alloc_align_mask`.
     AllocAlign,
+    /// `dma_mask`.
     Dma,
+    /// `seg_boundary_mask`.
     SegmentBoundary,
 }
 
@@ -33,27 +37,97 @@ pub enum DmaError {
     /// A mapping, allocation or sync of zero bytes.
     ZeroSize,
     /// A mask that is not of the form `2^n - 1`.
-    InvalidMask { kind: MaskKind, value: u64 },
+    InvalidMask {
+        /// Which mask.
+        kind: MaskKind,
+        /// Its value.
+        value: u64,
+    },
     /// The request can never fit, on any pool state: its region (buffer, pre-padding and
     /// alignment round-up) exceeds the segment size, or the buffer cannot avoid crossing the
     /// segment boundary. `limit` is `max_mapping_size` under the same constraints.
-    TooLarge { size: usize, region: usize, limit: usize, min_align_mask: u64, alloc_align_mask: u64 },
+    TooLarge {
+        /// The buffer's size.
+        size: usize,
+        /// The region it would need, in bytes.
+        region: usize,
+        /// `max_mapping_size` under the same constraints.
+        limit: usize,
+        /// The request's `min_align_mask`.
+        min_align_mask: u64,
+        /// The request's `alloc_align_mask`.
+        alloc_align_mask: u64,
+    },
     /// No run of free slots satisfies every constraint right now (pool full or fragmented).
-    NoSpace { size: usize, region_slots: usize, free_slots: usize, min_align_mask: u64, alloc_align_mask: u64 },
+    NoSpace {
+        /// The buffer's size.
+        size: usize,
+        /// The slots its region needs.
+        region_slots: usize,
+        /// The slots free in the whole pool, scattered.
+        free_slots: usize,
+        /// The request's `min_align_mask`.
+        min_align_mask: u64,
+        /// The request's `alloc_align_mask`.
+        alloc_align_mask: u64,
+    },
     /// Even the lowest possible placement in the pool ends above the device's DMA mask.
-    Unaddressable { size: usize, dma_mask: u64, pool_dma_start: DmaAddr },
+    Unaddressable {
+        /// The buffer's size.
+        size: usize,
+        /// The device's DMA mask.
+        dma_mask: u64,
+        /// Where the pool starts, as devices see it.
+        pool_dma_start: DmaAddr,
+    },
     /// The CPU cannot reach the caller's buffer (or it wraps past the top of the address space).
-    BufferUnreachable { orig: PhysAddr, size: usize },
+    BufferUnreachable {
+        /// The buffer's physical address.
+        orig: PhysAddr,
+        /// Its size.
+        size: usize,
+    },
     /// No live mapping or allocation starts or lies at this address.
-    UnknownAddress { dma: DmaAddr },
+    UnknownAddress {
+        /// The address given.
+        dma: DmaAddr,
+    },
     /// The address lies inside a live region but is not the address `map`/`alloc` returned.
-    NotRegionStart { dma: DmaAddr, region_start: DmaAddr },
+    NotRegionStart {
+        /// The address given.
+        dma: DmaAddr,
+        /// The address `map` or `alloc` returned for that region.
+        region_start: DmaAddr,
+    },
     /// Unmap or free with a size other than the one mapped.
-    SizeMismatch { dma: DmaAddr, mapped: usize, given: usize },
+    SizeMismatch {
+        /// The address given.
+        dma: DmaAddr,
+        /// The size it was mapped or allocated with.
+        mapped: usize,
+        /// The size given now.
+        given: usize,
+    },
     /// A sync that reaches outside the buffer it names.
-    OutOfRange { dma: DmaAddr, size: usize, buffer: DmaAddr, buffer_size: usize },
+    OutOfRange {
+        /// Where the sync starts.
+        dma: DmaAddr,
+        /// How long it is.
+        size: usize,
+        /// The buffer it names.
+        buffer: DmaAddr,
+        /// That buffer's size.
+        buffer_size: usize,
+    },
     /// `unmap` of a coherent allocation, or `free` of a streaming mapping.
-    WrongKind { dma: DmaAddr, expected: RegionKind, found: RegionKind },
+    WrongKind {
+        /// The address given.
+        dma: DmaAddr,
+        /// The kind the call handles.
+        expected: RegionKind,
+        /// The kind the region is.
+        found: RegionKind,
+    },
 }
 
 impl DmaError {
@@ -76,8 +150,11 @@ impl DmaError {
 /// Refusals grouped the way the statistics count them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureReason {
+    /// No room right now.
     NoSpace,
+    /// Too large for any pool state.
     TooLarge,
+    /// Out of the device's DMA mask.
     Unaddressable,
     /// Bad arguments to `map`/`alloc`: size 0, bad mask, unreachable buffer.
     BadRequest,
@@ -157,22 +234,58 @@ impl core::error::Error for DmaError {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolError {
     /// Fewer bytes than one slot per area.
-    TooSmall { size: u64, areas: usize },
+    TooSmall {
+        /// The bytes given.
+        size: u64,
+        /// The areas asked for.
+        areas: usize,
+    },
     /// The size is not a whole number of 2 KiB slots.
-    PartialSlot { size: u64 },
+    PartialSlot {
+        /// The bytes given.
+        size: u64,
+    },
     /// The physical or DMA base is not on a 2 KiB slot boundary.
-    MisalignedBase { phys: PhysAddr, dma: DmaAddr },
+    MisalignedBase {
+        /// The physical base.
+        phys: PhysAddr,
+        /// The DMA base.
+        dma: DmaAddr,
+    },
     /// DMA and physical bases differ by a non-multiple of the page size, so "page-aligned"
     /// would mean different things to the device and to the CPU.
-    BusOffsetNotPageMultiple { phys: PhysAddr, dma: DmaAddr },
+    BusOffsetNotPageMultiple {
+        /// The physical base.
+        phys: PhysAddr,
+        /// The DMA base.
+        dma: DmaAddr,
+    },
     /// The pool's DMA range wraps past the top of the address space.
-    DmaRangeWraps { dma: DmaAddr, size: u64 },
+    DmaRangeWraps {
+        /// The DMA base.
+        dma: DmaAddr,
+        /// The pool's size.
+        size: u64,
+    },
     /// The area count must be a power of two that divides the slot count.
-    BadAreaCount { areas: usize, slots: usize },
+    BadAreaCount {
+        /// The areas asked for.
+        areas: usize,
+        /// The pool's slots.
+        slots: usize,
+    },
     /// The segment size (largest region, in slots) must be a power of two, at least one page.
-    BadSegmentSlots { segment_slots: usize },
+    BadSegmentSlots {
+        /// The segment size asked for, in slots.
+        segment_slots: usize,
+    },
     /// The CPU cannot reach the pool's memory.
-    Unreachable { phys: PhysAddr, size: u64 },
+    Unreachable {
+        /// The pool's physical base.
+        phys: PhysAddr,
+        /// Its size.
+        size: u64,
+    },
 }
 
 impl fmt::Display for PoolError {

@@ -59,10 +59,10 @@ fn guaranteed_size(geometry: &Geometry, constraints: &Constraints, probe_size: u
     let segment = (geometry.segment_slots * SLOT_SIZE) as u64;
     let linux = segment.saturating_sub(round_up_to_slot(min_align_mask));
     let mut limit = region.saturating_sub(worst_offset).min(linux);
-    if let Some(window) = constraints.seg_boundary_mask.checked_add(1) {
-        if window < SLOT_SIZE as u64 {
-            limit = limit.min(window - (min_align_mask & (window - 1)));
-        }
+    if let Some(window) = constraints.seg_boundary_mask.checked_add(1)
+        && window < SLOT_SIZE as u64
+    {
+        limit = limit.min(window - (min_align_mask & (window - 1)));
     }
     limit as usize
 }

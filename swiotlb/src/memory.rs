@@ -22,6 +22,7 @@ use crate::PhysAddr;
 /// never the stack or a live `&`/`&mut` borrow). The pool relies on this to copy without
 /// further checks.
 pub unsafe trait PhysMemory {
+    /// Where the CPU reads and writes `len` bytes at physical `address`; `None` if it cannot.
     fn window(&self, address: PhysAddr, len: usize) -> Option<NonNull<u8>>;
 }
 
@@ -35,6 +36,7 @@ pub struct HeapMemory {
 }
 
 impl HeapMemory {
+    /// `size` zeroed bytes of simulated RAM at physical `base`.
     pub fn new(base: PhysAddr, size: usize) -> Self {
         let zeroed = Box::<[UnsafeCell<u8>]>::new_zeroed_slice(size);
         // SAFETY: all-zero bytes are a valid `UnsafeCell<u8>`.

@@ -50,22 +50,28 @@ pub struct Mapping {
     pub dma: DmaAddr,
     /// Where the bounce buffer is in physical memory.
     pub bounce: PhysAddr,
+    /// The buffer's size.
     pub size: usize,
     /// The allocated region, pre- and post-padding included.
     pub region: DmaAddr,
+    /// Its length in bytes.
     pub region_len: usize,
     /// The region's slots, as pool slot indices.
     pub first_slot: usize,
+    /// How many slots.
     pub slots: usize,
 }
 
 /// A coherent allocation from a restricted pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoherentBuffer {
+    /// The address to give the device.
     pub dma: DmaAddr,
+    /// Where it is in physical memory.
     pub phys: PhysAddr,
     /// Where the CPU reaches it.
     pub virt: VirtAddr,
+    /// Its size.
     pub size: usize,
 }
 
@@ -151,10 +157,12 @@ impl<M: PhysMemory> BouncePool<M> {
         Ok(Self { memory, phys, bytes: PoolBytes(pointer), slots, counters: Counters::default() })
     }
 
+    /// How the pool is cut: slots, areas, segment, bases.
     pub fn geometry(&self) -> &Geometry {
         self.slots.geometry()
     }
 
+    /// The pool's physical memory.
     pub fn phys_range(&self) -> PhysRange {
         self.phys
     }
@@ -208,6 +216,7 @@ impl<M: PhysMemory> BouncePool<M> {
         Ok(max_mapping_size(self.geometry(), constraints))
     }
 
+    /// The counters and occupancy now.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot(self.geometry().slots)
     }
@@ -265,10 +274,10 @@ impl<M: PhysMemory> BouncePool<M> {
 
     fn try_unmap(&self, dma: DmaAddr, size: usize) -> Result<(), DmaError> {
         let (mut area, record) = self.region_starting_at(dma, size, RegionKind::Streaming)?;
-        if let Use::Streaming { orig, direction } = record.kind {
-            if direction.copies_to_cpu() {
-                self.copy_to_cpu(orig, dma, size)?;
-            }
+        if let Use::Streaming { orig, direction } = record.kind
+            && direction.copies_to_cpu()
+        {
+            self.copy_to_cpu(orig, dma, size)?;
         }
         self.forget(&mut area, &record);
         self.counters.unmapped();

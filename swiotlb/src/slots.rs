@@ -35,8 +35,11 @@ use crate::{DmaAddr, PAGE_SIZE, SLOT_SHIFT, SLOT_SIZE};
 pub struct Geometry {
     /// DMA address of slot 0.
     pub dma_base: DmaAddr,
+    /// Slots in the pool.
     pub slots: usize,
+    /// Areas (each with its own lock and cursor).
     pub areas: usize,
+    /// Slots per area.
     pub area_slots: usize,
     /// Largest region, in slots (Linux: `IO_TLB_SEGSIZE`, 128).
     pub segment_slots: usize,
@@ -80,6 +83,7 @@ impl Geometry {
         self.dma_base.as_u64() >> SLOT_SHIFT
     }
 
+    /// The DMA address of pool slot `slot`.
     pub const fn slot_dma(&self, slot: usize) -> DmaAddr {
         DmaAddr::new(self.dma_base.as_u64() + ((slot as u64) << SLOT_SHIFT))
     }
@@ -96,6 +100,7 @@ impl Geometry {
 pub struct Reserved {
     /// First slot of the region, as a pool slot index.
     pub first_slot: usize,
+    /// How many slots the region takes.
     pub slots: usize,
 }
 
@@ -110,6 +115,7 @@ pub struct Area<T> {
     /// No free run is longer than this: requests for more fail without a search. Allocation
     /// keeps it true; release raises it to the run it recreates; a failed search makes it exact.
     longest_free_bound: usize,
+    /// The owner's bookkeeping for this area (the pool's records of live regions).
     pub book: T,
 }
 
@@ -292,6 +298,7 @@ impl<T> SlotAllocator<T> {
         Self { geometry, areas, next_area: AtomicUsize::new(0) }
     }
 
+    /// How the pool is cut.
     pub fn geometry(&self) -> &Geometry {
         &self.geometry
     }

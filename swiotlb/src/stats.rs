@@ -95,28 +95,40 @@ impl Counters {
 /// A snapshot of the pool's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Slots in the pool.
     pub slots_total: usize,
+    /// Slots held by live regions now.
     pub slots_in_use: usize,
     /// The most slots ever in use at once.
     pub high_water: usize,
+    /// Streaming mappings made.
     pub maps: u64,
+    /// Streaming mappings ended.
     pub unmaps: u64,
+    /// Coherent allocations made.
     pub allocs: u64,
+    /// Coherent allocations freed.
     pub frees: u64,
     /// Bytes copied from callers' buffers into the pool.
     pub bytes_to_device: u64,
     /// Bytes copied from the pool back into callers' buffers.
     pub bytes_to_cpu: u64,
+    /// Refusals, by reason.
     pub failures: Failures,
 }
 
 /// Refusals, by [`FailureReason`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Failures {
+    /// No room right now.
     pub no_space: u64,
+    /// Too large for any pool state.
     pub too_large: u64,
+    /// Out of the device's DMA mask.
     pub unaddressable: u64,
+    /// Bad input: zero sizes, masks that name no alignment, unreachable buffers.
     pub bad_request: u64,
+    /// Unmaps, frees and syncs of addresses the pool did not hand out as given.
     pub bad_handle: u64,
 }
 
