@@ -9,10 +9,14 @@
 //! `enable_uart=1`; the driver leaves the baud rate alone, so it needs no clock information.
 
 use core::fmt;
+use core::ptr::NonNull;
 
-use tock_registers::interfaces::{Readable, Writeable};
-use tock_registers::registers::{ReadOnly, ReadWrite};
-use tock_registers::{register_bitfields, register_structs};
+use safe_mmio::fields::{ReadOnly, ReadPureWrite, WriteOnly};
+use safe_mmio::{field, UniqueMmioPointer};
+use tock_registers::register_bitfields;
+use tock_registers::LocalRegisterCopy;
+
+use crate::mmio::register_offsets;
 
 register_bitfields! {
     u32,
@@ -42,28 +46,35 @@ register_bitfields! {
     ]
 }
 
-register_structs! {
-    Registers {
-        /// AUX_MU_IO_REG: a write queues one byte for transmission.
-        (0x00 => io: ReadWrite<u32>),
-        (0x04 => _reserved0),
-        (0x0c => lcr: ReadWrite<u32, LCR::Register>),
-        (0x10 => _reserved1),
-        (0x14 => lsr: ReadOnly<u32, LSR::Register>),
-        (0x18 => _reserved2),
-        (0x20 => cntl: ReadWrite<u32, CNTL::Register>),
-        (0x24 => @END),
-    }
+/// The mini UART registers the kernel uses (2.2.2), from `AUX_MU_IO_REG` on. A read of
+/// `AUX_MU_IO_REG` pops the receive FIFO, and a read of `AUX_MU_LSR_REG` clears its receiver
+/// overrun bit: the first is write-only here (the kernel only transmits) and the second is
+/// `ReadOnly`, a read with side effects, which needs the UART exclusively (`&mut`).
+#[repr(C)]
+struct Registers {
+    /// AUX_MU_IO_REG (2.2.2, offset 0x40 of AUX): a write queues one byte for transmission.
+    io: WriteOnly<u32>,
+    _reserved0: [u32; 2],
+    /// AUX_MU_LCR_REG (2.2.2, offset 0x4c of AUX).
+    lcr: ReadPureWrite<u32>,
+    _reserved1: u32,
+    /// AUX_MU_LSR_REG (2.2.2, offset 0x54 of AUX).
+    lsr: ReadOnly<u32>,
+    _reserved2: [u32; 2],
+    /// AUX_MU_CNTL_REG (2.2.2, offset 0x60 of AUX).
+    cntl: ReadPureWrite<u32>,
 }
 
-/// A mini UART whose registers are mapped at some virtual address.
+register_offsets!(Registers { io: 0x00, lcr: 0x0c, lsr: 0x14, cntl: 0x20 } size 0x24);
+
+/// A mini UART whose registers are mapped at some virtual address: the Raspberry Pi 4's
+/// console transmitter.
+///
+/// It owns its registers through a [`UniqueMmioPointer`], which may move between CPUs
+/// (inside the console lock) by the pointer's own contract: no `unsafe impl Send`.
 pub struct MiniUart {
-    registers: &'static Registers,
+    registers: UniqueMmioPointer<'static, Registers>,
 }
-
-// SAFETY: a MiniUart is the only handle on its registers, and MMIO is reachable from every
-// CPU, so moving it to another CPU (inside the console lock) is sound.
-unsafe impl Send for MiniUart {}
 
 impl MiniUart {
     /// The compatible string this driver binds to.
@@ -76,27 +87,37 @@ impl MiniUart {
     /// onwards), mapped as device memory, and no other code drives this UART. The firmware
     /// has enabled the auxiliary block (`enable_uart=1`); otherwise the registers read zero.
     pub unsafe fn new(registers: *mut u8) -> Self {
-        // SAFETY: the caller vouches for the mapping; Registers matches the mini UART layout.
-        let registers = unsafe { &*(registers as *const Registers) };
-        let uart = Self { registers };
+        let registers = NonNull::new(registers.cast::<Registers>()).expect("the mini UART's registers at address 0");
+        // SAFETY: the caller vouches for the mapping and that this driver is the UART's only
+        // user; `Registers` matches the mini UART layout (checked by `register_offsets!`),
+        // and device memory is reachable from every CPU.
+        let registers = unsafe { UniqueMmioPointer::new(registers) };
+        let mut uart = Self { registers };
         uart.flush();
-        uart.registers.lcr.write(LCR::DATA_SIZE::EightBit);
-        uart.registers.cntl.write(CNTL::TX_ENABLE::SET + CNTL::RX_ENABLE::SET);
+        field!(uart.registers, lcr).write(LCR::DATA_SIZE::EightBit.value); // 2.2.2 AUX_MU_LCR_REG
+        field!(uart.registers, cntl).write((CNTL::TX_ENABLE::SET + CNTL::RX_ENABLE::SET).value); // 2.2.2 AUX_MU_CNTL_REG
         uart
     }
 
+    /// Sends one byte, waiting until the transmit FIFO has room.
     pub fn write_byte(&mut self, byte: u8) {
-        while !self.registers.lsr.is_set(LSR::TX_EMPTY) {
+        while !self.line_status().is_set(LSR::TX_EMPTY) {
             core::hint::spin_loop();
         }
-        self.registers.io.set(u32::from(byte));
+        field!(self.registers, io).write(u32::from(byte)); // 2.2.2 AUX_MU_IO_REG
     }
 
-    /// Waits until every byte written has left the UART.
-    pub fn flush(&self) {
-        while !self.registers.lsr.is_set(LSR::TX_IDLE) {
+    /// Waits until every byte written has left the UART. It takes `&mut self` because each
+    /// poll of the line status clears the receiver overrun flag.
+    pub fn flush(&mut self) {
+        while !self.line_status().is_set(LSR::TX_IDLE) {
             core::hint::spin_loop();
         }
+    }
+
+    /// AUX_MU_LSR_REG (2.2.2); the read clears the receiver overrun bit.
+    fn line_status(&mut self) -> LocalRegisterCopy<u32, LSR::Register> {
+        LocalRegisterCopy::new(field!(self.registers, lsr).read())
     }
 }
 
@@ -104,5 +125,27 @@ impl fmt::Write for MiniUart {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         crate::write_terminal_text(text, |byte| self.write_byte(byte));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated register block reached through the same pointer type; LSR says the
+    /// transmitter is idle and empty, as a quiet UART's does.
+    #[test]
+    fn new_programs_the_line_and_write_byte_fills_io() {
+        let mut block = [0u32; 0x24 / 4];
+        block[0x14 / 4] = 1 << 6 | 1 << 5;
+        let base = block.as_mut_ptr().cast::<u8>();
+        {
+            // SAFETY: `block` is as long as the register map, aligned, and outlives the UART.
+            let mut uart = unsafe { MiniUart::new(base) };
+            fmt::Write::write_str(&mut uart, "\n").unwrap();
+        }
+        assert_eq!(block[0], u32::from(b'\n'), "IO holds the last byte sent (after the \\r)");
+        assert_eq!(block[0x0c / 4], 0b11, "LCR: 8 data bits");
+        assert_eq!(block[0x20 / 4], 0b11, "CNTL: transmitter and receiver on");
     }
 }
