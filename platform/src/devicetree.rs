@@ -42,6 +42,7 @@ pub const MAX_DEPTH: usize = 16;
 /// How many ranges one list (RAM, reservations, a device's `reg`) may hold.
 pub const MAX_RANGES: usize = 32;
 
+/// A list of physical ranges, bounded so that it needs no heap (it is read before one exists).
 pub type RangeList = ArrayVec<PhysRange, MAX_RANGES>;
 
 pub(crate) const MAGIC: u32 = 0xd00d_feed;
@@ -59,112 +60,165 @@ pub(crate) const TOKEN_END: u32 = 9;
 pub enum Error<'a> {
     /// Fewer bytes than a header, or than the header's `totalsize`.
     Truncated {
+        /// Bytes needed.
         needed: usize,
+        /// Bytes there are.
         available: usize,
     },
+    /// The first word is not the devicetree magic `0xd00dfeed`: not a devicetree at all.
     BadMagic {
+        /// The word found instead.
         found: u32,
     },
+    /// A header version this parser does not read (it reads 17, and 16-compatible blobs).
     UnsupportedVersion {
+        /// The blob's version.
         version: u32,
+        /// The oldest version it says it is compatible with.
         last_compatible_version: u32,
     },
     /// A block named by the header lies outside the blob's `totalsize` bytes.
     BlockOutOfBounds {
+        /// Which block: the structure, strings or memory reservation block.
         block: &'static str,
+        /// Its offset from the blob's start.
         offset: u32,
+        /// Its size.
         size: u32,
+        /// The blob's `totalsize`.
         total_size: usize,
     },
     /// The structure block is not a well-formed token stream; `offset` is from the blob's start.
     Malformed {
+        /// Where, from the blob's start.
         offset: usize,
+        /// What is wrong there.
         problem: &'static str,
     },
     /// A node nested deeper than [`MAX_DEPTH`] levels, at `offset` from the blob's start.
     TooDeep {
+        /// Where, from the blob's start.
         offset: usize,
     },
     /// A property that has a fixed shape has another one.
     BadProperty {
+        /// The node.
         node: &'a str,
+        /// The property.
         property: &'static str,
+        /// What is wrong with it.
         problem: &'static str,
     },
     /// `#address-cells` or `#size-cells` holds a count this kernel cannot use.
     BadCellCount {
+        /// The node.
         node: &'a str,
+        /// The property.
         property: &'static str,
+        /// Its value.
         value: u32,
     },
     /// A `ranges` whose length is not a whole number of (child address, parent address, size)
     /// entries.
     RangesShape {
+        /// The bus node.
         bus: &'a str,
+        /// How many cells `ranges` has.
         cells: usize,
+        /// Its `#address-cells`.
         child_address_cells: usize,
+        /// Its parent's `#address-cells`.
         parent_address_cells: usize,
+        /// Its `#size-cells`.
         size_cells: usize,
     },
     /// An address that no `ranges` of an ancestor translates.
     Untranslatable {
+        /// The node.
         node: &'a str,
+        /// The address, as its bus states it.
         address: u64,
     },
+    /// No `/memory` node describes any RAM.
     NoMemory,
+    /// More ranges than a list holds ([`MAX_RANGES`]).
     TooManyRanges {
+        /// Which list.
         what: &'static str,
     },
     /// `/chosen/stdout-path` names a node that does not exist, directly or through `alias`.
     StdoutNotFound {
+        /// The path or alias as stated.
         path: &'a str,
+        /// The alias it went through, if any.
         alias: Option<&'a str>,
     },
     /// `/chosen/stdout-path` names an alias that `/aliases` does not define.
     StdoutAliasUndefined {
+        /// The alias.
         alias: &'a str,
     },
     /// The blob is larger than the storage the kernel keeps devicetrees in.
     TooLarge {
+        /// The blob's size.
         size: usize,
+        /// The storage's capacity.
         capacity: usize,
     },
     /// A `restricted-dma-pool` node that cannot serve as a bounce pool.
     BadPool {
+        /// The pool's node.
         node: &'a str,
+        /// What is wrong with it.
         problem: PoolProblem,
     },
     /// A `memory-region` phandle (on `carrier`, inherited by `device`) that cannot be followed.
     BadMemoryRegion {
+        /// The device that inherits the property.
         device: &'a str,
+        /// The node that carries `memory-region`.
         carrier: &'a str,
+        /// The phandle.
         phandle: u32,
+        /// Why it cannot be followed.
         problem: &'static str,
     },
     /// The `dma-ranges` of the buses above `node` share no address: it can reach no memory.
     DmaUnreachable {
+        /// The device.
         node: &'a str,
+        /// The bus whose `dma-ranges` leave nothing.
         bus: &'a str,
     },
     /// A property made of fixed-size entries whose length is not a whole number of them.
     BadEntryLength {
+        /// The node.
         node: &'a str,
+        /// The property.
         property: &'static str,
+        /// How many cells it has.
         cells: usize,
+        /// How many cells one entry takes.
         entry_cells: usize,
         /// What one entry holds, in words.
         layout: &'static str,
     },
     /// A phandle in `property` that no node carries.
     UnknownPhandle {
+        /// The node.
         node: &'a str,
+        /// The property.
         property: &'static str,
+        /// The phandle no node carries.
         phandle: u32,
     },
     /// A PCI host bridge whose ECAM region cannot hold the configuration space of its buses.
     EcamTooSmall {
+        /// The bridge's node.
         node: &'a str,
+        /// The ECAM region's size.
         ecam_size: u64,
+        /// How many buses `bus-range` names.
         buses: u16,
     },
 }
@@ -309,6 +363,7 @@ impl fmt::Display for PsciConduit {
 /// A memory reservation: bytes of RAM the kernel must not allocate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation<'a> {
+    /// The reserved bytes.
     pub range: PhysRange,
     /// Where it came from: a `/reserved-memory` child's name, or `/memreserve/`.
     pub label: &'a str,
@@ -328,7 +383,9 @@ pub struct Device<'a> {
     /// different buses, which real devicetrees avoid.
     pub name: &'a str,
     compatible: &'a [u8],
+    /// Its registers, in CPU physical addresses (each `reg` entry translated through the buses' `ranges`).
     pub regs: RangeList,
+    /// How it reaches memory: restricted pool, `dma-ranges` windows, coherence.
     pub dma: DmaDescription<'a>,
 }
 
@@ -338,6 +395,7 @@ impl<'a> Device<'a> {
         self.compatible.split(|&byte| byte == 0).filter(|s| !s.is_empty()).filter_map(|s| core::str::from_utf8(s).ok())
     }
 
+    /// Whether `wanted` is one of its `compatible` strings.
     pub fn is_compatible(&self, wanted: &str) -> bool {
         self.compatible().any(|c| c == wanted)
     }
@@ -346,6 +404,7 @@ impl<'a> Device<'a> {
 /// The CPUs listed under `/cpus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cpus<'a> {
+    /// How many CPUs are listed.
     pub count: usize,
     /// How secondary CPUs are started: `psci`, `spin-table`, or `none`.
     pub enable_method: &'a str,
@@ -371,6 +430,7 @@ impl<'a> Devicetree<'a> {
         Ok(Self { fdt, bytes })
     }
 
+    /// How many bytes of the blob are in use (its `totalsize`).
     pub fn size_in_bytes(&self) -> usize {
         self.fdt.total_size()
     }
@@ -395,6 +455,7 @@ impl<'a> Devicetree<'a> {
         self.node("/chosen").and_then(|chosen| string_property(&chosen, "bootargs")).unwrap_or("")
     }
 
+    /// The CPUs under `/cpus` and how the secondary ones start.
     pub fn cpus(&self) -> Cpus<'a> {
         let mut cpus = Cpus { count: 0, enable_method: "none" };
         let Some(parent) = self.node("/cpus") else { return cpus };

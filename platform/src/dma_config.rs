@@ -68,6 +68,7 @@ pub struct RestrictedPool<'a> {
     pub name: &'a str,
     /// What `memory-region` properties refer to it by; `None` if nothing can.
     pub phandle: Option<u32>,
+    /// Where its bytes are: fixed (`reg`) or chosen by the kernel (`size`).
     pub placement: PoolPlacement,
 }
 
@@ -75,11 +76,13 @@ pub struct RestrictedPool<'a> {
 // boxing it is not an option, and a handful of pools costs a few KiB of stack at most.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a restricted pool's bytes come from.
 pub enum PoolPlacement {
     /// `reg`: the bytes are fixed by the devicetree.
     Static(PhysRange),
     /// `size` (+ optional `alignment`, `alloc-ranges`): the kernel chooses where.
     Dynamic {
+        /// How many bytes.
         size: u64,
         /// A power of two, never less than a page.
         alignment: u64,
@@ -89,6 +92,7 @@ pub enum PoolPlacement {
 }
 
 impl PoolPlacement {
+    /// The pool's size in bytes.
     pub fn size(&self) -> u64 {
         match self {
             PoolPlacement::Static(range) => range.size(),
@@ -102,8 +106,11 @@ impl PoolPlacement {
 pub enum PoolProblem {
     /// One of `no-map`, `reusable`, `linux,cma-default`, `linux,dma-default`.
     ForbiddenProperty(&'static str),
+    /// `size` or `reg` says zero bytes.
     ZeroSize,
+    /// The size is not whole pages.
     SizeNotPageMultiple(u64),
+    /// `alignment` is not a power of two.
     AlignmentNotPowerOfTwo(u64),
     /// A static pool that starts inside a page it would share with its neighbour.
     StartNotPageAligned(PhysAddr),
@@ -139,8 +146,11 @@ impl fmt::Display for PoolProblem {
 /// appears to the device at bus address `bus_start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaWindow {
+    /// Where the window starts in CPU physical addresses.
     pub cpu_start: PhysAddr,
+    /// Where the device sees that start.
     pub bus_start: DmaAddr,
+    /// How many bytes it covers.
     pub size: u64,
 }
 
@@ -272,10 +282,28 @@ impl fmt::Display for Reach<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolReachError<'a> {
     /// A device of the pool cannot reach all of it through one of its windows.
-    Unreachable { pool: &'a str, range: PhysRange, device: &'a str, dma: DmaDescription<'a> },
+    Unreachable {
+        /// The pool.
+        pool: &'a str,
+        /// Where it lies.
+        range: PhysRange,
+        /// The device.
+        device: &'a str,
+        /// The device's view of memory.
+        dma: DmaDescription<'a>,
+    },
     /// Two devices of the pool reach it at different bus addresses: one pool address (a bounce
     /// slot's DMA address is the pool's plus the slot's offset) cannot serve both.
-    AddressedTwoWays { pool: &'a str, range: PhysRange, first: (&'a str, DmaAddr), other: (&'a str, DmaAddr) },
+    AddressedTwoWays {
+        /// The pool.
+        pool: &'a str,
+        /// Where it lies.
+        range: PhysRange,
+        /// One device and the bus address it sees the pool at.
+        first: (&'a str, DmaAddr),
+        /// Another device and its different bus address.
+        other: (&'a str, DmaAddr),
+    },
 }
 
 impl fmt::Display for PoolReachError<'_> {

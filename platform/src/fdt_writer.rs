@@ -27,6 +27,7 @@ pub struct FdtWriter {
 }
 
 impl FdtWriter {
+    /// An empty blob: no node, no reservation.
     pub fn new() -> Self {
         Self::default()
     }
@@ -45,11 +46,13 @@ impl FdtWriter {
         self.open_nodes += 1;
     }
 
+    /// Closes the node opened last.
     pub fn end_node(&mut self) {
         self.token(TOKEN_END_NODE);
         self.open_nodes -= 1;
     }
 
+    /// Adds property `name` with `value` to the open node.
     pub fn property(&mut self, name: &str, value: &[u8]) {
         let name_offset = self.string_offset(name);
         self.token(TOKEN_PROP);

@@ -38,40 +38,57 @@ use crate::devicetree::{MAX_RANGES, RangeList, Reservation};
 pub const PAGE_SIZE: u64 = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the memory map could not be built.
 pub enum Error<'a> {
     /// No RAM range was given.
     NoRam,
     /// A reservation (or the kernel image, or the devicetree) is not entirely inside RAM.
     ReservedOutsideRam {
+        /// The reservation's label.
         label: &'a str,
+        /// Its range.
         range: PhysRange,
     },
+    /// More ranges than a list holds.
     TooManyRanges,
     /// A restricted DMA pool is not entirely inside RAM.
     PoolOutsideRam {
+        /// The pool.
         pool: &'a str,
+        /// Its range.
         range: PhysRange,
     },
     /// A restricted DMA pool shares bytes with the kernel image, the devicetree or another
     /// reservation.
     PoolOverlaps {
+        /// The pool.
         pool: &'a str,
+        /// Its range.
         range: PhysRange,
+        /// What it overlaps.
         other: &'a str,
+        /// That one's range.
         other_range: PhysRange,
     },
     /// A pool request that cannot describe a pool: size zero or not whole pages, alignment not
     /// a power of two.
     BadPoolRequest {
+        /// The pool.
         pool: &'a str,
+        /// The size asked for.
         size: u64,
+        /// The alignment asked for.
         alignment: u64,
     },
     /// No free range holds the pool under its constraints.
     PoolDoesNotFit {
+        /// The pool.
         pool: &'a str,
+        /// Its size.
         size: u64,
+        /// Its alignment.
         alignment: u64,
+        /// The highest address its devices reach, if limited.
         below: Option<PhysAddr>,
         /// The node's `alloc-ranges`; empty when it has none (anywhere in RAM will do).
         alloc_ranges: RangeList,
@@ -130,6 +147,7 @@ pub struct MemoryMap<'a> {
 /// One line of the memory map as the boot log prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry<'a> {
+    /// The bytes.
     pub range: PhysRange,
     /// `free`, or the reservation's label.
     pub label: &'a str,
@@ -169,6 +187,7 @@ impl<'a> MemoryMap<'a> {
         &self.free
     }
 
+    /// The largest free range, if any.
     pub fn largest_free(&self) -> Option<PhysRange> {
         self.free.iter().copied().max_by_key(PhysRange::size)
     }
@@ -243,7 +262,9 @@ impl<'a> MemoryMap<'a> {
 /// A piece of the kernel's linear map of RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinearRange {
+    /// The bytes.
     pub range: PhysRange,
+    /// Mapped read-write (RAM), or read-only (the kernel image's alias, W^X).
     pub writable: bool,
 }
 

@@ -133,14 +133,17 @@ impl PciFunction {
         if device < 32 && function < 8 { Some(Self { bus, device, function }) } else { None }
     }
 
+    /// The bus number.
     pub const fn bus(self) -> u8 {
         self.bus
     }
 
+    /// The device number (0 to 31).
     pub const fn device(self) -> u8 {
         self.device
     }
 
+    /// The function number (0 to 7).
     pub const fn function(self) -> u8 {
         self.function
     }
@@ -166,17 +169,22 @@ impl fmt::Display for PciFunction {
 /// The buses a host bridge owns (`bus-range`), first and last included: `first <= last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BusRange {
+    /// The first bus.
     pub first: u8,
+    /// The last bus.
     pub last: u8,
 }
 
 impl BusRange {
+    /// Every bus (0 to 255), when `bus-range` is missing.
     pub const ALL: BusRange = BusRange { first: 0, last: 255 };
 
+    /// Whether `bus` is in the range.
     pub fn contains(&self, bus: u8) -> bool {
         (self.first..=self.last).contains(&bus)
     }
 
+    /// How many buses.
     pub fn count(&self) -> u16 {
         u16::from(self.last - self.first) + 1
     }
@@ -185,8 +193,11 @@ impl BusRange {
 /// The address space a window forwards to (the space code `ss` of phys.hi).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PciSpace {
+    /// I/O space.
     Io,
+    /// Memory below 4 GiB of PCI space.
     Memory32,
+    /// Memory anywhere in 64-bit PCI space.
     Memory64,
 }
 
@@ -204,12 +215,16 @@ impl fmt::Display for PciSpace {
 /// `[pci_address, pci_address + size)` of `space`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciWindow {
+    /// The address space it opens.
     pub space: PciSpace,
     /// Reads have no side effects, so the CPU may map the window prefetchable (merged and
     /// speculative reads); only prefetchable BARs may go in it.
     pub prefetchable: bool,
+    /// Where the window starts on the PCI side.
     pub pci_address: u64,
+    /// Where the CPU reaches that start.
     pub cpu_address: PhysAddr,
+    /// How many bytes.
     pub size: u64,
 }
 
@@ -235,9 +250,13 @@ impl fmt::Display for PciWindow {
 /// `[stream_base, stream_base + length)` of the IOMMU whose phandle is `iommu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IommuMapEntry {
+    /// The first requester ID the entry covers.
     pub rid_base: u32,
+    /// The phandle of the IOMMU it goes to.
     pub iommu: u32,
+    /// The StreamID of the first requester ID.
     pub stream_base: u32,
+    /// How many requester IDs it covers.
     pub length: u32,
 }
 
@@ -258,8 +277,11 @@ pub enum IommuTarget<'a> {
 /// (`of_map_id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IommuMapProblem<'a> {
+    /// The bridge's node.
     pub bridge: &'a str,
+    /// The entry.
     pub entry: IommuMapEntry,
+    /// What its phandle leads to.
     pub target: IommuTarget<'a>,
 }
 
@@ -285,7 +307,9 @@ impl fmt::Display for IommuMapProblem<'_> {
 /// Where a requester's DMA goes: which IOMMU (its phandle), under which StreamID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamRoute {
+    /// The IOMMU's phandle.
     pub iommu: u32,
+    /// The StreamID.
     pub stream_id: u32,
 }
 
@@ -293,9 +317,13 @@ pub struct StreamRoute {
 /// 3.0, §6.2.4) names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IntxPin {
+    /// INTA#.
     A = 1,
+    /// INTB#.
     B = 2,
+    /// INTC#.
     C = 3,
+    /// INTD#.
     D = 4,
 }
 
@@ -383,10 +411,13 @@ impl<'a> InterruptMap<'a> {
 /// A `pci-host-ecam-generic` node.
 #[derive(Debug, Clone)]
 pub struct PciHostBridge<'a> {
+    /// Its node name.
     pub name: &'a str,
     /// The configuration space of every bus in `buses`, in CPU physical addresses.
     pub ecam: PhysRange,
+    /// The buses it owns.
     pub buses: BusRange,
+    /// The address windows it forwards from the CPU to PCI.
     pub windows: ArrayVec<PciWindow, MAX_PCI_WINDOWS>,
     /// `dma-coherent` (inherited as for any device): the bridge's devices snoop CPU caches.
     pub coherent: bool,
@@ -430,6 +461,7 @@ impl<'a> PciHostBridge<'a> {
 /// An `arm,smmu-v3` node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Smmu<'a> {
+    /// Its node name.
     pub name: &'a str,
     /// What `iommu-map` entries name it by; `None` if nothing can.
     pub phandle: Option<u32>,
@@ -803,15 +835,22 @@ fn entry_length_error<'a>(
 pub struct BarRequest {
     /// A power of two: a BAR decodes a naturally aligned block.
     pub size: u64,
+    /// I/O or memory, 32- or 64-bit, prefetchable or not.
     pub kind: BarKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What kind of space a BAR decodes.
 pub enum BarKind {
     /// Bit 0 set: I/O space.
     Io,
     /// Bit 0 clear. Bits 2:1 = 0b10 make it 64-bit (two BAR registers); bit 3 prefetchable.
-    Memory { is_64bit: bool, prefetchable: bool },
+    Memory {
+        /// Two BAR registers, anywhere in 64-bit space.
+        is_64bit: bool,
+        /// Reads have no side effects: may be prefetched and merged.
+        prefetchable: bool,
+    },
 }
 
 impl BarKind {
@@ -827,7 +866,9 @@ impl BarKind {
 /// Where a BAR was placed: the value to program into it, and where the CPU reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BarAssignment {
+    /// The value to program into the BAR.
     pub pci_address: u64,
+    /// Where the CPU reaches it.
     pub cpu_address: PhysAddr,
 }
 
@@ -835,11 +876,22 @@ pub struct BarAssignment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarError {
     /// Not a power of two, or below the minimum a BAR of its kind decodes.
-    BadSize { size: u64 },
+    BadSize {
+        /// The size asked for.
+        size: u64,
+    },
     /// The bridge has no window the BAR may go in.
-    NoWindow { kind: BarKind },
+    NoWindow {
+        /// The BAR's kind.
+        kind: BarKind,
+    },
     /// Every window it may go in is too full.
-    WindowsFull { size: u64, kind: BarKind },
+    WindowsFull {
+        /// The size asked for.
+        size: u64,
+        /// The BAR's kind.
+        kind: BarKind,
+    },
 }
 
 impl fmt::Display for BarKind {
@@ -896,6 +948,7 @@ struct WindowCursor {
 const FIRST_ASSIGNABLE_IO_PORT: u64 = 0x1000;
 
 impl BarAllocator {
+    /// An allocator over the bridge's `windows`.
     pub fn new(windows: &ArrayVec<PciWindow, MAX_PCI_WINDOWS>) -> Self {
         let cursor = |window: &PciWindow| {
             let floor = if window.space == PciSpace::Io { FIRST_ASSIGNABLE_IO_PORT } else { 0 };
@@ -904,6 +957,7 @@ impl BarAllocator {
         Self { windows: windows.iter().map(cursor).collect() }
     }
 
+    /// Places a BAR: the lowest aligned place in a window of the right kind that has room.
     pub fn allocate(&mut self, request: BarRequest) -> Result<BarAssignment, BarError> {
         let BarRequest { size, kind } = request;
         if !size.is_power_of_two() || size < kind.minimum_size() {

@@ -50,6 +50,7 @@ pub struct RescuedConsole<'b> {
     pub compatible: &'b str,
     /// The first `reg` entry, translated to a CPU physical range as far as the buses allow.
     pub registers: PhysRange,
+    /// How the console was found: `stdout-path`, an alias, or a search by `compatible`.
     pub found_by: FoundBy,
     /// Every reading that departs from what the devicetree says, for the log.
     pub guesses: ArrayVec<Guess<'b>, MAX_GUESSES>,
@@ -79,15 +80,26 @@ pub enum Guess<'b> {
     /// The parent's `#address-cells` and `#size-cells` (as stated, or their defaults 2 and
     /// 1) cannot split `reg`; it was read with `address_cells` + `size_cells` cells.
     CellCounts {
+        /// The node whose `reg` was read.
         node: &'b str,
+        /// Its parent.
         parent: &'b str,
+        /// The parent's `#address-cells`, as stated or defaulted.
         stated_address_cells: u32,
+        /// The parent's `#size-cells`, as stated or defaulted.
         stated_size_cells: u32,
+        /// The address cells used.
         address_cells: usize,
+        /// The size cells used.
         size_cells: usize,
     },
     /// `bus` has no `ranges` that translates `address`, which was kept as it is.
-    Untranslated { bus: &'b str, address: u64 },
+    Untranslated {
+        /// The bus.
+        bus: &'b str,
+        /// The address, as the bus states it.
+        address: u64,
+    },
 }
 
 impl fmt::Display for Guess<'_> {
