@@ -2,12 +2,12 @@
 //! addresses.
 //!
 //! The image is linked at [`layout::KERNEL_IMAGE_BASE`] but loaded at whatever physical
-//! address the loader chose. [`entry.s`](../entry.s) calls [`__early_enable_mmu`] with the MMU
+//! address the loader chose. [`entry.s`](../entry.s) calls `__early_enable_mmu` with the MMU
 //! off, so this code runs at the *physical* address of the image. That works because AArch64
 //! code reaches functions and statics PC-relatively (`adrp`/`add`), which gives the right
 //! answer wherever the code runs. What it must not do is follow a pointer stored in data
 //! (formatting, trait objects, panics): those hold link-time (virtual) addresses. So this
-//! code stays small, writes nothing but page tables and [`BOOT_STATE`], and on failure parks.
+//! code stays small, writes nothing but page tables and `BOOT_STATE`, and on failure parks.
 //!
 //! Two translation tables are built from a pool of frames inside the image:
 //!
@@ -143,10 +143,11 @@ fn devicetree_size(devicetree: u64) -> u64 {
         return 0;
     }
     let header = devicetree as *const u8;
-    // SAFETY: the boot protocol says x0 holds the devicetree's address; the MMU is off, so any
-    // 8-byte-aligned RAM address is readable. Bytes are read one by one: the blob is big-endian.
+    // Bytes are read one by one: the blob is big-endian.
     let mut bytes = [0u8; 8];
     for (index, byte) in bytes.iter_mut().enumerate() {
+        // SAFETY: the boot protocol says x0 holds the devicetree's address; the MMU is off, so
+        // any 8-byte-aligned RAM address is readable, and these are its first 8 bytes.
         *byte = unsafe { header.add(index).read_volatile() };
     }
     let word = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);

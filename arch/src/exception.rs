@@ -1,7 +1,7 @@
 //! Exceptions: what the CPU tells us when an instruction cannot complete.
 //!
 //! On a synchronous exception the CPU records *why* in `ESR_EL1` (the exception syndrome:
-//! its class in bits [31:26], class-specific detail below), *which address* was involved in
+//! its class in bits 31:26, class-specific detail below), *which address* was involved in
 //! `FAR_EL1` (for aborts), and *where* in `ELR_EL1` (the faulting instruction), then jumps to
 //! the vector table (`exception.s`). This module turns those numbers into words:
 //!
@@ -24,10 +24,15 @@ core::arch::global_asm!(include_str!("exception.s"));
 /// The registers saved on exception entry, in the order `exception.s` stores them.
 #[repr(C)]
 pub struct Frame {
+    /// General-purpose registers x0 to x30, as the interrupted code left them.
     pub x: [u64; 31],
+    /// `ELR_EL1`: where the exception was taken, and where `eret` returns.
     pub elr: u64,
+    /// `SPSR_EL1`: the interrupted code's PSTATE.
     pub spsr: u64,
+    /// `ESR_EL1`: why (the syndrome).
     pub esr: u64,
+    /// `FAR_EL1`: the faulting address, for aborts.
     pub far: u64,
     _padding: u64,
 }
@@ -63,10 +68,12 @@ const CURRENT_EL_SYNCHRONOUS: u64 = 0;
 pub struct Syndrome(pub u64);
 
 impl Syndrome {
+    /// The exception class, `ESR_EL1.EC` (bits 31:26).
     pub fn class(self) -> u64 {
         (self.0 >> 26) & 0x3f
     }
 
+    /// The exception class in words.
     pub fn class_name(self) -> &'static str {
         match self.class() {
             0x00 => "unknown reason",
@@ -94,6 +101,7 @@ impl Syndrome {
         }
     }
 
+    /// Whether it is a data abort taken from EL1 (the kernel's own access).
     pub fn is_data_abort_from_el1(self) -> bool {
         self.class() == 0x25
     }
@@ -102,7 +110,7 @@ impl Syndrome {
         matches!(self.class(), 0x20 | 0x21 | 0x24 | 0x25)
     }
 
-    /// For aborts: the fault status code, ESR[5:0] (DFSC or IFSC).
+    /// For aborts: the fault status code, `ESR[5:0]` (DFSC or IFSC).
     pub fn fault_status(self) -> u64 {
         self.0 & 0x3f
     }
@@ -134,17 +142,24 @@ impl Syndrome {
 pub enum Fault {
     /// No valid entry at that level of the tables: the address is not mapped.
     Translation {
+        /// The table level the walk stopped at.
         level: u8,
     },
+    /// The entry's access flag is clear (the kernel sets it in every entry it writes).
     AccessFlag {
+        /// The table level of the entry.
         level: u8,
     },
     /// Mapped, but not for this kind of access (a write to read-only memory, say).
     Permission {
+        /// The table level of the entry.
         level: u8,
     },
+    /// A misaligned access to memory that requires alignment (device memory).
     Alignment,
+    /// Any other fault status.
     Other {
+        /// `ESR_EL1.ISS.DFSC`/`IFSC`, the fault status code.
         status: u64,
     },
 }
@@ -180,6 +195,7 @@ impl fmt::Display for Syndrome {
 pub struct ProbeFault {
     /// `FAR_EL1`: the address the access used.
     pub address: VirtAddr,
+    /// `ESR_EL1`: what kind of fault.
     pub syndrome: Syndrome,
 }
 

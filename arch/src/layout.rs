@@ -18,11 +18,15 @@ use vmsa::{Access, Attributes, MemoryType};
 
 /// Input address width of both halves: `T0SZ = T1SZ = 64 - 48`.
 pub const VA_BITS: u32 = 48;
+/// The kernel's page size: the 4 KiB granule.
 pub const PAGE_SIZE: u64 = 4096;
+/// Where physical address 0 appears in the linear map.
 pub const LINEAR_MAP_BASE: u64 = 0xffff_0000_0000_0000;
 /// Physical addresses the linear map can reach (128 TiB).
 pub const LINEAR_MAP_SIZE: u64 = 1 << 47;
+/// Where device registers are mapped, on demand.
 pub const DEVICE_WINDOW_BASE: u64 = 0xffff_fe00_0000_0000;
+/// How much address space the device window has.
 pub const DEVICE_WINDOW_SIZE: u64 = 1 << 40;
 /// Must match `KERNEL_IMAGE_BASE` in `linker.ld`.
 pub const KERNEL_IMAGE_BASE: u64 = 0xffff_ffff_8000_0000;
@@ -54,9 +58,13 @@ unsafe extern "C" {
 /// A part of the image with its own permissions, as offsets from the image start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Section {
+    /// Its name, for the boot log.
     pub name: &'static str,
+    /// Where it starts, from the image's start.
     pub offset: u64,
+    /// How many bytes.
     pub size: u64,
+    /// How it is mapped.
     pub attributes: Attributes,
 }
 
@@ -88,6 +96,7 @@ impl ImageLayout {
         }
     }
 
+    /// The image's size in bytes.
     pub fn size(&self) -> u64 {
         self.end - self.start
     }

@@ -74,9 +74,11 @@ static KERNEL_TABLES: Mutex<Option<KernelTables>> = Mutex::new(None);
 /// Why a mapping could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapError {
+    /// The page tables refused (an overlap, no table memory).
     Tables(vmsa::Error),
     /// The physical range lies beyond what the linear map reaches.
     BeyondLinearMap(PhysRange),
+    /// The device window has no room left.
     DeviceWindowFull,
 }
 

@@ -13,7 +13,9 @@ use smccc::{Hvc, Smc};
 /// `smc` to secure firmware at EL3. The devicetree's `/psci/method` says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conduit {
+    /// `hvc`: firmware in a hypervisor at EL2 (QEMU `virt` with `virtualization=on`).
     Hvc,
+    /// `smc`: secure firmware at EL3.
     Smc,
 }
 

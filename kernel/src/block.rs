@@ -4,7 +4,7 @@
 //! A disk is an array of fixed-size blocks. One request may carry only so much: the device
 //! states its own limit (NVMe's MDTS), and the DMA layer states the largest mapping that always
 //! succeeds (`max_mapping_size`, contract rule 7: a bounced mapping must fit the bounce pool's
-//! contiguous slots). [`read`] and [`write`] split a larger request into pieces no larger than
+//! contiguous slots). [`read`](fn@read) and [`write`](fn@write) split a larger request into pieces no larger than
 //! [`BlockDevice::max_transfer`], each mapped, transferred and unmapped in turn — the way
 //! Linux's block layer obeys `max_hw_sectors`, which NVMe derives from both limits (the "nvme-pci:
 //! Fix dma-iommu mapping failures when PAGE_SIZE=64KB" thread, 2024,

@@ -76,9 +76,10 @@ pub fn rescue_console(blob: &'static [u8]) -> Option<RescuedConsole<'static>> {
 /// Maps the UART with `compatible` at `registers` and makes it the console.
 fn start_uart(compatible: &str, registers: PhysRange) -> Result<(), ()> {
     let mapped = arch::mmu::map_device(registers).map_err(|_| ())?;
-    // SAFETY (both arms): freshly mapped as device memory; the console is the UART's only user.
     let uart = match compatible == Pl011::COMPATIBLE {
+        // SAFETY: freshly mapped as device memory; the console is the UART's only user.
         true => ConsoleDevice::Pl011(unsafe { Pl011::new(mapped.as_mut_ptr()) }),
+        // SAFETY: as above.
         false => ConsoleDevice::MiniUart(unsafe { MiniUart::new(mapped.as_mut_ptr()) }),
     };
     console::install(uart);

@@ -11,6 +11,8 @@
 //! 3. compute the memory map, build the linear map of RAM, start the heap ([`memory`]);
 //! 4. run the kernel tests (`kernel.test` on the command line) or the demo;
 //! 5. power off ([`power`]).
+// The kernel is a binary: its public items are not an API (see the workspace lints).
+#![allow(missing_docs)]
 #![no_std]
 #![no_main]
 
@@ -158,6 +160,8 @@ fn rescue_console(blob: &'static [u8], devicetree: &Devicetree<'static>, problem
     power::stop(power::Outcome::Failure)
 }
 
+// `MemoryError` is large, and this runs before the heap exists to box it (see `memory`).
+#[allow(clippy::result_large_err)]
 fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(), memory::MemoryError> {
     info!("machine: {}", devicetree.model());
     let cpus = devicetree.cpus();

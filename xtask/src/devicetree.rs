@@ -259,7 +259,8 @@ impl Edits for VirtAdditions {
 
     fn keeps(&self, path: &str, name: &str) -> bool {
         let replaced_console = path == "/chosen" && name == "stdout-path" && self.stdout == StdoutPath::Missing;
-        !(name == "dma-coherent" && self.declares_non_coherent(path)) && !replaced_console
+        let made_non_coherent = name == "dma-coherent" && self.declares_non_coherent(path);
+        !made_non_coherent && !replaced_console
     }
 
     fn add_properties(&self, writer: &mut FdtWriter, path: &str) {

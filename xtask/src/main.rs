@@ -9,10 +9,16 @@
 //!   image read back; fails if anything fails or QEMU hangs.
 //! - `cargo xtask sdcard`: a Raspberry Pi 4 SD card image (firmware, devicetree, kernel).
 //! - `cargo xtask excerpts`: rewrite the documentation's log excerpts from fresh runs.
+//! - `cargo xtask check`: formatting, clippy (host crates and the kernel target) and the
+//!   documentation, with warnings denied.
 //!
 //! Each command checks its prerequisites first (the Rust target, QEMU >= 9) and installs
 //! them where it can, or says exactly what to run.
 
+// xtask is a binary: its public items are not an API (see the workspace lints).
+#![allow(missing_docs)]
+
+mod check;
 mod devicetree;
 mod excerpts;
 mod firmware;
@@ -93,6 +99,8 @@ enum Command {
     /// Boot the runs the documentation quotes and rewrite its log excerpts with what they
     /// print now.
     Excerpts,
+    /// Formatting, clippy and the documentation, with warnings denied (CI runs it first).
+    Check,
     /// Build a Raspberry Pi 4 SD card image: firmware, devicetree, config.txt, kernel.
     Sdcard {
         /// Take start4.elf, fixup4.dat and bcm2711-rpi-4-b.dtb from DIR instead of fetching
@@ -184,6 +192,7 @@ fn main() -> ExitCode {
             machine.and_then(|machine| qemu::run_interactive(&machine.with_extra_arguments(qemu_args), run, &append))
         }
         Command::Test => test::run_all(),
+        Command::Check => check::run(),
         Command::Excerpts => test::update_excerpts(),
         Command::Sdcard { firmware_dir, output, append } => {
             sdcard::run(firmware_dir.as_deref(), output.as_deref(), &append)

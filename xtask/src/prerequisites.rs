@@ -20,6 +20,21 @@ pub fn ensure_rust_target() -> Result<()> {
         .map_err(|_| format!("could not install the Rust target: run `rustup target add {KERNEL_TARGET}`"))
 }
 
+/// rustup components of the pinned toolchain (`clippy`, `rustfmt`), installed if missing.
+pub fn ensure_components(components: &[&str]) -> Result<()> {
+    let installed = output("rustup", &["component", "list", "--installed"])
+        .map_err(|_| "rustup not found: install Rust with rustup (https://rustup.rs)".to_string())?;
+    for component in components {
+        if installed.lines().any(|line| line.trim().starts_with(&format!("{component}-"))) {
+            continue;
+        }
+        println!("xtask: installing the rustup component {component}");
+        run_visible("rustup", &["component", "add", component])
+            .map_err(|_| format!("could not install {component}: run `rustup component add {component}`"))?;
+    }
+    Ok(())
+}
+
 /// QEMU 9 or newer (for `raspi4b` and a current SMMUv3 model).
 pub fn ensure_qemu() -> Result<()> {
     match qemu_major_version() {

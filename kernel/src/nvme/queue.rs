@@ -112,12 +112,13 @@ impl QueuePair {
             .cast::<CompletionEntry>()
             .wrapping_add(usize::from(self.completion_ring.head()));
         loop {
-            // SAFETY (both reads): `slot` is inside the ring, which lives as long as `self`.
+            // SAFETY: `slot` is inside the ring, which lives as long as `self`.
             let posted = unsafe { core::ptr::read_volatile(slot) };
             if self.completion_ring.is_new(posted.phase()) {
                 // Read the whole entry again: the first read may have seen the phase bit
                 // before the rest of the entry landed.
                 arch::cache::order_reads_after_status();
+                // SAFETY: as above.
                 let completion = unsafe { core::ptr::read_volatile(slot) };
                 let head = self.completion_ring.advance();
                 self.submission_ring.complete_to(completion.submission_head)?;

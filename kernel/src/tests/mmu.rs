@@ -88,6 +88,7 @@ fn ensure_write_refused(address: VirtAddr, what: &str) -> Result<(), alloc::stri
     // SAFETY: the mapping is expected to refuse the write; if it did not, the test fails (and
     // the value written is the one already there, so nothing changes).
     let current = unsafe { address.as_ptr::<u64>().read_volatile() };
+    // SAFETY: as above: the write puts back the value read, if it happens at all.
     let result = unsafe { probe_write(address, current) };
     let fault = match result {
         Ok(()) => return Err(alloc::format!("{what} at {address:?} is writable")),

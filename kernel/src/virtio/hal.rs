@@ -193,9 +193,8 @@ impl<const SLOT: usize> Lease<SLOT> {
                 Err(error) => {
                     for prepared in made {
                         // SAFETY: mapped just above and never submitted.
-                        if let Err(unmap_error) =
-                            unsafe { self.device.unmap(prepared.dma, prepared.physical, prepared.direction) }
-                        {
+                        let undone = unsafe { self.device.unmap(prepared.dma, prepared.physical, prepared.direction) };
+                        if let Err(unmap_error) = undone {
                             log::error!(
                                 "{}: undoing a mapping after a refusal failed: {unmap_error}",
                                 self.device.name

@@ -180,9 +180,12 @@ impl fmt::Display for NotStarted {
     }
 }
 
+/// Devices found, by name prefix, and those not started with why.
+pub type Census = ([(&'static str, usize); 3], Vec<(&'static str, String)>);
+
 /// How many virtio-mmio devices of each kind were found, by name prefix, and those not
 /// started, with why (as the device table reported them).
-pub fn mmio_devices_found() -> ([(&'static str, usize); 3], Vec<(&'static str, String)>) {
+pub fn mmio_devices_found() -> Census {
     let found = [
         ("virtio-blk", DISKS_FOUND.load(Ordering::Relaxed)),
         ("virtio-rng", ENTROPY_SOURCES_FOUND.load(Ordering::Relaxed)),
