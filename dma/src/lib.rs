@@ -37,7 +37,6 @@
 //!
 //! "Rule N" and "RN" refer to the project's DMA contract, `docs/dma-contract.md`.
 #![no_std]
-#![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
