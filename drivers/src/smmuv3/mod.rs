@@ -52,16 +52,15 @@ mod tests;
 use core::ptr::NonNull;
 
 use addr::PhysAddr;
+use safe_mmio::{field, field_shared, UniqueMmioPointer};
 use tock_registers::fields::FieldValue;
-use tock_registers::interfaces::{Readable, Writeable};
+use tock_registers::LocalRegisterCopy;
 
 use barrier::{acquire_reads, publish_writes, release_entries};
 use commands::{Command, COMMAND_WORDS};
 use events::EVENT_WORDS;
 use queue::{Queue, Ring};
-use registers::{
-    Page0, Page1, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_INDEX, GERROR, PAGE_1_OFFSET, STRTAB_BASE, STRTAB_BASE_CFG,
-};
+use registers::{Registers, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_INDEX, GERROR, STRTAB_BASE, STRTAB_BASE_CFG};
 use tables::{ContextDescriptor, EntryTable, StreamTableEntry, ENTRY_BYTES, STE_CONFIG_WORD};
 
 pub use commands::{command_name, CommandErrorKind, CommandFailure};
@@ -84,10 +83,10 @@ const POLLS: usize = 2_000_000;
 /// 4 KiB of commands and 8 KiB of events.
 const QUEUE_LOG2_ENTRIES: u32 = 8;
 
-/// A running SMMU.
+/// A running SMMU: its registers, the stream table, the context descriptors and the two
+/// queues, all this driver's alone.
 pub struct Smmu {
-    registers: &'static Page0,
-    event_indices: &'static Page1,
+    registers: UniqueMmioPointer<'static, Registers>,
     features: Features,
     stream_table: EntryTable,
     streams: u64,
@@ -101,23 +100,28 @@ pub struct Smmu {
     event_consumer: u32,
 }
 
-// SAFETY: a Smmu is the only handle on its registers and memory, which every CPU can reach.
+// SAFETY: a Smmu is the only handle on its tables and queues (raw pointers into memory it
+// allocated, which every CPU can reach); its registers are a `UniqueMmioPointer`, `Send` by
+// that type's contract.
 unsafe impl Send for Smmu {}
 
 impl Smmu {
     /// Reads the ID registers.
     ///
     /// # Safety
-    /// `base` maps the SMMU's register pages 0 and 1 (0x20000 bytes) as device memory.
+    /// `base` maps the SMMU's register pages 0 and 1 (0x20000 bytes) as device memory, and
+    /// no [`Smmu`] drives them during the call.
     pub unsafe fn probe(base: NonNull<u8>) -> Features {
-        // SAFETY: page 0 is mapped (the caller's promise).
-        let registers = unsafe { &*base.as_ptr().cast::<Page0>() };
+        // SAFETY: both pages are mapped as device memory, reachable from every CPU (the
+        // caller's promise), `Registers` matches their layout (checked by
+        // `register_offsets!`), and the pointer is the only one in use until it drops here.
+        let registers = unsafe { UniqueMmioPointer::<Registers>::new(base.cast()) };
         Features::decode(IdRegisters {
-            idr0: registers.idr0.get(),
-            idr1: registers.idr1.get(),
-            idr3: registers.idr3.get(),
-            idr5: registers.idr5.get(),
-            aidr: registers.aidr.get(),
+            idr0: field_shared!(registers, idr0).read(), // 6.3.1
+            idr1: field_shared!(registers, idr1).read(), // 6.3.2
+            idr3: field_shared!(registers, idr3).read(), // 6.3.4
+            idr5: field_shared!(registers, idr5).read(), // 6.3.6
+            aidr: field_shared!(registers, aidr).read(), // 6.3.8
         })
     }
 
@@ -143,10 +147,9 @@ impl Smmu {
         let commands = allocate_queue(memory, Structure::CommandQueue, features.command_queue_bits, COMMAND_WORDS)?;
         let events = allocate_queue(memory, Structure::EventQueue, features.event_queue_bits, EVENT_WORDS)?;
         let mut smmu = Self {
-            // SAFETY: the caller maps page 0 for as long as the SMMU is driven.
-            registers: unsafe { &*base.as_ptr().cast::<Page0>() },
-            // SAFETY: and page 1 after it.
-            event_indices: unsafe { &*base.as_ptr().add(PAGE_1_OFFSET).cast::<Page1>() },
+            // SAFETY: the caller maps both pages as device memory for as long as the SMMU is
+            // driven, and nothing else drives it; `Registers` matches their layout.
+            registers: unsafe { UniqueMmioPointer::new(base.cast()) },
             features,
             stream_table,
             streams,
@@ -163,6 +166,7 @@ impl Smmu {
         Ok(smmu)
     }
 
+    /// What the SMMU offers, as read from its ID registers when it was taken over.
     pub fn features(&self) -> &Features {
         &self.features
     }
@@ -172,27 +176,28 @@ impl Smmu {
     /// queue on; translation on.
     fn start(&mut self, stream_id_bits: u32) -> Result<(), SmmuError> {
         self.set_control(CR0::SMMUEN::CLEAR + CR0::CMDQEN::CLEAR + CR0::EVENTQEN::CLEAR)?;
-        self.acknowledge(self.pending_global_errors());
-        let registers = self.registers;
-        registers.cr1.write(
-            CR1::TABLE_SH::InnerShareable
-                + CR1::TABLE_OC::WriteBack
-                + CR1::TABLE_IC::WriteBack
-                + CR1::QUEUE_SH::InnerShareable
-                + CR1::QUEUE_OC::WriteBack
-                + CR1::QUEUE_IC::WriteBack,
-        );
-        registers.cr2.write(CR2::PTM::SET + CR2::RECINVSID::SET + CR2::E2H::CLEAR);
-        registers.strtab_base_cfg.write(STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(stream_id_bits));
-        registers
-            .strtab_base
-            .write(STRTAB_BASE::RA::SET + STRTAB_BASE::ADDR.val(self.stream_table.address(0).as_u64() >> 6));
-        registers.cmdq_base.set(self.commands.base_register());
-        registers.cmdq_prod.set(0);
-        registers.cmdq_cons.set(0);
-        registers.eventq_base.set(self.events.base_register());
-        self.event_indices.eventq_prod.set(0);
-        self.event_indices.eventq_cons.set(0);
+        let pending = self.pending_global_errors();
+        self.acknowledge(pending);
+        let attributes = CR1::TABLE_SH::InnerShareable
+            + CR1::TABLE_OC::WriteBack
+            + CR1::TABLE_IC::WriteBack
+            + CR1::QUEUE_SH::InnerShareable
+            + CR1::QUEUE_OC::WriteBack
+            + CR1::QUEUE_IC::WriteBack;
+        let stream_table = STRTAB_BASE::RA::SET + STRTAB_BASE::ADDR.val(self.stream_table.address(0).as_u64() >> 6);
+        let stream_table_format = STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(stream_id_bits);
+        let (command_base, event_base) = (self.commands.base_register(), self.events.base_register());
+        let registers = &mut self.registers;
+        field!(*registers, cr1).write(attributes.value); // 6.3.11
+        field!(*registers, cr2).write((CR2::PTM::SET + CR2::RECINVSID::SET + CR2::E2H::CLEAR).value); // 6.3.12
+        field!(*registers, strtab_base_cfg).write(stream_table_format.value); // 6.3.24
+        field!(*registers, strtab_base).write(stream_table.value); // 6.3.23
+        field!(*registers, cmdq_base).write(command_base); // 6.3.25
+        field!(*registers, cmdq_prod).write(0); // 6.3.26
+        field!(*registers, cmdq_cons).write(0); // 6.3.27
+        field!(*registers, eventq_base).write(event_base); // 6.3.28
+        field!(*registers, eventq_prod).write(0); // 6.3.29
+        field!(*registers, eventq_cons).write(0); // 6.3.30
         self.set_control(CR0::CMDQEN::SET + CR0::EVENTQEN::CLEAR + CR0::SMMUEN::CLEAR)?;
         self.invalidate_everything()?;
         self.set_control(CR0::CMDQEN::SET + CR0::EVENTQEN::SET + CR0::SMMUEN::CLEAR)?;
@@ -200,10 +205,10 @@ impl Smmu {
     }
 
     /// Writes CR0 and waits until CR0ACK shows the change took effect (6.3.10).
-    fn set_control(&self, value: FieldValue<u32, CR0::Register>) -> Result<(), SmmuError> {
+    fn set_control(&mut self, value: FieldValue<u32, CR0::Register>) -> Result<(), SmmuError> {
         publish_writes();
-        self.registers.cr0.write(value);
-        let acknowledged = (0..POLLS).any(|_| self.registers.cr0ack.get() == value.value);
+        field!(self.registers, cr0).write(value.value); // 6.3.9
+        let acknowledged = (0..POLLS).any(|_| field_shared!(self.registers, cr0ack).read() == value.value); // 6.3.10
         acknowledged.then_some(()).ok_or(SmmuError::Timeout { what: Wait::ControlAcknowledge })
     }
 
@@ -286,7 +291,8 @@ impl Smmu {
     /// Hands every event waiting in the event queue to `each`, oldest first, and gives
     /// their entries back to the SMMU.
     pub fn drain_events(&mut self, mut each: impl FnMut(Event)) -> Drained {
-        let producer = self.event_indices.eventq_prod.extract();
+        let producer: LocalRegisterCopy<u32, EVENTQ_INDEX::Register> =
+            LocalRegisterCopy::new(field_shared!(self.registers, eventq_prod).read()); // 6.3.29
         acquire_reads();
         let ring = self.events.ring;
         let mut events = 0;
@@ -297,8 +303,9 @@ impl Smmu {
         }
         release_entries();
         let overflow = producer.read(EVENTQ_INDEX::OVERFLOW);
-        let overflowed = overflow != self.event_indices.eventq_cons.read(EVENTQ_INDEX::OVERFLOW);
-        self.event_indices.eventq_cons.set(self.event_consumer | overflow << EVENTQ_INDEX::OVERFLOW.shift);
+        let acknowledged = EVENTQ_INDEX::OVERFLOW.read(field_shared!(self.registers, eventq_cons).read()); // 6.3.30
+        let overflowed = overflow != acknowledged;
+        field!(self.registers, eventq_cons).write(self.event_consumer | overflow << EVENTQ_INDEX::OVERFLOW.shift); // 6.3.30
         Drained { events, overflowed }
     }
 
@@ -344,7 +351,7 @@ impl Smmu {
         self.commands.write(self.command_producer, &command.encode());
         self.command_producer = self.commands.ring.next(self.command_producer);
         publish_writes();
-        self.registers.cmdq_prod.set(self.command_producer);
+        field!(self.registers, cmdq_prod).write(self.command_producer); // 6.3.26
         Ok(())
     }
 
@@ -354,7 +361,8 @@ impl Smmu {
             if let Some(failure) = self.recover_command_error() {
                 return Err(SmmuError::CommandError { opcode: failure.opcode, kind: failure.kind });
             }
-            if done(self.commands.ring, self.command_producer, self.registers.cmdq_cons.get()) {
+            let consumer = field_shared!(self.registers, cmdq_cons).read(); // 6.3.27
+            if done(self.commands.ring, self.command_producer, consumer) {
                 return Ok(());
             }
         }
@@ -368,7 +376,8 @@ impl Smmu {
         if self.pending_global_errors() & GERROR::CMDQ_ERR::SET.value == 0 {
             return None;
         }
-        let consumer = self.registers.cmdq_cons.extract();
+        let consumer: LocalRegisterCopy<u32, CMDQ_CONS::Register> =
+            LocalRegisterCopy::new(field_shared!(self.registers, cmdq_cons).read()); // 6.3.27
         let failed = self.commands.read::<COMMAND_WORDS>(consumer.get());
         let failure = CommandFailure::new(consumer.read(CMDQ_CONS::ERR) as u8, failed);
         self.commands.write(consumer.get(), &Command::Sync.encode());
@@ -379,12 +388,12 @@ impl Smmu {
 
     /// GERROR bits not yet acknowledged in GERRORN.
     fn pending_global_errors(&self) -> u32 {
-        self.registers.gerror.get() ^ self.registers.gerrorn.get()
+        field_shared!(self.registers, gerror).read() ^ field_shared!(self.registers, gerrorn).read() // 6.3.18, 6.3.19
     }
 
-    /// Acknowledges `errors` by toggling their GERRORN bits to match GERROR.
-    fn acknowledge(&self, errors: u32) {
-        self.registers.gerrorn.set(self.registers.gerrorn.get() ^ errors);
+    /// Acknowledges `errors` by toggling their GERRORN bits to match GERROR (6.3.19).
+    fn acknowledge(&mut self, errors: u32) {
+        field!(self.registers, gerrorn).modify(|unacknowledged| unacknowledged ^ errors);
     }
 }
 

@@ -10,9 +10,15 @@
 //! acknowledged in `CR0ACK` once it has taken effect. `GERROR` and `GERRORN` report global
 //! errors by *toggling*: a bit that differs between them is an error not yet acknowledged, and
 //! software acknowledges it by flipping its bit in `GERRORN` (6.3.18, 6.3.19).
+//!
+//! The driver reaches them through a `safe_mmio::UniqueMmioPointer` to [`Registers`], never
+//! a reference (why: the crate documentation in `lib.rs`). No SMMU register changes when
+//! read, so every read is `ReadPure`; the bit layouts below describe values only.
 
-use tock_registers::registers::{ReadOnly, ReadWrite};
-use tock_registers::{register_bitfields, register_structs};
+use safe_mmio::fields::{ReadPure, ReadPureWrite};
+use tock_registers::register_bitfields;
+
+use crate::mmio::register_offsets;
 
 /// Offset of register page 1 from page 0.
 pub(super) const PAGE_1_OFFSET: usize = 0x1_0000;
@@ -187,44 +193,80 @@ register_bitfields! {
     ]
 }
 
-register_structs! {
-    pub(super) Page0 {
-        (0x00 => pub(super) idr0: ReadOnly<u32, IDR0::Register>),
-        (0x04 => pub(super) idr1: ReadOnly<u32, IDR1::Register>),
-        (0x08 => _idr2),
-        (0x0c => pub(super) idr3: ReadOnly<u32, IDR3::Register>),
-        (0x10 => _idr4),
-        (0x14 => pub(super) idr5: ReadOnly<u32, IDR5::Register>),
-        (0x18 => _iidr),
-        (0x1c => pub(super) aidr: ReadOnly<u32, AIDR::Register>),
-        (0x20 => pub(super) cr0: ReadWrite<u32, CR0::Register>),
-        (0x24 => pub(super) cr0ack: ReadOnly<u32, CR0::Register>),
-        (0x28 => pub(super) cr1: ReadWrite<u32, CR1::Register>),
-        (0x2c => pub(super) cr2: ReadWrite<u32, CR2::Register>),
-        (0x30 => _status_bypass_and_interrupts),
-        (0x60 => pub(super) gerror: ReadOnly<u32, GERROR::Register>),
-        (0x64 => pub(super) gerrorn: ReadWrite<u32, GERROR::Register>),
-        (0x68 => _gerror_interrupt),
-        (0x80 => pub(super) strtab_base: ReadWrite<u64, STRTAB_BASE::Register>),
-        (0x88 => pub(super) strtab_base_cfg: ReadWrite<u32, STRTAB_BASE_CFG::Register>),
-        (0x8c => _reserved),
-        (0x90 => pub(super) cmdq_base: ReadWrite<u64, QUEUE_BASE::Register>),
-        /// Write index and wrap bit, moved by software.
-        (0x98 => pub(super) cmdq_prod: ReadWrite<u32>),
-        /// Read index and wrap bit, moved by the SMMU; written only while the queue is off.
-        (0x9c => pub(super) cmdq_cons: ReadWrite<u32, CMDQ_CONS::Register>),
-        (0xa0 => pub(super) eventq_base: ReadWrite<u64, QUEUE_BASE::Register>),
-        (0xa8 => @END),
-    }
+/// Register pages 0 and 1, as one block: the registers of page 0 this driver uses, the rest
+/// of page 0 as padding, then the event queue indices of page 1 (6.2 "Register overview").
+#[repr(C)]
+pub(super) struct Registers {
+    /// SMMU_IDR0 (6.3.1).
+    pub(super) idr0: ReadPure<u32>,
+    /// SMMU_IDR1 (6.3.2).
+    pub(super) idr1: ReadPure<u32>,
+    _idr2: u32,
+    /// SMMU_IDR3 (6.3.4).
+    pub(super) idr3: ReadPure<u32>,
+    _idr4: u32,
+    /// SMMU_IDR5 (6.3.6).
+    pub(super) idr5: ReadPure<u32>,
+    _iidr: u32,
+    /// SMMU_AIDR (6.3.8).
+    pub(super) aidr: ReadPure<u32>,
+    /// SMMU_CR0 (6.3.9).
+    pub(super) cr0: ReadPureWrite<u32>,
+    /// SMMU_CR0ACK (6.3.10).
+    pub(super) cr0ack: ReadPure<u32>,
+    /// SMMU_CR1 (6.3.11).
+    pub(super) cr1: ReadPureWrite<u32>,
+    /// SMMU_CR2 (6.3.12).
+    pub(super) cr2: ReadPureWrite<u32>,
+    _status_bypass_and_interrupts: [u32; 12],
+    /// SMMU_GERROR (6.3.18).
+    pub(super) gerror: ReadPure<u32>,
+    /// SMMU_GERRORN (6.3.19).
+    pub(super) gerrorn: ReadPureWrite<u32>,
+    _gerror_interrupt: [u32; 6],
+    /// SMMU_STRTAB_BASE (6.3.23).
+    pub(super) strtab_base: ReadPureWrite<u64>,
+    /// SMMU_STRTAB_BASE_CFG (6.3.24).
+    pub(super) strtab_base_cfg: ReadPureWrite<u32>,
+    _reserved: u32,
+    /// SMMU_CMDQ_BASE (6.3.25).
+    pub(super) cmdq_base: ReadPureWrite<u64>,
+    /// SMMU_CMDQ_PROD (6.3.26): write index and wrap bit, moved by software.
+    pub(super) cmdq_prod: ReadPureWrite<u32>,
+    /// SMMU_CMDQ_CONS (6.3.27): read index and wrap bit, moved by the SMMU; written only while
+    /// the queue is off.
+    pub(super) cmdq_cons: ReadPureWrite<u32>,
+    /// SMMU_EVENTQ_BASE (6.3.28).
+    pub(super) eventq_base: ReadPureWrite<u64>,
+    _rest_of_page_0: [u32; PAGE_1_OFFSET / 4],
+    /// SMMU_EVENTQ_PROD (6.3.29), page 1: moved by the SMMU; written only while the queue is
+    /// off.
+    pub(super) eventq_prod: ReadPureWrite<u32>,
+    /// SMMU_EVENTQ_CONS (6.3.30), page 1: moved by software.
+    pub(super) eventq_cons: ReadPureWrite<u32>,
 }
 
-register_structs! {
-    pub(super) Page1 {
-        (0x00 => _reserved),
-        /// Moved by the SMMU; written only while the queue is off.
-        (0xa8 => pub(super) eventq_prod: ReadWrite<u32, EVENTQ_INDEX::Register>),
-        /// Moved by software.
-        (0xac => pub(super) eventq_cons: ReadWrite<u32, EVENTQ_INDEX::Register>),
-        (0xb0 => @END),
+register_offsets!(
+    Registers {
+        idr0: 0x00,
+        idr1: 0x04,
+        idr3: 0x0c,
+        idr5: 0x14,
+        aidr: 0x1c,
+        cr0: 0x20,
+        cr0ack: 0x24,
+        cr1: 0x28,
+        cr2: 0x2c,
+        gerror: 0x60,
+        gerrorn: 0x64,
+        strtab_base: 0x80,
+        strtab_base_cfg: 0x88,
+        cmdq_base: 0x90,
+        cmdq_prod: 0x98,
+        cmdq_cons: 0x9c,
+        eventq_base: 0xa0,
+        eventq_prod: PAGE_1_OFFSET + 0xa8,
+        eventq_cons: PAGE_1_OFFSET + 0xac,
     }
-}
+    size PAGE_1_OFFSET + 0xb0
+);

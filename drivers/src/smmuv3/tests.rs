@@ -48,6 +48,22 @@ fn context(granule_shift: u32, input_bits: u32) -> Stage1Context {
     }
 }
 
+/// `Smmu::probe` reads the ID registers at their offsets (6.3.1 to 6.3.8): a simulated
+/// register block (memory where the two pages would be) reached through the same pointer.
+#[test]
+fn probe_reads_the_id_registers() {
+    let mut pages: Vec<u64> = vec![0; 0x2_0000 / 8];
+    let words = pages.as_mut_ptr().cast::<u32>();
+    for (offset, value) in [(0x00, QEMU.idr0), (0x04, QEMU.idr1), (0x0c, QEMU.idr3), (0x14, QEMU.idr5), (0x1c, QEMU.aidr)]
+    {
+        // SAFETY: a word inside `pages`, before any pointer to the block exists.
+        unsafe { words.add(offset / 4).write(value) };
+    }
+    // SAFETY: `pages` is as long as both register pages, aligned, and outlives the call.
+    let features = unsafe { Smmu::probe(NonNull::new(words.cast()).unwrap()) };
+    assert_eq!(features, qemu_features());
+}
+
 #[test]
 fn qemu_id_registers_decode() {
     let features = qemu_features();
