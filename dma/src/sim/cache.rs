@@ -114,6 +114,14 @@ impl Cache {
         }
     }
 
+    /// `DC CIVAC` on every line of `range`: written back if dirty, then dropped. What Linux does
+    /// to the partial lines at the edges of a buffer; it keeps the CPU's bytes and loses the
+    /// device's, where both wrote one line.
+    pub(crate) fn clean_and_invalidate(&mut self, ram: &mut Ram<'_>, range: PhysRange) {
+        self.clean(ram, range);
+        self.invalidate(ram, range);
+    }
+
     /// The cache needs the room: a dirty line is written back, any line dropped.
     pub(crate) fn evict(&mut self, ram: &mut Ram<'_>, line: u64) {
         self.notice(ram, line);

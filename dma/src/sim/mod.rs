@@ -331,6 +331,11 @@ impl Machine {
         });
     }
 
+    /// `DC CIVAC` on `range`, outside the API: for tests that show what other choices lose.
+    pub fn clean_and_invalidate(&self, range: PhysRange) {
+        self.with_ram(|cache, ram, _| cache.clean_and_invalidate(ram, range));
+    }
+
     /// The CPU fetches every line of `range` into the cache (a prefetch, a speculative load).
     pub fn speculate(&self, range: PhysRange) {
         self.with_ram(|cache, ram, _| {
