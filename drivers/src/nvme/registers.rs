@@ -20,11 +20,21 @@
 //! then wait (at most CAP.TO) for CSTS.RDY = 1. Clearing EN resets it, and RDY = 0 says it
 //! has let go of every queue (3.5.1 "Memory-based Controller Initialization").
 
+//!
+//! A driver reaches them through [`ControllerRegisters`], which owns a
+//! `safe_mmio::UniqueMmioPointer` to [`Properties`], never a reference (why: the crate
+//! documentation in `lib.rs`). No property changes when read, so every read is `ReadPure`.
+
 use core::fmt;
+use core::ptr::NonNull;
 use core::time::Duration;
 
-use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
+use safe_mmio::fields::{ReadPure, ReadPureWrite, WriteOnly};
+use safe_mmio::{field, field_shared, UniqueMmioPointer};
+use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly as TockWriteOnly};
 use tock_registers::{register_bitfields, register_structs, LocalRegisterCopy};
+
+use crate::mmio::register_offsets;
 
 register_bitfields! {
     u64,
@@ -119,21 +129,125 @@ register_bitfields! {
     ]
 }
 
+/// The controller properties of BAR0 this driver uses, at their offsets of 3.1.4 "Controller
+/// Properties"; the doorbells follow at 0x1000 ([`doorbell_offset`]).
+#[repr(C)]
+pub struct Properties {
+    /// CAP, Controller Capabilities (3.1.4.1).
+    pub cap: ReadPure<u64>,
+    /// VS, Version (3.1.4.2).
+    pub vs: ReadPure<u32>,
+    /// INTMS, Interrupt Mask Set (3.1.4.3): 1 bits mask pin-based and MSI vectors.
+    pub intms: WriteOnly<u32>,
+    /// INTMC, Interrupt Mask Clear (3.1.4.4).
+    pub intmc: WriteOnly<u32>,
+    /// CC, Controller Configuration (3.1.4.5).
+    pub cc: ReadPureWrite<u32>,
+    _reserved0: u32,
+    /// CSTS, Controller Status (3.1.4.6).
+    pub csts: ReadPure<u32>,
+    /// NSSR, NVM Subsystem Reset (3.1.4.7): writing "NVMe" (0x4E564D65) resets the subsystem.
+    pub nssr: ReadPureWrite<u32>,
+    /// AQA, Admin Queue Attributes (3.1.4.8).
+    pub aqa: ReadPureWrite<u32>,
+    /// ASQ, Admin Submission Queue Base Address (3.1.4.9), page-aligned.
+    pub asq: ReadPureWrite<u64>,
+    /// ACQ, Admin Completion Queue Base Address (3.1.4.10), page-aligned.
+    pub acq: ReadPureWrite<u64>,
+}
+
+register_offsets!(
+    Properties {
+        cap: 0x00,
+        vs: 0x08,
+        intms: 0x0c,
+        intmc: 0x10,
+        cc: 0x14,
+        csts: 0x1c,
+        nssr: 0x20,
+        aqa: 0x24,
+        asq: 0x28,
+        acq: 0x30,
+    }
+    size 0x38
+);
+
+/// An NVMe controller's properties, owned: how a driver reads what the controller can do and
+/// starts or stops it. It holds a `UniqueMmioPointer` to BAR0, so it moves between CPUs by
+/// that pointer's contract and writes need `&mut self`.
+pub struct ControllerRegisters {
+    properties: UniqueMmioPointer<'static, Properties>,
+}
+
+impl ControllerRegisters {
+    /// Takes over BAR0's properties.
+    ///
+    /// # Safety
+    /// `base` is the virtual address of an NVMe function's BAR0, mapped as device memory for
+    /// as long as the returned value lives, and nothing else accesses its properties.
+    pub unsafe fn new(base: NonNull<u8>) -> Self {
+        // SAFETY: the caller vouches for the mapping and for being the only user; `Properties`
+        // matches BAR0's layout (checked by `register_offsets!`), and device memory is
+        // reachable from every CPU.
+        Self { properties: unsafe { UniqueMmioPointer::new(base.cast()) } }
+    }
+
+    /// CAP (3.1.4.1), decoded.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities::decode(field_shared!(self.properties, cap).read())
+    }
+
+    /// VS (3.1.4.2), decoded.
+    pub fn version(&self) -> Version {
+        Version::decode(field_shared!(self.properties, vs).read())
+    }
+
+    /// CSTS (3.1.4.6), decoded.
+    pub fn status(&self) -> ControllerStatus {
+        ControllerStatus::decode(field_shared!(self.properties, csts).read())
+    }
+
+    /// Masks the interrupt vectors whose bits are set in `vectors` (INTMS, 3.1.4.3).
+    pub fn mask_interrupts(&mut self, vectors: u32) {
+        field!(self.properties, intms).write(vectors);
+    }
+
+    /// Writes AQA, ASQ and ACQ (3.1.4.8 to 3.1.4.10): the admin queues' sizes (from
+    /// [`admin_queue_attributes`]) and addresses. Only while the controller is disabled.
+    pub fn set_admin_queues(&mut self, attributes: u32, submission: u64, completion: u64) {
+        field!(self.properties, aqa).write(attributes);
+        field!(self.properties, asq).write(submission);
+        field!(self.properties, acq).write(completion);
+    }
+
+    /// Writes CC (3.1.4.5): [`enabling_configuration`] starts the controller, 0 resets it.
+    pub fn set_configuration(&mut self, configuration: u32) {
+        field!(self.properties, cc).write(configuration);
+    }
+}
+
 register_structs! {
-    /// The controller properties of BAR0 this driver uses; the doorbells follow at 0x1000
-    /// ([`doorbell_offset`]).
+    /// The controller properties as tock-registers reached through a reference: kept only
+    /// because the kernel's NVMe code (`kernel/src/nvme/mod.rs`) still uses them that way.
+    /// A reference to MMIO lets the compiler insert reads (see the crate documentation);
+    /// new code uses [`ControllerRegisters`], and this type goes once the kernel has moved.
     pub Registers {
+        /// CAP (3.1.4.1).
         (0x00 => pub cap: ReadOnly<u64, CAP::Register>),
+        /// VS (3.1.4.2).
         (0x08 => pub vs: ReadOnly<u32, VS::Register>),
         /// INTMS, Interrupt Mask Set (3.1.4.3): 1 bits mask pin-based and MSI vectors.
-        (0x0c => pub intms: WriteOnly<u32>),
+        (0x0c => pub intms: TockWriteOnly<u32>),
         /// INTMC, Interrupt Mask Clear (3.1.4.4).
-        (0x10 => pub intmc: WriteOnly<u32>),
+        (0x10 => pub intmc: TockWriteOnly<u32>),
+        /// CC (3.1.4.5).
         (0x14 => pub cc: ReadWrite<u32, CC::Register>),
         (0x18 => _reserved0),
+        /// CSTS (3.1.4.6).
         (0x1c => pub csts: ReadOnly<u32, CSTS::Register>),
         /// NSSR, NVM Subsystem Reset (3.1.4.7): writing "NVMe" (0x4E564D65) resets the subsystem.
         (0x20 => pub nssr: ReadWrite<u32>),
+        /// AQA (3.1.4.8).
         (0x24 => pub aqa: ReadWrite<u32, AQA::Register>),
         /// ASQ, Admin Submission Queue Base Address (3.1.4.9), page-aligned.
         (0x28 => pub asq: ReadWrite<u64>),
@@ -328,6 +442,30 @@ mod tests {
     /// Bits `[start, start + length)` of `value`.
     fn bits(value: u32, start: u32, length: u32) -> u32 {
         (value >> start) & ((1 << length) - 1)
+    }
+
+    /// The handle reads and writes the properties at their offsets: a simulated BAR0 (memory)
+    /// reached through the same pointer type as the hardware.
+    #[test]
+    fn controller_registers_reach_each_property() {
+        let mut bar = [0u64; 0x38 / 8];
+        bar[0] = QEMU_CAP;
+        bar[1] = u64::from(QEMU_VS);
+        bar[0x18 / 8] = 0b01 << 32; // CSTS.RDY
+        {
+            // SAFETY: `bar` is as long as the properties, aligned, and outlives the handle.
+            let mut registers = unsafe { ControllerRegisters::new(NonNull::new(bar.as_mut_ptr().cast()).unwrap()) };
+            assert_eq!(registers.capabilities(), Capabilities::decode(QEMU_CAP));
+            assert_eq!(registers.version(), Version { major: 1, minor: 4, tertiary: 0 });
+            assert_eq!(registers.status(), ControllerStatus { ready: true, fatal: false });
+            registers.mask_interrupts(u32::MAX);
+            registers.set_admin_queues(0x0007_0007, 0x8000_0000, 0x8000_1000);
+            registers.set_configuration(0x0046_0001);
+        }
+        assert_eq!(bar[1] >> 32, u64::from(u32::MAX), "INTMS at 0x0c");
+        assert_eq!(bar[0x10 / 8] >> 32, 0x0046_0001, "CC at 0x14");
+        assert_eq!(bar[0x20 / 8] >> 32, 0x0007_0007, "AQA at 0x24");
+        assert_eq!((bar[0x28 / 8], bar[0x30 / 8]), (0x8000_0000, 0x8000_1000), "ASQ and ACQ");
     }
 
     #[test]
