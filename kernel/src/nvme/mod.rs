@@ -34,6 +34,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::mem::size_of;
+use core::ptr::NonNull;
 use core::time::Duration;
 
 use addr::{PhysAddr, VirtAddr};
@@ -43,11 +44,10 @@ use drivers::nvme::identify::{self, ControllerIdentity, IDENTIFY_BYTES, Identify
 use drivers::nvme::prp::{PrpError, PrpPlan, max_prp_transfer};
 use drivers::nvme::queue::QueueError;
 use drivers::nvme::registers::{
-    Capabilities, ControllerStatus, RegisterError, Registers, Version, admin_queue_attributes, enabling_configuration,
+    Capabilities, ControllerRegisters, RegisterError, Version, admin_queue_attributes, enabling_configuration,
 };
 use drivers::nvme::transfer::{Limit, TransferError, TransferLimits};
 use spin::Mutex;
-use tock_registers::interfaces::{Readable, Writeable};
 
 use crate::block::{BlockDevice, BlockError};
 use crate::dma_platform::{Coherent, DmaDevice};
@@ -260,7 +260,8 @@ impl fmt::Display for ReceivedCommand {
 
 pub struct Controller {
     pub name: &'static str,
-    registers: VirtAddr,
+    /// The controller properties (BAR0), through a volatile pointer (see `drivers`).
+    properties: ControllerRegisters,
     pub capabilities: Capabilities,
     pub version: Version,
     pub identity: ControllerIdentity,
@@ -295,20 +296,21 @@ pub fn start(name: &'static str, function: &PciFunction, dma: DmaDevice) -> Resu
 
 impl Controller {
     fn start(name: &'static str, registers: VirtAddr, dma: &'static DmaDevice) -> Result<Self, NvmeError> {
-        // SAFETY: BAR0 of an NVMe function, freshly mapped as device memory, this driver's alone.
-        let mmio = unsafe { &*registers.as_ptr::<Registers>() };
-        let capabilities = Capabilities::decode(mmio.cap.get());
+        let base = NonNull::new(registers.as_mut_ptr::<u8>()).ok_or(NvmeError::MapRegisters)?;
+        // SAFETY: BAR0 of an NVMe function, freshly mapped as device memory for the kernel's
+        // lifetime, this driver's alone (the doorbells, further in, are written separately).
+        let mut properties = unsafe { ControllerRegisters::new(base) };
+        let capabilities = properties.capabilities();
         check_capabilities(&capabilities)?;
-        disable(mmio, &capabilities)?;
+        disable(&mut properties, &capabilities)?;
         let doorbells = Doorbells { registers, stride: capabilities.doorbell_stride };
         let mut admin = QueuePair::new(dma, 0, ADMIN_ENTRIES, doorbells)?;
-        mmio.aqa.set(admin_queue_attributes(ADMIN_ENTRIES, ADMIN_ENTRIES)?);
-        mmio.asq.set(admin.submission_address().as_u64());
-        mmio.acq.set(admin.completion_address().as_u64());
+        let (submission, completion) = (admin.submission_address().as_u64(), admin.completion_address().as_u64());
+        properties.set_admin_queues(admin_queue_attributes(ADMIN_ENTRIES, ADMIN_ENTRIES)?, submission, completion);
         // Polled, never interrupted: mask the pin-based interrupt (INTMS, 3.1.4.3).
-        mmio.intms.set(u32::MAX);
-        mmio.cc.set(enabling_configuration(PAGE_SIZE)?);
-        let configured = wait_ready(mmio, &capabilities, true).and_then(|()| {
+        properties.mask_interrupts(u32::MAX);
+        properties.set_configuration(enabling_configuration(PAGE_SIZE)?);
+        let configured = wait_ready(&properties, &capabilities, true).and_then(|()| {
             let identity = identify_controller(dma, &mut admin)?;
             check_entry_sizes(&identity)?;
             let namespace = identify_namespace(dma, &mut admin, &identity)?;
@@ -327,16 +329,16 @@ impl Controller {
             Ok(parts) => parts,
             Err(error) => {
                 // Stop the controller before its rings are freed, when `admin` drops.
-                if let Err(problem) = disable(mmio, &capabilities) {
+                if let Err(problem) = disable(&mut properties, &capabilities) {
                     log::error!("{name}: could not disable the controller after a failed start: {problem}");
                 }
                 return Err(error);
             }
         };
-        let version = Version::decode(mmio.vs.get());
+        let version = properties.version();
         Ok(Self {
             name,
-            registers,
+            properties,
             capabilities,
             version,
             identity,
@@ -350,11 +352,6 @@ impl Controller {
             disabled: None,
             last_received: None,
         })
-    }
-
-    fn mmio(&self) -> &Registers {
-        // SAFETY: mapped in `start` for the kernel's lifetime.
-        unsafe { &*self.registers.as_ptr::<Registers>() }
     }
 
     /// Model, serial, firmware, version, namespace size and the transfer limit, in one line.
@@ -414,7 +411,7 @@ impl Controller {
             Ok(done) => Ok(done),
             Err(error) => {
                 log::error!("{}: {error}; disabling the controller", self.name);
-                if let Err(problem) = disable(self.mmio(), &self.capabilities) {
+                if let Err(problem) = disable(&mut self.properties, &self.capabilities) {
                     log::error!("{}: {problem}", self.name);
                 }
                 self.disabled = Some(format!("{error}"));
@@ -573,16 +570,16 @@ fn check_entry_sizes(identity: &ControllerIdentity) -> Result<(), NvmeError> {
 
 /// Clears CC.EN and waits for CSTS.RDY to clear: the controller stops fetching commands and
 /// moving data, and forgets its queues (3.5.2 "Memory-based Controller Shutdown and Reset").
-fn disable(mmio: &Registers, capabilities: &Capabilities) -> Result<(), NvmeError> {
-    mmio.cc.set(0);
-    wait_ready(mmio, capabilities, false)
+fn disable(properties: &mut ControllerRegisters, capabilities: &Capabilities) -> Result<(), NvmeError> {
+    properties.set_configuration(0);
+    wait_ready(properties, capabilities, false)
 }
 
 /// Waits, at most CAP.TO, for CSTS.RDY to become `ready`.
-fn wait_ready(mmio: &Registers, capabilities: &Capabilities, ready: bool) -> Result<(), NvmeError> {
+fn wait_ready(properties: &ControllerRegisters, capabilities: &Capabilities, ready: bool) -> Result<(), NvmeError> {
     let deadline = arch::timer::uptime() + capabilities.ready_timeout;
     loop {
-        let status = ControllerStatus::decode(mmio.csts.get());
+        let status = properties.status();
         if status.fatal && ready {
             return Err(NvmeError::Fatal);
         }
