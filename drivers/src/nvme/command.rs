@@ -60,18 +60,29 @@ pub mod nvm_opcode {
 pub struct SubmissionEntry {
     /// CDW0: opcode, fused operation, data pointer type, command ID.
     pub cdw0: u32,
+    /// NSID: the namespace the command acts on (0 when it acts on none).
     pub nsid: u32,
+    /// CDW2, command specific (reserved in the commands here).
     pub cdw2: u32,
+    /// CDW3, command specific (reserved in the commands here).
     pub cdw3: u32,
     /// MPTR.
     pub metadata: u64,
+    /// PRP entry 1: the first page of the data (4.3.1).
     pub prp1: u64,
+    /// PRP entry 2: the second page of the data, or a PRP list for more (4.3.1).
     pub prp2: u64,
+    /// CDW10, command specific (the starting LBA's low half for Read and Write).
     pub cdw10: u32,
+    /// CDW11, command specific (the starting LBA's high half for Read and Write).
     pub cdw11: u32,
+    /// CDW12, command specific (NLB, 0-based, for Read and Write).
     pub cdw12: u32,
+    /// CDW13, command specific.
     pub cdw13: u32,
+    /// CDW14, command specific.
     pub cdw14: u32,
+    /// CDW15, command specific.
     pub cdw15: u32,
 }
 
@@ -85,7 +96,7 @@ const COMMAND_ID_SHIFT: u32 = 16;
 const OPCODE_MASK: u32 = 0xff;
 
 /// What an Identify command returns: the value of its Controller or Namespace Structure (CNS,
-/// CDW10 [7:0]; NVMe Base 2.0, 5.17, Figure "Identify – CNS Values").
+/// CDW10 bits 7:0; NVMe Base 2.0, 5.17, Figure "Identify – CNS Values").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdentifyTarget {
     /// CNS 00h: the Identify Namespace data structure of namespace `n` (NVM Command Set 1.0,
@@ -177,7 +188,7 @@ impl SubmissionEntry {
         u64::from(self.cdw11) << 32 | u64::from(self.cdw10)
     }
 
-    /// A Read's or Write's block count (NLB, CDW12 [15:0], 0's based).
+    /// A Read's or Write's block count (NLB, CDW12 bits 15:0, 0's based).
     pub fn blocks(&self) -> u32 {
         (self.cdw12 & 0xffff) + 1
     }
@@ -194,10 +205,12 @@ impl SubmissionEntry {
         Self { cdw0: u32::from(id) << COMMAND_ID_SHIFT | opcode_and_flags, ..self }
     }
 
+    /// CDW0.CID: the identifier the completion entry carries back.
     pub fn command_id(&self) -> u16 {
         (self.cdw0 >> COMMAND_ID_SHIFT) as u16
     }
 
+    /// CDW0.OPC: which command this is.
     pub fn opcode(&self) -> u8 {
         (self.cdw0 & OPCODE_MASK) as u8
     }
@@ -229,7 +242,10 @@ fn queue_size(entries: u16) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandError {
     /// A Read or Write of no blocks, or of more than CDW12.NLB can say.
-    BlockCount { blocks: u32 },
+    BlockCount {
+        /// The number of blocks asked for.
+        blocks: u32,
+    },
 }
 
 impl fmt::Display for CommandError {

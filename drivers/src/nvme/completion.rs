@@ -28,6 +28,7 @@ use core::fmt;
 pub struct CompletionEntry {
     /// DW0: the command-specific result.
     pub result: u32,
+    /// DW1: reserved (command specific in some commands), kept so the layout is whole.
     pub reserved: u32,
     /// SQHD: the submission queue slot the controller will fetch next; slots before it may be
     /// reused.
@@ -48,12 +49,13 @@ impl CompletionEntry {
         self.status & 1 != 0
     }
 
+    /// The status field (4.2.3) without the phase tag: how the command ended.
     pub fn status(&self) -> Status {
         Status(self.status >> 1)
     }
 }
 
-/// The Status field: DW3 [31:17], here shifted down to bits [14:0].
+/// The Status field: DW3 bits 31:17, here shifted down to bits 14:0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status(u16);
 
@@ -82,6 +84,7 @@ const MORE: u16 = 1 << 13;
 const DO_NOT_RETRY: u16 = 1 << 14;
 
 impl Status {
+    /// SCT: which table the status code is from (generic, command specific, media...).
     pub fn code_type(&self) -> StatusCodeType {
         match (self.0 >> CODE_TYPE_SHIFT & CODE_TYPE_BITS) as u8 {
             0 => StatusCodeType::Generic,

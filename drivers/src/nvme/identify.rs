@@ -76,7 +76,9 @@ const SMALLEST_BLOCK_SHIFT: u8 = 9;
 /// What Identify Controller says about a controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControllerIdentity {
+    /// VID: the PCI vendor ID.
     pub vendor_id: u16,
+    /// SSVID: the PCI subsystem vendor ID.
     pub subsystem_vendor_id: u16,
     serial: [u8; 20],
     model: [u8; 40],
@@ -84,6 +86,7 @@ pub struct ControllerIdentity {
     /// MDTS: one command moves at most `2 ^ n` minimum-size pages; `None` when MDTS is 0, which
     /// means no limit.
     pub max_data_transfer: Option<u8>,
+    /// CNTLID: the controller's ID within its NVM subsystem.
     pub controller_id: u16,
     /// VER, encoded as the VS register (`registers::Version::decode`).
     pub version: u32,
@@ -96,6 +99,7 @@ pub struct ControllerIdentity {
 }
 
 impl ControllerIdentity {
+    /// Reads the fields this driver uses from an Identify Controller data structure.
     pub fn parse(data: &[u8; IDENTIFY_BYTES]) -> Self {
         use controller_offset::*;
         Self {
@@ -153,12 +157,13 @@ pub struct NamespaceIdentity {
     pub block_size: u32,
     /// Metadata bytes per logical block (MS of that format).
     pub metadata_size: u16,
-    /// FLBAS [4]: metadata follows each block's data in the same buffer, rather than in a
+    /// FLBAS bit 4: metadata follows each block's data in the same buffer, rather than in a
     /// buffer of its own. Only matters when `metadata_size` is not 0.
     pub metadata_at_end_of_block: bool,
 }
 
 impl NamespaceIdentity {
+    /// Reads an Identify Namespace data structure; refuses a namespace this driver cannot use.
     pub fn parse(data: &[u8; IDENTIFY_BYTES]) -> Result<Self, IdentifyError> {
         use namespace_offset::*;
         let size = read_u64(data, SIZE);
@@ -216,11 +221,26 @@ pub enum IdentifyError {
     /// NSZE 0: the namespace ID is valid but no namespace is attached there.
     InactiveNamespace,
     /// FLBAS names a format past the NLBAF + 1 the namespace has.
-    FormatIndexBeyondFormats { format_index: u8, formats: u8 },
+    FormatIndexBeyondFormats {
+        /// FLBAS's format index.
+        format_index: u8,
+        /// The formats the namespace has (NLBAF + 1).
+        formats: u8,
+    },
     /// LBADS below 9: the spec's smallest block is 512 bytes (0 marks a format not available).
-    BlockSizeTooSmall { format_index: u8, block_shift: u8 },
+    BlockSizeTooSmall {
+        /// The format in use.
+        format_index: u8,
+        /// Its LBADS: log2 of the block size.
+        block_shift: u8,
+    },
     /// LBADS of 32 or more: blocks of 4 GiB and beyond.
-    BlockSizeTooLarge { format_index: u8, block_shift: u8 },
+    BlockSizeTooLarge {
+        /// The format in use.
+        format_index: u8,
+        /// Its LBADS: log2 of the block size.
+        block_shift: u8,
+    },
 }
 
 impl fmt::Display for IdentifyError {

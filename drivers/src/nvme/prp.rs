@@ -82,11 +82,7 @@ impl PrpPlan {
 
     /// Entries the PRP list needs: none when PRP1 and PRP2 say everything.
     pub fn list_entries(&self) -> usize {
-        if self.pages <= 2 {
-            0
-        } else {
-            self.pages - 1
-        }
+        if self.pages <= 2 { 0 } else { self.pages - 1 }
     }
 
     /// Writes the PRP list (pages 2 to N, little-endian as the controller reads them) to the
@@ -170,15 +166,57 @@ fn check_page_size(page_size: usize) -> Result<(), PrpError> {
 /// misread it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrpError {
+    /// A transfer of 0 bytes: PRP entries describe at least one byte.
     Empty,
-    StartNotDwordAligned { dma: u64 },
-    InvalidPageSize { page_size: usize },
-    TooManyPages { pages: u64, limit: usize },
-    AddressOverflow { dma: u64, length: usize },
-    ListTooShort { needed: usize, given: usize },
-    ListMissing { pages: usize },
-    ListMisaligned { list_dma: u64 },
-    ListCrossesPage { list_dma: u64, entries: usize },
+    /// Data not starting on a dword: PRP entry bits 1:0 are reserved (4.3.1).
+    StartNotDwordAligned {
+        /// Where the data starts.
+        dma: u64,
+    },
+    /// A memory page size CC.MPS cannot encode.
+    InvalidPageSize {
+        /// The page size asked for, in bytes.
+        page_size: usize,
+    },
+    /// More memory pages than PRP1 and one PRP list page can name.
+    TooManyPages {
+        /// Pages the transfer touches.
+        pages: u64,
+        /// The most PRP1 and one list page cover.
+        limit: usize,
+    },
+    /// The transfer runs past the end of the 64-bit address space.
+    AddressOverflow {
+        /// Where the data starts.
+        dma: u64,
+        /// Its length in bytes.
+        length: usize,
+    },
+    /// The PRP list memory given is too small for the entries needed.
+    ListTooShort {
+        /// Entries the list needs.
+        needed: usize,
+        /// Entries the memory holds.
+        given: usize,
+    },
+    /// The transfer needs a PRP list (more than two pages) and none was given.
+    ListMissing {
+        /// Pages the transfer touches.
+        pages: usize,
+    },
+    /// A PRP list not 8-byte aligned, as a list pointer must be (4.3.1).
+    ListMisaligned {
+        /// Where the list is.
+        list_dma: u64,
+    },
+    /// A PRP list running past its memory page, where the controller would take the last
+    /// entry for a pointer to the next list.
+    ListCrossesPage {
+        /// Where the list is.
+        list_dma: u64,
+        /// Its entries.
+        entries: usize,
+    },
 }
 
 impl fmt::Display for PrpError {

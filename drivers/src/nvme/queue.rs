@@ -51,6 +51,7 @@ pub struct SubmissionRing {
 }
 
 impl SubmissionRing {
+    /// An empty ring of `entries` slots (at least 2).
     pub fn new(entries: u16) -> Result<Self, QueueError> {
         check_entries(entries)?;
         Ok(Self { entries: u32::from(entries), head: 0, tail: 0 })
@@ -145,18 +146,26 @@ fn check_entries(entries: u16) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// A queue that cannot be built, or a ring the host or the controller would overrun.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueError {
+    /// A queue needs at least 2 entries, since one slot always stays empty (3.3.1.5).
     TooFewEntries {
+        /// The entries asked for.
         entries: u16,
     },
+    /// The submission queue is full: its last free slot must stay empty (3.3.1.5).
     Full {
+        /// The queue's slots.
         entries: u32,
     },
     /// A completion's SQ head lies outside the slots between the known head and the tail.
     HeadNotInFlight {
+        /// The SQ head the completion reported.
         reported: u16,
+        /// The head the host knew.
         head: u16,
+        /// The tail the host wrote.
         tail: u16,
     },
 }

@@ -30,9 +30,9 @@ use core::ptr::NonNull;
 use core::time::Duration;
 
 use safe_mmio::fields::{ReadPure, ReadPureWrite, WriteOnly};
-use safe_mmio::{field, field_shared, UniqueMmioPointer};
+use safe_mmio::{UniqueMmioPointer, field, field_shared};
 use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly as TockWriteOnly};
-use tock_registers::{register_bitfields, register_structs, LocalRegisterCopy};
+use tock_registers::{LocalRegisterCopy, register_bitfields, register_structs};
 
 use crate::mmio::register_offsets;
 
@@ -40,7 +40,7 @@ register_bitfields! {
     u64,
 
     /// CAP, Controller Capabilities (3.1.4.1).
-    pub CAP [
+    CAP [
         /// Maximum Queue Entries Supported, 0-based: the largest I/O queue the controller takes.
         MQES OFFSET(0) NUMBITS(16) [],
         /// Contiguous Queues Required: every I/O queue must be physically contiguous.
@@ -69,7 +69,7 @@ register_bitfields! {
     u32,
 
     /// VS, Version (3.1.4.2): 1.4.0 is `0x0001_0400`.
-    pub VS [
+    VS [
         MJR OFFSET(16) NUMBITS(16) [],
         MNR OFFSET(8) NUMBITS(8) [],
         TER OFFSET(0) NUMBITS(8) []
@@ -77,7 +77,7 @@ register_bitfields! {
 
     /// CC, Controller Configuration (3.1.4.5). Everything but EN and SHN is only written
     /// while the controller is disabled.
-    pub CC [
+    CC [
         /// Enable: 1 starts the controller, 0 resets it.
         EN OFFSET(0) NUMBITS(1) [],
         /// I/O Command Set Selected.
@@ -107,7 +107,7 @@ register_bitfields! {
     ],
 
     /// CSTS, Controller Status (3.1.4.6).
-    pub CSTS [
+    CSTS [
         /// Ready: the controller follows CC.EN; it processes commands only while this is 1.
         RDY OFFSET(0) NUMBITS(1) [],
         /// Controller Fatal Status: only a reset recovers.
@@ -121,7 +121,7 @@ register_bitfields! {
     ],
 
     /// AQA, Admin Queue Attributes (3.1.4.8): both sizes 0-based.
-    pub AQA [
+    AQA [
         /// Admin Submission Queue Size.
         ASQS OFFSET(0) NUMBITS(12) [],
         /// Admin Completion Queue Size.
@@ -233,22 +233,22 @@ register_structs! {
     /// new code uses [`ControllerRegisters`], and this type goes once the kernel has moved.
     pub Registers {
         /// CAP (3.1.4.1).
-        (0x00 => pub cap: ReadOnly<u64, CAP::Register>),
+        (0x00 => pub cap: ReadOnly<u64>),
         /// VS (3.1.4.2).
-        (0x08 => pub vs: ReadOnly<u32, VS::Register>),
+        (0x08 => pub vs: ReadOnly<u32>),
         /// INTMS, Interrupt Mask Set (3.1.4.3): 1 bits mask pin-based and MSI vectors.
         (0x0c => pub intms: TockWriteOnly<u32>),
         /// INTMC, Interrupt Mask Clear (3.1.4.4).
         (0x10 => pub intmc: TockWriteOnly<u32>),
         /// CC (3.1.4.5).
-        (0x14 => pub cc: ReadWrite<u32, CC::Register>),
+        (0x14 => pub cc: ReadWrite<u32>),
         (0x18 => _reserved0),
         /// CSTS (3.1.4.6).
-        (0x1c => pub csts: ReadOnly<u32, CSTS::Register>),
+        (0x1c => pub csts: ReadOnly<u32>),
         /// NSSR, NVM Subsystem Reset (3.1.4.7): writing "NVMe" (0x4E564D65) resets the subsystem.
         (0x20 => pub nssr: ReadWrite<u32>),
         /// AQA (3.1.4.8).
-        (0x24 => pub aqa: ReadWrite<u32, AQA::Register>),
+        (0x24 => pub aqa: ReadWrite<u32>),
         /// ASQ, Admin Submission Queue Base Address (3.1.4.9), page-aligned.
         (0x28 => pub asq: ReadWrite<u64>),
         /// ACQ, Admin Completion Queue Base Address (3.1.4.10), page-aligned.
@@ -284,6 +284,7 @@ const CSS_NVM: u64 = 1 << 0;
 const PAGE_SHIFT_BASE: u32 = 12;
 
 impl Capabilities {
+    /// Decodes a CAP value (3.1.4.1).
     pub fn decode(cap: u64) -> Self {
         let cap = LocalRegisterCopy::<u64, CAP::Register>::new(cap);
         Self {
@@ -301,12 +302,16 @@ impl Capabilities {
 /// The NVMe version a controller implements (VS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
+    /// MJR: the major version.
     pub major: u16,
+    /// MNR: the minor version.
     pub minor: u8,
+    /// TER: the tertiary version.
     pub tertiary: u8,
 }
 
 impl Version {
+    /// Decodes a VS value (3.1.4.2).
     pub fn decode(vs: u32) -> Self {
         let vs = LocalRegisterCopy::<u32, VS::Register>::new(vs);
         Self { major: vs.read(VS::MJR) as u16, minor: vs.read(VS::MNR) as u8, tertiary: vs.read(VS::TER) as u8 }
@@ -329,6 +334,7 @@ pub struct ControllerStatus {
 }
 
 impl ControllerStatus {
+    /// Decodes a CSTS value (3.1.4.6).
     pub fn decode(csts: u32) -> Self {
         let csts = LocalRegisterCopy::<u32, CSTS::Register>::new(csts);
         Self { ready: csts.is_set(CSTS::RDY), fatal: csts.is_set(CSTS::CFS) }
@@ -402,11 +408,20 @@ pub fn doorbell_offset(queue: u16, doorbell: Doorbell, stride: usize) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterError {
     /// CC.MPS encodes powers of two from 4 KiB to 128 MiB only.
-    UnsupportedPageSize { page_size: usize },
+    UnsupportedPageSize {
+        /// The page size asked for, in bytes.
+        page_size: usize,
+    },
     /// AQA.ASQS takes 2 to 4096 entries.
-    AdminSubmissionQueueSize { entries: u16 },
+    AdminSubmissionQueueSize {
+        /// The entries asked for.
+        entries: u16,
+    },
     /// AQA.ACQS takes 2 to 4096 entries.
-    AdminCompletionQueueSize { entries: u16 },
+    AdminCompletionQueueSize {
+        /// The entries asked for.
+        entries: u16,
+    },
 }
 
 impl fmt::Display for RegisterError {

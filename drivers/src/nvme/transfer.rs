@@ -102,6 +102,7 @@ pub struct Chunk {
     pub block: u64,
     /// Where the chunk's data starts in the caller's buffer.
     pub offset: usize,
+    /// Bytes of the chunk: its blocks times the block size.
     pub length: usize,
     /// Blocks in the chunk, 1 to [`MAX_BLOCKS_PER_COMMAND`] (NLB is this less one).
     pub blocks: u32,
@@ -174,25 +175,40 @@ fn check_block_size(block_size: usize) -> Result<(), TransferError> {
 /// A request or a limit that cannot be cut into commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransferError {
+    /// A logical block of 0 bytes.
     ZeroBlockSize,
     /// The smallest limit holds not even one block.
     LimitBelowBlock {
+        /// Which limit it is.
         limit: Limit,
+        /// The bytes it allows per command.
         bytes: usize,
+        /// The namespace's block size.
         block_size: usize,
     },
+    /// A transfer of 0 bytes: a command moves at least one block.
     Empty,
+    /// A length that is not a whole number of blocks.
     LengthNotWholeBlocks {
+        /// The length asked for, in bytes.
         length: usize,
+        /// The namespace's block size.
         block_size: usize,
     },
+    /// A command limit of 0 bytes, which cannot move any data.
     ZeroMaxTransfer,
+    /// A command limit that is not a whole number of blocks.
     MaxTransferNotWholeBlocks {
+        /// The limit, in bytes.
         max_transfer: usize,
+        /// The namespace's block size.
         block_size: usize,
     },
+    /// Blocks running past the last 64-bit block number.
     BlockOverflow {
+        /// The first block asked for.
         first_block: u64,
+        /// How many blocks.
         blocks: u64,
     },
 }
@@ -229,7 +245,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::prp::{max_prp_transfer, PrpPlan};
+    use super::super::prp::{PrpPlan, max_prp_transfer};
     use super::*;
 
     const KIB: usize = 1024;
