@@ -8,7 +8,7 @@
 //! memory model"). On the host, where the tests run, a compiler fence stands in.
 
 #[cfg(not(target_arch = "aarch64"))]
-use core::sync::atomic::{compiler_fence, Ordering};
+use core::sync::atomic::{Ordering, compiler_fence};
 
 /// Completes every earlier store to shared memory before any later register write: call it
 /// after writing entries and before telling the SMMU about them.

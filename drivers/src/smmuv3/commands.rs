@@ -22,7 +22,7 @@
 use core::fmt;
 
 use tock_registers::fields::FieldValue;
-use tock_registers::{register_bitfields, LocalRegisterCopy};
+use tock_registers::{LocalRegisterCopy, register_bitfields};
 
 register_bitfields! {
     u64,
@@ -159,6 +159,7 @@ pub enum CommandErrorKind {
 }
 
 impl CommandErrorKind {
+    /// The kind of error for CMDQ_CONS.ERR code `code` (7.1).
     pub fn from_code(code: u8) -> Self {
         match code {
             0 => Self::None,
@@ -185,7 +186,9 @@ impl fmt::Display for CommandErrorKind {
 /// A command the SMMU refused, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandFailure {
+    /// The opcode (CMD_* number, bits 7:0) of the refused command.
     pub opcode: u8,
+    /// Why the SMMU refused it.
     pub kind: CommandErrorKind,
 }
 

@@ -5,8 +5,8 @@ use core::fmt;
 
 use addr::PhysAddr;
 
-use super::commands::CommandFailure;
 use super::CommandErrorKind;
+use super::commands::CommandFailure;
 
 /// What the driver was waiting for when it gave up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +22,13 @@ pub enum Wait {
 /// A memory structure the SMMU reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Structure {
+    /// The stream table: one STE per StreamID (5.2).
     StreamTable,
+    /// The context descriptors: one CD per attached stream (5.4).
     ContextDescriptors,
+    /// The command queue (3.5.1).
     CommandQueue,
+    /// The event queue (3.5.2).
     EventQueue,
 }
 
@@ -40,58 +44,94 @@ impl fmt::Display for Structure {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why the SMMU driver could not do what it was asked: the SMMU or the memory it was given
+/// falls short, a request is out of range, or the SMMU stopped answering.
 pub enum SmmuError {
+    /// The SMMU did not answer in time.
     Timeout {
+        /// What the driver was waiting for.
         what: Wait,
     },
     /// The SMMU stopped on a command; the driver replaced it with a CMD_SYNC and restarted
     /// the queue.
     CommandError {
+        /// The opcode of the refused command.
         opcode: u8,
+        /// Why the SMMU refused it (CMDQ_CONS.ERR).
         kind: CommandErrorKind,
     },
+    /// A StreamID the stream table has no entry for.
     StreamIdOutOfRange {
+        /// The StreamID asked for.
         stream_id: u32,
+        /// Entries in the stream table.
         streams: u64,
     },
     /// `Smmu::new` was asked for a wider stream table than the SMMU's StreamIDs.
     StreamIdBitsTooWide {
+        /// StreamID bits asked for.
         requested: u32,
+        /// StreamID bits the SMMU has (IDR1.SIDSIZE).
         supported: u32,
     },
+    /// A stage-1 context with a granule the SMMU does not offer (IDR5.GRAN*).
     GranuleNotSupported {
+        /// log2 of the granule in bytes: 12, 14 or 16.
         shift: u32,
     },
+    /// A stage-1 context with an input address size outside 25 to 48 bits.
     InputSizeNotSupported {
+        /// The input address size asked for, in bits.
         bits: u32,
     },
+    /// An ASID wider than the SMMU's ASIDs (IDR0.ASID16).
     AsidTooWide {
+        /// The ASID asked for.
         asid: u16,
+        /// The SMMU's ASID width: 8 or 16.
         bits: u32,
     },
+    /// A root translation table not aligned as its size requires.
     TableMisaligned {
+        /// Where the table is.
         table: PhysAddr,
+        /// The alignment it needs, in bytes.
         alignment: u64,
     },
+    /// A root translation table the SMMU cannot address (IDR5.OAS).
     TableBeyondOutputSize {
+        /// Where the table is.
         table: PhysAddr,
+        /// The SMMU's output address size, in bits.
         output_bits: u32,
     },
+    /// The kernel's memory could not provide a table or queue.
     NoMemory {
+        /// The structure the memory was for.
         what: Structure,
+        /// How much was asked for.
         bytes: usize,
     },
     /// The memory handed out is not aligned as asked.
     MemoryMisaligned {
+        /// The structure the memory was for.
         what: Structure,
+        /// Where the memory is.
         physical: PhysAddr,
+        /// The alignment asked for, in bytes.
         alignment: usize,
     },
+    /// The SMMU has no stage 1 translation (IDR0.S1P = 0).
     NotStage1,
+    /// The SMMU cannot walk AArch64 translation tables (IDR0.TTF).
     NoAArch64Tables,
+    /// The SMMU reads big-endian tables only (IDR0.TTENDIAN).
     NotLittleEndian,
+    /// The SMMU does not snoop the CPU caches (IDR0.COHACC = 0), and this driver does no cache maintenance.
     NotCoherent,
+    /// The SMMU stalls every fault (IDR0.STALL_MODEL), and this driver never resumes one.
     StallForced,
+    /// The SMMU fixes its stream table or queue addresses itself (IDR1 presets).
     PresetStructures,
 }
 

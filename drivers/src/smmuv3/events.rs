@@ -23,7 +23,7 @@
 use core::fmt;
 
 use addr::PhysAddr;
-use tock_registers::{register_bitfields, LocalRegisterCopy};
+use tock_registers::{LocalRegisterCopy, register_bitfields};
 
 register_bitfields! {
     u64,
@@ -93,6 +93,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The kind of event for event record type `code` (7.3, the EVENT_* numbers).
     pub fn from_code(code: u8) -> Self {
         match code {
             0x01 => Self::UnsupportedTransaction,
@@ -184,9 +185,11 @@ impl EventKind {
 /// The access that faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
+    /// A write rather than a read.
     pub write: bool,
     /// An instruction fetch rather than a data access.
     pub instruction: bool,
+    /// A privileged access rather than an unprivileged one.
     pub privileged: bool,
 }
 
@@ -205,6 +208,7 @@ impl fmt::Display for Access {
 /// What one [`super::Smmu::drain_events`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Drained {
+    /// Events handed out.
     pub events: usize,
     /// The queue overflowed since the last drain: the SMMU dropped events (EVENTQ_PROD.OVFLG,
     /// 6.3.29). QEMU never sets the flag; it drops the event and raises GERROR.EVENTQ_ABT_ERR
@@ -215,11 +219,15 @@ pub struct Drained {
 /// One decoded event record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
+    /// What happened (the record's type).
     pub kind: EventKind,
+    /// The StreamID of the device that caused it.
     pub stream_id: u32,
+    /// The SubstreamID, when the transaction carried one (SSV).
     pub substream_id: Option<u32>,
     /// The IOVA of the transaction, for faults on a transaction.
     pub input_address: Option<u64>,
+    /// The faulting access, for faults on a transaction.
     pub access: Option<Access>,
     /// The structure or table entry whose fetch failed.
     pub fetch_address: Option<PhysAddr>,
@@ -228,6 +236,7 @@ pub struct Event {
 }
 
 impl Event {
+    /// Decodes an event record, eight little-endian 32-bit words as the SMMU wrote them (7.3).
     pub fn decode(raw: [u32; 8]) -> Self {
         let dword = |index: usize| u64::from(raw[2 * index]) | u64::from(raw[2 * index + 1]) << 32;
         let first = LocalRegisterCopy::<u64, EVENT0::Register>::new(dword(0));

@@ -11,16 +11,21 @@ use core::fmt;
 
 use tock_registers::LocalRegisterCopy;
 
-use super::registers::{AIDR, IDR0, IDR1, IDR3, IDR5};
 use super::SmmuError;
+use super::registers::{AIDR, IDR0, IDR1, IDR3, IDR5};
 
 /// The raw ID register values [`Features::decode`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdRegisters {
+    /// SMMU_IDR0 (6.3.1).
     pub idr0: u32,
+    /// SMMU_IDR1 (6.3.2).
     pub idr1: u32,
+    /// SMMU_IDR3 (6.3.4).
     pub idr3: u32,
+    /// SMMU_IDR5 (6.3.6).
     pub idr5: u32,
+    /// SMMU_AIDR (6.3.8).
     pub aidr: u32,
 }
 
@@ -29,7 +34,9 @@ pub struct IdRegisters {
 pub enum Endianness {
     /// Chosen per context: CD.ENDI and STE.S2ENDI.
     Mixed,
+    /// Little-endian only.
     Little,
+    /// Big-endian only.
     Big,
     /// The reserved encoding 0b01.
     Reserved,
@@ -53,7 +60,9 @@ pub enum StallModel {
 pub struct Features {
     /// The x of SMMUv3.x (AIDR.ArchMinorRev).
     pub minor_version: u8,
+    /// Stage 1 translation, the one this driver uses (IDR0.S1P).
     pub stage1: bool,
+    /// Stage 2 translation, a hypervisor's (IDR0.S2P).
     pub stage2: bool,
     /// VMSAv8-64 (AArch64) translation tables (IDR0.TTF).
     pub aarch64_tables: bool,
@@ -63,8 +72,11 @@ pub struct Features {
     pub hypervisor: bool,
     /// 8 or 16 (IDR0.ASID16).
     pub asid_bits: u32,
+    /// 2-level stream tables as well as linear ones (IDR0.ST_LEVEL).
     pub two_level_stream_table: bool,
+    /// How tables and structures are laid out in memory (IDR0.TTENDIAN).
     pub table_endianness: Endianness,
+    /// Whether faults may or must stall (IDR0.STALL_MODEL).
     pub stall_model: StallModel,
     /// A terminated transaction is always aborted, never read-as-zero (IDR0.TERM_MODEL).
     pub terminate_aborts_only: bool,
@@ -86,8 +98,11 @@ pub struct Features {
     pub break_before_make_level: u8,
     /// Physical address width the SMMU can output (IDR5.OAS).
     pub output_address_bits: u32,
+    /// The 4 KiB translation granule (IDR5.GRAN4K).
     pub granule_4k: bool,
+    /// The 16 KiB translation granule (IDR5.GRAN16K).
     pub granule_16k: bool,
+    /// The 64 KiB translation granule (IDR5.GRAN64K).
     pub granule_64k: bool,
 }
 
@@ -98,6 +113,7 @@ const ADDRESS_SIZES: [u32; 7] = [32, 36, 40, 42, 44, 48, 52];
 const MAX_OUTPUT_BITS: u32 = 48;
 
 impl Features {
+    /// Decodes the ID register values into what the driver needs to know.
     pub fn decode(registers: IdRegisters) -> Self {
         let idr0 = LocalRegisterCopy::<u32, IDR0::Register>::new(registers.idr0);
         let idr1 = LocalRegisterCopy::<u32, IDR1::Register>::new(registers.idr1);

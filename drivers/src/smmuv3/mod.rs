@@ -52,18 +52,18 @@ mod tests;
 use core::ptr::NonNull;
 
 use addr::PhysAddr;
-use safe_mmio::{field, field_shared, UniqueMmioPointer};
-use tock_registers::fields::FieldValue;
+use safe_mmio::{UniqueMmioPointer, field, field_shared};
 use tock_registers::LocalRegisterCopy;
+use tock_registers::fields::FieldValue;
 
 use barrier::{acquire_reads, publish_writes, release_entries};
-use commands::{Command, COMMAND_WORDS};
+use commands::{COMMAND_WORDS, Command};
 use events::EVENT_WORDS;
 use queue::{Queue, Ring};
-use registers::{Registers, CMDQ_CONS, CR0, CR1, CR2, EVENTQ_INDEX, GERROR, STRTAB_BASE, STRTAB_BASE_CFG};
-use tables::{ContextDescriptor, EntryTable, StreamTableEntry, ENTRY_BYTES, STE_CONFIG_WORD};
+use registers::{CMDQ_CONS, CR0, CR1, CR2, EVENTQ_INDEX, GERROR, Registers, STRTAB_BASE, STRTAB_BASE_CFG};
+use tables::{ContextDescriptor, ENTRY_BYTES, EntryTable, STE_CONFIG_WORD, StreamTableEntry};
 
-pub use commands::{command_name, CommandErrorKind, CommandFailure};
+pub use commands::{CommandErrorKind, CommandFailure, command_name};
 pub use errors::{GlobalErrors, SmmuError, Structure, Wait};
 pub use events::{Access, Drained, Event, EventKind};
 pub use features::{Endianness, Features, IdRegisters, StallModel};

@@ -22,7 +22,7 @@
 use core::ptr::NonNull;
 
 use addr::PhysAddr;
-use tock_registers::{register_bitfields, LocalRegisterCopy};
+use tock_registers::{LocalRegisterCopy, register_bitfields};
 
 use super::{Features, SmmuError};
 

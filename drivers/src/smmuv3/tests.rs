@@ -15,7 +15,7 @@ use addr::PhysAddr;
 use super::commands::{Command, CommandErrorKind, CommandFailure};
 use super::events::Event;
 use super::queue::{Queue, Ring};
-use super::tables::{root_table_alignment, ContextDescriptor, EntryTable, StreamTableEntry};
+use super::tables::{ContextDescriptor, EntryTable, StreamTableEntry, root_table_alignment};
 use super::*;
 
 /// The ID registers of QEMU 10.0.2's `-M virt,iommu=smmuv3`, as read from a running guest:
@@ -54,7 +54,8 @@ fn context(granule_shift: u32, input_bits: u32) -> Stage1Context {
 fn probe_reads_the_id_registers() {
     let mut pages: Vec<u64> = vec![0; 0x2_0000 / 8];
     let words = pages.as_mut_ptr().cast::<u32>();
-    for (offset, value) in [(0x00, QEMU.idr0), (0x04, QEMU.idr1), (0x0c, QEMU.idr3), (0x14, QEMU.idr5), (0x1c, QEMU.aidr)]
+    for (offset, value) in
+        [(0x00, QEMU.idr0), (0x04, QEMU.idr1), (0x0c, QEMU.idr3), (0x14, QEMU.idr5), (0x1c, QEMU.aidr)]
     {
         // SAFETY: a word inside `pages`, before any pointer to the block exists.
         unsafe { words.add(offset / 4).write(value) };
