@@ -22,11 +22,11 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use safe_mmio::fields::{ReadPure, ReadPureWrite};
-use safe_mmio::{field, field_shared, UniqueMmioPointer};
-use tock_registers::register_bitfields;
+use safe_mmio::{UniqueMmioPointer, field, field_shared};
 use tock_registers::LocalRegisterCopy;
+use tock_registers::register_bitfields;
 
-use crate::mmio::{register_offsets, RegisterLock};
+use crate::mmio::{RegisterLock, register_offsets};
 
 register_bitfields! {
     u32,
@@ -190,7 +190,8 @@ impl Controller {
         let index = (0..self.channels.len()).filter(|index| self.usable & 1 << index != 0).find(|&index| {
             let channel = self.channels.get(index).expect("usable channels lie inside the mapping");
             // DEBUG (4.2.1.3, offset 0x20): LITE says a DMA Lite channel.
-            let debug: LocalRegisterCopy<u32, DEBUG::Register> = LocalRegisterCopy::new(field_shared!(channel, debug).read());
+            let debug: LocalRegisterCopy<u32, DEBUG::Register> =
+                LocalRegisterCopy::new(field_shared!(channel, debug).read());
             !debug.is_set(DEBUG::LITE)
         })?;
         self.usable &= !(1 << index);
@@ -205,7 +206,7 @@ impl Controller {
 /// One DMA channel: it runs chains of control blocks, one chain at a time.
 ///
 /// The kernel keeps it inside its DMA engine and drives it through `&self`, so its registers
-/// sit behind a [`RegisterLock`].
+/// sit behind a `RegisterLock` (`mmio.rs`).
 pub struct Channel {
     registers: RegisterLock<ChannelRegisters>,
     /// Which of the controller's channels this is (what `brcm,dma-channel-mask` numbers).
@@ -331,7 +332,8 @@ fn control_status(registers: &UniqueMmioPointer<'_, ChannelRegisters>) -> LocalR
 
 /// What `DEBUG` and the loaded block's registers say went wrong (4.2.1.3).
 fn error(registers: &UniqueMmioPointer<'_, ChannelRegisters>) -> TransferError {
-    let debug: LocalRegisterCopy<u32, DEBUG::Register> = LocalRegisterCopy::new(field_shared!(*registers, debug).read());
+    let debug: LocalRegisterCopy<u32, DEBUG::Register> =
+        LocalRegisterCopy::new(field_shared!(*registers, debug).read());
     TransferError {
         read_error: debug.is_set(DEBUG::READ_ERROR),
         fifo_error: debug.is_set(DEBUG::FIFO_ERROR),
@@ -378,12 +380,14 @@ mod tests {
         let size = words.len() * 4;
         // SAFETY: `words` holds every channel's registers, aligned, and outlives the controller.
         let mut controller = unsafe { Controller::new(words.as_mut_ptr().cast(), size, 0b111_1010_0100) };
-        let taken: std::vec::Vec<u8> = core::iter::from_fn(|| controller.take_full_channel()).map(|c| c.index).collect();
+        let taken: std::vec::Vec<u8> =
+            core::iter::from_fn(|| controller.take_full_channel()).map(|c| c.index).collect();
         assert_eq!(taken, [2, 5], "channels 7 to 10 are Lite; 0, 1, 3, 4 and 6 are the firmware's");
         // Three whole channels mapped, and most of a fourth: channel 2 is the only one inside
         // both the mask and the mapping.
         // SAFETY: as above, with a smaller mapping.
-        let mut small = unsafe { Controller::new(words.as_mut_ptr().cast(), 3 * CHANNEL_STRIDE + 0x24, 0b111_1010_0100) };
+        let mut small =
+            unsafe { Controller::new(words.as_mut_ptr().cast(), 3 * CHANNEL_STRIDE + 0x24, 0b111_1010_0100) };
         assert_eq!(small.take_full_channel().map(|c| c.index), Some(2));
         assert!(small.take_full_channel().is_none());
     }

@@ -12,10 +12,10 @@
 use core::ptr::NonNull;
 
 use safe_mmio::fields::ReadPureWrite;
-use safe_mmio::{field, UniqueMmioPointer};
+use safe_mmio::{UniqueMmioPointer, field};
 use tock_registers::register_bitfields;
 
-use crate::mmio::{register_offsets, RegisterLock};
+use crate::mmio::{RegisterLock, register_offsets};
 
 register_bitfields! {
     u32,
@@ -69,7 +69,7 @@ const WDOG_SOON: u32 = 10;
 /// kernel powers a Raspberry Pi 4 off.
 ///
 /// The kernel keeps it in a `static` and calls it through `&self` from whichever CPU stops
-/// the machine, so its registers sit behind a [`RegisterLock`]: that makes it `Sync`
+/// the machine, so its registers sit behind a `RegisterLock` (`mmio.rs`): that makes it `Sync`
 /// without an `unsafe impl`.
 pub struct PowerManagement {
     registers: RegisterLock<Registers>,

@@ -12,9 +12,9 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use safe_mmio::fields::{ReadOnly, ReadPureWrite, WriteOnly};
-use safe_mmio::{field, UniqueMmioPointer};
-use tock_registers::register_bitfields;
+use safe_mmio::{UniqueMmioPointer, field};
 use tock_registers::LocalRegisterCopy;
+use tock_registers::register_bitfields;
 
 use crate::mmio::register_offsets;
 

@@ -10,9 +10,9 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use safe_mmio::fields::{ReadPure, ReadPureWrite, WriteOnly};
-use safe_mmio::{field, field_shared, UniqueMmioPointer};
-use tock_registers::register_bitfields;
+use safe_mmio::{UniqueMmioPointer, field, field_shared};
 use tock_registers::LocalRegisterCopy;
+use tock_registers::register_bitfields;
 
 use crate::mmio::register_offsets;
 
