@@ -55,11 +55,6 @@
 //! written once. No tock-registers type ever points at a device. Each register block is
 //! checked at compile time against the offsets of its datasheet (`register_offsets!`),
 //! which is what `register_structs!` used to check, and every access cites its section.
-//!
-//! The NVMe driver's controller properties are the one exception still in the tree:
-//! `nvme::registers::Registers` keeps its tock-registers form only because the kernel's NVMe
-//! code (`kernel/src/nvme/mod.rs`) still reaches it through a reference; the pointer-based
-//! replacement is `nvme::registers::ControllerRegisters`.
 #![no_std]
 
 pub mod bcm2835_dma;

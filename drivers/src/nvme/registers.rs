@@ -31,8 +31,7 @@ use core::time::Duration;
 
 use safe_mmio::fields::{ReadPure, ReadPureWrite, WriteOnly};
 use safe_mmio::{UniqueMmioPointer, field, field_shared};
-use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly as TockWriteOnly};
-use tock_registers::{LocalRegisterCopy, register_bitfields, register_structs};
+use tock_registers::{LocalRegisterCopy, register_bitfields};
 
 use crate::mmio::register_offsets;
 
@@ -223,37 +222,6 @@ impl ControllerRegisters {
     /// Writes CC (3.1.4.5): [`enabling_configuration`] starts the controller, 0 resets it.
     pub fn set_configuration(&mut self, configuration: u32) {
         field!(self.properties, cc).write(configuration);
-    }
-}
-
-register_structs! {
-    /// The controller properties as tock-registers reached through a reference: kept only
-    /// because the kernel's NVMe code (`kernel/src/nvme/mod.rs`) still uses them that way.
-    /// A reference to MMIO lets the compiler insert reads (see the crate documentation);
-    /// new code uses [`ControllerRegisters`], and this type goes once the kernel has moved.
-    pub Registers {
-        /// CAP (3.1.4.1).
-        (0x00 => pub cap: ReadOnly<u64>),
-        /// VS (3.1.4.2).
-        (0x08 => pub vs: ReadOnly<u32>),
-        /// INTMS, Interrupt Mask Set (3.1.4.3): 1 bits mask pin-based and MSI vectors.
-        (0x0c => pub intms: TockWriteOnly<u32>),
-        /// INTMC, Interrupt Mask Clear (3.1.4.4).
-        (0x10 => pub intmc: TockWriteOnly<u32>),
-        /// CC (3.1.4.5).
-        (0x14 => pub cc: ReadWrite<u32>),
-        (0x18 => _reserved0),
-        /// CSTS (3.1.4.6).
-        (0x1c => pub csts: ReadOnly<u32>),
-        /// NSSR, NVM Subsystem Reset (3.1.4.7): writing "NVMe" (0x4E564D65) resets the subsystem.
-        (0x20 => pub nssr: ReadWrite<u32>),
-        /// AQA (3.1.4.8).
-        (0x24 => pub aqa: ReadWrite<u32>),
-        /// ASQ, Admin Submission Queue Base Address (3.1.4.9), page-aligned.
-        (0x28 => pub asq: ReadWrite<u64>),
-        /// ACQ, Admin Completion Queue Base Address (3.1.4.10), page-aligned.
-        (0x30 => pub acq: ReadWrite<u64>),
-        (0x38 => @END),
     }
 }
 
