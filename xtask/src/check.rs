@@ -77,6 +77,7 @@ const STEPS: [Step; 5] = [
             "--package",
             "kernel",
             "--no-deps",
+            "--document-private-items",
             "--release",
             "--target",
             KERNEL_TARGET,
