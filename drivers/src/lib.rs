@@ -59,6 +59,7 @@
 
 pub mod bcm2835_dma;
 pub mod bcm2835_pm;
+pub mod block;
 pub mod mini_uart;
 mod mmio;
 pub mod nvme;

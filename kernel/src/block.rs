@@ -14,9 +14,9 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use core::fmt;
-use core::ops::Range;
 
 use dma::DmaApiError;
+use drivers::block::{self as requests, SplitError};
 
 use crate::dma_platform::DmaDevice;
 
@@ -45,6 +45,8 @@ pub trait BlockDevice {
 pub enum BlockError {
     /// Not a whole number of blocks, or beyond the end of the disk.
     OutOfRange { block: u64, bytes: usize, capacity: u64 },
+    /// The request cannot be cut into the disk's commands (its limit is not whole blocks).
+    Request(SplitError),
     /// The DMA layer refused the buffer.
     Dma(DmaApiError),
     /// The disk's driver refused the request or the device failed it, in the driver's own
@@ -76,6 +78,7 @@ impl fmt::Display for BlockError {
                     "{bytes} bytes from block {block} are not whole blocks within the {capacity} blocks of the disk"
                 )
             }
+            BlockError::Request(error) => write!(f, "{error}"),
             BlockError::Dma(error) => write!(f, "{error}"),
             BlockError::Device(error) => write!(f, "{error}"),
         }
@@ -93,8 +96,9 @@ pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
 /// Reads `buffer.len()` bytes from `block` on, in as many requests as the disk's limit needs.
 pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
     check_range(disk, block, buffer.len())?;
-    for (first, bytes) in requests(block, buffer.len(), disk.block_size(), request_limit(disk)) {
-        disk.read_request(first, &mut buffer[bytes])?;
+    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk));
+    for chunk in chunks.map_err(BlockError::Request)? {
+        disk.read_request(chunk.block, &mut buffer[chunk.offset..chunk.offset + chunk.length])?;
     }
     Ok(())
 }
@@ -102,19 +106,11 @@ pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result
 /// Writes `buffer` from `block` on, in as many requests as the disk's limit needs.
 pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
     check_range(disk, block, buffer.len())?;
-    for (first, bytes) in requests(block, buffer.len(), disk.block_size(), request_limit(disk)) {
-        disk.write_request(first, &buffer[bytes])?;
+    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk));
+    for chunk in chunks.map_err(BlockError::Request)? {
+        disk.write_request(chunk.block, &buffer[chunk.offset..chunk.offset + chunk.length])?;
     }
     Ok(())
-}
-
-/// `length` bytes (whole blocks) from `block` on, cut into requests of at most `limit` bytes
-/// (at least one block each): each request's first block and its bytes in the buffer.
-fn requests(block: u64, length: usize, block_size: usize, limit: usize) -> impl Iterator<Item = (u64, Range<usize>)> {
-    let step = (limit / block_size).max(1) * block_size;
-    (0..length)
-        .step_by(step)
-        .map(move |offset| (block + (offset / block_size) as u64, offset..(offset + step).min(length)))
 }
 
 /// The disk's request limit, in words.
