@@ -199,7 +199,8 @@ kernel_test! {
         dirty_free_slots(device.bounce_pool().ok_or("no pool")?);
         for (offset, size) in [(0x7c8, BUFFER_IN_A_PAGE as u64), (0, 4096)] {
             let buffer = PhysRange::new(physical.start().add(offset), size).ok_or("range")?;
-            // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+            // SAFETY: the buffer lies in `_page`, which this test allocated and keeps alive until after
+            // the unmap below, and does not touch while the device owns it.
             let iova = unsafe { device.map(buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
             let fills_granules = (buffer.start().as_u64() | buffer.end().as_u64()) & (granule - 1) == 0;
             if fills_granules {
@@ -214,7 +215,7 @@ kernel_test! {
                 ensure!(leaked == 0, "{size} bytes: {leaked} other bytes of the {granule}-byte granule are not zero");
                 ensure!(bytes[inside].iter().all(|&byte| byte == 0xaa), "the buffer's bytes did not reach the copy");
             }
-            // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+            // SAFETY: `iova`, `buffer` and the direction of the `map` just above, still live.
             unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
             ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
         }
@@ -232,7 +233,8 @@ kernel_test! {
         let granule = domain.granule_size();
         let (_pages, physical) = (0..8).map(|_| page_of(device, 0x33)).collect::<Result<(Vec<_>, Vec<_>), _>>()?;
         let pages: Vec<PhysRange> = physical.into_iter().step_by(2).collect();
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: the pages lie in `_pages`, which this test allocated and keeps alive until after the
+        // unmap below, and does not touch while the device owns them.
         let addresses = unsafe { device.map_scatter(&pages, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
         for (index, (iova, page)) in addresses.iter().zip(&pages).enumerate() {
             ensure!(iova.as_u64() & (granule - 1) == page.start().as_u64() & (granule - 1), "page {index}: IOVA {iova:?} lost the offset of {page}");
@@ -246,7 +248,7 @@ kernel_test! {
             let last = addresses[addresses.len() - 1].as_u64();
             ensure!(last - addresses[0].as_u64() == 3 * 4096, "4 KiB granule: the pages should be one contiguous DMA segment");
         }
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: the addresses `map_scatter` returned, with its pages and direction, still live.
         unsafe { device.unmap_scatter(&addresses, &pages, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
         ensure!(addresses.iter().all(|iova| domain.translate(*iova).is_none()), "a page still translates after the unmap");
         Ok(())
@@ -279,12 +281,13 @@ kernel_test! {
         let (_, device, domain) = disk_with_trust(false)?;
         let (_page, physical) = page_of(device, 0x55)?;
         let buffer = PhysRange::new(physical.start().add(0xfa0), 0x60).ok_or("range")?;
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: the buffer lies in `_page`, which this test allocated and keeps alive until after
+        // the unmap below, and does not touch while the device owns it.
         let iova = unsafe { device.map(buffer, DmaDirection::FromDevice) }.map_err(|e| format!("{e}"))?;
         let mask = domain.granule_size() - 1;
         ensure!(iova.as_u64() & mask == buffer.start().as_u64() & mask, "IOVA {iova:?} vs buffer {buffer}: offset not kept");
         ensure!(domain.translate(iova) == Some(buffer.start()), "{iova:?} translates to {:?}, not {buffer}", domain.translate(iova));
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: `iova`, `buffer` and the direction of the `map` just above, still live.
         unsafe { device.unmap(iova, buffer, DmaDirection::FromDevice) }.map_err(|e| format!("{e}"))?;
         ensure!(domain.translate(iova).is_none(), "{iova:?} still translates after its unmap");
         Ok(())
@@ -299,22 +302,29 @@ kernel_test! {
         let (_, device, domain) = disk_with_trust(false)?;
         let (_page, physical) = page_of(device, 0x11)?;
         let buffer = PhysRange::new(physical.start(), 4096).ok_or("range")?;
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: the buffer lies in `_page`, which this test allocated and keeps alive until after
+        // the last unmap below, and does not touch while the device owns it.
         let iova = unsafe { device.map(buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
         let shorter = PhysRange::new(physical.start(), 2048).ok_or("range")?;
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: breaks `unmap`'s contract on purpose (the wrong size). Behind the IOMMU the
+        // domain looks the range up first and refuses one that is not a whole mapping, before any
+        // copy or cache maintenance, so nothing is touched; the test checks that refusal.
         ensure!(unsafe { device.unmap(iova, shorter, DmaDirection::ToDevice) }.is_err(), "an unmap of the wrong size was accepted");
         // IOVA 0 is never handed out.
         let never_mapped = addr::DmaAddr::new(0x800);
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: breaks the contract on purpose (an IOVA never mapped): refused at the domain's
+        // lookup, as above, before anything is touched.
         ensure!(unsafe { device.unmap(never_mapped, buffer, DmaDirection::ToDevice) }.is_err(), "an unmap of an unmapped IOVA was accepted");
         let beyond = PhysRange::new(physical.start().add(2048), 4096).ok_or("range")?;
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: breaks `sync_for_cpu`'s contract on purpose (a range past the mapping's end): the
+        // domain finds no mapping covering it and refuses before any copy or invalidation.
         ensure!(unsafe { device.sync_for_cpu(iova.add(2048), beyond) }.is_err(), "a sync past the end of the buffer was accepted");
         ensure!(domain.translate(iova) == Some(buffer.start()), "the live mapping changed");
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: `iova`, `buffer` and the direction of the `map` above, still live (the refused calls
+        // changed nothing, as the check of the translation just above shows).
         unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.map_err(|e| format!("{e}"))?;
-        // SAFETY: the test's own pages, untouched while mapped; a mistake made on purpose is refused, not acted on.
+        // SAFETY: breaks the contract on purpose (the mapping just ended): the domain no longer
+        // knows `iova`, so the unmap is refused before anything is touched.
         ensure!(unsafe { device.unmap(iova, buffer, DmaDirection::ToDevice) }.is_err(), "a second unmap was accepted");
         check_debug_reports(device.name)
     }
