@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use crate::Result;
+use crate::image::workspace_root;
 
 pub const KERNEL_TARGET: &str = "aarch64-unknown-none";
 const QEMU: &str = "qemu-system-aarch64";
@@ -21,15 +22,24 @@ pub fn ensure_rust_target() -> Result<()> {
 }
 
 /// rustup components of the pinned toolchain (`clippy`, `rustfmt`), installed if missing.
+///
+/// Only the toolchain `rust-toolchain.toml` pins is touched: cargo, started through rustup's
+/// proxy, hands xtask that toolchain's name in `RUSTUP_TOOLCHAIN`, and rustup is told it with
+/// `--toolchain` (without the variable, rustup reads `rust-toolchain.toml` itself, since xtask
+/// runs it from the workspace root).
 pub fn ensure_components(components: &[&str]) -> Result<()> {
-    let installed = output("rustup", &["component", "list", "--installed"])
+    let pinned = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let toolchain: Vec<&str> = pinned.as_deref().map(|name| vec!["--toolchain", name]).unwrap_or_default();
+    let list = [&["component", "list", "--installed"][..], &toolchain].concat();
+    let installed = output("rustup", &list)
         .map_err(|_| "rustup not found: install Rust with rustup (https://rustup.rs)".to_string())?;
     for component in components {
         if installed.lines().any(|line| line.trim().starts_with(&format!("{component}-"))) {
             continue;
         }
-        println!("xtask: installing the rustup component {component}");
-        run_visible("rustup", &["component", "add", component])
+        println!("xtask: installing the rustup component {component} ({})", pinned.as_deref().unwrap_or("pinned"));
+        let add = [&["component", "add", component][..], &toolchain].concat();
+        run_visible("rustup", &add)
             .map_err(|_| format!("could not install {component}: run `rustup component add {component}`"))?;
     }
     Ok(())
@@ -94,7 +104,7 @@ fn install_qemu_from_backports() -> Result<()> {
 }
 
 fn output(program: &str, arguments: &[&str]) -> std::io::Result<String> {
-    let output = Command::new(program).args(arguments).output()?;
+    let output = Command::new(program).args(arguments).current_dir(workspace_root()).output()?;
     if !output.status.success() {
         return Err(std::io::Error::other(format!("{program} failed")));
     }
@@ -102,6 +112,10 @@ fn output(program: &str, arguments: &[&str]) -> std::io::Result<String> {
 }
 
 fn run_visible(program: &str, arguments: &[&str]) -> std::io::Result<()> {
-    let status = Command::new(program).args(arguments).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+    let status = Command::new(program)
+        .args(arguments)
+        .current_dir(workspace_root())
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
     if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("{program} failed"))) }
 }
