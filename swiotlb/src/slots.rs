@@ -113,8 +113,11 @@ pub struct Area<T> {
     cursor: usize,
     used: usize,
     /// No free run is longer than this: requests for more fail without a search. Allocation
-    /// keeps it true; release raises it to the run it recreates; a failed search makes it exact.
+    /// keeps it true; release raises it to the run it recreates (or to at least a segment: no
+    /// request is longer, so the walk stops there); a failed search makes it exact.
     longest_free_bound: usize,
+    /// The longest region a request can ask for, in slots.
+    segment_slots: usize,
     /// The owner's bookkeeping for this area (the pool's records of live regions).
     pub book: T,
 }
@@ -131,7 +134,8 @@ impl<T> Area<T> {
         let local = first_slot - self.first_slot;
         self.free.mark_free(local, slots);
         self.used -= slots;
-        self.longest_free_bound = self.longest_free_bound.max(self.free.run_through(local, slots));
+        let recreated = self.free.run_through(local, slots, self.segment_slots);
+        self.longest_free_bound = self.longest_free_bound.max(recreated);
     }
 
     fn reserve(&mut self, placement: &Placement) -> Option<Reserved> {
@@ -291,6 +295,7 @@ impl<T> SlotAllocator<T> {
                     cursor: 0,
                     used: 0,
                     longest_free_bound: geometry.area_slots,
+                    segment_slots: geometry.segment_slots,
                     book: book(geometry.area_slots),
                 })
             })
