@@ -10,6 +10,12 @@
 //! - [`SmmuIotlb`]: a strict unmap. The domain clears entries; each one is invalidated with
 //!   `CMD_TLBI_NH_VA` (IHI 0070, 4.4.2.4) and a `CMD_SYNC` (4.7.3) waits for them all, with the
 //!   SMMU locked throughout, before the IOVA is reused or the memory returned (contract rule 14).
+//!   Past [`LEAVES_WORTH_ONE_BY_ONE`] leaves (a 1 MiB buffer is 256 of them at 4 KiB), one
+//!   `CMD_TLBI_NH_ASID` replaces them: the SMMU then drops every cached translation of the
+//!   domain, the live mappings' too, which only costs them a table walk on next use. Either way
+//!   the unmap returns only once the `CMD_SYNC` completed: it stays strict.
+
+use alloc::vec::Vec;
 
 use addr::PhysAddr;
 use dma::platform::{Iotlb, IotlbError};
@@ -35,32 +41,57 @@ impl TableMemory for DomainTables {
 /// The SMMU's TLB, as a domain's unmap sees it.
 pub struct SmmuIotlb;
 
-/// The SMMU's TLB during one unmap: invalidations queued by address, one sync.
+/// How many leaf invalidations one unmap issues before one invalidation of the whole address
+/// space is cheaper: each `CMD_TLBI_NH_VA` is a command the SMMU fetches and executes, and an
+/// SMMU (QEMU's too) invalidates a whole ASID about as fast as one address.
+pub const LEAVES_WORTH_ONE_BY_ONE: usize = 8;
+
+/// The SMMU's TLB during one unmap: the leaves to invalidate, collected until the sync.
 struct SmmuTlb<'a> {
     smmu: &'a mut Smmu,
     asid: u16,
+    leaves: Vec<u64>,
     failure: Option<SmmuError>,
+}
+
+impl SmmuTlb<'_> {
+    fn record(&mut self, result: Result<(), SmmuError>) {
+        if let Err(error) = result {
+            self.failure.get_or_insert(error);
+        }
+    }
 }
 
 impl TlbMaintenance for SmmuTlb<'_> {
     fn invalidate(&mut self, input: u64, _level: u32) {
-        if let Err(error) = self.smmu.invalidate_va(self.asid, input) {
-            self.failure.get_or_insert(error);
-        }
+        self.leaves.push(input);
     }
 
     fn sync(&mut self) {
-        if let Err(error) = self.smmu.sync() {
-            self.failure.get_or_insert(error);
+        let leaves = core::mem::take(&mut self.leaves);
+        if leaves.len() > LEAVES_WORTH_ONE_BY_ONE {
+            let result = self.smmu.invalidate_asid(self.asid);
+            self.record(result);
+        } else {
+            for input in leaves {
+                let result = self.smmu.invalidate_va(self.asid, input);
+                self.record(result);
+            }
         }
+        let result = self.smmu.sync();
+        self.record(result);
     }
 }
 
 impl Iotlb for SmmuIotlb {
     fn strictly<R>(&self, asid: u16, unmap: impl FnOnce(&mut dyn TlbMaintenance) -> R) -> Result<R, IotlbError> {
         let mut smmu = super::smmu().lock();
-        let mut tlb = SmmuTlb { smmu: &mut smmu, asid, failure: None };
+        let mut tlb = SmmuTlb { smmu: &mut smmu, asid, leaves: Vec::new(), failure: None };
         let result = unmap(&mut tlb);
+        if !tlb.leaves.is_empty() {
+            // Every unmap ends with a sync; should one not, its invalidations still happen here.
+            tlb.sync();
+        }
         match tlb.failure {
             None => Ok(result),
             Some(error) => {
