@@ -146,7 +146,7 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
         Ok(None) => return,
         Err(problem) => return warn!("pci: {problem}"),
     };
-    report_declined_force_bounce(devicetree, bus);
+    report_force_bounce(devicetree, bus);
     info!("PCIe devices:");
     info!(
         "  {:<8} {:<9} {:<6} {:<8} {:<6} {:<7} {:<9} {:<6}",
@@ -168,7 +168,7 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
         };
         let name: &'static str = alloc::boxed::Box::leak(alloc::format!("pci {}", function.address).into_boxed_str());
         let intx = function.intx.map_or("-".into(), |spi| alloc::format!("SPI {spi}"));
-        let (dma, row) = match pci_dma_device(name, function, driver.constraints()) {
+        let (dma, row) = match pci_dma_device(devicetree, bus, name, function, driver.constraints()) {
             Ok(device) => device,
             Err(problem) => {
                 warn!("  {:<8} {id:<9} not started: {problem}", function.address);
@@ -224,16 +224,17 @@ impl PciDriver {
 /// already confines each device to what is mapped for it, in place, and bouncing would only
 /// add copies (contract R11; Linux's iommu-dma ignores `swiotlb=force` for the same reason: the
 /// "iommu/dma: Respect SWIOTLB force_bounce" thread, 2024, docs/dma-contract.md#thread-force-bounce).
-/// Untrusted devices still bounce what does not fill whole granules.
-fn report_declined_force_bounce(devicetree: &Devicetree<'static>, bus: &pci::PciBus) {
+/// Untrusted devices still bounce what does not fill whole granules. A bridge without an
+/// IOMMU is granted force bounce, as any direct device is (rule 12).
+fn report_force_bounce(devicetree: &Devicetree<'static>, bus: &pci::PciBus) {
     let Some(pool) = bridge_pool(devicetree, bus.bridge.name) else { return };
-    match iommu::policy() {
-        Some(_) => warn!(
+    match bus.bridge.iommu_map.is_empty() {
+        false => warn!(
             "{}: memory-region names restricted pool '{pool}' (force bounce); declined: its devices are behind the IOMMU, which isolates them in place",
             bus.bridge.name
         ),
-        None => warn!(
-            "{}: memory-region names restricted pool '{pool}', but untranslated PCIe DMA is not supported",
+        true => info!(
+            "{}: memory-region names restricted pool '{pool}': with no IOMMU, its devices bounce every transfer through it (force bounce)",
             bus.bridge.name
         ),
     }
@@ -249,13 +250,19 @@ pub fn bridge_pool(devicetree: &Devicetree<'static>, bridge: &str) -> Option<&'s
 const PCI_CLASS_BRIDGE: u8 = 0x06;
 
 /// The DMA handle of a PCIe function, and its device-table columns: translated through a
-/// domain of its own when `iommu-map` names the running SMMU.
+/// domain of its own when `iommu-map` names the running SMMU; direct, as for any device, when
+/// the bridge has no `iommu-map` at all.
 fn pci_dma_device(
+    devicetree: &Devicetree<'static>,
+    bus: &pci::PciBus,
     name: &'static str,
     function: &PciFunction,
     constraints: Constraints,
 ) -> Result<(DmaDevice, String), String> {
-    const UNTRANSLATED: &str = "untranslated PCIe DMA is not supported";
+    const UNTRANSLATED: &str = "its DMA would reach an IOMMU the kernel does not drive";
+    if bus.bridge.iommu_map.is_empty() {
+        return untranslated_pci_device(devicetree, bus, name, constraints);
+    }
     let stream = function.stream.ok_or(alloc::format!(
         "no `iommu-map` entry of the host bridge covers requester ID {:#06x}: {UNTRANSLATED}",
         function.address.requester_id()
@@ -286,6 +293,30 @@ fn pci_dma_device(
         alloc::format!("{}K", domain.granule_size() >> 10)
     );
     Ok((dma_platform::device(name, route, coherent, constraints), row))
+}
+
+/// The DMA handle of a function behind a bridge without an IOMMU: the bridge's DMA description
+/// is its devices', so they take the route any direct device takes (its restricted pool, or its
+/// `dma-ranges` with the default pool for what they do not reach).
+fn untranslated_pci_device(
+    devicetree: &Devicetree<'static>,
+    bus: &pci::PciBus,
+    name: &'static str,
+    constraints: Constraints,
+) -> Result<(DmaDevice, String), String> {
+    let bridges = devicetree
+        .compatible_devices(&[platform::pci::HOST_BRIDGE_COMPATIBLE])
+        .map_err(|error| alloc::format!("{error}"))?;
+    let bridge =
+        bridges.iter().find(|device| device.name == bus.bridge.name).ok_or("its bridge is not in the devicetree")?;
+    let (route, kind) = match bridge.dma.pool {
+        Some(pool) => {
+            (Route::Restricted(pools::pool(pool).ok_or("its restricted pool was not created")?), "restricted")
+        }
+        None => (Route::Direct { windows: bridge.dma.clone(), bounce: pools::default_pool_for(bridge) }, "direct"),
+    };
+    let row = alloc::format!("{:<8} {:<6} {:<7} {kind:<9}", "-", "-", "-");
+    Ok((dma_platform::device(name, route, bridge.dma.coherent, constraints), row))
 }
 
 /// The DMA handle for `device`: through its restricted pool if it names one (force bounce,

@@ -100,7 +100,9 @@ pub const MAX_INTERRUPT_MAP_ENTRIES: usize = 32;
 /// How many cells one interrupt specifier may have (the GIC's has 3).
 pub const MAX_INTERRUPT_CELLS: usize = 4;
 
-const HOST_BRIDGE_COMPATIBLE: &str = "pci-host-ecam-generic";
+/// The `compatible` of the host bridges this crate reads: ECAM configuration space, as QEMU `virt`
+/// and many SoCs have it.
+pub const HOST_BRIDGE_COMPATIBLE: &str = "pci-host-ecam-generic";
 const SMMU_V3_COMPATIBLE: &str = "arm,smmu-v3";
 
 /// ECAM gives each bus 32 devices × 8 functions × 4 KiB.

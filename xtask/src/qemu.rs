@@ -15,8 +15,8 @@ const QEMU: &str = "qemu-system-aarch64";
 /// Which board QEMU emulates, and how its devicetree describes DMA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Board {
-    /// `-M virt`: virtio-mmio devices, every transfer through a restricted pool; with an
-    /// SMMUv3 in front of PCIe, two virtio-blk-pci disks and two NVMe controllers behind it.
+    /// `-M virt`: virtio-mmio devices, every transfer through a restricted pool; on PCIe two
+    /// virtio-blk-pci disks and two NVMe controllers, behind an SMMUv3 when there is one.
     Virt(Virt),
     /// `-M raspi4b` (2 GiB), with the devicetree the Pi firmware uses: a legacy DMA engine
     /// that reaches only the first GiB.
@@ -202,13 +202,11 @@ impl Machine {
     }
 
     /// The disk images `virt` boots with: virtio-mmio disks, then the PCIe pair and the NVMe
-    /// pair behind the SMMU.
+    /// pair (behind the SMMU when there is one; on the bus's own route otherwise).
     fn disks(&self) -> Vec<Disk> {
         let Board::Virt(virt) = &self.board else { return Vec::new() };
         let mut ids: Vec<String> = (0..virt.disks).map(|index| format!("disk{index}")).collect();
-        if virt.iommu.is_some() {
-            ids.extend(["pcidisk0", "pcidisk1", "nvme0", "nvme1"].map(String::from));
-        }
+        ids.extend(["pcidisk0", "pcidisk1", "nvme0", "nvme1"].map(String::from));
         let directory = image::build_directory();
         ids.into_iter().map(|id| Disk { path: directory.join(format!("{id}.img")), id }).collect()
     }
@@ -227,9 +225,11 @@ impl Machine {
             let device = match disk.id.as_str() {
                 // `iommu_platform=on` puts the device's DMA behind the SMMU (the driver must
                 // accept VIRTIO_F_ACCESS_PLATFORM); `disable-legacy=on` makes it virtio 1.x.
+                // Without an SMMU the device uses bus addresses, as a real one does.
                 "pcidisk0" | "pcidisk1" => {
                     let slot = if disk.id == "pcidisk0" { TRUSTED_DISK_SLOT } else { UNTRUSTED_DISK_SLOT };
-                    format!("virtio-blk-pci,drive={},iommu_platform=on,disable-legacy=on,addr={slot},{sizes}", disk.id)
+                    let platform = if virt.iommu.is_some() { "iommu_platform=on," } else { "" };
+                    format!("virtio-blk-pci,drive={},{platform}disable-legacy=on,addr={slot},{sizes}", disk.id)
                 }
                 // An NVMe controller's DMA always goes through the IOMMU: it has no
                 // `iommu_platform` switch to bypass it, as a real PCIe device has none.

@@ -29,6 +29,7 @@ use log::info;
 use platform::devicetree::{Device, Devicetree, MAX_RANGES};
 use platform::dma_config::{self, MAX_POOLS, PoolPlacement, RestrictedPool as PoolNode};
 use platform::memmap::Size;
+use platform::pci::MAX_HOST_BRIDGES;
 use spin::Once;
 use swiotlb::{BouncePool, PoolConfig};
 use vmsa::{Access, MemoryType};
@@ -51,6 +52,9 @@ const DEFAULT_POOL_ALIGNMENT: u64 = 2 << 20;
 pub struct Plan {
     pub pools: ArrayVec<PoolRequest, MAX_POOLS>,
     pub devices: ArrayVec<Device<'static>, MAX_RANGES>,
+    /// PCIe host bridges with no `iommu-map`: their functions' DMA is direct, through the
+    /// bridge's `dma-ranges` (or its `memory-region`), so they use pools as direct devices do.
+    pub untranslated_bridges: ArrayVec<Device<'static>, MAX_HOST_BRIDGES>,
     /// One past the highest byte of RAM.
     pub ram_end: PhysAddr,
 }
@@ -102,11 +106,20 @@ pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
     let bridges = devicetree.pci_host_bridges().map_err(MemoryError::Devicetree)?;
     let translated: ArrayVec<bool, MAX_RANGES> =
         bridges.iter().filter(|bridge| !bridge.iommu_map.is_empty()).map(|bridge| bridge.coherent).collect();
+    let untranslated_bridges: ArrayVec<Device<'static>, MAX_HOST_BRIDGES> = devicetree
+        .compatible_devices(&[platform::pci::HOST_BRIDGE_COMPATIBLE])
+        .map_err(MemoryError::Devicetree)?
+        .into_iter()
+        .filter(|device| bridges.iter().any(|bridge| bridge.name == device.name && bridge.iommu_map.is_empty()))
+        .collect();
     let requests = restricted.into_iter().map(|node| (node, true)).chain([(default, false)]);
     let mut pools = ArrayVec::new();
     for (node, restricted) in requests {
         let request = PoolRequest { node, restricted, limit: None, coherent: true };
-        let users = || devices.iter().filter(|device| request.serves(device, ram_end)).map(|device| &device.dma);
+        let users = || {
+            let masters = devices.iter().chain(&untranslated_bridges);
+            masters.filter(|device| request.serves(device, ram_end)).map(|device| &device.dma)
+        };
         let translated_users = if restricted { &[][..] } else { &translated[..] };
         if !restricted && users().next().is_none() && translated_users.is_empty() {
             continue; // Every direct device reaches all of RAM, and no device is translated.
@@ -115,7 +128,7 @@ pub fn plan(devicetree: &Devicetree<'static>) -> Result<Plan, MemoryError> {
         let coherent = users().all(|dma| dma.coherent) && translated_users.iter().all(|&coherent| coherent);
         pools.try_push(PoolRequest { limit, coherent, ..request }).map_err(|_| MemoryError::TooManyPools)?;
     }
-    Ok(Plan { pools, devices, ram_end })
+    Ok(Plan { pools, devices, untranslated_bridges, ram_end })
 }
 
 static POOLS: Once<ArrayVec<DmaPool, MAX_POOLS>> = Once::new();
@@ -189,7 +202,8 @@ pub fn create(
 
 /// The pool's base as its devices address it; they must all agree.
 fn bus_address(plan: &Plan, request: &PoolRequest, range: PhysRange) -> Result<DmaAddr, MemoryError> {
-    let users = plan.devices.iter().filter(|device| request.serves(device, plan.ram_end));
+    let masters = plan.devices.iter().chain(&plan.untranslated_bridges);
+    let users = masters.filter(|device| request.serves(device, plan.ram_end));
     dma_config::pool_bus_address(request.node.name, range, users.map(|device| (device.name, &device.dma)))
         .map_err(MemoryError::PoolReach)
 }

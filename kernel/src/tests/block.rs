@@ -192,3 +192,50 @@ kernel_test! {
         Ok(())
     }
 }
+
+kernel_test! {
+    /// Without an IOMMU, a PCIe function's DMA takes its host bridge's route, as any direct
+    /// device's does: through the restricted pool the bridge's `memory-region` names (force
+    /// bounce, granted here: rule 12), or its `dma-ranges`. Every PCIe disk, virtio and NVMe
+    /// alike, is on that route and round-trips data at every page offset.
+    fn pcie_disks_without_an_iommu_take_their_bridges_route() {
+        if crate::iommu::policy().is_some() {
+            skip!("an SMMUv3 translates PCIe on this machine")
+        }
+        let Some(bus) = crate::pci::bus() else { skip!("no PCIe bus on this machine") };
+        let pool = crate::board::bridge_pool(&crate::machine().devicetree, bus.bridge.name);
+        const LARGEST: usize = 16384;
+        let (mut disks, mut failure, mut too_small) = (0, None, Vec::new());
+        block::with_each_disk(|disk| {
+            let device = disk.dma_device();
+            if failure.is_some() || !device.name.starts_with("pci ") {
+                return;
+            }
+            if let Some(reason) = disk_pool_too_small(disk, LARGEST) {
+                return too_small.push(reason);
+            }
+            disks += 1;
+            let on_route = match (&device.route, pool) {
+                (Route::Restricted(restricted), Some(name)) => restricted.name == name,
+                (Route::Direct { .. }, None) => true,
+                _ => false,
+            };
+            let outcome = match on_route {
+                true => round_trips(disk, &[512, 4096, LARGEST], &PAGE_OFFSETS, 41).map(|_| ()),
+                false => Err(format!("{}: not on its bridge's route (pool {pool:?})", disk.describe())),
+            };
+            failure = outcome.err();
+        });
+        if let Some(problem) = failure {
+            return Err(problem.into());
+        }
+        if disks == 0 && !too_small.is_empty() {
+            return Err(skip_because(too_small.join("; ")));
+        }
+        if disks == 0 {
+            skip!("no PCIe disk started on this machine (the device table says why)")
+        }
+        log::info!("{disks} PCIe disk(s) round-tripped on the bridge's route ({})", pool.map_or("direct", |name| name));
+        Ok(())
+    }
+}

@@ -276,8 +276,10 @@ pub fn start_pci(function: &PciFunction, dma: DmaDevice) -> Result<(), NotStarte
         crate::pci::config_address(function.address),
     )
     .map_err(|_| not_started(StartError::Transport("not a virtio-pci device")))?;
-    // Without the feature the device's DMA would bypass the IOMMU while the driver hands it IOVAs.
-    if transport.read_device_features() & access_platform::VIRTIO_F_ACCESS_PLATFORM == 0 {
+    // Without the feature the device's DMA would bypass the IOMMU while the driver hands it
+    // IOVAs. Without an IOMMU the addresses it is given are bus addresses either way.
+    let translated = matches!(dma.route, crate::dma_platform::Route::Iommu { .. });
+    if translated && transport.read_device_features() & access_platform::VIRTIO_F_ACCESS_PLATFORM == 0 {
         let missing = "VIRTIO_F_ACCESS_PLATFORM: its DMA would not be translated";
         return Err(not_started(StartError::MissingFeature(missing)));
     }
