@@ -18,6 +18,7 @@
 
 extern crate alloc;
 
+mod bench;
 mod block;
 mod board;
 mod console;
@@ -63,6 +64,8 @@ pub struct BootOptions {
     pub semihosting: bool,
     /// `kernel.fault-demo`: read an unmapped address, to show how the kernel reports a crash.
     pub fault_demo: bool,
+    /// `kernel.bench`: measure disk throughput on every route instead of the demo.
+    pub bench: bool,
 }
 
 impl BootOptions {
@@ -76,6 +79,7 @@ impl BootOptions {
                 "kernel.test" => options.run_tests = true,
                 "kernel.semihosting" => options.semihosting = true,
                 "kernel.fault-demo" => options.fault_demo = true,
+                "kernel.bench" => options.bench = true,
                 _ if word.starts_with("kernel.") => unknown = unknown.or(Some(word)),
                 _ => {}
             }
@@ -109,7 +113,9 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     // Before anything else can fail: every error from here on ends in a power-off.
     start_power_off(&devicetree);
     if let Some(word) = unknown {
-        warn!("bootargs: `{word}` is not a kernel option (known: kernel.test, kernel.semihosting, kernel.fault-demo)");
+        warn!(
+            "bootargs: `{word}` is not a kernel option (known: kernel.test, kernel.semihosting, kernel.fault-demo, kernel.bench)"
+        );
     }
     if let Err(message) = describe_machine(boot, devicetree) {
         error!("boot failed: {message}");
@@ -118,9 +124,10 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     if options.fault_demo {
         provoke_fault();
     }
-    let outcome = match options.run_tests {
-        true => testing::run_all(),
-        false => demo::run(),
+    let outcome = match (options.run_tests, options.bench) {
+        (true, _) => testing::run_all(),
+        (false, true) => bench::run(),
+        (false, false) => demo::run(),
     };
     power::stop(outcome)
 }

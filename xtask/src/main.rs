@@ -11,6 +11,7 @@
 //! - `cargo xtask excerpts`: rewrite the documentation's log excerpts from fresh runs.
 //! - `cargo xtask check`: formatting, clippy (host crates and the kernel target) and the
 //!   documentation, with warnings denied.
+//! - `cargo xtask bench`: disk throughput on every DMA route, and the ratios between them.
 //!
 //! Each command checks its prerequisites first (the Rust target, QEMU >= 9) and installs
 //! them where it can, or says exactly what to run.
@@ -18,6 +19,7 @@
 // xtask is a binary: its public items are not an API (see the workspace lints).
 #![allow(missing_docs)]
 
+mod bench;
 mod check;
 mod devicetree;
 mod excerpts;
@@ -101,6 +103,12 @@ enum Command {
     Excerpts,
     /// Formatting, clippy and the documentation, with warnings denied (CI runs it first).
     Check,
+    /// Disk throughput on every DMA route, several boots alternating, and the ratios.
+    Bench {
+        /// How many boots of each machine (each figure is the median).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Build a Raspberry Pi 4 SD card image: firmware, devicetree, config.txt, kernel.
     Sdcard {
         /// Take start4.elf, fixup4.dat and bcm2711-rpi-4-b.dtb from DIR instead of fetching
@@ -193,6 +201,7 @@ fn main() -> ExitCode {
         }
         Command::Test => test::run_all(),
         Command::Check => check::run(),
+        Command::Bench { rounds } => bench::run(rounds.max(1)),
         Command::Excerpts => test::update_excerpts(),
         Command::Sdcard { firmware_dir, output, append } => {
             sdcard::run(firmware_dir.as_deref(), output.as_deref(), &append)

@@ -1,0 +1,98 @@
+//! `kernel.bench`: disk throughput on every DMA route this boot has, for `cargo xtask bench`.
+//!
+//! Every disk (virtio-blk on MMIO or PCIe, NVMe) writes and reads 4 KiB, 64 KiB and 1 MiB
+//! requests, page-aligned, one at a time and polled, over the same blocks, for a fixed time
+//! each. Each figure is one line, `bench: DISK ROUTE OP SIZE MB/s = VALUE` (and `IOPS`), which
+//! xtask collects from several boots and turns into ratios. A disk's route is what its DMA
+//! handle says: `restricted` (every byte copied through the pool), `direct`, or behind the
+//! IOMMU `trusted` (mapped in place) or `untrusted` (bounced unless whole granules).
+//!
+//! The figures are QEMU TCG's: the CPU is emulated, so a copy costs what the emulator spends on
+//! it, and a device's DMA is a memcpy in QEMU's own process. Ratios within one boot are what the
+//! numbers are for.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use core::time::Duration;
+
+use log::info;
+
+use crate::block::{self, BlockDevice};
+use crate::dma_platform::Route;
+
+/// How long each size and direction runs on each disk.
+const RUN_FOR: Duration = Duration::from_millis(150);
+/// Request sizes measured.
+const SIZES: [(usize, &str); 3] = [(4 << 10, "4KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
+
+/// Runs every measurement; `Failure` if a transfer failed.
+pub fn run() -> crate::power::Outcome {
+    let mut failures = 0;
+    block::with_each_disk(|disk| {
+        if let Err(problem) = measure_disk(disk) {
+            log::error!("bench: {problem}");
+            failures += 1;
+        }
+    });
+    info!("bench: done, {failures} disk(s) failed");
+    match failures {
+        0 => crate::power::Outcome::Success,
+        _ => crate::power::Outcome::Failure,
+    }
+}
+
+/// The disk's kind and route, as one benchmark name: `nvme-untrusted`, `virtio-pci-restricted`.
+fn label(disk: &dyn BlockDevice) -> String {
+    let device = disk.dma_device();
+    let kind = match (device.name.starts_with("pci "), disk.describe().starts_with("nvme")) {
+        (true, true) => "nvme",
+        (true, false) => "virtio-pci",
+        (false, _) => "virtio-mmio",
+    };
+    let route = match &device.route {
+        Route::Restricted(_) => "restricted",
+        Route::Direct { .. } => "direct",
+        Route::Iommu { untrusted: true, .. } => "untrusted",
+        Route::Iommu { untrusted: false, .. } => "trusted",
+    };
+    format!("{kind}-{route}")
+}
+
+fn measure_disk(disk: &mut dyn BlockDevice) -> Result<(), String> {
+    let name = label(disk);
+    let capacity = usize::try_from(disk.blocks()).unwrap_or(usize::MAX).saturating_mul(disk.block_size());
+    let mut storage = vec![0u8; (1 << 20) + 4096];
+    let start = storage.as_ptr().align_offset(4096);
+    for (size, size_name) in SIZES {
+        if size > capacity || !size.is_multiple_of(disk.block_size()) {
+            continue;
+        }
+        let buffer = &mut storage[start..start + size];
+        buffer.iter_mut().enumerate().for_each(|(index, byte)| *byte = index as u8);
+        for write in [true, false] {
+            let (requests, elapsed) = timed(|| match write {
+                true => block::write(disk, 0, buffer),
+                false => block::read(disk, 0, buffer),
+            })
+            .map_err(|problem| format!("{} ({name}): {problem}", disk.describe()))?;
+            let seconds = elapsed.as_secs_f64();
+            let op = if write { "write" } else { "read" };
+            let megabytes = (requests * size) as f64 / 1e6;
+            info!("bench: {name} {op} {size_name} MB/s = {:.1}", megabytes / seconds);
+            info!("bench: {name} {op} {size_name} IOPS = {:.0}", requests as f64 / seconds);
+        }
+    }
+    Ok(())
+}
+
+/// Repeats `transfer` for [`RUN_FOR`]; how many times, and for how long.
+fn timed(mut transfer: impl FnMut() -> Result<(), block::BlockError>) -> Result<(usize, Duration), String> {
+    let started = arch::timer::uptime();
+    let mut requests = 0;
+    while arch::timer::uptime() - started < RUN_FOR {
+        transfer().map_err(|problem| format!("{problem}"))?;
+        requests += 1;
+    }
+    Ok((requests, arch::timer::uptime() - started))
+}

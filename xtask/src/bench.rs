@@ -1,0 +1,101 @@
+//! `cargo xtask bench`: disk throughput on every DMA route, and the ratios between routes.
+//!
+//! Boots the kernel with `kernel.bench` (see `kernel/src/bench.rs`) on two machines that cannot
+//! share a boot, alternately, `--rounds` times each:
+//!
+//! - `smmu`: QEMU `virt` with the SMMUv3 at a 4 KiB granule: the virtio-mmio disk through the
+//!   restricted pool, and on PCIe a trusted and an untrusted virtio-blk-pci disk and NVMe
+//!   controller;
+//! - `no-smmu`: the same devices with no SMMU: the PCIe disks on their bridge's route, which
+//!   xtask's devicetree makes the restricted pool (force bounce).
+//!
+//! Each figure is the median of its rounds. The output ends with one line per ratio,
+//! `bench: NAME = VALUE` (for example `bench: nvme untrusted/trusted read 1MiB = 0.52`), so that
+//! runs can be compared with each other. The figures are QEMU TCG's; ratios are what they are for.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::devicetree::PoolForm;
+use crate::prerequisites::ensure_qemu;
+use crate::qemu::{self, IommuGranule, Machine, Virt};
+use crate::{Result, image};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+const OPS: [&str; 2] = ["read", "write"];
+const SIZES: [&str; 3] = ["4KiB", "64KiB", "1MiB"];
+
+/// The ratios printed: a name, then the numerator's and the denominator's figure (`machine
+/// disk-route`), for each operation and size.
+const RATIOS: [(&str, &str, &str); 5] = [
+    ("virtio-pci untrusted/trusted", "smmu virtio-pci-untrusted", "smmu virtio-pci-trusted"),
+    ("nvme untrusted/trusted", "smmu nvme-untrusted", "smmu nvme-trusted"),
+    ("virtio-pci trusted/no-iommu-restricted", "smmu virtio-pci-trusted", "no-smmu virtio-pci-restricted"),
+    ("nvme trusted/no-iommu-restricted", "smmu nvme-trusted", "no-smmu nvme-restricted"),
+    ("virtio-mmio restricted/virtio-pci trusted", "smmu virtio-mmio-restricted", "smmu virtio-pci-trusted"),
+];
+
+/// Runs the rounds and prints every figure and ratio.
+pub fn run(rounds: usize) -> Result<()> {
+    ensure_qemu()?;
+    let kernel = image::build()?;
+    let machines = [
+        ("smmu", Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72")),
+        ("no-smmu", Machine::virt(Virt::standard(false, PoolForm::Static, None), "cortex-a72")),
+    ];
+    let mut figures: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for round in 1..=rounds {
+        for (tag, machine) in &machines {
+            println!("xtask: bench round {round} of {rounds} on {} ({tag})", machine.name());
+            let output = qemu::run_captured(machine, &kernel, "kernel.bench", TIMEOUT)?;
+            if output.exit_code != Some(0) {
+                return Err(format!("{tag}: the benchmark kernel stopped with status {:?}", output.exit_code));
+            }
+            for (name, value) in figures_in(&output.console) {
+                figures.entry(format!("{tag} {name}")).or_default().push(value);
+            }
+        }
+    }
+    let medians: BTreeMap<String, f64> = figures.into_iter().map(|(name, values)| (name, median(values))).collect();
+    for (name, value) in &medians {
+        println!("bench: {name} = {value:.1}");
+    }
+    for (name, numerator, denominator) in RATIOS {
+        for op in OPS {
+            for size in SIZES {
+                let figure = |disk: &str| medians.get(&format!("{disk} {op} {size} MB/s")).copied();
+                if let (Some(above), Some(below)) = (figure(numerator), figure(denominator)) {
+                    println!("bench: {name} {op} {size} = {:.2}", above / below);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `bench: NAME = VALUE` lines of a console.
+fn figures_in(console: &str) -> impl Iterator<Item = (String, f64)> + '_ {
+    console.lines().filter_map(|line| {
+        let (_, figure) = line.split_once("bench: ")?;
+        let (name, value) = figure.split_once(" = ")?;
+        Some((name.trim().to_string(), value.trim().parse().ok()?))
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_read_from_the_console_and_the_median_is_taken() {
+        let console = "[   0.2] INFO  bench: nvme-trusted read 1MiB MB/s = 3195.3\n[   0.3] INFO  bench: done, 0 disk(s) failed\nnoise";
+        let figures: Vec<_> = figures_in(console).collect();
+        assert_eq!(figures, vec![("nvme-trusted read 1MiB MB/s".to_string(), 3195.3)]);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}
