@@ -364,6 +364,35 @@ impl<P: Platform + 'static> DmaDevice<P> {
         Ok(Some(pool.bounce.max_mapping_size(&constraints)?))
     }
 
+    /// The alignment at which a buffer is lent in place, never bounced: a buffer whose start
+    /// and end are multiples of it maps in place, and so does every piece of it cut at such
+    /// multiples. `None` when every buffer bounces (a restricted pool). A direct device must
+    /// also reach the buffer through its windows, which this does not say.
+    ///
+    /// This is what lets a caller leave large aligned buffers whole: [`Self::max_mapping_size`]
+    /// bounds only what bounces.
+    pub fn in_place_alignment(&self) -> Option<u64> {
+        let line = match self.coherent {
+            true => 1,
+            false => self.platform.cache_line_size() as u64,
+        };
+        match &self.route {
+            Route::Restricted(_) => None,
+            Route::Direct { .. } | Route::Iommu { untrusted: false, .. } => Some(line),
+            Route::Iommu { domain, untrusted: true, .. } => Some(line.max(domain.granule_size())),
+        }
+    }
+
+    /// Whether `buffer` would be lent in place (see [`Self::in_place_alignment`]).
+    pub fn maps_in_place(&self, buffer: PhysRange) -> bool {
+        let aligned = |alignment: u64| (buffer.start().as_u64() | buffer.end().as_u64()).is_multiple_of(alignment);
+        let reached = match &self.route {
+            Route::Direct { windows, .. } => self.direct_address(windows, buffer).is_some(),
+            _ => true,
+        };
+        reached && self.in_place_alignment().is_some_and(aligned)
+    }
+
     /// The physical address the device reaches at `dma` now: through its live IOMMU mapping,
     /// its restricted pool, or its bus windows. What a device was given, shown as memory.
     pub fn translate(&self, dma: DmaAddr) -> Option<PhysAddr> {

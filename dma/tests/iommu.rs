@@ -117,3 +117,29 @@ fn a_refused_scatter_list_leaves_nothing_mapped_and_returns_the_first_refusal() 
     assert_eq!(pool.bounce.stats().slots_in_use, 0, "the first buffer's slots were not given back");
     assert_eq!(machine.checker().live(rig.device.name), 0);
 }
+
+#[test]
+fn buffers_aligned_as_the_device_says_map_in_place_and_others_bounce() {
+    let (machine, rigs) = rigs(true, 5);
+    for rig in &rigs {
+        let Some(alignment) = rig.device.in_place_alignment() else {
+            assert!(
+                matches!(rig.device.route, Route::Restricted(_)),
+                "{}: only a restricted pool bounces everything",
+                rig.label
+            );
+            continue;
+        };
+        let bytes = machine.buffer(4 * alignment as usize, alignment as usize);
+        let buffer = machine.physical_of(bytes);
+        let reaches = rig.device.maps_in_place(buffer);
+        let mapping = rig.device.map_to_device(bytes).unwrap();
+        let in_place = rig.device.translate(mapping.dma()) == Some(buffer.start());
+        assert_eq!(reaches, in_place, "{}: maps_in_place said {reaches}", rig.label);
+        drop(mapping);
+        if alignment > 1 {
+            let unaligned = &bytes[1..];
+            assert!(!rig.device.maps_in_place(machine.physical_of(unaligned)), "{}", rig.label);
+        }
+    }
+}

@@ -30,6 +30,11 @@ pub trait BlockDevice {
     /// The most one request carries, in bytes (a whole number of blocks); `None` when only
     /// memory limits a request.
     fn max_transfer(&self) -> Option<usize>;
+    /// The most one request carries when its buffer is lent to the device in place (see
+    /// `DmaDevice::in_place_alignment`): the DMA layer's bounce limit does not apply to it.
+    fn max_transfer_in_place(&self) -> Option<usize> {
+        self.max_transfer()
+    }
     /// The DMA handle every transfer of the disk goes through.
     fn dma_device(&self) -> &'static DmaDevice;
     /// Reads `buffer.len()` bytes from `block` on, in one request of at most `max_transfer`.
@@ -96,7 +101,7 @@ pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
 /// Reads `buffer.len()` bytes from `block` on, in as many requests as the disk's limit needs.
 pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
     check_range(disk, block, buffer.len())?;
-    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk));
+    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk, buffer));
     for chunk in chunks.map_err(BlockError::Request)? {
         disk.read_request(chunk.block, &mut buffer[chunk.offset..chunk.offset + chunk.length])?;
     }
@@ -106,7 +111,7 @@ pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result
 /// Writes `buffer` from `block` on, in as many requests as the disk's limit needs.
 pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
     check_range(disk, block, buffer.len())?;
-    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk));
+    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk, buffer));
     for chunk in chunks.map_err(BlockError::Request)? {
         disk.write_request(chunk.block, &buffer[chunk.offset..chunk.offset + chunk.length])?;
     }
@@ -122,10 +127,23 @@ pub fn describe_limit(disk: &dyn BlockDevice) -> String {
     }
 }
 
-/// The most one request carries, as a whole number of blocks even when unlimited.
-fn request_limit(disk: &dyn BlockDevice) -> usize {
+/// The most one request for `buffer` carries, as a whole number of blocks even when unlimited.
+/// A buffer the DMA layer lends in place is cut only where its alignment holds, so that every
+/// piece maps in place too, and the bounce pool's limit does not apply to it: a large aligned
+/// buffer for an untrusted device is not split at `max_mapping_size`.
+fn request_limit(disk: &dyn BlockDevice, buffer: &[u8]) -> usize {
     let block_size = disk.block_size();
-    disk.max_transfer().unwrap_or(usize::MAX / block_size * block_size)
+    let device = disk.dma_device();
+    let in_place = device
+        .physical(addr::VirtAddr::from_ptr(buffer.as_ptr()), buffer.len())
+        .is_ok_and(|range| device.maps_in_place(range));
+    let alignment = device.in_place_alignment().unwrap_or(1) as usize;
+    let whole = |limit: Option<usize>, unit: usize| limit.map_or(usize::MAX / unit * unit, |limit| limit / unit * unit);
+    let unit = block_size.max(alignment);
+    match in_place {
+        true if whole(disk.max_transfer_in_place(), unit) > 0 => whole(disk.max_transfer_in_place(), unit),
+        _ => whole(disk.max_transfer(), block_size),
+    }
 }
 
 fn check_range(disk: &dyn BlockDevice, block: u64, bytes: usize) -> Result<(), BlockError> {

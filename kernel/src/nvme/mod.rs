@@ -268,6 +268,8 @@ pub struct Controller {
     pub namespace: Namespace,
     pub limits: TransferLimits,
     max_transfer: usize,
+    /// The limit for buffers the DMA layer lends in place: MDTS and PRPs, not the bounce pool.
+    in_place_transfer: usize,
     dma: &'static DmaDevice,
     admin: QueuePair,
     io: QueuePair,
@@ -321,11 +323,12 @@ impl Controller {
                 block_size: namespace.identity.block_size as usize,
             };
             let max_transfer = limits.max_transfer()?;
+            let in_place_transfer = TransferLimits { mapping: None, ..limits }.max_transfer()?;
             let io = create_io_queues(dma, &mut admin, doorbells)?;
             let prp_list = dma.alloc_coherent(PAGE_SIZE)?;
-            Ok((identity, namespace, limits, max_transfer, io, prp_list))
+            Ok((identity, namespace, limits, (max_transfer, in_place_transfer), io, prp_list))
         });
-        let (identity, namespace, limits, max_transfer, io, prp_list) = match configured {
+        let (identity, namespace, limits, (max_transfer, in_place_transfer), io, prp_list) = match configured {
             Ok(parts) => parts,
             Err(error) => {
                 // Stop the controller before its rings are freed, when `admin` drops.
@@ -345,6 +348,7 @@ impl Controller {
             namespace,
             limits,
             max_transfer,
+            in_place_transfer,
             dma,
             admin,
             io,
@@ -482,17 +486,24 @@ impl Controller {
 
     /// Whether `length` bytes can be one Read or Write: at least one whole block of the
     /// namespace, and no more than one command carries. Checked before the buffer is mapped.
-    fn check_length(&self, length: usize) -> Result<(), NvmeError> {
-        let block_size = self.block_size();
+    fn check_length(&self, buffer: &[u8]) -> Result<(), NvmeError> {
+        let (length, block_size) = (buffer.len(), self.block_size());
+        let in_place = self
+            .dma
+            .physical(VirtAddr::from_ptr(buffer.as_ptr()), length)
+            .is_ok_and(|range| self.dma.maps_in_place(range));
+        let (max_transfer, limit) = match in_place {
+            true => (self.in_place_transfer, TransferLimits { mapping: None, ..self.limits }.limiting_factor()),
+            false => (self.max_transfer, self.limits.limiting_factor()),
+        };
         if length == 0 {
             return Err(TransferError::Empty.into());
         }
         if !length.is_multiple_of(block_size) {
             return Err(NvmeError::PartialBlock { length, block_size });
         }
-        if length > self.max_transfer {
-            let limit = self.limits.limiting_factor();
-            return Err(NvmeError::TooLong { length, max_transfer: self.max_transfer, limit });
+        if length > max_transfer {
+            return Err(NvmeError::TooLong { length, max_transfer, limit });
         }
         Ok(())
     }
@@ -515,20 +526,24 @@ impl BlockDevice for Controller {
         Some(self.max_transfer)
     }
 
+    fn max_transfer_in_place(&self) -> Option<usize> {
+        Some(self.in_place_transfer)
+    }
+
     fn dma_device(&self) -> &'static DmaDevice {
         self.dma
     }
 
     fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
         let length = buffer.len();
-        self.check_length(length)?;
+        self.check_length(buffer)?;
         let mapping = self.dma.map_from_device(buffer).map_err(|error| BlockError::Dma(error.error()))?;
         let read = self.transfer(block, length, mapping.dma(), SubmissionEntry::read);
         self.finish(read, mapping.unmap())
     }
 
     fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
-        self.check_length(buffer.len())?;
+        self.check_length(buffer)?;
         let mapping = self.dma.map_to_device(buffer).map_err(|error| BlockError::Dma(error.error()))?;
         let written = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::write);
         self.finish(written, mapping.unmap())

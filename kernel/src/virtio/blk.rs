@@ -252,6 +252,11 @@ impl<const SLOT: usize, T: Transport> BlockDevice for Disk<SLOT, T> {
         }
     }
 
+    fn max_transfer_in_place(&self) -> Option<usize> {
+        // Nothing but the bounce pool limits one request of this driver.
+        None
+    }
+
     fn dma_device(&self) -> &'static DmaDevice {
         self.device.dma()
     }
