@@ -3,7 +3,10 @@
 //! Every disk (virtio-blk on MMIO or PCIe, NVMe) writes and reads 4 KiB, 64 KiB and 1 MiB
 //! requests, page-aligned, one at a time and polled, over the same blocks, for a fixed time
 //! each. Each figure is one line, `bench: DISK ROUTE OP SIZE MB/s = VALUE` (and `IOPS`), which
-//! xtask collects from several boots and turns into ratios. A disk's route is what its DMA
+//! xtask collects from several boots and turns into ratios. The DMA layer's own share is
+//! measured apart: the same buffer mapped and unmapped for the device with no transfer (`map+unmap
+//! µs`), what each request pays for its route (a copy each way through a pool; page tables,
+//! invalidation and its sync behind the IOMMU). A disk's route is what its DMA
 //! handle says: `restricted` (every byte copied through the pool), `direct`, or behind the
 //! IOMMU `trusted` (mapped in place) or `untrusted` (bounced unless whole granules).
 //!
@@ -70,6 +73,18 @@ fn measure_disk(disk: &mut dyn BlockDevice) -> Result<(), String> {
         }
         let buffer = &mut storage[start..start + size];
         buffer.iter_mut().enumerate().for_each(|(index, byte)| *byte = index as u8);
+        // In the pieces the block layer cuts the request into.
+        let piece = block::request_limit(disk, buffer).min(size);
+        let (mappings, elapsed) = timed(|| {
+            for part in buffer.chunks_mut(piece) {
+                let mapping =
+                    disk.dma_device().map_from_device(part).map_err(|error| block::BlockError::Dma(error.error()))?;
+                mapping.unmap().map_err(block::BlockError::Dma)?;
+            }
+            Ok(())
+        })
+        .map_err(|problem| format!("{} ({name}): map+unmap: {problem}", disk.describe()))?;
+        info!("bench: {name} map+unmap {size_name} µs = {:.1}", elapsed.as_secs_f64() * 1e6 / mappings as f64);
         for write in [true, false] {
             let (requests, elapsed) = timed(|| match write {
                 true => block::write(disk, 0, buffer),

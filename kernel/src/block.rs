@@ -131,7 +131,7 @@ pub fn describe_limit(disk: &dyn BlockDevice) -> String {
 /// A buffer the DMA layer lends in place is cut only where its alignment holds, so that every
 /// piece maps in place too, and the bounce pool's limit does not apply to it: a large aligned
 /// buffer for an untrusted device is not split at `max_mapping_size`.
-fn request_limit(disk: &dyn BlockDevice, buffer: &[u8]) -> usize {
+pub fn request_limit(disk: &dyn BlockDevice, buffer: &[u8]) -> usize {
     let block_size = disk.block_size();
     let device = disk.dma_device();
     let in_place = device

@@ -7,7 +7,9 @@
 //!   restricted pool, and on PCIe a trusted and an untrusted virtio-blk-pci disk and NVMe
 //!   controller;
 //! - `no-smmu`: the same devices with no SMMU: the PCIe disks on their bridge's route, which
-//!   xtask's devicetree makes the restricted pool (force bounce).
+//!   xtask's devicetree makes the restricted pool (force bounce);
+//! - `bypass`: no SMMU and no pool named by the bridge: the PCIe disks reach memory directly,
+//!   the fastest a transfer can be, which the other routes are measured against.
 //!
 //! Each figure is the median of its rounds. The output ends with one line per ratio,
 //! `bench: NAME = VALUE` (for example `bench: nvme untrusted/trusted read 1MiB = 0.52`), so that
@@ -27,7 +29,11 @@ const SIZES: [&str; 3] = ["4KiB", "64KiB", "1MiB"];
 
 /// The ratios printed: a name, then the numerator's and the denominator's figure (`machine
 /// disk-route`), for each operation and size.
-const RATIOS: [(&str, &str, &str); 5] = [
+const RATIOS: [(&str, &str, &str); 9] = [
+    ("virtio-pci trusted/bypass", "smmu virtio-pci-trusted", "bypass virtio-pci-direct"),
+    ("nvme trusted/bypass", "smmu nvme-trusted", "bypass nvme-direct"),
+    ("virtio-pci restricted/bypass", "no-smmu virtio-pci-restricted", "bypass virtio-pci-direct"),
+    ("nvme restricted/bypass", "no-smmu nvme-restricted", "bypass nvme-direct"),
     ("virtio-pci untrusted/trusted", "smmu virtio-pci-untrusted", "smmu virtio-pci-trusted"),
     ("nvme untrusted/trusted", "smmu nvme-untrusted", "smmu nvme-trusted"),
     ("virtio-pci trusted/no-iommu-restricted", "smmu virtio-pci-trusted", "no-smmu virtio-pci-restricted"),
@@ -39,9 +45,12 @@ const RATIOS: [(&str, &str, &str); 5] = [
 pub fn run(rounds: usize) -> Result<()> {
     ensure_qemu()?;
     let kernel = image::build()?;
+    let mut bypass = Virt::standard(false, PoolForm::Static, None);
+    bypass.pool.pcie = false;
     let machines = [
         ("smmu", Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72")),
         ("no-smmu", Machine::virt(Virt::standard(false, PoolForm::Static, None), "cortex-a72")),
+        ("bypass", Machine::virt(bypass, "cortex-a72")),
     ];
     let mut figures: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {
@@ -59,6 +68,15 @@ pub fn run(rounds: usize) -> Result<()> {
     let medians: BTreeMap<String, f64> = figures.into_iter().map(|(name, values)| (name, median(values))).collect();
     for (name, value) in &medians {
         println!("bench: {name} = {value:.1}");
+    }
+    // The DMA layer's share of a read: its map+unmap time over the time one read takes.
+    for (name, _) in medians.iter().filter(|(name, _)| name.contains(" map+unmap ")) {
+        let (disk, size) = name.split_once(" map+unmap ").unwrap_or_default();
+        let size = size.trim_end_matches(" µs");
+        let iops = medians.get(&format!("{disk} read {size} IOPS"));
+        if let (Some(&microseconds), Some(&iops)) = (medians.get(name), iops) {
+            println!("bench: {disk} DMA-layer share of a read {size} = {:.2}", microseconds * iops / 1e6);
+        }
     }
     for (name, numerator, denominator) in RATIOS {
         for op in OPS {

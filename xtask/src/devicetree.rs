@@ -74,6 +74,9 @@ pub enum PoolForm {
 pub struct VirtPool {
     pub form: PoolForm,
     pub size: u64,
+    /// The PCIe host bridge names the pool too (`memory-region`): declined behind the SMMU
+    /// (R11), force bounce without one. Without it, PCIe without an SMMU is direct (bypass).
+    pub pcie: bool,
 }
 
 /// What `/chosen/stdout-path` says: QEMU's own (the PL011), or, to test how the kernel copes
@@ -267,7 +270,7 @@ impl Edits for VirtAdditions {
         if path == "/chosen" && self.stdout == StdoutPath::Missing {
             writer.property_string("stdout-path", MISSING_CONSOLE);
         }
-        if is_virtio(path) || is_pcie_bridge(path) {
+        if is_virtio(path) || (self.pool.pcie && is_pcie_bridge(path)) {
             writer.property_cells("memory-region", &[self.pool_phandle]);
         }
         if self.declares_non_coherent(path) {
@@ -532,7 +535,7 @@ pub(crate) mod tests {
     #[test]
     fn both_pool_forms_parse_and_every_virtio_node_names_the_pool() {
         for form in [PoolForm::Static, PoolForm::Dynamic] {
-            let pool = VirtPool { form, size: POOL_SIZE };
+            let pool = VirtPool { form, size: POOL_SIZE, pcie: true };
             let dt = parse(&for_kernel(&qemu_like(1 << 30), pool, StdoutPath::AsQemuWroteIt).unwrap());
             let pools = dt.restricted_pools().unwrap();
             assert_eq!(pools.len(), 1, "{form:?}");
@@ -549,7 +552,7 @@ pub(crate) mod tests {
     #[test]
     fn reservations_and_the_static_pool_follow_the_size_of_ram() {
         for ram in [256u64 << 20, 512 << 20, 1 << 30, 4 << 30] {
-            let pool = VirtPool { form: PoolForm::Static, size: POOL_SIZE };
+            let pool = VirtPool { form: PoolForm::Static, size: POOL_SIZE, pcie: true };
             let dt = parse(&for_kernel(&qemu_like(ram), pool, StdoutPath::AsQemuWroteIt).unwrap());
             let ram = range(0x4000_0000, ram);
             for reservation in dt.reservations().unwrap() {
@@ -559,14 +562,14 @@ pub(crate) mod tests {
             let PoolPlacement::Static(placed) = pools[0].placement else { panic!("{ram}: dynamic pool") };
             assert_eq!(placed, range(ram.start().as_u64() + ram.size() / 2, POOL_SIZE), "{ram}");
         }
-        let pool = VirtPool { form: PoolForm::Static, size: 512 << 20 };
+        let pool = VirtPool { form: PoolForm::Static, size: 512 << 20, pcie: true };
         let error = for_kernel(&qemu_like(512 << 20), pool, StdoutPath::AsQemuWroteIt).unwrap_err();
         assert!(error.contains("does not fit in the 512 MiB of RAM at 0x40000000"), "{error}");
     }
 
     #[test]
     fn a_missing_console_replaces_stdout_path() {
-        let pool = VirtPool { form: PoolForm::Dynamic, size: POOL_SIZE };
+        let pool = VirtPool { form: PoolForm::Dynamic, size: POOL_SIZE, pcie: true };
         let blob = for_kernel(&qemu_like(1 << 30), pool, StdoutPath::Missing).unwrap();
         let fdt = Fdt::new(&blob).unwrap();
         let chosen = fdt.find_node("/chosen").unwrap();

@@ -42,7 +42,7 @@ impl Virt {
     pub fn standard(el2: bool, pool: PoolForm, iommu: Option<IommuGranule>) -> Self {
         Self {
             el2,
-            pool: VirtPool { form: pool, size: devicetree::POOL_SIZE },
+            pool: VirtPool { form: pool, size: devicetree::POOL_SIZE, pcie: true },
             iommu,
             disks: 1,
             block_size: 512,
@@ -176,6 +176,9 @@ impl Machine {
                     self.entry_el,
                     virt.pool.form
                 );
+                if !virt.pool.pcie {
+                    name.push_str(", PCIe without the pool");
+                }
                 if virt.disks != standard.disks {
                     name.push_str(&format!(", {} virtio disks", virt.disks));
                 }
