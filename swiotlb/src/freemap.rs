@@ -86,6 +86,13 @@ impl FreeMap {
         before + count + after
     }
 
+    /// Where the free run that `[start, ...)` (free) belongs to begins, if it begins fewer than
+    /// `enough` slots below `start` (otherwise the walk stops and says nothing).
+    pub fn run_start(&self, start: usize, enough: usize) -> Option<usize> {
+        let before = self.free_before(start, enough);
+        (before < enough).then(|| start - before)
+    }
+
     /// Free slots immediately below `slot`, counted until there are at least `enough`.
     fn free_before(&self, slot: usize, enough: usize) -> usize {
         let (mut index, bit) = (slot / 64, slot % 64);

@@ -22,6 +22,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use spin::{Mutex, MutexGuard};
 
@@ -104,6 +105,9 @@ pub struct Reserved {
     pub slots: usize,
 }
 
+/// Words of the free map per group of the search's summary (4096 slots, 8 MiB of pool).
+const GROUP_WORDS: usize = 64;
+
 /// One area: its free map and cursor, plus the bookkeeping `T` its owner keeps per area, under
 /// the same lock.
 pub struct Area<T> {
@@ -118,6 +122,13 @@ pub struct Area<T> {
     longest_free_bound: usize,
     /// The longest region a request can ask for, in slots.
     segment_slots: usize,
+    /// Per group of [`GROUP_WORDS`] words of the free map: no free run that starts in the group
+    /// is longer than this (runs counted up to `segment_slots`). The search skips a group whose
+    /// bound is below the request, so that in a large, fragmented pool it does not walk every
+    /// word between the cursor and the next fit. A release raises the bound of the group its run
+    /// starts in; a search that finds no run of `n` starting anywhere in a group lowers it below
+    /// `n`.
+    group_bounds: Vec<usize>,
     /// The owner's bookkeeping for this area (the pool's records of live regions).
     pub book: T,
 }
@@ -136,6 +147,12 @@ impl<T> Area<T> {
         self.used -= slots;
         let recreated = self.free.run_through(local, slots, self.segment_slots);
         self.longest_free_bound = self.longest_free_bound.max(recreated);
+        // Only the run holding these slots changed. If it starts a segment or more below them,
+        // it was that long already, and its group's bound says so.
+        if let Some(start) = self.free.run_start(local, self.segment_slots) {
+            let bound = &mut self.group_bounds[start / (64 * GROUP_WORDS)];
+            *bound = (*bound).max(recreated.min(self.segment_slots));
+        }
     }
 
     fn reserve(&mut self, placement: &Placement) -> Option<Reserved> {
@@ -155,33 +172,64 @@ impl<T> Area<T> {
     }
 
     /// First acceptable start at or after the cursor, wrapping once around the area.
-    fn find_start(&self, filter: &StartFilter, run: usize) -> Option<usize> {
+    fn find_start(&mut self, filter: &StartFilter, run: usize) -> Option<usize> {
         let words = self.free.word_count();
         let (cursor_word, cursor_bit) = ((self.cursor / 64) % words, self.cursor % 64);
-        for step in 0..=words {
+        // Whether every word of the current group was looked at whole and held no run of `run`
+        // slots (acceptable or not): then no such run starts in the group.
+        let mut group_has_none = false;
+        let mut step = 0;
+        while step <= words {
             let index = (cursor_word + step) % words;
+            let group = index / GROUP_WORDS;
+            if index.is_multiple_of(GROUP_WORDS) && step > 0 && step < words {
+                if self.group_bounds[group] < run {
+                    // No run long enough starts in this group: on to the next one.
+                    step += GROUP_WORDS.min(words - index);
+                    continue;
+                }
+                group_has_none = true;
+            }
             let window = match step {
                 0 => !low_bits(cursor_bit),
                 _ if step == words => low_bits(cursor_bit),
                 _ => u64::MAX,
             };
-            let word = self.free.word(index);
-            // A run starting here ends in this word or the next (or is long and needs all 64
-            // slots of the next): too few free slots rule the word out before any mask is built.
-            let reachable = word.count_ones() + self.free.word(index + 1).count_ones();
-            if word & window == 0 || (reachable as usize) < run.min(65) {
-                continue;
+            if let Some(start) = self.look_in(index, window, filter, run, &mut group_has_none) {
+                return Some(start);
             }
-            let acceptable = filter.acceptable(index) & window;
-            if acceptable == 0 {
-                continue;
+            let last_of_group = index % GROUP_WORDS == GROUP_WORDS - 1 || index == words - 1;
+            if last_of_group && group_has_none && step < words {
+                self.group_bounds[group] = self.group_bounds[group].min(run - 1);
             }
-            let starts = self.free.run_starts(index, run) & acceptable;
-            if starts != 0 {
-                return Some(index * 64 + starts.trailing_zeros() as usize);
-            }
+            step += 1;
         }
         None
+    }
+
+    /// The first acceptable start of a run of `run` slots in word `index` (within `window`);
+    /// clears `none_here` if the word holds such a run at all, acceptable or not.
+    fn look_in(
+        &self,
+        index: usize,
+        window: u64,
+        filter: &StartFilter,
+        run: usize,
+        none_here: &mut bool,
+    ) -> Option<usize> {
+        let word = self.free.word(index);
+        // A run starting here ends in this word or the next (or is long and needs all 64
+        // slots of the next): too few free slots rule the word out before any mask is built.
+        let reachable = word.count_ones() + self.free.word(index + 1).count_ones();
+        if word & window == 0 || (reachable as usize) < run.min(65) {
+            return None;
+        }
+        let starts = self.free.run_starts(index, run) & window;
+        if starts != 0 {
+            *none_here = false;
+        }
+        let acceptable = starts & filter.acceptable(index);
+        (acceptable != 0).then(|| index * 64 + acceptable.trailing_zeros() as usize)
     }
 }
 
@@ -296,6 +344,7 @@ impl<T> SlotAllocator<T> {
                     used: 0,
                     longest_free_bound: geometry.area_slots,
                     segment_slots: geometry.segment_slots,
+                    group_bounds: vec![geometry.segment_slots; geometry.area_slots.div_ceil(64 * GROUP_WORDS)],
                     book: book(geometry.area_slots),
                 })
             })
@@ -417,5 +466,90 @@ mod tests {
         let slots = 1 << 32;
         let size = (slots as u64) << SLOT_SHIFT;
         assert_eq!(Geometry::new(base, slots, 1, SEGMENT), Err(PoolError::TooSmall { size, areas: 1 }));
+    }
+}
+
+/// The group summary of the search, in an area large enough to have several groups.
+#[cfg(test)]
+mod group_tests {
+    use alloc::vec::Vec;
+
+    use super::*;
+    use crate::{Constraints, PhysAddr};
+
+    /// xorshift, for a reproducible fragmentation.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % bound
+        }
+    }
+
+    /// The longest run of free slots starting in `group`, counted up to `cap`.
+    fn longest_starting_in(area: &Area<()>, group: usize, cap: usize) -> usize {
+        let first = group * 64 * GROUP_WORDS;
+        let last = (first + 64 * GROUP_WORDS).min(area.slots);
+        (first..last)
+            .filter(|&slot| area.free.is_free(slot) && (slot == 0 || !area.free.is_free(slot - 1)))
+            .map(|slot| (slot..area.slots).take_while(|&s| area.free.is_free(s)).take(cap).count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether any start in the area takes `placement` (checked slot by slot).
+    fn any_fit(area: &Area<()>, placement: &Placement) -> bool {
+        let run = placement.region_slots;
+        (0..=area.slots.saturating_sub(run)).any(|start| {
+            let rule = &placement.starts;
+            let accepted = StartFilter::for_area(rule, area.first_slot)
+                .is_some_and(|filter| filter.acceptable(start / 64) & (1 << (start % 64)) != 0);
+            accepted && (start..start + run).all(|slot| area.free.is_free(slot))
+        })
+    }
+
+    #[test]
+    fn skipping_groups_never_misses_a_fit_and_the_bounds_stay_bounds() {
+        // 4 groups in one area: 16384 slots, a 32 MiB pool.
+        let geometry = Geometry::new(DmaAddr::new(0x8000_0000), 4 * 64 * 64 * GROUP_WORDS / 64, 1, 128).unwrap();
+        let allocator = SlotAllocator::new(geometry, |_| ());
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut live: Vec<Reserved> = Vec::new();
+        for step in 0..40_000 {
+            let size = [512usize, 2048, 8192, 65536, 200_000][rng.below(5) as usize];
+            let constraints = match rng.below(3) {
+                0 => Constraints::NONE.with_min_align_mask(0xfff),
+                1 => Constraints::NONE.with_alloc_align_mask(0x3fff),
+                _ => Constraints::NONE,
+            };
+            let orig = PhysAddr::new(0x4000_0000 + rng.below(1 << 20));
+            let placement = Placement::streaming(&geometry, orig, size, &constraints).unwrap();
+            // Keep the area around 90 % full, with holes everywhere.
+            if allocator.used_slots() < geometry.slots * 9 / 10 || live.is_empty() || rng.below(2) == 0 {
+                match allocator.reserve(&placement, |_, reserved| reserved) {
+                    Some(reserved) => live.push(reserved),
+                    None => {
+                        let area = allocator.lock_area_of(0).unwrap();
+                        assert!(!any_fit(&area, &placement), "step {step}: refused, yet a fit exists");
+                    }
+                }
+            } else {
+                let victim = live.swap_remove(rng.below(live.len() as u64) as usize);
+                allocator.lock_area_of(victim.first_slot).unwrap().release(victim.first_slot, victim.slots);
+            }
+            if step % 500 == 0 {
+                let area = allocator.lock_area_of(0).unwrap();
+                for (group, &bound) in area.group_bounds.iter().enumerate() {
+                    let longest = longest_starting_in(&area, group, area.segment_slots);
+                    assert!(
+                        longest <= bound,
+                        "step {step}: group {group} has a run of {longest}, its bound says {bound}"
+                    );
+                }
+            }
+        }
     }
 }
