@@ -116,6 +116,10 @@ pub trait Iotlb {
     /// returned once every queued invalidation has completed (strict unmap: contract rule 14),
     /// or the first failure.
     fn strictly<R>(&self, asid: u16, unmap: impl FnOnce(&mut dyn TlbMaintenance) -> R) -> Result<R, IotlbError>;
+
+    /// Drops every cached translation tagged `asid` and waits until that has completed: the
+    /// flush of a domain whose unmaps were deferred.
+    fn invalidate_all(&self, asid: u16) -> Result<(), IotlbError>;
 }
 
 /// The machine under the DMA API.

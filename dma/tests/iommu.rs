@@ -143,3 +143,41 @@ fn buffers_aligned_as_the_device_says_map_in_place_and_others_bounce() {
         }
     }
 }
+
+#[test]
+fn a_deferring_domain_leaves_a_window_until_its_flush_and_never_reuses_the_iova_before() {
+    use dma::iommu::DEFERRED_UNMAPS;
+    use dma::sim::{Config, Machine};
+    use dma::{Constraints, Domain};
+    use vmsa::Granule;
+    let machine = Machine::new(Config::default());
+    assert!(!machine.domain(1, Granule::Size4KiB, u64::MAX).defers_invalidation(), "domains are strict unless asked");
+    let lazy: &'static Domain<Machine> =
+        Box::leak(Box::new(machine.new_domain(2, Granule::Size4KiB, u64::MAX).deferring_invalidation()));
+    let route = Route::Iommu { domain: lazy, untrusted: false, bounce: None };
+    let device = machine.device("lazy", route, true, Constraints::NONE);
+    let buffer = machine.buffer(4096, 4096);
+    let mapping = device.map_from_device(buffer).unwrap();
+    let iova = mapping.dma();
+    machine.device_write(device, iova, &[1; 4]).unwrap(); // the TLB now holds the page
+    mapping.unmap().unwrap();
+    // The trade: the entry is gone, the cached translation is not, until the flush.
+    assert_eq!(machine.device_write(device, iova, &[2; 4]), Ok(()), "the stale translation still works");
+    assert_eq!(&buffer[..4], &[2; 4]);
+    let other = machine.buffer(4096, 4096);
+    let second = device.map_to_device(other).unwrap();
+    assert_ne!(second.dma(), iova, "an IOVA waiting for its flush was handed out again");
+    drop(second);
+    lazy.flush().unwrap();
+    assert_eq!(machine.device_write(device, iova, &[3; 4]), Err(BusFault::Translation { iova }));
+    assert_eq!(&buffer[..4], &[2; 4]);
+    // Enough unmaps flush by themselves.
+    let mapping = device.map_from_device(buffer).unwrap();
+    let first = mapping.dma();
+    machine.device_write(device, first, &[4; 4]).unwrap();
+    mapping.unmap().unwrap();
+    for _ in 1..DEFERRED_UNMAPS {
+        device.map_to_device(other).unwrap().unmap().unwrap();
+    }
+    assert_eq!(machine.device_write(device, first, &[5; 4]), Err(BusFault::Translation { iova: first }));
+}

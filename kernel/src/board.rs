@@ -280,9 +280,9 @@ fn pci_dma_device(
             stream.iommu
         ));
     }
-    let domain = iommu::attach(name, stream.stream_id, constraints.dma_mask)
-        .map_err(|error| alloc::format!("cannot attach to the IOMMU {smmu}: {error}"))?;
     let untrusted = policy.is_untrusted(function.address);
+    let domain = iommu::attach(name, stream.stream_id, constraints.dma_mask, untrusted)
+        .map_err(|error| alloc::format!("cannot attach to the IOMMU {smmu}: {error}"))?;
     let route = Route::Iommu { domain, untrusted, bounce: pools::default_pool() };
     let coherent = crate::pci::bus().is_some_and(|bus| bus.bridge.coherent);
     let trust = if untrusted { "untrusted" } else { "trusted" };

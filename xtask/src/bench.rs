@@ -9,7 +9,9 @@
 //! - `no-smmu`: the same devices with no SMMU: the PCIe disks on their bridge's route, which
 //!   xtask's devicetree makes the restricted pool (force bounce);
 //! - `bypass`: no SMMU and no pool named by the bridge: the PCIe disks reach memory directly,
-//!   the fastest a transfer can be, which the other routes are measured against.
+//!   the fastest a transfer can be, which the other routes are measured against;
+//! - `smmu-deferred`: the first machine with `iommu.strict=0`: the trusted devices' unmaps are
+//!   deferred and flushed together (never the untrusted ones').
 //!
 //! Each figure is the median of its rounds. The output ends with one line per ratio,
 //! `bench: NAME = VALUE` (for example `bench: nvme untrusted/trusted read 1MiB = 0.52`), so that
@@ -29,7 +31,9 @@ const SIZES: [&str; 3] = ["4KiB", "64KiB", "1MiB"];
 
 /// The ratios printed: a name, then the numerator's and the denominator's figure (`machine
 /// disk-route`), for each operation and size.
-const RATIOS: [(&str, &str, &str); 9] = [
+const RATIOS: [(&str, &str, &str); 11] = [
+    ("virtio-pci trusted deferred/strict", "smmu-deferred virtio-pci-trusted", "smmu virtio-pci-trusted"),
+    ("nvme trusted deferred/strict", "smmu-deferred nvme-trusted", "smmu nvme-trusted"),
     ("virtio-pci trusted/bypass", "smmu virtio-pci-trusted", "bypass virtio-pci-direct"),
     ("nvme trusted/bypass", "smmu nvme-trusted", "bypass nvme-direct"),
     ("virtio-pci restricted/bypass", "no-smmu virtio-pci-restricted", "bypass virtio-pci-direct"),
@@ -47,16 +51,18 @@ pub fn run(rounds: usize) -> Result<()> {
     let kernel = image::build()?;
     let mut bypass = Virt::standard(false, PoolForm::Static, None);
     bypass.pool.pcie = false;
+    let smmu = || Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72");
     let machines = [
-        ("smmu", Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72")),
-        ("no-smmu", Machine::virt(Virt::standard(false, PoolForm::Static, None), "cortex-a72")),
-        ("bypass", Machine::virt(bypass, "cortex-a72")),
+        ("smmu", smmu(), "kernel.bench"),
+        ("no-smmu", Machine::virt(Virt::standard(false, PoolForm::Static, None), "cortex-a72"), "kernel.bench"),
+        ("bypass", Machine::virt(bypass, "cortex-a72"), "kernel.bench"),
+        ("smmu-deferred", smmu(), "kernel.bench iommu.strict=0"),
     ];
     let mut figures: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {
-        for (tag, machine) in &machines {
+        for (tag, machine, bootargs) in &machines {
             println!("xtask: bench round {round} of {rounds} on {} ({tag})", machine.name());
-            let output = qemu::run_captured(machine, &kernel, "kernel.bench", TIMEOUT)?;
+            let output = qemu::run_captured(machine, &kernel, bootargs, TIMEOUT)?;
             if output.exit_code != Some(0) {
                 return Err(format!("{tag}: the benchmark kernel stopped with status {:?}", output.exit_code));
             }

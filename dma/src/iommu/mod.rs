@@ -19,6 +19,13 @@
 //! invalidated (on the SMMUv3, `CMD_TLBI_NH_VA`) and the unmap waits for that to finish
 //! (`CMD_SYNC`) before the IOVA is reused or the memory returned ([`Iotlb::strictly`]). Until
 //! then the device could still reach the old page through a stale TLB entry (contract rule 14).
+//!
+//! A domain may instead defer its invalidations ([`Domain::deferring_invalidation`], Linux's
+//! `iommu.strict=0`): an unmap clears the entries and keeps the IOVA range out of use, and one
+//! invalidation of the whole address space, waited for, ends [`DEFERRED_UNMAPS`] of them at
+//! once (or an IOVA allocation that finds no room). Until then the device may still reach
+//! memory it was given before, through its TLB. That is a trade of isolation for speed, fit
+//! only for a trusted device; rule 14 forbids it for an untrusted one.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -35,6 +42,9 @@ use crate::platform::{Iotlb, IotlbError, Platform};
 
 /// IOVA width of every domain: the SMMU walks 48-bit inputs (T0SZ = 16) like the CPU.
 pub const INPUT_BITS: u32 = 48;
+
+/// How many unmaps a deferring domain lets wait for one flush.
+pub const DEFERRED_UNMAPS: usize = 32;
 
 /// What a live IOVA range was made for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +133,9 @@ struct State<P: Platform> {
     tables: PageTable<P::Tables>,
     iova: IovaAllocator,
     mappings: BTreeMap<u64, Mapping>,
+    /// For a deferring domain, the IOVA ranges unmapped since the last flush: their entries
+    /// are gone, their translations may still be cached, so they are not handed out again.
+    deferred: Option<Vec<(DmaAddr, u64)>>,
 }
 
 /// One device's address space behind the IOMMU.
@@ -174,8 +187,47 @@ impl<P: Platform> Domain<P> {
         // IOVA 0 is never handed out: a zero address in a descriptor is always a bug.
         let iova = IovaAllocator::new(granule.size(), DmaAddr::new(granule.size()), DmaAddr::new(end))
             .map_err(DomainError::Iova)?;
-        let state = State { tables, iova, mappings: BTreeMap::new() };
+        let state = State { tables, iova, mappings: BTreeMap::new(), deferred: None };
         Ok(Self { id, stream_id, granule, state: Mutex::new(state), iotlb })
+    }
+
+    /// This domain, deferring its invalidations (see the module documentation). Only for a
+    /// device that is trusted.
+    pub fn deferring_invalidation(self) -> Self {
+        self.state.lock().deferred = Some(Vec::new());
+        self
+    }
+
+    /// Whether unmaps are deferred.
+    pub fn defers_invalidation(&self) -> bool {
+        self.state.lock().deferred.is_some()
+    }
+
+    /// Ends every deferred unmap: one invalidation of the whole address space, waited for, then
+    /// the IOVA ranges are free again. Nothing to do for a strict domain.
+    pub fn flush(&self) -> Result<(), DomainError> {
+        self.flush_locked(&mut self.state.lock())
+    }
+
+    fn flush_locked(&self, state: &mut State<P>) -> Result<(), DomainError> {
+        let Some(deferred) = state.deferred.as_mut().filter(|deferred| !deferred.is_empty()) else { return Ok(()) };
+        let ranges = core::mem::take(deferred);
+        self.iotlb.invalidate_all(self.id).map_err(DomainError::Iotlb)?;
+        for (iova, size) in ranges {
+            state.iova.free(iova, size).map_err(DomainError::Iova)?;
+        }
+        Ok(())
+    }
+
+    /// An IOVA range of `size`; a deferring domain flushes once if there is no room.
+    fn allocate(&self, state: &mut State<P>, size: u64) -> Result<DmaAddr, DomainError> {
+        match state.iova.allocate(size) {
+            Err(_) if state.deferred.as_ref().is_some_and(|deferred| !deferred.is_empty()) => {
+                self.flush_locked(state)?;
+                state.iova.allocate(size).map_err(DomainError::Iova)
+            }
+            result => result.map_err(DomainError::Iova),
+        }
     }
 
     /// Physical address of the root table: the context descriptor's TTB0.
@@ -214,7 +266,7 @@ impl<P: Platform> Domain<P> {
             .ok_or(DomainError::OutOfRange)?;
         let size = spans.iter().map(|(_, span)| span).sum::<u64>();
         let mut state = self.state.lock();
-        let iova = state.iova.allocate(size).map_err(DomainError::Iova)?;
+        let iova = self.allocate(&mut state, size)?;
         let attributes = Attributes::new(MemoryType::Normal, access, false);
         let (mut at, mut addresses) = (iova.as_u64(), Vec::with_capacity(buffers.len()));
         for (buffer, &(physical, span)) in buffers.iter().zip(&spans) {
@@ -276,6 +328,18 @@ impl<P: Platform> Domain<P> {
         let same_kind = (mapping.origin == Origin::Coherent) == coherent;
         if dma != mapping.iova.add(mapping.offset) || size != mapping.length || !same_kind {
             return Err(unknown);
+        }
+        if state.deferred.is_some() && !mapping.revoked {
+            // The entries go now; their invalidation, and the IOVA range, wait for the flush.
+            let (start, size) = (mapping.iova.as_u64(), mapping.size);
+            state.tables.unmap(start, size, &mut NeverUsed).map_err(DomainError::Tables)?;
+            state.mappings.remove(&base);
+            let deferred = state.deferred.get_or_insert_with(Vec::new);
+            deferred.push((mapping.iova, mapping.size));
+            if deferred.len() >= DEFERRED_UNMAPS {
+                self.flush_locked(&mut state)?;
+            }
+            return Ok(mapping);
         }
         if !mapping.revoked {
             self.clear(&mut state, &mapping)?;

@@ -115,6 +115,11 @@ impl Iotlb for SimIotlb {
         }
         Ok(result)
     }
+
+    fn invalidate_all(&self, asid: u16) -> Result<(), IotlbError> {
+        self.machine.inner.borrow_mut().tlb.entries.retain(|&(entry_asid, _), _| entry_asid != asid);
+        Ok(())
+    }
 }
 
 impl Machine {

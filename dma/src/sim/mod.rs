@@ -257,9 +257,14 @@ impl Machine {
 
     /// An IOMMU domain with `granule` pages, for a device that addresses up to `limit`.
     pub fn domain(&'static self, id: u16, granule: Granule, limit: u64) -> &'static Domain<Machine> {
+        Box::leak(Box::new(self.new_domain(id, granule, limit)))
+    }
+
+    /// [`Self::domain`], owned, for a caller that configures it further.
+    pub fn new_domain(&'static self, id: u16, granule: Granule, limit: u64) -> Domain<Machine> {
         let tables = SimTables::new(self, granule);
         let domain = Domain::new(id, u32::from(id), granule, limit, tables, SimIotlb::new(self, granule));
-        Box::leak(Box::new(domain.expect("a valid domain")))
+        domain.expect("a valid domain")
     }
 
     /// A device on this machine, watched by its debug checker.

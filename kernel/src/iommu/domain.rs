@@ -100,6 +100,15 @@ impl Iotlb for SmmuIotlb {
             }
         }
     }
+
+    fn invalidate_all(&self, asid: u16) -> Result<(), IotlbError> {
+        let mut smmu = super::smmu().lock();
+        let done = smmu.invalidate_asid(asid).and_then(|()| smmu.sync());
+        done.map_err(|error| {
+            log::error!("iommu: invalidating ASID {asid} failed: {error}");
+            IotlbError { reason: reason(error) }
+        })
+    }
 }
 
 /// The class of an invalidation failure, for the error value (the log has every fact).

@@ -58,14 +58,25 @@ pub enum Untrusted {
 pub struct Policy {
     pub granule: Granule,
     pub untrusted: Untrusted,
+    /// Every unmap invalidated and waited for (the default, `iommu.strict=1`); with
+    /// `iommu.strict=0` a trusted device's unmaps are deferred and flushed together (an
+    /// untrusted device's never are: contract rule 14).
+    pub strict: bool,
 }
 
 impl Policy {
-    /// Reads `iommu.granule=` and `iommu.untrusted=`; a bad value is reported and ignored.
+    /// Reads `iommu.granule=`, `iommu.untrusted=` and `iommu.strict=`; a bad value is reported
+    /// and ignored.
     pub fn from_bootargs(bootargs: &str) -> Self {
-        let mut policy = Policy { granule: Granule::Size4KiB, untrusted: Untrusted::None };
+        let mut policy = Policy { granule: Granule::Size4KiB, untrusted: Untrusted::None, strict: true };
         for word in bootargs.split_whitespace() {
-            if let Some(value) = word.strip_prefix("iommu.granule=") {
+            if let Some(value) = word.strip_prefix("iommu.strict=") {
+                match value {
+                    "0" => policy.strict = false,
+                    "1" => policy.strict = true,
+                    _ => warn!("iommu.strict={value}: not 0 or 1; staying strict"),
+                }
+            } else if let Some(value) = word.strip_prefix("iommu.granule=") {
                 match parse_granule(value) {
                     Some(granule) => policy.granule = granule,
                     None => warn!("iommu.granule={value}: not one of 4K, 16K, 64K; using 4K"),
@@ -176,6 +187,11 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<bool, alloc::string::St
         unsafe { Smmu::new(base, STREAM_ID_BITS, &mut HeapForSmmu) }.map_err(|error| alloc::format!("{error}"))?;
     let policy = Policy::from_bootargs(devicetree.bootargs());
     info!("iommu: enabled; granule {} KiB, untrusted devices: {}", policy.granule.size() >> 10, describe(&policy));
+    if !policy.strict {
+        warn!(
+            "iommu: iommu.strict=0: trusted devices' unmaps are deferred; until each flush a device may still reach memory it was given"
+        );
+    }
     IOMMU.call_once(|| Iommu {
         name: node.name,
         phandle: node.phandle,
@@ -231,8 +247,14 @@ impl fmt::Display for AttachError {
 }
 
 /// Gives `device` (StreamID `stream_id`) a fresh domain and points its STE at it.
-/// `dma_limit` is the highest address the device can put on the bus: its DMA mask.
-pub fn attach(device: &'static str, stream_id: u32, dma_limit: u64) -> Result<&'static Domain, AttachError> {
+/// `dma_limit` is the highest address the device can put on the bus: its DMA mask. A trusted
+/// device's domain defers its unmaps when the policy is not strict.
+pub fn attach(
+    device: &'static str,
+    stream_id: u32,
+    dma_limit: u64,
+    untrusted: bool,
+) -> Result<&'static Domain, AttachError> {
     let iommu = IOMMU.get().expect("attach after the SMMU started");
     // Lock order, everywhere: a domain's state, the SMMU, `attached`, `faults`.
     let mut attached = iommu.attached.lock();
@@ -240,6 +262,10 @@ pub fn attach(device: &'static str, stream_id: u32, dma_limit: u64) -> Result<&'
     let granule = iommu.policy.granule;
     let domain = Domain::new(id, stream_id, granule, dma_limit, DomainTables { granule }, SmmuIotlb)
         .map_err(AttachError::Domain)?;
+    let domain = match iommu.policy.strict || untrusted {
+        true => domain,
+        false => domain.deferring_invalidation(),
+    };
     let context = Stage1Context {
         asid: id,
         ttb0: domain.root(),
