@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{BUSY, pattern, rigs, rigs_with_lines};
+use common::{BUSY, pattern, rigs, rigs_with_lines, with_neighbours};
 use dma::sim::Machine;
 use dma::{DmaDevice, Route};
 
@@ -21,9 +21,7 @@ fn transfer_to_device(
     len: usize,
     seed: u8,
 ) -> Result<(), String> {
-    let bytes = machine.buffer(offset + len + 128, 4096);
-    let (before, rest) = bytes.split_at_mut(offset);
-    let (buffer, after) = rest.split_at_mut(len);
+    let (before, buffer, after) = with_neighbours(machine, offset, len);
     buffer.copy_from_slice(&pattern(len, seed));
     before.fill(0xb0);
     after.fill(0xaf);
@@ -51,9 +49,7 @@ fn transfer_from_device(
     len: usize,
     seed: u8,
 ) -> Result<(), String> {
-    let bytes = machine.buffer(offset + len + 128, 4096);
-    let (before, rest) = bytes.split_at_mut(offset);
-    let (buffer, after) = rest.split_at_mut(len);
+    let (before, buffer, after) = with_neighbours(machine, offset, len);
     buffer.fill(0x5a); // stale CPU data, dirty in the cache
     let mapping = device.map_from_device(buffer).map_err(|error| format!("map: {error}"))?;
     before.fill(0xb1);

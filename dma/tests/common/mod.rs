@@ -1,7 +1,6 @@
 //! Every route of the DMA API, built on one simulated machine, for the host tests.
 #![allow(dead_code)] // each test file uses part of it
 
-use addr::{DmaAddr, PhysAddr, PhysRange};
 use dma::sim::{Churn, Config, Machine};
 use dma::{Constraints, DmaDevice, Route};
 use vmsa::Granule;
@@ -75,25 +74,15 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
 }
 
-/// `len` bytes at `offset` into a fresh, line-aligned allocation that has `guard` bytes of
-/// neighbours on each side: returns the whole allocation and the range of the buffer in it.
-pub fn buffer_with_neighbours(
+/// A fresh buffer of `len` bytes, `offset` bytes into a page, with neighbours on both sides
+/// that share its first and last cache lines: (bytes before, the buffer, bytes after).
+pub fn with_neighbours(
     machine: &'static Machine,
     offset: usize,
     len: usize,
-    guard: usize,
-) -> (&'static mut [u8], std::ops::Range<usize>) {
-    let total = (offset + len + guard).next_multiple_of(64);
-    let bytes = machine.buffer(total, 4096);
-    (bytes, offset..offset + len)
-}
-
-/// The physical range of `bytes`.
-pub fn physical(machine: &Machine, bytes: &[u8]) -> PhysRange {
-    machine.physical_of(bytes)
-}
-
-/// A physical address as a DMA address, for messages.
-pub fn bus(address: PhysAddr) -> DmaAddr {
-    DmaAddr::new(address.as_u64() + BUS_OFFSET)
+) -> (&'static mut [u8], &'static mut [u8], &'static mut [u8]) {
+    let bytes = machine.buffer(offset + len + 128, 4096);
+    let (before, rest) = bytes.split_at_mut(offset);
+    let (buffer, after) = rest.split_at_mut(len);
+    (before, buffer, after)
 }
