@@ -16,6 +16,8 @@
 
 use core::fmt;
 
+pub mod in_flight;
+
 /// One command's share of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunk {

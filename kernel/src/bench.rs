@@ -2,7 +2,8 @@
 //!
 //! Every disk (virtio-blk on MMIO or PCIe, NVMe) writes and reads 4 KiB, 64 KiB and 1 MiB
 //! requests, page-aligned, one at a time and polled, over the same blocks, for a fixed time
-//! each. Each figure is one line, `bench: DISK ROUTE OP SIZE MB/s = VALUE` (and `IOPS`), which
+//! each; then [`QUEUED`] 4 KiB requests to blocks of their own at once, in one batch the driver
+//! keeps in flight (`4KiBx8`), against which one request at a time is measured. Each figure is one line, `bench: DISK ROUTE OP SIZE MB/s = VALUE` (and `IOPS`), which
 //! xtask collects from several boots and turns into ratios. The DMA layer's own share is
 //! measured apart: the same buffer mapped and unmapped for the device with no transfer (`map+unmap
 //! µs`), what each request pays for its route (a copy each way through a pool; page tables,
@@ -21,13 +22,15 @@ use core::time::Duration;
 
 use log::info;
 
-use crate::block::{self, BlockDevice};
+use crate::block::{self, BlockDevice, Request};
 use crate::dma_platform::Route;
 
 /// How long each size and direction runs on each disk.
 const RUN_FOR: Duration = Duration::from_millis(150);
 /// Request sizes measured.
 const SIZES: [(usize, &str); 3] = [(4 << 10, "4KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
+/// Requests of 4 KiB handed to a disk together, as many as the drivers keep in flight.
+const QUEUED: usize = 8;
 
 /// Runs every measurement; `Failure` if a transfer failed.
 pub fn run() -> crate::power::Outcome {
@@ -97,6 +100,42 @@ fn measure_disk(disk: &mut dyn BlockDevice) -> Result<(), String> {
             info!("bench: {name} {op} {size_name} MB/s = {:.1}", megabytes / seconds);
             info!("bench: {name} {op} {size_name} IOPS = {:.0}", requests as f64 / seconds);
         }
+    }
+    measure_queue(disk, &name)
+}
+
+/// [`QUEUED`] page-aligned 4 KiB requests to blocks of their own, in one batch each time.
+fn measure_queue(disk: &mut dyn BlockDevice, name: &str) -> Result<(), String> {
+    let size = 4096usize.next_multiple_of(disk.block_size());
+    let stride = (size / disk.block_size()) as u64 + 1;
+    if stride * QUEUED as u64 > disk.blocks() {
+        return Ok(());
+    }
+    let mut storage = vec![0u8; QUEUED * size + 4096];
+    let start = storage.as_ptr().align_offset(4096);
+    let buffers = &mut storage[start..start + QUEUED * size];
+    let block = |index: usize| index as u64 * stride;
+    for write in [true, false] {
+        disk.take_deepest_queue();
+        let (batches, elapsed) = timed(|| match write {
+            true => block::run(
+                disk,
+                buffers.chunks(size).enumerate().map(|(index, buffer)| Request::Write { block: block(index), buffer }),
+            ),
+            false => block::run(
+                disk,
+                buffers
+                    .chunks_mut(size)
+                    .enumerate()
+                    .map(|(index, buffer)| Request::Read { block: block(index), buffer }),
+            ),
+        })
+        .map_err(|problem| format!("{} ({name}): {QUEUED} requests at once: {problem}", disk.describe()))?;
+        let (requests, seconds) = ((batches * QUEUED) as f64, elapsed.as_secs_f64());
+        let op = if write { "write" } else { "read" };
+        info!("bench: {name} {op} 4KiBx{QUEUED} MB/s = {:.1}", requests * size as f64 / 1e6 / seconds);
+        info!("bench: {name} {op} 4KiBx{QUEUED} IOPS = {:.0}", requests / seconds);
+        info!("bench: {name} {op} 4KiBx{QUEUED} in flight = {}", disk.take_deepest_queue());
     }
     Ok(())
 }

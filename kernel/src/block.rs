@@ -5,20 +5,52 @@
 //! states its own limit (NVMe's MDTS), and the DMA layer states the largest mapping that always
 //! succeeds (`max_mapping_size`, contract rule 7: a bounced mapping must fit the bounce pool's
 //! contiguous slots). [`read`](fn@read) and [`write`](fn@write) split a larger request into pieces no larger than
-//! [`BlockDevice::max_transfer`], each mapped, transferred and unmapped in turn — the way
+//! [`BlockDevice::max_transfer`], each mapped, transferred and unmapped on its own — the way
 //! Linux's block layer obeys `max_hw_sectors`, which NVMe derives from both limits (the "nvme-pci:
 //! Fix dma-iommu mapping failures when PAGE_SIZE=64KB" thread, 2024,
 //! docs/dma-contract.md#thread-nvme-64k-pages).
+//!
+//! The pieces do not wait for each other: [`run`] hands them to the disk together, and the
+//! driver keeps up to its queue depth of them in flight (`drivers::block::in_flight`), so the
+//! device works on one while the CPU maps or copies the next. A piece the DMA layer has no room
+//! for while others run (a bounce pool full of their copies) waits for one of them to complete.
 
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 use dma::DmaApiError;
 use drivers::block::{self as requests, SplitError};
 
 use crate::dma_platform::DmaDevice;
+
+/// One request to a disk: a read into `buffer` or a write from it, from `block` on.
+pub enum Request<'b> {
+    Read { block: u64, buffer: &'b mut [u8] },
+    Write { block: u64, buffer: &'b [u8] },
+}
+
+impl Request<'_> {
+    pub fn block(&self) -> u64 {
+        match self {
+            Request::Read { block, .. } | Request::Write { block, .. } => *block,
+        }
+    }
+
+    /// The buffer, for reading its address and length.
+    pub fn buffer(&self) -> &[u8] {
+        match self {
+            Request::Read { buffer, .. } => buffer,
+            Request::Write { buffer, .. } => buffer,
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        matches!(self, Request::Write { .. })
+    }
+}
 
 /// A disk, whatever carries its requests.
 pub trait BlockDevice {
@@ -35,12 +67,24 @@ pub trait BlockDevice {
     fn max_transfer_in_place(&self) -> Option<usize> {
         self.max_transfer()
     }
+    /// How many requests the disk keeps in flight at once.
+    fn queue_depth(&self) -> usize;
+    /// The most requests the disk had in flight at once since the last call.
+    fn take_deepest_queue(&mut self) -> usize;
     /// The DMA handle every transfer of the disk goes through.
     fn dma_device(&self) -> &'static DmaDevice;
+    /// Runs `requests`, each of at most `max_transfer`, keeping up to `queue_depth` in flight
+    /// (`drivers::block::in_flight`). Returns once none is in flight: with the first error, if
+    /// any, after which nothing more was submitted.
+    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<(), BlockError>;
     /// Reads `buffer.len()` bytes from `block` on, in one request of at most `max_transfer`.
-    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError>;
+    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
+        self.run(&mut [Request::Read { block, buffer }])
+    }
     /// Writes `buffer` from `block` on, in one request of at most `max_transfer`.
-    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError>;
+    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
+        self.run(&mut [Request::Write { block, buffer }])
+    }
     /// Makes every completed write durable (a disk may hold them in a volatile cache).
     fn flush(&mut self) -> Result<(), BlockError>;
 }
@@ -100,22 +144,33 @@ pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
 
 /// Reads `buffer.len()` bytes from `block` on, in as many requests as the disk's limit needs.
 pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-    check_range(disk, block, buffer.len())?;
-    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk, buffer));
-    for chunk in chunks.map_err(BlockError::Request)? {
-        disk.read_request(chunk.block, &mut buffer[chunk.offset..chunk.offset + chunk.length])?;
-    }
-    Ok(())
+    run(disk, [Request::Read { block, buffer }])
 }
 
 /// Writes `buffer` from `block` on, in as many requests as the disk's limit needs.
 pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
-    check_range(disk, block, buffer.len())?;
-    let chunks = requests::split(block, buffer.len(), disk.block_size(), request_limit(disk, buffer));
-    for chunk in chunks.map_err(BlockError::Request)? {
-        disk.write_request(chunk.block, &buffer[chunk.offset..chunk.offset + chunk.length])?;
+    run(disk, [Request::Write { block, buffer }])
+}
+
+/// Runs `requests`, each cut into pieces the disk takes in one request, all of them kept in
+/// flight up to the disk's queue depth. Every request is checked before anything is submitted.
+pub fn run<'b>(disk: &mut dyn BlockDevice, requests: impl IntoIterator<Item = Request<'b>>) -> Result<(), BlockError> {
+    let mut pieces = Vec::new();
+    for request in requests {
+        let (block, length) = (request.block(), request.buffer().len());
+        check_range(disk, block, length)?;
+        let limit = request_limit(disk, request.buffer());
+        let chunks = requests::split(block, length, disk.block_size(), limit).map_err(BlockError::Request)?;
+        let blocks = chunks.map(|chunk| chunk.block);
+        match request {
+            Request::Read { buffer, .. } => pieces
+                .extend(blocks.zip(buffer.chunks_mut(limit)).map(|(block, buffer)| Request::Read { block, buffer })),
+            Request::Write { buffer, .. } => {
+                pieces.extend(blocks.zip(buffer.chunks(limit)).map(|(block, buffer)| Request::Write { block, buffer }))
+            }
+        }
     }
-    Ok(())
+    disk.run(&mut pieces)
 }
 
 /// The disk's request limit, in words.

@@ -53,10 +53,12 @@ fn demo_transfers() -> usize {
     for controller in nvme::controllers() {
         let mut controller = controller.lock();
         info!("demo: {}: {}", controller.name, controller.summary());
+        controller.record_commands(true);
         report(demo_any_disk(&mut *controller));
         if let Some(received) = controller.last_received() {
             info!("demo: {}: the last command, as the controller fetched it: {received}", controller.name);
         }
+        controller.record_commands(false);
     }
     virtio::with_each_entropy_source(|rng| report(demo_entropy(rng)));
     if let Some(engine) = dma_engine::DMA_ENGINE.lock().as_ref() {

@@ -10,7 +10,8 @@
 //!  Create I/O Completion Queue 1 ─▶ Create I/O Submission Queue 1
 //! ```
 //!
-//! Every Read and Write is one command on I/O queue 1, waited for by polling (no interrupts):
+//! Reads and Writes go to I/O queue 1, up to [`QUEUE_DEPTH`] commands in flight at once
+//! (`crate::block::run`), their completions polled (no interrupts):
 //!
 //! - The caller's buffer is lent to the controller through the streaming DMA API, whose
 //!   device constraints say `min_align_mask = 0xfff`: whatever the route does — translate the
@@ -23,8 +24,13 @@
 //!   FLBAS picks one of the LBA formats, whose LBADS gives the block size — 512 bytes or
 //!   4 KiB on QEMU, as `logical_block_size` says). A request of part of a block, or of more
 //!   than one command carries, is refused with the sizes before anything is mapped.
+//! - Each command in flight has its own page of PRP entries, and its buffer stays mapped until
+//!   its own completion arrives, in whatever order the controller completes them.
 //! - A command that does not complete in time disables the controller, which stops its DMA,
-//!   before the buffer is unmapped; later requests are refused with the reason.
+//!   before any buffer in flight is unmapped; later requests are refused with the reason.
+//! - What the controller received (the command and its PRPs, read back from the memory it
+//!   fetched them from) is kept only when asked ([`Controller::record_commands`]): the tests and
+//!   the demo check it; ordinary I/O does not pay for reading it back.
 
 mod queue;
 
@@ -37,7 +43,8 @@ use core::mem::size_of;
 use core::ptr::NonNull;
 use core::time::Duration;
 
-use addr::{PhysAddr, VirtAddr};
+use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
+use drivers::block::in_flight::{RequestQueue, run_window};
 use drivers::nvme::command::{CommandError, IdentifyTarget, SubmissionEntry};
 use drivers::nvme::completion::Status;
 use drivers::nvme::identify::{self, ControllerIdentity, IDENTIFY_BYTES, IdentifyError, NamespaceIdentity};
@@ -49,11 +56,12 @@ use drivers::nvme::registers::{
 use drivers::nvme::transfer::{Limit, TransferError, TransferLimits};
 use spin::Mutex;
 
-use crate::block::{BlockDevice, BlockError};
+use crate::block::{BlockDevice, BlockError, Request};
 use crate::dma_platform::{Coherent, DmaDevice};
 use crate::pci::PciFunction;
 use dma::{DmaApiError, MapError};
 use queue::{Doorbells, QueuePair};
+use swiotlb::DmaDirection;
 
 /// The memory page size the controller is configured with (CC.MPS): the CPU's page size, and
 /// the unit of PRP entries. Hence `min_align_mask = 0xfff` for NVMe.
@@ -63,6 +71,9 @@ pub const MIN_ALIGN_MASK: u64 = PAGE_SIZE as u64 - 1;
 /// Small rings, so that wrap-around and the phase tag are exercised within a few commands.
 const ADMIN_ENTRIES: u16 = 8;
 const IO_ENTRIES: u16 = 16;
+/// Commands kept in flight on the I/O queue: fewer than its entries (a full ring keeps one
+/// empty), each with a page of PRP entries of its own.
+pub const QUEUE_DEPTH: usize = 8;
 const IO_QUEUE: u16 = 1;
 /// How long a command may take. QEMU answers in microseconds; a real disk within seconds.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,7 +105,7 @@ pub enum NvmeError {
     /// A completion for another command: `got` is its (submission queue, command ID).
     UnexpectedCompletion {
         queue: u16,
-        expected: u16,
+        outstanding: Vec<u16>,
         got: (u16, u16),
     },
     /// A transfer that is not a whole number of the namespace's logical blocks.
@@ -140,9 +151,9 @@ impl fmt::Display for NvmeError {
             NvmeError::Timeout { queue, after } => {
                 write!(f, "a command on queue {queue} did not complete within {} ms", after.as_millis())
             }
-            NvmeError::UnexpectedCompletion { queue, expected, got: (from_queue, command) } => write!(
+            NvmeError::UnexpectedCompletion { queue, outstanding, got: (from_queue, command) } => write!(
                 f,
-                "completion queue {queue} reported command {command} of submission queue {from_queue} while command {expected} was outstanding"
+                "completion queue {queue} reported command {command} of submission queue {from_queue} while commands {outstanding:?} were outstanding"
             ),
             NvmeError::PartialBlock { length, block_size } => {
                 write!(f, "{length} bytes are not a whole number of the namespace's {block_size}-byte logical blocks")
@@ -273,11 +284,15 @@ pub struct Controller {
     dma: &'static DmaDevice,
     admin: QueuePair,
     io: QueuePair,
-    /// One page of PRP entries, for the one command in flight.
-    prp_list: Coherent<'static>,
+    /// A page of PRP entries for each command in flight.
+    prp_lists: Coherent<'static>,
     /// Why the controller was disabled, if it was.
     disabled: Option<String>,
+    /// Whether to keep each Read and Write as the controller received it.
+    recording: bool,
     last_received: Option<ReceivedCommand>,
+    /// The most commands in flight at once since `take_deepest_queue`.
+    deepest: usize,
 }
 
 static CONTROLLERS: Mutex<Vec<&'static Mutex<Controller>>> = Mutex::new(Vec::new());
@@ -325,10 +340,10 @@ impl Controller {
             let max_transfer = limits.max_transfer()?;
             let in_place_transfer = TransferLimits { mapping: None, ..limits }.max_transfer()?;
             let io = create_io_queues(dma, &mut admin, doorbells)?;
-            let prp_list = dma.alloc_coherent(PAGE_SIZE)?;
-            Ok((identity, namespace, limits, (max_transfer, in_place_transfer), io, prp_list))
+            let prp_lists = dma.alloc_coherent(QUEUE_DEPTH * PAGE_SIZE)?;
+            Ok((identity, namespace, limits, (max_transfer, in_place_transfer), io, prp_lists))
         });
-        let (identity, namespace, limits, (max_transfer, in_place_transfer), io, prp_list) = match configured {
+        let (identity, namespace, limits, (max_transfer, in_place_transfer), io, prp_lists) = match configured {
             Ok(parts) => parts,
             Err(error) => {
                 // Stop the controller before its rings are freed, when `admin` drops.
@@ -352,9 +367,11 @@ impl Controller {
             dma,
             admin,
             io,
-            prp_list,
+            prp_lists,
             disabled: None,
+            recording: false,
             last_received: None,
+            deepest: 0,
         })
     }
 
@@ -375,7 +392,14 @@ impl Controller {
         )
     }
 
-    /// The last Read or Write as the controller received it.
+    /// Keeps (or stops keeping) every Read and Write as the controller received it, read back
+    /// before its buffer is unmapped; [`Self::last_received`] returns the latest.
+    pub fn record_commands(&mut self, on: bool) {
+        self.recording = on;
+        self.last_received = None;
+    }
+
+    /// The last Read or Write as the controller received it, while recording.
     pub fn last_received(&self) -> Option<&ReceivedCommand> {
         self.last_received.as_ref()
     }
@@ -388,7 +412,7 @@ impl Controller {
             return Err(NvmeError::CarriesData);
         }
         let name = entry.name(false);
-        let (completion, _) = self.run_io(entry)?;
+        let completion = self.run_io(entry)?;
         check_status(name, completion.status())
     }
 
@@ -405,68 +429,68 @@ impl Controller {
         }
     }
 
-    /// Runs an I/O command; a timeout disables the controller, so that it stops its DMA
-    /// before the caller unmaps the buffer.
-    fn run_io(
-        &mut self,
-        entry: SubmissionEntry,
-    ) -> Result<(drivers::nvme::completion::CompletionEntry, u16), NvmeError> {
-        match self.io.execute(entry, COMMAND_TIMEOUT) {
-            Ok(done) => Ok(done),
-            Err(error) => {
-                log::error!("{}: {error}; disabling the controller", self.name);
-                if let Err(problem) = disable(&mut self.properties, &self.capabilities) {
-                    log::error!("{}: {problem}", self.name);
-                }
-                self.disabled = Some(format!("{error}"));
-                Err(error)
-            }
-        }
+    /// Runs an I/O command on the otherwise idle queue; a failure disables the controller.
+    fn run_io(&mut self, entry: SubmissionEntry) -> Result<drivers::nvme::completion::CompletionEntry, NvmeError> {
+        self.io.execute(entry, COMMAND_TIMEOUT).map_err(|error| self.disable_after(error))
     }
 
-    /// One Read or Write (`build`) of `length` bytes at `block`, whose data the controller
-    /// reaches at `dma`.
-    fn transfer(
+    /// Disables the controller after `error` (a command late or misreported), so that it stops
+    /// its DMA before any buffer it was given is unmapped; returns the error.
+    fn disable_after(&mut self, error: NvmeError) -> NvmeError {
+        log::error!("{}: {error}; disabling the controller", self.name);
+        if let Err(problem) = disable(&mut self.properties, &self.capabilities) {
+            log::error!("{}: {problem}", self.name);
+        }
+        self.disabled = Some(format!("{error}"));
+        error
+    }
+
+    /// Submits a Read or Write of `length` bytes at `block`, whose data the controller reaches
+    /// at `dma`, with PRP list page `list` if the data needs one.
+    fn submit_transfer(
         &mut self,
         block: u64,
         length: usize,
-        dma: addr::DmaAddr,
-        build: fn(u32, u64, u32, u64, u64) -> Result<SubmissionEntry, CommandError>,
-    ) -> Result<(), NvmeError> {
-        self.check_enabled()?;
-        let block_size = self.block_size();
+        dma: DmaAddr,
+        write: bool,
+        list: usize,
+    ) -> Result<Command, NvmeError> {
         let plan = PrpPlan::new(dma.as_u64(), length, PAGE_SIZE)?;
-        let list = match plan.list_entries() {
+        let list_address = match plan.list_entries() {
             0 => None,
             _ => {
-                plan.write_list(self.prp_list_entries())?;
-                Some(self.prp_list.dma().as_u64())
+                plan.write_list(self.prp_list_entries(list))?;
+                Some(self.prp_lists.dma().add((list * PAGE_SIZE) as u64).as_u64())
             }
         };
-        let blocks = (length / block_size) as u32;
-        let entry = build(self.namespace.id, block, blocks, plan.first(), plan.second(list)?)?;
-        let name = entry.name(false);
-        let (completion, slot) = self.run_io(entry)?;
-        self.last_received = Some(self.received(slot, plan.list_entries()));
-        check_status(name, completion.status())
+        let blocks = (length / self.block_size()) as u32;
+        let build = if write { SubmissionEntry::write } else { SubmissionEntry::read };
+        let entry = build(self.namespace.id, block, blocks, plan.first(), plan.second(list_address)?)?;
+        let (command_id, slot) = self.io.submit(entry)?;
+        Ok(Command { command_id, slot, list, list_entries: plan.list_entries(), name: entry.name(false) })
     }
 
-    /// The command in `slot` and its PRP list of `list_entries`, read back from the memory
-    /// the controller fetched them from, with where each page entry leads while still mapped.
-    fn received(&mut self, slot: u16, list_entries: usize) -> ReceivedCommand {
-        let entry = self.io.submitted(slot);
-        let prp_list = self.prp_list_entries()[..list_entries].iter().map(|entry| u64::from_le(*entry)).collect();
+    /// The command in `slot` and its PRP list, read back from the memory the controller
+    /// fetched them from, with where each page entry leads while still mapped.
+    fn received(&mut self, command: &Command) -> ReceivedCommand {
+        let entry = self.io.submitted(command.slot);
+        let list = &self.prp_list_entries(command.list)[..command.list_entries];
+        let prp_list = list.iter().map(|entry| u64::from_le(*entry)).collect();
         let mut received = ReceivedCommand { entry, prp_list, reached: Vec::new() };
         received.reached =
-            received.page_entries().into_iter().map(|page| self.dma.translate(addr::DmaAddr::new(page))).collect();
+            received.page_entries().into_iter().map(|page| self.dma.translate(DmaAddr::new(page))).collect();
         received
     }
 
-    fn prp_list_entries(&mut self) -> &mut [u64] {
-        // SAFETY: one page of coherent memory, owned by this controller; no command is in
-        // flight while the CPU writes or reads it.
+    /// PRP list page `list`, of the command that owns it.
+    fn prp_list_entries(&mut self, list: usize) -> &mut [u64] {
+        const ENTRIES: usize = PAGE_SIZE / size_of::<u64>();
+        // SAFETY: page `list` (< QUEUE_DEPTH) of coherent memory owned by this controller; only
+        // the command given that page uses it, and the CPU writes it before the command is
+        // submitted and reads it while the command is in flight, when the controller only reads.
         unsafe {
-            core::slice::from_raw_parts_mut(self.prp_list.as_ptr().as_ptr().cast::<u64>(), PAGE_SIZE / size_of::<u64>())
+            let first = self.prp_lists.as_ptr().as_ptr().cast::<u64>().add(list * ENTRIES);
+            core::slice::from_raw_parts_mut(first, ENTRIES)
         }
     }
 
@@ -534,23 +558,125 @@ impl BlockDevice for Controller {
         self.dma
     }
 
-    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-        let length = buffer.len();
-        self.check_length(buffer)?;
-        let mapping = self.dma.map_from_device(buffer).map_err(|error| BlockError::Dma(error.error()))?;
-        let read = self.transfer(block, length, mapping.dma(), SubmissionEntry::read);
-        self.finish(read, mapping.unmap())
+    fn queue_depth(&self) -> usize {
+        QUEUE_DEPTH
     }
 
-    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
-        self.check_length(buffer)?;
-        let mapping = self.dma.map_to_device(buffer).map_err(|error| BlockError::Dma(error.error()))?;
-        let written = self.transfer(block, buffer.len(), mapping.dma(), SubmissionEntry::write);
-        self.finish(written, mapping.unmap())
+    fn take_deepest_queue(&mut self) -> usize {
+        core::mem::take(&mut self.deepest)
+    }
+
+    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<(), BlockError> {
+        let count = requests.len();
+        let mut batch = Batch { controller: self, requests, in_flight: Vec::with_capacity(QUEUE_DEPTH) };
+        run_window(&mut batch, count, QUEUE_DEPTH)
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {
         Ok(self.execute_without_data(SubmissionEntry::flush(self.namespace.id))?)
+    }
+}
+
+/// A Read or Write submitted: how to recognise its completion, and its PRP list page.
+struct Command {
+    command_id: u16,
+    slot: u16,
+    list: usize,
+    list_entries: usize,
+    name: &'static str,
+}
+
+/// A command in flight, and the mapping of its buffer.
+struct InFlight {
+    command: Command,
+    dma: DmaAddr,
+    physical: PhysRange,
+    direction: DmaDirection,
+}
+
+/// The requests of one [`BlockDevice::run`], on the controller's I/O queue.
+struct Batch<'c, 'r, 'b> {
+    controller: &'c mut Controller,
+    requests: &'r mut [Request<'b>],
+    in_flight: Vec<InFlight>,
+}
+
+impl Batch<'_, '_, '_> {
+    /// A PRP list page no command in flight holds.
+    fn free_list(&self) -> usize {
+        (0..QUEUE_DEPTH).find(|list| self.in_flight.iter().all(|held| held.command.list != *list)).unwrap_or(0)
+    }
+
+    /// After a failure of the controller itself: disables it, so that it moves no more data,
+    /// then ends every mapping in flight. Returns the error.
+    fn abandon(&mut self, error: NvmeError) -> BlockError {
+        let error = self.controller.disable_after(error);
+        for held in core::mem::take(&mut self.in_flight) {
+            // SAFETY: a mapping `submit` made, of a command the now disabled controller no
+            // longer works on.
+            if let Err(problem) = unsafe { self.controller.dma.unmap(held.dma, held.physical, held.direction) } {
+                log::error!(
+                    "{}: ending {:?} after the controller was disabled failed: {problem}",
+                    self.controller.name,
+                    held.dma
+                );
+            }
+        }
+        error.into()
+    }
+}
+
+impl RequestQueue for Batch<'_, '_, '_> {
+    type Error = BlockError;
+
+    fn submit(&mut self, index: usize) -> Result<(), BlockError> {
+        let controller = &mut *self.controller;
+        controller.check_enabled()?;
+        let request = &self.requests[index];
+        let (buffer, block, write) = (request.buffer(), request.block(), request.is_write());
+        controller.check_length(buffer)?;
+        let direction = if write { DmaDirection::ToDevice } else { DmaDirection::FromDevice };
+        let physical =
+            controller.dma.physical(VirtAddr::from_ptr(buffer.as_ptr()), buffer.len()).map_err(BlockError::Dma)?;
+        // SAFETY: the buffer is borrowed by `self.requests` for the whole batch, which touches it
+        // no more until this mapping ends: at its completion, or when the controller is
+        // disabled (`abandon`); `run_window` returns only once nothing is in flight.
+        let dma = unsafe { controller.dma.map(physical, direction) }.map_err(|error| BlockError::Dma(error.error()))?;
+        let list = self.free_list();
+        match self.controller.submit_transfer(block, buffer.len(), dma, write, list) {
+            Ok(command) => {
+                self.in_flight.push(InFlight { command, dma, physical, direction });
+                self.controller.deepest = self.controller.deepest.max(self.in_flight.len());
+                Ok(())
+            }
+            Err(error) => {
+                // SAFETY: mapped just above; the controller was never given it.
+                let unmapped = unsafe { self.controller.dma.unmap(dma, physical, direction) };
+                self.controller.finish(Err(error), unmapped)
+            }
+        }
+    }
+
+    fn complete_next(&mut self) -> Result<Result<(), BlockError>, BlockError> {
+        let completion = match self.controller.io.wait(COMMAND_TIMEOUT) {
+            Ok(completion) => completion,
+            Err(error) => return Err(self.abandon(error)),
+        };
+        let queue = self.controller.io.id;
+        let position = self.in_flight.iter().position(|held| held.command.command_id == completion.command_id);
+        let Some(position) = position.filter(|_| completion.submission_queue == queue) else {
+            let outstanding = self.in_flight.iter().map(|held| held.command.command_id).collect();
+            let got = (completion.submission_queue, completion.command_id);
+            return Err(self.abandon(NvmeError::UnexpectedCompletion { queue, outstanding, got }));
+        };
+        let held = self.in_flight.swap_remove(position);
+        if self.controller.recording {
+            self.controller.last_received = Some(self.controller.received(&held.command));
+        }
+        let status = check_status(held.command.name, completion.status());
+        // SAFETY: the mapping `submit` made for this command, which the controller completed.
+        let unmapped = unsafe { self.controller.dma.unmap(held.dma, held.physical, held.direction) };
+        Ok(self.controller.finish(status, unmapped))
     }
 }
 
@@ -624,13 +750,13 @@ fn identify_page(
     let name = entry.name(true);
     let completion = admin.execute(entry, COMMAND_TIMEOUT);
     mapping.unmap()?;
-    check_status(name, completion?.0.status())?;
+    check_status(name, completion?.status())?;
     Ok(Box::new(page.0))
 }
 
 fn admin_command(admin: &mut QueuePair, entry: SubmissionEntry) -> Result<(), NvmeError> {
     let name = entry.name(true);
-    let (completion, _) = admin.execute(entry, COMMAND_TIMEOUT)?;
+    let completion = admin.execute(entry, COMMAND_TIMEOUT)?;
     check_status(name, completion.status())
 }
 

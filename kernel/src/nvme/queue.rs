@@ -67,22 +67,19 @@ impl QueuePair {
         self.completions.dma()
     }
 
-    /// Submits `entry` and waits for its completion, at most `timeout`. Returns the completion
-    /// and the slot the command was in (its bytes stay there until the ring comes round).
-    pub fn execute(&mut self, entry: SubmissionEntry, timeout: Duration) -> Result<(CompletionEntry, u16), NvmeError> {
-        let command_id = self.next_command_id;
-        // 0xFFFF is not a command ID: the Error Information log uses it for "no command" (5.16.1.2).
-        self.next_command_id = (self.next_command_id + 1) % 0xffff;
-        let slot = self.submit(entry.with_command_id(command_id))?;
+    /// Submits `entry` and waits for its completion, at most `timeout`: for a queue with no
+    /// other command in flight. Returns the completion.
+    pub fn execute(&mut self, entry: SubmissionEntry, timeout: Duration) -> Result<CompletionEntry, NvmeError> {
+        let (command_id, _) = self.submit(entry)?;
         let completion = self.wait(timeout)?;
         if completion.command_id != command_id || completion.submission_queue != self.id {
             return Err(NvmeError::UnexpectedCompletion {
                 queue: self.id,
-                expected: command_id,
+                outstanding: alloc::vec![command_id],
                 got: (completion.submission_queue, completion.command_id),
             });
         }
-        Ok((completion, slot))
+        Ok(completion)
     }
 
     /// The command the controller was given in `slot`, read back from the ring.
@@ -92,17 +89,23 @@ impl QueuePair {
         unsafe { core::ptr::read_volatile(entry) }
     }
 
-    fn submit(&mut self, entry: SubmissionEntry) -> Result<u16, NvmeError> {
+    /// Submits `entry` under the next command ID; returns that ID and the slot the command
+    /// went into (its bytes stay there until the ring comes round).
+    pub fn submit(&mut self, entry: SubmissionEntry) -> Result<(u16, u16), NvmeError> {
+        let command_id = self.next_command_id;
         let slot = self.submission_ring.push()?;
+        // 0xFFFF is not a command ID: the Error Information log uses it for "no command" (5.16.1.2).
+        self.next_command_id = (self.next_command_id + 1) % 0xffff;
         let target = self.submissions.as_ptr().as_ptr().cast::<SubmissionEntry>().wrapping_add(usize::from(slot));
         // SAFETY: `slot` is inside the ring, which the controller does not read until told.
-        unsafe { core::ptr::write_volatile(target, entry) };
+        unsafe { core::ptr::write_volatile(target, entry.with_command_id(command_id)) };
         arch::cache::order_writes_before_doorbell();
         self.doorbells.ring(self.id, Doorbell::SubmissionTail, self.submission_ring.tail());
-        Ok(slot)
+        Ok((command_id, slot))
     }
 
-    /// Polls the completion slot at the head until the controller posts into it.
+    /// Polls the completion slot at the head until the controller posts into it: the next
+    /// command to complete, whichever it is.
     pub fn wait(&mut self, timeout: Duration) -> Result<CompletionEntry, NvmeError> {
         let deadline = arch::timer::uptime() + timeout;
         let slot = self

@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::block::{self, BlockDevice};
-use crate::dma_platform::{DmaDevice, DmaPool, Route};
+use crate::dma_platform::{DmaDevice, DmaPool, KernelPlatform, Route};
 use crate::testing::{Verdict, ensure, kernel_test, skip};
 use crate::tests::virtio::pattern;
 
@@ -238,4 +238,142 @@ kernel_test! {
         log::info!("{disks} PCIe disk(s) round-tripped on the bridge's route ({})", pool.map_or("direct", |name| name));
         Ok(())
     }
+}
+
+/// Writes `count` requests of `size` bytes in one batch, each to blocks of its own and from
+/// a buffer at one of the R6 page offsets, then reads them back in one batch into buffers at
+/// other offsets; every byte compared. Returns the most requests in flight at once.
+fn batch_round_trip(disk: &mut dyn BlockDevice, count: usize, size: usize, seed: u64) -> Result<usize, String> {
+    let name = disk.describe();
+    let stride = (size / disk.block_size()) as u64 + 1;
+    let capacity = disk.blocks();
+    ensure!(stride * count as u64 <= capacity, "{name}: {count} requests of {size} bytes do not fit {capacity} blocks");
+    let data: Vec<Vec<u8>> = (0..count).map(|index| pattern(seed + index as u64, size)).collect();
+    let mut written_storage: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; size + 2 * 4096]).collect();
+    let mut read_storage: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; size + 2 * 4096]).collect();
+    let offset = |index: usize| PAGE_OFFSETS[index % PAGE_OFFSETS.len()];
+    let writes = written_storage.iter_mut().enumerate().map(|(index, storage)| {
+        let buffer = &mut page_aligned(storage)[offset(index)..offset(index) + size];
+        buffer.copy_from_slice(&data[index]);
+        block::Request::Write { block: index as u64 * stride, buffer }
+    });
+    disk.take_deepest_queue();
+    block::run(disk, writes).map_err(|e| format!("{name}: a batch of {count} writes of {size} bytes: {e}"))?;
+    let deepest = disk.take_deepest_queue();
+    disk.flush().map_err(|e| format!("{name}: flush after the batch: {e}"))?;
+    let read_offset = |index: usize| (offset(index) + 0x3c8) % 4096;
+    let reads = read_storage.iter_mut().enumerate().map(|(index, storage)| {
+        let buffer = &mut page_aligned(storage)[read_offset(index)..read_offset(index) + size];
+        block::Request::Read { block: index as u64 * stride, buffer }
+    });
+    block::run(disk, reads).map_err(|e| format!("{name}: a batch of {count} reads of {size} bytes: {e}"))?;
+    let deepest = deepest.max(disk.take_deepest_queue());
+    for (index, storage) in read_storage.iter_mut().enumerate() {
+        let read = &page_aligned(storage)[read_offset(index)..read_offset(index) + size];
+        let first_difference = (0..size).find(|&at| read[at] != data[index][at]);
+        ensure!(first_difference.is_none(), "{name}: request {index} of the batch: byte {first_difference:?} differs");
+    }
+    Ok(deepest)
+}
+
+/// The free bytes of the pool `disk`'s transfers are copied through, if they are.
+fn pool_free_bytes(disk: &dyn BlockDevice) -> Option<usize> {
+    let pool = bounce_pool(disk.dma_device())?;
+    Some(pool.bounce.slot_states().into_iter().filter(|free| *free).count() * swiotlb::SLOT_SIZE)
+}
+
+kernel_test! {
+    /// Every disk keeps requests in flight: twice its queue depth of one-page requests, written
+    /// in one batch and read back in another, each at blocks and a page offset of its own,
+    /// every byte compared; and the queue was full at some moment (all of them at once), unless
+    /// a bounce pool too small to hold them all made some wait.
+    fn every_disk_keeps_its_queue_full_and_every_request_intact() {
+        let (mut disks, mut failure) = (0, None);
+        block::with_each_disk(|disk| {
+            if failure.is_some() {
+                return;
+            }
+            let (depth, size) = (disk.queue_depth(), 4096usize.next_multiple_of(disk.block_size()));
+            if disk_pool_too_small(disk, size).is_some() {
+                return;
+            }
+            disks += 1;
+            let room_for_all = pool_free_bytes(disk).is_none_or(|free| free >= depth * (size + 2 * 4096));
+            failure = match batch_round_trip(disk, 2 * depth, size, 700) {
+                Err(problem) => Some(problem),
+                Ok(deepest) if room_for_all && deepest != depth => {
+                    Some(format!("{}: at most {deepest} of its {depth} requests were in flight at once", disk.describe()))
+                }
+                Ok(deepest) => {
+                    log::info!("{}: {} requests, at most {deepest} in flight at once (queue depth {depth})", disk.describe(), 2 * depth);
+                    None
+                }
+            };
+        });
+        if let Some(problem) = failure {
+            return Err(problem.into());
+        }
+        if disks == 0 { skip!("no disk whose pool holds a page") }
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A batch whose copies do not all fit the bounce pool at once still completes: a request
+    /// the pool has no room for waits until one in flight completes, instead of failing the
+    /// batch (Linux's BLK_STS_RESOURCE). Whatever the pool's size, mappings held for the test
+    /// fill it until it has room for about two requests and a half; then a batch of more
+    /// requests than the queue is deep runs, and the window never fills. Every byte compared.
+    fn a_batch_larger_than_its_bounce_pool_waits_for_room() {
+        let (mut disks, mut failure) = (0, None);
+        block::with_each_disk(|disk| {
+            if failure.is_some() || pool_free_bytes(disk).is_none() {
+                return;
+            }
+            let block = disk.block_size();
+            let size = (64usize << 10).min(disk.max_transfer().unwrap_or(usize::MAX)) / block * block;
+            let room = 5 * (size + 2 * 4096) / 2;
+            let held: Vec<Vec<u8>> = (0..pool_free_bytes(disk).unwrap_or_default().saturating_sub(room) / HELD_BYTES)
+                .map(|_| vec![0u8; HELD_BYTES + 4096])
+                .collect();
+            let hogs = hold(disk.dma_device(), &held);
+            let (free, depth) = (pool_free_bytes(disk).unwrap_or_default(), disk.queue_depth());
+            if disk_pool_too_small(disk, size).is_some() || free >= depth * (size + 2 * 4096) {
+                return;
+            }
+            disks += 1;
+            let outcome = batch_round_trip(disk, depth + 2, size, 900);
+            drop(hogs);
+            failure = match outcome {
+                Err(problem) => Some(problem),
+                Ok(deepest) if deepest >= depth => {
+                    Some(format!("{}: {deepest} requests of {size} bytes in flight with {free} bytes of the pool free", disk.describe()))
+                }
+                Ok(deepest) => {
+                    log::info!("{}: {} requests of {} KiB with {} KiB of the pool free, at most {deepest} in flight", disk.describe(), depth + 2, size >> 10, free >> 10);
+                    None
+                }
+            };
+        });
+        if let Some(failure) = failure {
+            return Err(failure.into());
+        }
+        if disks == 0 { skip!("no disk copies its transfers through a pool with room for one request") }
+        Ok(())
+    }
+}
+
+/// The size of each buffer [`hold`] maps to fill a pool.
+const HELD_BYTES: usize = 16 << 10;
+
+/// Maps a page-aligned [`HELD_BYTES`] of each buffer of `held` to `device` until its bounce
+/// pool refuses one, and keeps the mappings, which take room in the pool until they drop.
+/// (Page-aligned, so that the copies pack the pool without gaps.)
+fn hold<'b>(device: &'b DmaDevice, held: &'b [Vec<u8>]) -> Vec<dma::Streaming<'b, KernelPlatform, dma::ToDevice>> {
+    let page_aligned = |buffer: &'b Vec<u8>| {
+        let start = buffer.as_ptr().align_offset(4096);
+        &buffer[start..start + HELD_BYTES]
+    };
+    let map = |buffer: &'b Vec<u8>| device.map_to_device(page_aligned(buffer)).map_err(|refused| refused.error()).ok();
+    held.iter().map_while(map).collect()
 }

@@ -377,7 +377,7 @@ fn use_after_unmap<const SLOT: usize>(
     let physical = device.physical(VirtAddr::from_ptr(buffer.as_ptr()), block).map_err(|e| format!("{e}"))?;
 
     device.inject(physical, Fault::None);
-    disk.read_blocks(0, &mut buffer).map_err(|e| format!("warm-up read: {e:?}"))?;
+    disk.read_request(0, &mut buffer).map_err(|e| format!("warm-up read: {e}"))?;
     let warm = device.injected_iova().ok_or("the warm-up read did not map the buffer")?;
 
     buffer.fill(0x5a);
@@ -411,8 +411,8 @@ fn use_after_unmap<const SLOT: usize>(
     ensure!(fault.event.access.is_some_and(|access| access.write), "fault {fault}: not a write");
     ensure!(buffer.iter().all(|&byte| byte == 0x5a), "the buffer changed on completion");
     let data = pattern(7, block);
-    disk.write_blocks(1, &data).map_err(|e| format!("write afterwards: {e:?}"))?;
-    disk.read_blocks(1, &mut buffer).map_err(|e| format!("read afterwards: {e:?}"))?;
+    disk.write_request(1, &data).map_err(|e| format!("write afterwards: {e}"))?;
+    disk.read_request(1, &mut buffer).map_err(|e| format!("read afterwards: {e}"))?;
     ensure!(buffer == data, "the disk returned other data afterwards");
     Ok(())
 }

@@ -156,9 +156,13 @@ fn check_received_prps(controller: &mut Controller, offset: usize, size: usize) 
     let device = controller.dma_device();
     let physical = device.physical(VirtAddr::from_ptr(buffer.as_ptr()), size).map_err(|e| format!("{e}"))?;
     device.inject(physical, Fault::None);
-    controller.write_request(0, buffer).map_err(|e| format!("write {size} bytes at {offset:#x}: {e}"))?;
+    controller.record_commands(true);
+    let written = controller.write_request(0, buffer);
+    let received = controller.last_received().cloned();
+    controller.record_commands(false);
+    written.map_err(|e| format!("write {size} bytes at {offset:#x}: {e}"))?;
     let iova = device.injected_iova().ok_or("the write did not map the buffer")?.as_u64();
-    let received = controller.last_received().ok_or("no command recorded")?.clone();
+    let received = received.ok_or("no command recorded")?;
     let (prp1, prp2) = (received.entry.prp1, received.entry.prp2);
     let case = format!("{size} bytes at page offset {offset:#x}");
     ensure!(prp1 == iova, "{case}: PRP1 {prp1:#x} is not the buffer's IOVA {iova:#x}");

@@ -9,8 +9,12 @@
 //!
 //! The header and the status live in the disk's coherent reservation, so only the data is
 //! mapped per request: a request the DMA layer cannot serve fails before anything is submitted.
+//! Each of the [`QUEUE_DEPTH`] requests a batch keeps in flight (`crate::block::run`) has a
+//! header and status of its own; the device may complete them in any order (virtio 1.2,
+//! 2.7.14 "Used Buffer Notification": the used ring says which chain it finished).
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::time::Duration;
 
 use virtio_drivers::device::blk::{BlkReq, BlkResp};
@@ -19,15 +23,17 @@ use virtio_drivers::transport::Transport;
 use zerocopy::IntoBytes;
 
 use super::device::Device;
-use super::hal::Carved;
-use super::hal::{Lease, VirtioHal, queue_memory};
+use super::hal::{Carved, Lease, VirtioHal, queue_memory};
 use super::{StartError, VirtioError};
-use crate::block::{BlockDevice, BlockError};
+use crate::block::{BlockDevice, BlockError, Request};
 use crate::dma_platform::DmaDevice;
+use drivers::block::in_flight::{RequestQueue, run_window};
 
 const QUEUE: u16 = 0;
-/// One request is in flight at a time, and takes three descriptors.
-const QUEUE_SIZE: usize = 4;
+/// Requests kept in flight at once.
+pub const QUEUE_DEPTH: usize = 8;
+/// Each request takes three descriptors; a virtqueue's size is a power of two.
+const QUEUE_SIZE: usize = (3 * QUEUE_DEPTH).next_power_of_two();
 /// virtio 1.2, 5.2.3 "Feature bits".
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
@@ -42,8 +48,9 @@ const SECTOR_SIZE: usize = 512;
 /// MMIO config space must be) and `blk_size` (le32).
 const CONFIG_CAPACITY: usize = 0;
 const CONFIG_BLK_SIZE: usize = 20;
-/// The header, then the status byte.
+/// The header, then the status byte, in an area of their own for each request in flight.
 const HEADER_BYTES: usize = 16;
+const AREA_BYTES: usize = 2 * HEADER_BYTES;
 /// How long one request may take. QEMU answers in microseconds; a real disk within seconds.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,18 +58,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Disk<const SLOT: usize, T: Transport> {
     queue: VirtQueue<VirtioHal<SLOT>, QUEUE_SIZE>,
     device: Device<SLOT, T>,
-    /// The request header and, after it, the status: coherent memory the device sees.
-    request: Carved,
+    /// For each request in flight, its header and, after it, its status: coherent memory the
+    /// device sees.
+    areas: Carved,
     block_size: usize,
     blocks: u64,
     read_only: bool,
     flush_supported: bool,
+    /// The most requests in flight at once since `take_deepest_queue`.
+    deepest: usize,
 }
 
 impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
     /// Starts the disk on `transport`, named `name` in messages.
     pub fn start(transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<Self, StartError> {
-        let lease = Lease::take(dma, queue_memory(&[QUEUE_SIZE]) + HEADER_BYTES + 1)?;
+        let lease = Lease::take(dma, queue_memory(&[QUEUE_SIZE]) + QUEUE_DEPTH * AREA_BYTES)?;
         let mut device = Device::new(transport, lease, name);
         let features = device.negotiate(VIRTIO_BLK_F_RO | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH)?;
         let transport = &device.transport;
@@ -81,38 +91,18 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
         }
         let block_size = block_size as usize;
         let queue = device.queue(QUEUE)?;
-        let request = device.lease().carve(HEADER_BYTES + 1, HEADER_BYTES)?;
+        let areas = device.lease().carve(QUEUE_DEPTH * AREA_BYTES, HEADER_BYTES)?;
         device.finish();
         Ok(Self {
             queue,
             device,
-            request,
+            areas,
             block_size,
             blocks: sectors / (block_size / SECTOR_SIZE) as u64,
             read_only: features & VIRTIO_BLK_F_RO != 0,
             flush_supported: features & VIRTIO_BLK_F_FLUSH != 0,
+            deepest: 0,
         })
-    }
-
-    /// Reads `buffer.len()` bytes, whole blocks, from `block` on, in one request.
-    pub fn read_blocks(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), VirtioError> {
-        self.check(block, buffer.len())?;
-        // SAFETY: one request at a time: the last one was completed or the device stopped.
-        let (header, status) = unsafe { self.request_area(VIRTIO_BLK_T_IN, block) };
-        self.device.run(&mut self.queue, QUEUE, &[header], &mut [buffer, &mut *status], "read", REQUEST_TIMEOUT)?;
-        check_status("read", status[0])
-    }
-
-    /// Writes `buffer`, whole blocks, from `block` on, in one request.
-    pub fn write_blocks(&mut self, block: u64, buffer: &[u8]) -> Result<(), VirtioError> {
-        self.check(block, buffer.len())?;
-        if self.read_only {
-            return Err(VirtioError::ReadOnly);
-        }
-        // SAFETY: as in `read_blocks`.
-        let (header, status) = unsafe { self.request_area(VIRTIO_BLK_T_OUT, block) };
-        self.device.run(&mut self.queue, QUEUE, &[header, buffer], &mut [&mut *status], "write", REQUEST_TIMEOUT)?;
-        check_status("write", status[0])
     }
 
     /// Makes completed writes durable. A device that does not offer `VIRTIO_BLK_F_FLUSH` keeps
@@ -121,8 +111,9 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
         if !self.flush_supported {
             return Ok(());
         }
-        // SAFETY: as in `read_blocks`.
-        let (header, status) = unsafe { self.request_area(VIRTIO_BLK_T_FLUSH, 0) };
+        // SAFETY: nothing is in flight between batches (`BlockDevice::run` returns once none
+        // is), so area 0 is free.
+        let (header, status) = unsafe { self.request_area(0, VIRTIO_BLK_T_FLUSH, 0) };
         self.device.run(&mut self.queue, QUEUE, &[header], &mut [&mut *status], "flush", REQUEST_TIMEOUT)?;
         check_status("flush", status[0])
     }
@@ -145,9 +136,10 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
         _response: &mut BlkResp,
     ) -> Result<u16, VirtioError> {
         self.check(block, buffer.len())?;
-        // SAFETY: as in `read_blocks`; the caller keeps `buffer` until the completion.
+        // SAFETY: the caller gives the disk no other request, so area 0 is free, and keeps
+        // `buffer` until the completion.
         unsafe {
-            let (header, status) = self.request_area(VIRTIO_BLK_T_IN, block);
+            let (header, status) = self.request_area(0, VIRTIO_BLK_T_IN, block);
             self.device.submit(&mut self.queue, QUEUE, &[header], &mut [buffer, status])
         }
     }
@@ -166,7 +158,7 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
     ) -> Result<(), VirtioError> {
         // SAFETY: the request area and `buffer` are what was submitted with `token`.
         let status = unsafe {
-            let (header, status) = self.request_area_as_submitted();
+            let (header, status) = self.request_area_as_submitted(0);
             self.device.complete(&mut self.queue, token, &[header], &mut [buffer, &mut *status])?;
             status[0]
         };
@@ -190,16 +182,17 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
         }
     }
 
-    /// Writes the header of a request of `kind` at `block`, marks the status unwritten, and
-    /// returns both as the buffers to submit.
+    /// Writes the header of a request of `kind` at `block` into area `area`, marks its status
+    /// unwritten, and returns both as the buffers to submit.
     ///
     /// # Safety
     ///
-    /// No request may be in flight: the device reads the header and writes the status of one.
-    unsafe fn request_area<'r>(&mut self, kind: u32, block: u64) -> (&'r [u8], &'r mut [u8]) {
+    /// No request using `area` may be in flight: the device reads its header and writes its
+    /// status.
+    unsafe fn request_area<'r>(&mut self, area: usize, kind: u32, block: u64) -> (&'r [u8], &'r mut [u8]) {
         let sector = block * (self.block_size / SECTOR_SIZE) as u64;
         // SAFETY: as the caller promises.
-        let (header, status) = unsafe { self.request_area_as_submitted() };
+        let (header, status) = unsafe { self.request_area_as_submitted(area) };
         header[..4].copy_from_slice(&kind.to_le_bytes());
         header[4..8].fill(0);
         header[8..].copy_from_slice(&sector.to_le_bytes());
@@ -207,15 +200,20 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
         (header, status)
     }
 
-    /// The header and status buffers, as the last request left them.
+    /// The header and status buffers of area `area` (< `QUEUE_DEPTH`), as the last request
+    /// in it left them.
     ///
     /// # Safety
     ///
-    /// The caller must not write them while a request is in flight.
-    unsafe fn request_area_as_submitted<'r>(&mut self) -> (&'r mut [u8], &'r mut [u8]) {
-        // SAFETY: 17 bytes carved from the disk's reservation for it alone; coherent memory
-        // the kernel maps for as long as the disk exists.
-        let area = unsafe { core::slice::from_raw_parts_mut(self.request.virt.as_mut_ptr::<u8>(), HEADER_BYTES + 1) };
+    /// The caller must not write them while a request using them is in flight.
+    unsafe fn request_area_as_submitted<'r>(&mut self, area: usize) -> (&'r mut [u8], &'r mut [u8]) {
+        assert!(area < QUEUE_DEPTH, "request area {area} of {QUEUE_DEPTH}");
+        // SAFETY: 17 bytes of the areas carved from the disk's reservation for it alone;
+        // coherent memory the kernel maps for as long as the disk exists.
+        let area = unsafe {
+            let start = self.areas.virt.as_mut_ptr::<u8>().add(area * AREA_BYTES);
+            core::slice::from_raw_parts_mut(start, HEADER_BYTES + 1)
+        };
         area.split_at_mut(HEADER_BYTES)
     }
 }
@@ -228,7 +226,7 @@ fn check_status(request: &'static str, status: u8) -> Result<(), VirtioError> {
     }
 }
 
-/// virtio-blk: one request per call, as big as one mapping of the DMA route takes.
+/// virtio-blk: requests as big as one mapping of the DMA route takes, several in flight.
 impl<const SLOT: usize, T: Transport> BlockDevice for Disk<SLOT, T> {
     fn describe(&self) -> String {
         self.device.name.into()
@@ -261,15 +259,105 @@ impl<const SLOT: usize, T: Transport> BlockDevice for Disk<SLOT, T> {
         self.device.dma()
     }
 
-    fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-        Ok(self.read_blocks(block, buffer)?)
+    fn queue_depth(&self) -> usize {
+        QUEUE_DEPTH
     }
 
-    fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
-        Ok(self.write_blocks(block, buffer)?)
+    fn take_deepest_queue(&mut self) -> usize {
+        core::mem::take(&mut self.deepest)
+    }
+
+    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<(), BlockError> {
+        let count = requests.len();
+        let mut batch = Batch { disk: self, requests, in_flight: Vec::with_capacity(QUEUE_DEPTH) };
+        run_window(&mut batch, count, QUEUE_DEPTH)
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {
         Ok(Disk::flush(self)?)
+    }
+}
+
+/// A request in flight: its chain's token, which request of the batch it is, and its area.
+struct InFlight {
+    token: u16,
+    request: usize,
+    area: usize,
+}
+
+/// The requests of one [`BlockDevice::run`], on the disk's virtqueue.
+struct Batch<'d, 'r, 'b, const SLOT: usize, T: Transport> {
+    disk: &'d mut Disk<SLOT, T>,
+    requests: &'r mut [Request<'b>],
+    in_flight: Vec<InFlight>,
+}
+
+impl<const SLOT: usize, T: Transport> Batch<'_, '_, '_, SLOT, T> {
+    /// A header and status area no request in flight holds.
+    fn free_area(&self) -> usize {
+        (0..QUEUE_DEPTH).find(|area| self.in_flight.iter().all(|held| held.area != *area)).unwrap_or(0)
+    }
+}
+
+impl<const SLOT: usize, T: Transport> RequestQueue for Batch<'_, '_, '_, SLOT, T> {
+    type Error = BlockError;
+
+    fn submit(&mut self, index: usize) -> Result<(), BlockError> {
+        let area = self.free_area();
+        let disk = &mut *self.disk;
+        let request = &mut self.requests[index];
+        disk.check(request.block(), request.buffer().len())?;
+        if request.is_write() && disk.read_only {
+            return Err(VirtioError::ReadOnly.into());
+        }
+        let token = match request {
+            Request::Read { block, buffer } => {
+                // SAFETY: no request in flight uses `area`; the buffer is borrowed by the batch,
+                // which touches it no more until its completion or the device's stop
+                // (`run_window` returns only once nothing is in flight).
+                unsafe {
+                    let (header, status) = disk.request_area(area, VIRTIO_BLK_T_IN, *block);
+                    disk.device.submit(&mut disk.queue, QUEUE, &[header], &mut [&mut **buffer, status])?
+                }
+            }
+            Request::Write { block, buffer } => {
+                // SAFETY: as for a read.
+                unsafe {
+                    let (header, status) = disk.request_area(area, VIRTIO_BLK_T_OUT, *block);
+                    disk.device.submit(&mut disk.queue, QUEUE, &[header, buffer], &mut [status])?
+                }
+            }
+        };
+        self.in_flight.push(InFlight { token, request: index, area });
+        disk.deepest = disk.deepest.max(self.in_flight.len());
+        Ok(())
+    }
+
+    fn complete_next(&mut self) -> Result<Result<(), BlockError>, BlockError> {
+        let disk = &mut *self.disk;
+        let outstanding: Vec<u16> = self.in_flight.iter().map(|held| held.token).collect();
+        let deadline = arch::timer::uptime() + REQUEST_TIMEOUT;
+        let Some(token) = disk.device.wait_for_any(&mut disk.queue, &outstanding, deadline)? else {
+            self.in_flight.clear();
+            let request = "request of a batch";
+            return Err(disk.device.stop(VirtioError::Timeout { request, after: REQUEST_TIMEOUT }).into());
+        };
+        let position = self.in_flight.iter().position(|held| held.token == token).unwrap_or_default();
+        let held = self.in_flight.swap_remove(position);
+        // SAFETY: the area and buffer are those submitted with `token`, which the device completed.
+        let completed = unsafe {
+            let (header, status) = disk.request_area_as_submitted(held.area);
+            match &mut self.requests[held.request] {
+                Request::Read { buffer, .. } => {
+                    disk.device.complete(&mut disk.queue, token, &[header], &mut [&mut **buffer, &mut *status])
+                }
+                Request::Write { buffer, .. } => {
+                    disk.device.complete(&mut disk.queue, token, &[header, buffer], &mut [&mut *status])
+                }
+            }
+            .map(|_| status[0])
+        };
+        let kind = if self.requests[held.request].is_write() { "write" } else { "read" };
+        Ok(completed.and_then(|status| check_status(kind, status)).map_err(BlockError::from))
     }
 }

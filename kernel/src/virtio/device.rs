@@ -166,11 +166,25 @@ impl<const SLOT: usize, T: Transport> Device<SLOT, T> {
         token: u16,
         deadline: Duration,
     ) -> Result<bool, VirtioError> {
+        Ok(self.wait_for_any(queue, &[token], deadline)?.is_some())
+    }
+
+    /// Waits until the device completed one of the `outstanding` requests, and returns its
+    /// token; `None` once `deadline` passed. A completion of anything else stops the device.
+    pub fn wait_for_any<const SIZE: usize>(
+        &mut self,
+        queue: &mut VirtQueue<VirtioHal<SLOT>, SIZE>,
+        outstanding: &[u16],
+        deadline: Duration,
+    ) -> Result<Option<u16>, VirtioError> {
         loop {
             match queue.peek_used() {
-                Some(used) if used == token => return Ok(true),
-                Some(got) => return Err(self.stop(VirtioError::WrongCompletion { expected: token, got })),
-                None if arch::timer::uptime() > deadline => return Ok(false),
+                Some(used) if outstanding.contains(&used) => return Ok(Some(used)),
+                Some(got) => {
+                    let outstanding = outstanding.to_vec();
+                    return Err(self.stop(VirtioError::WrongCompletion { outstanding, got }));
+                }
+                None if arch::timer::uptime() > deadline => return Ok(None),
                 None => core::hint::spin_loop(),
             }
         }

@@ -2,6 +2,7 @@
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
@@ -25,9 +26,9 @@ pub enum VirtioError {
         request: &'static str,
         after: Duration,
     },
-    /// The device completed a descriptor chain other than the one outstanding.
+    /// The device completed a descriptor chain other than those outstanding.
     WrongCompletion {
-        expected: u16,
+        outstanding: Vec<u16>,
         got: u16,
     },
     /// The virtqueue refused the request, or popping it failed.
@@ -84,8 +85,11 @@ impl fmt::Display for VirtioError {
             VirtioError::Timeout { request, after } => {
                 write!(f, "the device did not complete the {request} within {} ms", after.as_millis())
             }
-            VirtioError::WrongCompletion { expected, got } => {
-                write!(f, "the device completed descriptor chain {got} while chain {expected} was the one outstanding")
+            VirtioError::WrongCompletion { outstanding, got } => {
+                write!(
+                    f,
+                    "the device completed descriptor chain {got} while only chains {outstanding:?} were outstanding"
+                )
             }
             VirtioError::Queue(error) => write!(f, "the virtqueue refused the request: {error}"),
             VirtioError::Status { request, status: 1 } => {
