@@ -338,8 +338,9 @@ impl<const SLOT: usize, T: Transport> RequestQueue for Batch<'_, '_, '_, SLOT, T
         let outstanding: Vec<u16> = self.in_flight.iter().map(|held| held.token).collect();
         let deadline = arch::timer::uptime() + REQUEST_TIMEOUT;
         let Some(token) = disk.device.wait_for_any(&mut disk.queue, &outstanding, deadline)? else {
+            let oldest = self.in_flight.first().map(|held| &self.requests[held.request]);
+            let request = if oldest.is_some_and(Request::is_write) { "write" } else { "read" };
             self.in_flight.clear();
-            let request = "request of a batch";
             return Err(disk.device.stop(VirtioError::Timeout { request, after: REQUEST_TIMEOUT }).into());
         };
         let position = self.in_flight.iter().position(|held| held.token == token).unwrap_or_default();
@@ -357,7 +358,16 @@ impl<const SLOT: usize, T: Transport> RequestQueue for Batch<'_, '_, '_, SLOT, T
             }
             .map(|_| status[0])
         };
-        let kind = if self.requests[held.request].is_write() { "write" } else { "read" };
-        Ok(completed.and_then(|status| check_status(kind, status)).map_err(BlockError::from))
+        match (completed, disk.device.check_in_service()) {
+            // Popping the request failed and stopped the device: nothing is in flight any more.
+            (Err(error), Err(_)) => {
+                self.in_flight.clear();
+                Err(error.into())
+            }
+            (completed, _) => {
+                let kind = if self.requests[held.request].is_write() { "write" } else { "read" };
+                Ok(completed.and_then(|status| check_status(kind, status)).map_err(BlockError::from))
+            }
+        }
     }
 }
