@@ -32,6 +32,7 @@ use crate::error::{DmaApiError, MapError};
 use crate::iommu::Domain;
 use crate::platform::{Maintenance, Platform};
 use crate::pool::DmaPool;
+use crate::trace::{self, Decision, Record, Tracer};
 use crate::translated::Injection;
 
 /// How a device's transfers reach memory.
@@ -57,6 +58,39 @@ pub enum Route<P: Platform + 'static> {
         bounce: Option<&'static DmaPool<P>>,
     },
 }
+
+impl<P: Platform + 'static> Route<P> {
+    /// The route's name: `direct`, `restricted` or `iommu`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Direct { .. } => "direct",
+            Route::Restricted(_) => "restricted",
+            Route::Iommu { .. } => "iommu",
+        }
+    }
+}
+
+/// Where a mapping put a buffer: the address the device gets, why, and the bounce copy if the
+/// buffer was not lent in place.
+pub(crate) struct Placement {
+    pub dma: DmaAddr,
+    pub decision: Decision,
+    pub copy: Option<trace::Copy>,
+}
+
+impl Placement {
+    pub fn in_place(dma: DmaAddr, decision: Decision) -> Self {
+        Self { dma, decision, copy: None }
+    }
+
+    pub fn copied<P: Platform>(pool: &DmaPool<P>, mapping: swiotlb::Mapping, decision: Decision) -> Self {
+        Self { dma: mapping.dma, decision, copy: Some(trace::Copy { pool: pool.name, mapping }) }
+    }
+}
+
+/// What ending a mapping did: the IOMMU's invalidation (behind one), and the pool its copy was
+/// released to (if bounced).
+pub(crate) type Ended = (Option<trace::Invalidation>, Option<&'static str>);
 
 /// What the audit saw for one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,6 +124,8 @@ pub struct DmaDevice<P: Platform + 'static> {
     pub constraints: Constraints,
     pub(crate) platform: &'static P,
     pub(crate) checker: Option<&'static Checker>,
+    /// Where this device's decisions are traced, if it is traced.
+    tracer: Option<&'static Tracer>,
     audit: Audit,
     pub(crate) injection: Mutex<Option<Injection>>,
 }
@@ -105,7 +141,18 @@ impl<P: Platform + 'static> DmaDevice<P> {
         checker: Option<&'static Checker>,
     ) -> Self {
         let (audit, injection) = (Audit::default(), Mutex::new(None));
-        Self { name, route, coherent, constraints, platform, checker, audit, injection }
+        Self { name, route, coherent, constraints, platform, checker, tracer: None, audit, injection }
+    }
+
+    /// This device, its decisions traced by `tracer` if the tracer selects it.
+    pub fn with_tracer(mut self, tracer: Option<&'static Tracer>) -> Self {
+        let trust = match &self.route {
+            Route::Iommu { untrusted: true, .. } => Some("untrusted"),
+            Route::Iommu { untrusted: false, .. } => Some("trusted"),
+            _ => None,
+        };
+        self.tracer = tracer.filter(|tracer| tracer.selects(self.name, self.route.name(), trust));
+        self
     }
 
     /// The physical range behind a CPU buffer, if it is contiguous RAM the kernel maps.
@@ -128,6 +175,13 @@ impl<P: Platform + 'static> DmaDevice<P> {
         self.map_at(buffer, direction, location).map_err(|error| self.refused(error, location))
     }
 
+    /// Traces `record`, if this device is traced; `record` is built only then.
+    pub(crate) fn trace(&self, record: impl FnOnce() -> Record) {
+        if let Some(tracer) = self.tracer {
+            tracer.emit(self.name, record());
+        }
+    }
+
     pub(crate) fn refused(&self, error: DmaApiError, location: &'static Location<'static>) -> MapError {
         MapError::new(error, self.checker, self.name, location)
     }
@@ -141,54 +195,79 @@ impl<P: Platform + 'static> DmaDevice<P> {
         if let Some(checker) = self.checker {
             checker.check_memory(self.name, buffer, self.platform.memory_kind(buffer), location);
         }
-        let (dma, in_place) = match &self.route {
-            Route::Restricted(pool) => (Self::bounce(pool, buffer, direction, &self.constraints)?, false),
-            Route::Direct { windows, bounce } => self.map_direct(windows, *bounce, buffer, direction)?,
+        let placed = match &self.route {
+            Route::Restricted(pool) => {
+                let copy = Self::bounce(pool, buffer, direction, &self.constraints);
+                copy.map(|copy| Placement::copied(pool, copy, Decision::Restricted))
+            }
+            Route::Direct { windows, bounce } => self.map_direct(windows, *bounce, buffer, direction),
             Route::Iommu { domain, untrusted, bounce } => {
-                self.map_translated(domain, *untrusted, *bounce, buffer, direction)?
+                self.map_translated(domain, *untrusted, *bounce, buffer, direction)
             }
         };
-        self.audit(dma, buffer.size());
+        let placed = placed.inspect_err(|error| self.trace(|| Record::Refused { buffer, direction, error: *error }))?;
+        self.audit(placed.dma, buffer.size());
         if let Some(checker) = self.checker {
-            let lines = (in_place && !self.coherent).then(|| self.platform.cache_line_size());
-            checker.mapped(self.name, dma, buffer, Some(direction), lines, location);
+            let lines = (placed.copy.is_none() && !self.coherent).then(|| self.platform.cache_line_size());
+            checker.mapped(self.name, placed.dma, buffer, Some(direction), lines, location);
         }
-        Ok(dma)
+        self.trace(|| self.map_record(buffer, direction, &placed));
+        Ok(placed.dma)
+    }
+
+    /// The trace record of a mapping made.
+    fn map_record(&self, buffer: PhysRange, direction: DmaDirection, placed: &Placement) -> Record {
+        let translation = match &self.route {
+            Route::Iommu { domain, .. } => domain
+                .lookup(placed.dma, 1)
+                .map(|mapping| trace::Translation { mapping, granule: domain.granule_size() }),
+            _ => None,
+        };
+        let constraints = match (&self.route, placed.decision) {
+            (Route::Iommu { domain, .. }, Decision::PartialGranule { .. } | Decision::SharesCacheLine { .. }) => {
+                self.constraints.with_alloc_align_mask(domain.granule_size() - 1).with_dma_mask(u64::MAX)
+            }
+            _ => self.constraints,
+        };
+        let (decision, dma, copy) = (placed.decision, placed.dma, placed.copy);
+        Record::Map { buffer, direction, decision, constraints, dma, copy, translation }
     }
 
     /// The direct route: in place when the windows reach the buffer and its cache lines are
-    /// its own; otherwise through the default pool. Returns the address and whether in place.
+    /// its own; otherwise through the default pool.
     fn map_direct(
         &self,
         windows: &DmaDescription<'_>,
         bounce: Option<&'static DmaPool<P>>,
         buffer: PhysRange,
         direction: DmaDirection,
-    ) -> Result<(DmaAddr, bool), DmaApiError> {
-        let pool = match self.direct_address(windows, buffer) {
+    ) -> Result<Placement, DmaApiError> {
+        let (pool, decision) = match self.direct_address(windows, buffer) {
             Some(dma) if self.owns_its_lines(buffer) => {
                 self.clean(buffer, Maintenance::MapClean);
-                return Ok((dma, true));
+                return Ok(Placement::in_place(dma, Decision::InReach));
             }
             Some(_) => {
                 let line = self.platform.cache_line_size();
-                bounce
+                let pool = bounce
                     .filter(|pool| windows.reaches(pool.range))
-                    .ok_or(DmaApiError::SharesCacheLine { buffer, line })?
+                    .ok_or(DmaApiError::SharesCacheLine { buffer, line })?;
+                (pool, Decision::SharesCacheLine { line })
             }
-            None => self.reachable_bounce_pool(windows, bounce, buffer)?,
+            None => (self.reachable_bounce_pool(windows, bounce, buffer)?, Decision::OutOfReach),
         };
-        Ok((Self::bounce(pool, buffer, direction, &self.constraints)?, false))
+        let copy = Self::bounce(pool, buffer, direction, &self.constraints)?;
+        Ok(Placement::copied(pool, copy, decision))
     }
 
-    /// Copies `buffer` into `pool` under `constraints`; returns the copy's DMA address.
+    /// Copies `buffer` into `pool` under `constraints`; returns the copy as the pool made it.
     pub(crate) fn bounce(
         pool: &DmaPool<P>,
         buffer: PhysRange,
         direction: DmaDirection,
         constraints: &Constraints,
-    ) -> Result<DmaAddr, DmaApiError> {
-        Ok(pool.bounce.map(buffer.start(), buffer.size() as usize, direction, constraints)?.dma)
+    ) -> Result<swiotlb::Mapping, DmaApiError> {
+        Ok(pool.bounce.map(buffer.start(), buffer.size() as usize, direction, constraints)?)
     }
 
     /// Whether a transfer may use the buffer in place as far as caches go: the device snoops
@@ -211,22 +290,29 @@ impl<P: Platform + 'static> DmaDevice<P> {
             checker.check_unmap(self.name, "unmap", dma, buffer.size(), Some(direction), Location::caller());
         }
         let ended = self.end_mapping(dma, buffer, direction);
-        if let (Ok(()), Some(checker)) = (ended, self.checker) {
+        if let (Ok(_), Some(checker)) = (&ended, self.checker) {
             checker.unmapped(self.name, dma, Some(direction));
         }
-        ended
+        let (invalidation, pool) = ended?;
+        self.trace(|| Record::Unmap { dma, size: buffer.size(), direction, invalidation, pool });
+        Ok(())
     }
 
-    fn end_mapping(&self, dma: DmaAddr, buffer: PhysRange, direction: DmaDirection) -> Result<(), DmaApiError> {
+    /// Ends the mapping; returns what happened to the IOMMU's translations, and the pool its
+    /// copy was released to.
+    fn end_mapping(&self, dma: DmaAddr, buffer: PhysRange, direction: DmaDirection) -> Result<Ended, DmaApiError> {
         if let Route::Iommu { domain, bounce, .. } = &self.route {
             return self.unmap_translated(domain, *bounce, dma, buffer, direction);
         }
         match self.bounced_through(dma, buffer.size()) {
-            Some(pool) => pool.bounce.unmap(dma, buffer.size() as usize)?,
+            Some(pool) => {
+                pool.bounce.unmap(dma, buffer.size() as usize)?;
+                return Ok((None, Some(pool.name)));
+            }
             None if direction != DmaDirection::ToDevice => self.invalidate(buffer, Maintenance::UnmapInvalidate),
             None => {}
         }
-        Ok(())
+        Ok((None, None))
     }
 
     /// Lends a scatter list for one transfer; returns each buffer's DMA address. Behind the

@@ -50,6 +50,7 @@ mod pool;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod streaming;
+pub mod trace;
 pub mod translated;
 
 pub use coherent::Coherent;
@@ -61,3 +62,4 @@ pub use platform::{Maintenance, MemoryKind, Platform};
 pub use pool::DmaPool;
 pub use streaming::{Bidirectional, DeviceWrites, Direction, FromDevice, Streaming, ToDevice};
 pub use swiotlb::{Constraints, DmaDirection};
+pub use trace::Tracer;

@@ -26,11 +26,12 @@ use addr::{DmaAddr, PhysRange};
 use swiotlb::DmaDirection;
 use vmsa::Access;
 
-use crate::device::DmaDevice;
+use crate::device::{DmaDevice, Ended, Placement};
 use crate::error::DmaApiError;
 use crate::iommu::{Domain, DomainError, Origin};
 use crate::platform::{Maintenance, Platform};
 use crate::pool::DmaPool;
+use crate::trace::{Decision, Invalidation, Record};
 
 /// Faults a test can inject into the IOMMU route, to watch the IOMMU refuse what it must.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub(crate) fn access(direction: DmaDirection) -> Access {
 }
 
 impl<P: Platform + 'static> DmaDevice<P> {
-    /// Maps `buffer` through `domain`; returns the IOVA and whether the buffer is used in place.
+    /// Maps `buffer` through `domain`; returns the IOVA, why, and the bounce copy if any.
     pub(crate) fn map_translated(
         &self,
         domain: &Domain<P>,
@@ -67,10 +68,10 @@ impl<P: Platform + 'static> DmaDevice<P> {
         bounce: Option<&'static DmaPool<P>>,
         buffer: PhysRange,
         direction: DmaDirection,
-    ) -> Result<(DmaAddr, bool), DmaApiError> {
-        let mapped = self.map_through_domain(domain, untrusted, bounce, buffer, direction)?;
-        self.apply_injection(domain, buffer, mapped.0)?;
-        Ok(mapped)
+    ) -> Result<Placement, DmaApiError> {
+        let placed = self.map_through_domain(domain, untrusted, bounce, buffer, direction)?;
+        self.apply_injection(domain, buffer, placed.dma)?;
+        Ok(placed)
     }
 
     fn map_through_domain(
@@ -80,17 +81,25 @@ impl<P: Platform + 'static> DmaDevice<P> {
         bounce: Option<&'static DmaPool<P>>,
         buffer: PhysRange,
         direction: DmaDirection,
-    ) -> Result<(DmaAddr, bool), DmaApiError> {
+    ) -> Result<Placement, DmaApiError> {
         let granule_mask = domain.granule_size() - 1;
         let fills_granules = (buffer.start().as_u64() | buffer.end().as_u64()) & granule_mask == 0;
         let owns_its_lines = self.owns_its_lines(buffer);
         if (!untrusted || fills_granules) && owns_its_lines {
             self.clean(buffer, Maintenance::MapClean);
-            return Ok((domain.map(buffer, access(direction), Origin::Buffer)?, true));
+            let iova = domain.map(buffer, access(direction), Origin::Buffer)?;
+            return Ok(Placement::in_place(iova, Decision::Translated));
         }
+        let line = self.platform.cache_line_size();
         let no_pool = match owns_its_lines {
             true => DmaApiError::NoBouncePool,
-            false => DmaApiError::SharesCacheLine { buffer, line: self.platform.cache_line_size() },
+            false => DmaApiError::SharesCacheLine { buffer, line },
+        };
+        // Both reasons may hold; an untrusted device's partial granule is the one that stands
+        // for any device, snooping or not.
+        let decision = match untrusted && !fills_granules {
+            true => Decision::PartialGranule { granule: granule_mask + 1 },
+            false => Decision::SharesCacheLine { line },
         };
         let pool = bounce.ok_or(no_pool)?;
         // The pool's own DMA mask does not apply: the device reaches the copy through the
@@ -100,7 +109,7 @@ impl<P: Platform + 'static> DmaDevice<P> {
         let copy = pool.bounce.map(buffer.start(), buffer.size() as usize, direction, &constraints)?;
         let copy_range = PhysRange::new(copy.bounce, buffer.size()).ok_or(DomainError::OutOfRange)?;
         match domain.map(copy_range, access(direction), Origin::Bounce { pool_dma: copy.dma }) {
-            Ok(iova) => Ok((iova, false)),
+            Ok(iova) => Ok(Placement { dma: iova, ..Placement::copied(pool, copy, decision) }),
             Err(error) => {
                 pool.bounce.unmap(copy.dma, buffer.size() as usize)?;
                 Err(error.into())
@@ -129,6 +138,17 @@ impl<P: Platform + 'static> DmaDevice<P> {
                 let lines = (!self.coherent).then(|| self.platform.cache_line_size());
                 checker.mapped(self.name, *dma, *buffer, Some(direction), lines, location);
             }
+            self.trace(|| Record::Map {
+                buffer: *buffer,
+                direction,
+                decision: Decision::Translated,
+                constraints: self.constraints,
+                dma: *dma,
+                copy: None,
+                translation: domain
+                    .lookup(*dma, 1)
+                    .map(|mapping| crate::trace::Translation { mapping, granule: domain.granule_size() }),
+            });
         }
         Ok(addresses)
     }
@@ -147,10 +167,13 @@ impl<P: Platform + 'static> DmaDevice<P> {
                 checker.check_unmap(self.name, "unmap_scatter", *dma, buffer.size(), Some(direction), location);
             }
         }
-        domain.unmap(addresses[0], buffers.iter().map(PhysRange::size).sum(), false)?;
+        let size = buffers.iter().map(PhysRange::size).sum();
+        let mapping = domain.unmap(addresses[0], size, false)?;
         if let Some(checker) = self.checker {
             addresses.iter().for_each(|dma| checker.unmapped(self.name, *dma, Some(direction)));
         }
+        let invalidation = Some(Self::invalidation(domain, &mapping));
+        self.trace(|| Record::Unmap { dma: addresses[0], size, direction, invalidation, pool: None });
         if direction != DmaDirection::ToDevice {
             buffers.iter().for_each(|buffer| self.invalidate(*buffer, Maintenance::UnmapInvalidate));
         }
@@ -187,20 +210,31 @@ impl<P: Platform + 'static> DmaDevice<P> {
         dma: DmaAddr,
         buffer: PhysRange,
         direction: DmaDirection,
-    ) -> Result<(), DmaApiError> {
+    ) -> Result<Ended, DmaApiError> {
         // The device loses access first; only then is the copy read back.
         let mapping = domain.unmap(dma, buffer.size(), false)?;
+        let invalidation = Some(Self::invalidation(domain, &mapping));
         match mapping.origin {
             Origin::Bounce { pool_dma } => {
                 let pool = bounce.ok_or(DmaApiError::NoBouncePool)?;
                 pool.bounce.unmap(pool_dma, buffer.size() as usize)?;
+                return Ok((invalidation, Some(pool.name)));
             }
             Origin::Buffer if direction != DmaDirection::ToDevice => {
                 self.invalidate(buffer, Maintenance::UnmapInvalidate)
             }
             Origin::Buffer | Origin::Coherent => {}
         }
-        Ok(())
+        Ok((invalidation, None))
+    }
+
+    /// What unmapping `mapping` did about the IOMMU's cached translations.
+    fn invalidation(domain: &Domain<P>, mapping: &crate::iommu::Mapping) -> Invalidation {
+        let granules = mapping.size / domain.granule_size();
+        match domain.defers_invalidation() {
+            true => Invalidation::Deferred { granules },
+            false => Invalidation::Strict { granules },
+        }
     }
 
     /// For a sync of `[dma, dma + size)`: the pool and pool address of its copy, if bounced.

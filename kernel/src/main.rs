@@ -179,6 +179,7 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(
     let plan = dma_platform::pools::plan(&devicetree)?;
     let memory = memory::init(&boot, &devicetree, &plan)?;
     dma_platform::start_checker(devicetree.bootargs());
+    dma_platform::start_tracer(devicetree.bootargs());
     board::start_dma_devices(&devicetree, &plan.devices);
     board::start_pci_devices(&devicetree);
     MACHINE.call_once(|| Machine { boot, devicetree, memory });

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test file uses part of it
 
 use dma::sim::{Churn, Config, Machine};
-use dma::{Constraints, DmaDevice, Route};
+use dma::{Constraints, DmaDevice, Route, Tracer};
 use vmsa::Granule;
 
 /// A device and the route it was built for.
@@ -22,6 +22,20 @@ pub fn rigs(coherent: bool, seed: u64) -> (&'static Machine, Vec<Rig>) {
 
 /// [`rigs`], on a machine whose cache lines are `line` bytes (`CTR_EL0.DminLine`).
 pub fn rigs_with_lines(coherent: bool, seed: u64, line: usize) -> (&'static Machine, Vec<Rig>) {
+    traced_rigs(coherent, seed, line, None)
+}
+
+/// [`rigs_with_lines`], every device traced by `tracer`.
+pub fn traced_rigs(
+    coherent: bool,
+    seed: u64,
+    line: usize,
+    tracer: Option<&'static Tracer>,
+) -> (&'static Machine, Vec<Rig>) {
+    let device = |machine: &'static Machine, name, route, coherent| -> &'static DmaDevice<Machine> {
+        let device = DmaDevice::new(name, route, coherent, Constraints::NONE, machine, Some(machine.checker()));
+        Box::leak(Box::new(device.with_tracer(tracer)))
+    };
     let machine = Machine::new(Config { size: 8 << 20, seed, line, ..Config::default() });
     let ram = machine.ram();
     let half = ram.size() / 2;
@@ -31,24 +45,23 @@ pub fn rigs_with_lines(coherent: bool, seed: u64, line: usize) -> (&'static Mach
     // The heap (every buffer) is the first half of RAM: a window over the second half only
     // leaves every buffer out of reach, and the pools within it.
     let upper = Machine::windows(ram.start().add(half), half, BUS_OFFSET, coherent);
-    let none = Constraints::NONE;
     let mut rigs = vec![
         Rig {
             label: "direct, in reach",
-            device: machine.device(
+            device: device(
+                machine,
                 "direct",
                 Route::Direct { windows: everywhere.clone(), bounce: Some(default_pool) },
                 coherent,
-                none,
             ),
         },
         Rig {
             label: "direct, out of reach",
-            device: machine.device("far", Route::Direct { windows: upper, bounce: Some(default_pool) }, coherent, none),
+            device: device(machine, "far", Route::Direct { windows: upper, bounce: Some(default_pool) }, coherent),
         },
         Rig {
             label: "restricted pool",
-            device: machine.device("restricted", Route::Restricted(restricted_pool), coherent, none),
+            device: device(machine, "restricted", Route::Restricted(restricted_pool), coherent),
         },
     ];
     let granules = [(Granule::Size4KiB, "4K"), (Granule::Size16KiB, "16K"), (Granule::Size64KiB, "64K")];
@@ -60,7 +73,7 @@ pub fn rigs_with_lines(coherent: bool, seed: u64, line: usize) -> (&'static Mach
             let label: &'static str = Box::leak(
                 format!("IOMMU {name}, {}", if untrusted { "untrusted" } else { "trusted" }).into_boxed_str(),
             );
-            rigs.push(Rig { label, device: machine.device(label, route, coherent, none) });
+            rigs.push(Rig { label, device: device(machine, label, route, coherent) });
         }
     }
     (machine, rigs)

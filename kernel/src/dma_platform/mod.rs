@@ -14,7 +14,10 @@
 //! | page tables and TLB of an IOMMU domain | [`crate::iommu`]: heap tables, `CMD_TLBI_NH_VA` + `CMD_SYNC` |
 //! | what kind of memory is this? | the image's sections (code, read-only data) and the linear map |
 //!
-//! The debug checker is on unless the command line says `dma.debug=off`.
+//! The debug checker is on unless the command line says `dma.debug=off`. `dma.trace` logs one
+//! record per decision of every device (`dma::trace`); `dma.trace=TERM[,TERM...]` only of the
+//! devices a term names: a route (`direct`, `restricted`, `iommu`, `trusted`, `untrusted`) or
+//! part of the device's name (`00:05.0`, `virtio_mmio`).
 
 mod memory;
 pub mod pools;
@@ -23,7 +26,7 @@ use core::alloc::Layout;
 use core::ptr::NonNull;
 
 use addr::{PhysRange, VirtAddr};
-use dma::{Checker, Maintenance, MemoryKind};
+use dma::{Checker, Maintenance, MemoryKind, Tracer};
 use spin::Once;
 
 pub use memory::KernelMemory;
@@ -68,9 +71,25 @@ pub fn checker() -> Option<&'static Checker> {
     CHECKING.get().copied().unwrap_or(true).then_some(&CHECKER)
 }
 
+static TRACER: Once<Option<Tracer>> = Once::new();
+
+/// Reads `dma.trace` or `dma.trace=TERM[,TERM...]` once: which devices' decisions are traced.
+pub fn start_tracer(bootargs: &str) {
+    TRACER.call_once(|| {
+        let filter = bootargs.split_whitespace().find_map(|word| match word {
+            "dma.trace" => Some(""),
+            _ => word.strip_prefix("dma.trace="),
+        })?;
+        let what = if filter.is_empty() || filter == "all" { "every device" } else { filter };
+        log::info!("dma: tracing the decisions of {what} (dma.trace)");
+        Some(Tracer::new(filter))
+    });
+}
+
 /// A new device's DMA handle on this kernel.
 pub fn device(name: &'static str, route: Route, coherent: bool, constraints: dma::Constraints) -> DmaDevice {
-    DmaDevice::new(name, route, coherent, constraints, &PLATFORM, checker())
+    let tracer = TRACER.get().and_then(Option::as_ref);
+    DmaDevice::new(name, route, coherent, constraints, &PLATFORM, checker()).with_tracer(tracer)
 }
 
 impl dma::Platform for KernelPlatform {
