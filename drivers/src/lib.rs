@@ -60,6 +60,7 @@
 pub mod bcm2835_dma;
 pub mod bcm2835_pm;
 pub mod block;
+pub mod edu;
 pub mod mini_uart;
 mod mmio;
 pub mod nvme;

@@ -161,6 +161,7 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
         let driver = match (crate::nvme::is_nvme(&function.info), crate::virtio::is_pci_disk(&function.info)) {
             (true, _) => PciDriver::Nvme,
             (false, true) => PciDriver::VirtioBlock,
+            (false, false) if crate::edu::is_edu(&function.info) => PciDriver::Edu,
             (false, false) => {
                 warn!("  {:<8} {id:<9} not started: no driver", function.address);
                 continue;
@@ -188,6 +189,8 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
 enum PciDriver {
     VirtioBlock,
     Nvme,
+    /// QEMU's teaching device (`docs/exercise-edu.md`).
+    Edu,
 }
 
 impl PciDriver {
@@ -195,17 +198,20 @@ impl PciDriver {
         match self {
             PciDriver::VirtioBlock => "block",
             PciDriver::Nvme => "nvme",
+            PciDriver::Edu => "edu",
         }
     }
 
     /// What the device imposes on every streaming mapping: NVMe's PRP entries carry the
-    /// buffer's offset within its 4 KiB page, so mappings must keep it (contract rule 1).
+    /// buffer's offset within its 4 KiB page, so mappings must keep it (contract rule 1);
+    /// `edu` reaches only 28 address bits, which the IOMMU domain's IOVA limit follows.
     fn constraints(self) -> Constraints {
         match self {
             PciDriver::VirtioBlock => Constraints::NONE.with_dma_mask(VIRTIO_DMA_MASK),
             PciDriver::Nvme => {
                 Constraints::NONE.with_dma_mask(NVME_DMA_MASK).with_min_align_mask(crate::nvme::MIN_ALIGN_MASK)
             }
+            PciDriver::Edu => Constraints::NONE.with_dma_mask(crate::edu::DMA_MASK),
         }
     }
 
@@ -215,6 +221,7 @@ impl PciDriver {
                 crate::virtio::start_pci(function, dma).map_err(|error| alloc::format!("{error}"))
             }
             PciDriver::Nvme => crate::nvme::start(name, function, dma).map_err(|error| alloc::format!("{error}")),
+            PciDriver::Edu => crate::edu::start(name, function, dma).map_err(|error| alloc::format!("{error}")),
         }
     }
 }

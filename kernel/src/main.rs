@@ -25,6 +25,7 @@ mod console;
 mod demo;
 mod dma_engine;
 mod dma_platform;
+mod edu;
 mod iommu;
 mod memory;
 mod net;

@@ -88,6 +88,8 @@ const TRUSTED_DISK_SLOT: u8 = 2;
 const UNTRUSTED_DISK_SLOT: u8 = 3;
 const TRUSTED_NVME_SLOT: u8 = 4;
 const UNTRUSTED_NVME_SLOT: u8 = 5;
+/// The PCIe slot of QEMU's `edu` teaching device (docs/exercise-edu.md): 28-bit DMA, trusted.
+const EDU_SLOT: u8 = 6;
 
 /// A QEMU machine configuration.
 pub struct Machine {
@@ -244,6 +246,9 @@ impl Machine {
             };
             arguments.extend(["-device".into(), device]);
         }
+        // QEMU's teaching device, for the `edu` exercise: a DMA engine that reaches 28 address
+        // bits, behind the SMMU when there is one. It has no option ROM.
+        arguments.extend(["-device".into(), format!("edu,addr={EDU_SLOT}")]);
         let netdev = match virt.network {
             Network::User => "user,id=net0",
             Network::Silent => "hubport,id=net0,hubid=0",
@@ -427,8 +432,8 @@ mod tests {
     /// QEMU devices that need no option ROM, so no optional package (`ipxe-qemu`): every
     /// device xtask asks for must be one of these. A PCI network card (`virtio-net-pci`,
     /// `e1000`) would need `romfile=` set empty first.
-    const NEEDS_NO_ROM: [&str; 5] =
-        ["virtio-blk-device", "virtio-rng-device", "virtio-net-device", "virtio-blk-pci", "nvme"];
+    const NEEDS_NO_ROM: [&str; 6] =
+        ["virtio-blk-device", "virtio-rng-device", "virtio-net-device", "virtio-blk-pci", "nvme", "edu"];
 
     fn machines() -> Vec<Machine> {
         let mut machines = vec![Machine::raspi4b(RaspiPool::Default), Machine::raspi4b(RaspiPool::Restricted)];
@@ -477,6 +482,27 @@ mod tests {
             for netdev in values_of(&arguments, "-netdev") {
                 let id = netdev.split(',').find_map(|field| field.strip_prefix("id=")).expect("a netdev id");
                 assert_eq!(devices.matches(&format!("netdev={id}")).count(), 1, "{}: {id}", machine.name());
+            }
+        }
+    }
+
+    #[test]
+    fn every_virt_machine_has_one_edu_on_its_own_slot() {
+        for machine in machines() {
+            let arguments = machine.arguments(Path::new("kernel8.img"), Path::new("board.dtb"), "");
+            let devices = values_of(&arguments, "-device");
+            let edu: Vec<&str> = devices.iter().copied().filter(|device| device.starts_with("edu")).collect();
+            match machine.board {
+                Board::Virt(_) => {
+                    assert_eq!(edu, [format!("edu,addr={EDU_SLOT}")], "{}", machine.name());
+                    let slot = format!("addr={EDU_SLOT},");
+                    assert!(
+                        !devices.iter().any(|device| device.contains(&slot)),
+                        "{}: slot {EDU_SLOT} taken",
+                        machine.name()
+                    );
+                }
+                Board::Raspi4b { .. } => assert!(edu.is_empty(), "{}: {edu:?}", machine.name()),
             }
         }
     }

@@ -208,17 +208,18 @@ fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
     match machine.board {
         // A pool too small for a test's buffers: the test says so and skips.
         Board::Virt(Virt { pool, .. }) if pool.size < POOL_SIZE => {
-            &["dma_engine::", "iommu::", "nvme::", "virtio::", "block::"]
+            &["dma_engine::", "iommu::", "nvme::", "virtio::", "block::", "edu::translated_"]
         }
         // PCIe goes through the SMMU: the untranslated route has nothing to test.
         Board::Virt(Virt { iommu: Some(_), .. }) => {
-            &["dma_engine::", "block::pcie_disks_without_an_iommu_take_their_bridges_route"]
+            &["dma_engine::", "block::pcie_disks_without_an_iommu_take_their_bridges_route", "edu::untranslated_"]
         }
-        Board::Virt(Virt { iommu: None, .. }) => &["dma_engine::", "iommu::", "nvme::"],
-        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::", "block::"],
+        Board::Virt(Virt { iommu: None, .. }) => &["dma_engine::", "iommu::", "nvme::", "edu::translated_"],
+        // No PCIe, so no edu.
+        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::", "block::", "edu::"],
         // A restricted engine bounces everything: nothing is lent in place.
         Board::Raspi4b { pool: RaspiPool::Restricted } => {
-            &["virtio::", "iommu::", "nvme::", "block::", "dma_engine::buffers_within_reach_are_not_bounced"]
+            &["virtio::", "iommu::", "nvme::", "block::", "edu::", "dma_engine::buffers_within_reach_are_not_bounced"]
         }
     }
 }

@@ -5,6 +5,7 @@ mod block;
 mod boot;
 mod dma;
 mod dma_engine;
+mod edu;
 mod exceptions;
 mod iommu;
 mod memory;
