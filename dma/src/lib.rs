@@ -45,6 +45,7 @@ pub mod debug;
 mod device;
 mod error;
 pub mod iommu;
+pub mod lessons;
 pub mod platform;
 mod pool;
 #[cfg(feature = "sim")]

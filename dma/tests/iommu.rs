@@ -19,7 +19,7 @@ fn after_a_strict_unmap_the_device_faults_even_where_its_tlb_had_the_page() {
         assert_eq!(
             machine.device_write(rig.device, dma, &[1; 4]),
             Err(BusFault::Translation { iova: dma }),
-            "{}",
+            "{}: after unmap returned, the device still wrote through the IOMMU's cached translation of {dma:?}",
             rig.label
         );
         assert_eq!(buffer, pattern(8192, 9).as_slice(), "{}", rig.label);

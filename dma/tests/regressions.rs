@@ -30,7 +30,10 @@ fn r13_a_buffer_sharing_a_cache_line_is_bounced_and_both_sides_survive() {
     let (head, rest) = line.split_at_mut(R13_OFFSET);
     let (buffer, tail) = rest.split_at_mut(R13_LEN);
     let mapping = device.map_from_device(buffer).unwrap();
-    assert!(device.bounce_pool().unwrap().holds(mapping.dma(), R13_LEN as u64), "the buffer was lent in place");
+    assert!(
+        device.bounce_pool().unwrap().holds(mapping.dma(), R13_LEN as u64),
+        "a {R13_LEN}-byte buffer sharing its cache line was lent in place to a device that does not snoop"
+    );
     head.fill(0x22); // the CPU writes the neighbours during the transfer
     tail.fill(0x33);
     machine.device_write(device, mapping.dma(), &[0xdd; R13_LEN]).unwrap();

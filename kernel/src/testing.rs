@@ -99,12 +99,22 @@ fn all_tests() -> &'static [KernelTest] {
 /// The test running now, for the panic handler.
 static CURRENT_TEST: Mutex<Option<&'static str>> = Mutex::new(None);
 
+/// Runs every test, or with `test.only=NAME[,NAME...]` on the command line only those whose
+/// name starts with one of the names (a lesson runs the one test that catches its break).
 pub fn run_all() -> Outcome {
-    let tests = all_tests();
-    crate::console::write_fmt(format_args!("running {} kernel tests\n", tests.len()));
+    let only =
+        crate::machine().devicetree.bootargs().split_whitespace().find_map(|word| word.strip_prefix("test.only="));
+    let selected = |name: &str| only.is_none_or(|only| only.split(',').any(|prefix| name.starts_with(prefix)));
+    let tests: alloc::vec::Vec<&KernelTest> = all_tests().iter().filter(|test| selected(test_name(test))).collect();
+    match only {
+        Some(only) => {
+            crate::console::write_fmt(format_args!("running {} kernel tests (test.only={only})\n", tests.len()))
+        }
+        None => crate::console::write_fmt(format_args!("running {} kernel tests\n", tests.len())),
+    }
     let (mut failed, mut skipped) = (0, 0);
-    for test in tests {
-        let name = test.name.trim_start_matches("kernel::tests::");
+    for test in &tests {
+        let name = test_name(test);
         // The verdict line comes after the test, so that what the test logs stays whole.
         *CURRENT_TEST.lock() = Some(name);
         let result = (test.run)();
@@ -125,6 +135,11 @@ pub fn run_all() -> Outcome {
     let passed = tests.len() - failed - skipped;
     crate::console::write_fmt(format_args!("kernel: {passed} passed, {failed} failed, {skipped} skipped\n"));
     if failed == 0 { Outcome::Success } else { Outcome::Failure }
+}
+
+/// A test's name as the runner prints it: `module::test`.
+fn test_name(test: &KernelTest) -> &'static str {
+    test.name.trim_start_matches("kernel::tests::")
 }
 
 /// Called by the panic handler: a panic inside a test is that test's failure.

@@ -49,6 +49,7 @@ extern crate alloc;
 pub mod constraints;
 pub mod error;
 mod freemap;
+pub mod lessons;
 pub mod limits;
 pub mod memory;
 pub mod placement;

@@ -108,6 +108,10 @@ impl Placement {
         }
         let align_mask = effective_align_mask(constraints, size);
         let offset = (orig.as_u64() & constraints.min_align_mask & align_mask) as usize;
+        // Lessons: Linux before the "preserve DMA offsets" fix kept no offset at all; before
+        // the R3 fix, only the offset within one slot.
+        let offset = if cfg!(feature = "break-min-align") { 0 } else { offset };
+        let offset = if cfg!(feature = "break-pre-padding") { offset & SLOT_MASK as usize } else { offset };
         let phase_mask = constraints.min_align_mask & !align_mask;
         let too_large = |region: usize| DmaError::TooLarge {
             size,
@@ -164,7 +168,10 @@ impl Placement {
 /// Rule 4 folded into the alignment: no mask and at least a page means page alignment.
 pub(crate) fn effective_align_mask(constraints: &Constraints, size: usize) -> u64 {
     let historic_page = constraints.min_align_mask == 0 && constraints.alloc_align_mask == 0 && size >= PAGE_SIZE;
-    if historic_page { PAGE_SIZE as u64 - 1 } else { constraints.alloc_align_mask | SLOT_MASK }
+    // Lessons: the page alignment callers relied on, and alloc_align_mask, each dropped.
+    let historic_page = historic_page && !cfg!(feature = "break-page-alignment");
+    let alloc_align_mask = if cfg!(feature = "break-alloc-align") { 0 } else { constraints.alloc_align_mask };
+    if historic_page { PAGE_SIZE as u64 - 1 } else { alloc_align_mask | SLOT_MASK }
 }
 
 fn round_up(value: u64, mask: u64) -> Option<u64> {

@@ -256,7 +256,8 @@ impl<M: PhysMemory> BouncePool<M> {
                 // one else touches them; they lie inside the pool's window. `source` is valid for
                 // `size` bytes by the `PhysMemory` contract; `copy` tolerates overlap.
                 unsafe {
-                    if constraints.zero_padding {
+                    // Lesson `--break zero-padding`: the padding keeps whatever it held.
+                    if constraints.zero_padding && !cfg!(feature = "break-zero-padding") {
                         zero_padding(region, placement.offset, size, mapping.region_len);
                     }
                     core::ptr::copy(source.as_ptr(), region.add(placement.offset), size);
@@ -365,8 +366,14 @@ impl<M: PhysMemory> BouncePool<M> {
     fn forget(&self, area: &mut AreaGuard<'_>, record: &Record) {
         let local = self.local_slot(area, record.buffer);
         area.book.records[local] = None;
-        area.release(record.reserved.first_slot, record.reserved.slots);
-        self.counters.gave_back(record.reserved.slots);
+        let (first_slot, slots) = match cfg!(feature = "break-exact-release") {
+            // Lesson: release what the buffer spans from its own slot, as Linux did before the
+            // R3/R6 fixes; its pre-padding slots and alignment slack are never given back.
+            true => (area.first_slot() + local, record.size.div_ceil(SLOT_SIZE)),
+            false => (record.reserved.first_slot, record.reserved.slots),
+        };
+        area.release(first_slot, slots);
+        self.counters.gave_back(slots);
     }
 
     /// The area-local slot of an address known to lie in `area`.

@@ -77,11 +77,11 @@ fn r3_offset_larger_than_a_slot_is_preserved_and_released() {
     let constraints = Constraints::NONE.with_min_align_mask(0xfff).with_alloc_align_mask(0xfff);
     let orig = ram(0x5fa0);
     let mapping = pool.map(orig, 300, DmaDirection::Bidirectional, &constraints).unwrap();
-    assert_eq!(mapping.dma.as_u64() & 0xfff, 0xfa0, "{mapping}");
+    assert_eq!(mapping.dma.as_u64() & 0xfff, 0xfa0, "the copy lost the buffer's page offset 0xfa0: {mapping}");
     assert_eq!(mapping.region.as_u64() & 0xfff, 0, "{mapping}");
     assert_eq!(mapping.region_len, 8 * KIB, "ALIGN(300 + 0xfa0, 4 KiB)");
     pool.unmap(mapping.dma, 300).unwrap();
-    assert!(all_free(&pool));
+    assert!(all_free(&pool), "unmap left slots taken: the pre-padding slot of {mapping} was never given back");
 }
 
 /// R4, from Michael Kelley's question in the "Fix double allocation in swiotlb_alloc()" thread
@@ -170,7 +170,11 @@ fn r5_page_or_more_without_masks_is_page_aligned() {
     let small = pool.map(ram(0), 100, DmaDirection::ToDevice, &Constraints::NONE).unwrap();
     for size in [4 * KIB, 5000, 8 * KIB, 12 * KIB + 1, 64 * KIB] {
         let mapping = pool.map(ram(0x1234), size, DmaDirection::ToDevice, &Constraints::NONE).unwrap();
-        assert_eq!(mapping.dma.as_u64() % PAGE_SIZE as u64, 0, "{mapping}");
+        assert_eq!(
+            mapping.dma.as_u64() % PAGE_SIZE as u64,
+            0,
+            "a {size}-byte copy with no mask is not page aligned: {mapping}"
+        );
         assert_eq!(mapping.bounce.as_u64() % PAGE_SIZE as u64, 0, "{mapping}");
         pool.unmap(mapping.dma, size).unwrap();
     }
@@ -198,7 +202,11 @@ fn r6_nvme_offsets_round_trip() {
         let data = pattern(index as u64, size);
         write(&pool, orig, &data);
         let mapping = pool.map(orig, size, DmaDirection::Bidirectional, &constraints).unwrap();
-        assert_eq!(mapping.dma.as_u64() & 0xfff, offset, "{mapping}");
+        assert_eq!(
+            mapping.dma.as_u64() & 0xfff,
+            offset,
+            "the copy lost the buffer's page offset {offset:#x}: {mapping}"
+        );
         assert_eq!(read(&pool, mapping.bounce, size), data, "copied in");
         let from_device = pattern(1000 + index as u64, size);
         write(&pool, mapping.bounce, &from_device);
@@ -285,8 +293,11 @@ fn r9_untrusted_padding_reads_as_zero() {
         let region = region_bytes(&pool, &mapping);
         assert_eq!(region.len(), 4 * KIB);
         assert_eq!(&region[0x234..0x234 + 1000], &data[..]);
-        let padding_is_zero = region[..0x234].iter().chain(&region[0x234 + 1000..]).all(|&b| b == 0);
-        assert_eq!(padding_is_zero, zero_padding);
+        let stale = region[..0x234].iter().chain(&region[0x234 + 1000..]).filter(|&&b| b != 0).count();
+        match zero_padding {
+            true => assert_eq!(stale, 0, "{stale} padding bytes around the buffer are not zero: the device reads them"),
+            false => assert_ne!(stale, 0, "without zero_padding the padding keeps the pool's old bytes"),
+        }
     }
 }
 
@@ -323,12 +334,17 @@ fn r12_untrusted_buffer_gets_its_own_16k_granule() {
         let orig = ram(index * 0x1_0000);
         write(&pool, orig, &pattern(index, 4 * KIB));
         let mapping = pool.map(orig, 4 * KIB, DmaDirection::ToDevice, &constraints).unwrap();
-        assert_eq!(mapping.region.as_u64() % (16 * KIB as u64), 0, "{mapping}");
-        assert_eq!(mapping.region_len, 16 * KIB, "{mapping}");
+        assert_eq!(
+            mapping.region.as_u64() % (16 * KIB as u64),
+            0,
+            "the region does not start a 16 KiB granule: {mapping}"
+        );
+        assert_eq!(mapping.region_len, 16 * KIB, "the region is not one whole 16 KiB granule: {mapping}");
         let region = region_bytes(&pool, &mapping);
         let pre = mapping.dma.offset_from(mapping.region).unwrap() as usize;
         assert_eq!(&region[pre..pre + 4 * KIB], &pattern(index, 4 * KIB)[..]);
-        assert!(region[..pre].iter().chain(&region[pre + 4 * KIB..]).all(|&b| b == 0));
+        let stale = region[..pre].iter().chain(&region[pre + 4 * KIB..]).filter(|&&b| b != 0).count();
+        assert_eq!(stale, 0, "{stale} bytes of the granule around the buffer are not zero: the device reads them");
         regions.push(mapping.region.as_u64() / (16 * KIB as u64));
     }
     regions.sort();

@@ -12,6 +12,8 @@
 //! - `cargo xtask check`: formatting, clippy (host crates and the kernel target) and the
 //!   documentation, with warnings denied.
 //! - `cargo xtask bench`: disk throughput on every DMA route, and the ratios between them.
+//! - `cargo xtask lesson [NAME [--break]]`: watch one fix of the DMA contract at work, then
+//!   remove it and watch the test that guards it fail.
 //!
 //! Each command checks its prerequisites first (the Rust target, QEMU >= 9) and installs
 //! them where it can, or says exactly what to run.
@@ -25,6 +27,7 @@ mod devicetree;
 mod excerpts;
 mod firmware;
 mod image;
+mod lesson;
 mod prerequisites;
 mod qemu;
 mod references;
@@ -108,6 +111,18 @@ enum Command {
         /// How many boots of each machine (each figure is the median).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// List the lessons; with NAME, watch that fix at work (`dma.trace`); with `--break`,
+    /// remove it and watch the tests that guard it fail.
+    Lesson {
+        /// The lesson, e.g. `zero-padding`; none lists them.
+        name: Option<String>,
+        /// Build without the fix and run the tests that must catch it.
+        #[arg(long = "break")]
+        broken: bool,
+        /// Add QEMU's own `smmuv3_*` trace events (on stderr) to the boot.
+        #[arg(long)]
+        qemu_trace: bool,
     },
     /// Build a Raspberry Pi 4 SD card image: firmware, devicetree, config.txt, kernel.
     Sdcard {
@@ -203,6 +218,7 @@ fn main() -> ExitCode {
         Command::Check => check::run(),
         Command::Bench { rounds } => bench::run(rounds.max(1)),
         Command::Excerpts => test::update_excerpts(),
+        Command::Lesson { name, broken, qemu_trace } => lesson::run(name.as_deref(), broken, qemu_trace),
         Command::Sdcard { firmware_dir, output, append } => {
             sdcard::run(firmware_dir.as_deref(), output.as_deref(), &append)
         }

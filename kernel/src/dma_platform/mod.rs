@@ -55,7 +55,13 @@ static CHECKER: Checker = Checker::new();
 static CHECKING: Once<bool> = Once::new();
 
 /// Reads `dma.debug=on|off` (default on) once; the checker every device reports to, if on.
+/// Says first, loudly, if this kernel was built with a fix of the DMA contract removed.
 pub fn start_checker(bootargs: &str) {
+    for fix in dma::lessons::broken() {
+        log::warn!(
+            "dma: THIS KERNEL IS BROKEN ON PURPOSE: built with `{fix}` for a lesson; never use it for anything else"
+        );
+    }
     CHECKING.call_once(|| {
         let off = bootargs.split_whitespace().any(|word| word == "dma.debug=off");
         log::info!(
