@@ -12,6 +12,8 @@
 //! - `cargo xtask check`: formatting, clippy (host crates and the kernel target) and the
 //!   documentation, with warnings denied.
 //! - `cargo xtask bench`: disk throughput on every DMA route, and the ratios between them.
+//! - `cargo xtask exercise edu [--solution]`: build the kernel with an exercise's skeleton (or
+//!   its reference solution) and run the tests that judge it (`docs/exercise-edu.md`).
 //! - `cargo xtask lesson [NAME [--break]]`: watch one fix of the DMA contract at work, then
 //!   remove it and watch the test that guards it fail.
 //!
@@ -25,6 +27,7 @@ mod bench;
 mod check;
 mod devicetree;
 mod excerpts;
+mod exercise;
 mod firmware;
 mod image;
 mod lesson;
@@ -124,6 +127,16 @@ enum Command {
         #[arg(long)]
         qemu_trace: bool,
     },
+    /// Do an exercise: build the kernel with its skeleton and run the tests that judge it on
+    /// QEMU virt with the SMMU; say which pass and which fail.
+    Exercise {
+        /// Which exercise (`edu`: a DMA driver for QEMU's edu device, docs/exercise-edu.md).
+        #[arg(value_enum)]
+        exercise: exercise::Exercise,
+        /// Run the tests against the reference solution instead of the skeleton.
+        #[arg(long)]
+        solution: bool,
+    },
     /// Build a Raspberry Pi 4 SD card image: firmware, devicetree, config.txt, kernel.
     Sdcard {
         /// Take start4.elf, fixup4.dat and bcm2711-rpi-4-b.dtb from DIR instead of fetching
@@ -218,6 +231,7 @@ fn main() -> ExitCode {
         Command::Check => check::run(),
         Command::Bench { rounds } => bench::run(rounds.max(1)),
         Command::Excerpts => test::update_excerpts(),
+        Command::Exercise { exercise, solution } => exercise::run(exercise, solution),
         Command::Lesson { name, broken, qemu_trace } => lesson::run(name.as_deref(), broken, qemu_trace),
         Command::Sdcard { firmware_dir, output, append } => {
             sdcard::run(firmware_dir.as_deref(), output.as_deref(), &append)

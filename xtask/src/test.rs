@@ -42,6 +42,7 @@ pub fn run_all() -> Result<()> {
     for machine in &machines {
         summaries.push(kernel_tests(machine, &kernel)?);
     }
+    summaries.push(crate::exercise::check_skeleton(crate::exercise::Exercise::Edu)?);
     let mut consoles = Vec::new();
     for run in Demo::ALL {
         let console = demo(run, &kernel)?;

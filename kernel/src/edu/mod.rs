@@ -29,11 +29,11 @@
 //!   outcome and its unmap's together;
 //! - the errors ([`EduError`]), each with every fact.
 //!
-//! What is the exercise (`driver.rs`): [`Edu::dma_to_device`] and [`Edu::dma_from_device`], a transfer
-//! each way between a caller's buffer and the device's buffer, through the streaming DMA API.
-//! With the cargo feature `edu-exercise` the kernel builds `exercises/edu/driver.rs` (the
-//! skeleton, whose transfers return [`EduError::NotImplemented`]) instead of the reference
-//! solution beside this file.
+//! What is the exercise (`driver.rs`): [`Edu::dma_to_device`] and [`Edu::dma_from_device`],
+//! a transfer each way between a caller's buffer and the device's buffer, through the
+//! streaming DMA API. With the cargo feature `edu-exercise` the kernel builds
+//! `exercises/edu/driver.rs` (the skeleton, whose transfers return
+//! [`EduError::NotImplemented`]) instead of the reference solution beside this file.
 // The skeleton leaves most of the plumbing unused until the exercise is done.
 #![cfg_attr(feature = "edu-exercise", allow(dead_code))]
 
