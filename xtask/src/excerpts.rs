@@ -152,7 +152,11 @@ pub fn rewrite(file: &Path, text: &str, consoles: &[(&str, String)]) -> Result<S
         let printed: Vec<&str> = console.lines().collect();
         let mut next = 0;
         for (offset, line) in excerpt.lines.iter().enumerate() {
-            let found = printed[next..].iter().position(|candidate| shape(candidate) == shape(line)).ok_or(format!(
+            // The line itself if the run still prints it, else the first line of its shape: a
+            // record that repeats with other numbers (a trace) keeps the one the text explains.
+            let same = printed[next..].iter().position(|candidate| stable(candidate) == stable(line));
+            let alike = || printed[next..].iter().position(|candidate| shape(candidate) == shape(line));
+            let found = same.or_else(alike).ok_or(format!(
                 "{}:{}: `{}` printed no line like:\n    {}",
                 file.display(),
                 excerpt.first_line + offset,
@@ -185,6 +189,17 @@ mod tests {
         let excerpt = excerpt();
         assert_eq!((excerpt.run.as_str(), excerpt.first_line), ("virt-demo", 4));
         assert_eq!(excerpt.lines, ["[   0.001] INFO  machine: virt", "[   0.002] INFO  heap: 504 MiB"]);
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_quoted_line_when_the_run_still_prints_it() {
+        let doc = "<!-- log: virt-demo -->\n```text\n[   0.001] INFO  map at offset 0xfa0\n```\n";
+        let console = "[   1.0] INFO  map at offset 0x0\n[   1.1] INFO  map at offset 0xfa0\n";
+        let rewritten = rewrite(Path::new("doc.md"), doc, &[("virt-demo", console.to_string())]).unwrap();
+        assert!(rewritten.contains("[   1.1] INFO  map at offset 0xfa0"), "{rewritten}");
+        let moved = "[   2.0] INFO  map at offset 0x7a0\n";
+        let rewritten = rewrite(Path::new("doc.md"), doc, &[("virt-demo", moved.to_string())]).unwrap();
+        assert!(rewritten.contains("[   2.0] INFO  map at offset 0x7a0"), "{rewritten}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Scenario {
     }
 
     fn machine(self) -> Machine {
-        // What `cargo xtask qemu` boots, with the one thing changed that the README names.
+        // What `cargo xtask qemu` boots, with the one thing changed that the book names.
         let mut virt = Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K));
         match self {
             Scenario::SmallPool => virt.pool.size = 64 << 10,

@@ -85,7 +85,7 @@ fn kernel_tests(machine: &Machine, kernel: &Path) -> Result<String> {
     Ok(format!("{}: {summary}", machine.name()))
 }
 
-/// The demos of the README's commands; the documentation quotes their consoles.
+/// The demos of the documented commands; the README and the book quote their consoles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Demo {
     /// `cargo xtask qemu`.
@@ -113,8 +113,8 @@ impl Demo {
     }
 }
 
-/// The machine and command line of each run the documentation quotes, as its README command
-/// starts it.
+/// The machine and command line of each run the documentation quotes, as the command it
+/// gives starts it.
 fn demo_machine(run: Demo) -> (Machine, &'static str) {
     let virt = || Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72");
     match run {
