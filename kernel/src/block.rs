@@ -154,6 +154,8 @@ pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<()
 
 /// Runs `requests`, each cut into pieces the disk takes in one request, all of them kept in
 /// flight up to the disk's queue depth. Every request is checked before anything is submitted.
+/// The pieces complete in any order, so requests of one batch must not overlap on the disk
+/// where one of them writes (as with any queue of a real disk).
 pub fn run<'b>(disk: &mut dyn BlockDevice, requests: impl IntoIterator<Item = Request<'b>>) -> Result<(), BlockError> {
     let mut pieces = Vec::new();
     for request in requests {

@@ -284,11 +284,19 @@ fn break_it(lesson: &Lesson, qemu_trace: bool) -> Result<()> {
         let bootargs = format!("kernel.test test.only={test} dma.trace={}", lesson.trace);
         let run = qemu::run_captured(&machine(lesson, qemu_trace), &kernel, &bootargs, TIMEOUT)?;
         let failure = failure_lines(&run.console);
+        let passed = run.console.contains(&format!("test {test} ... ok")) && run.console.contains("kernel: 1 passed");
         match failure.is_empty() {
-            true => {
+            true if passed => {
                 return Err(format!(
                     "{}: kernel test {test} passed without the fix: the break was not caught",
                     lesson.name
+                ));
+            }
+            // A crash, a skip or a test that no longer exists is not a catch either.
+            true => {
+                return Err(format!(
+                    "{}: kernel test {test} reached no verdict (QEMU exit status {:?}); see the console above",
+                    lesson.name, run.exit_code
                 ));
             }
             false => {

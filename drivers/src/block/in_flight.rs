@@ -40,9 +40,10 @@ pub trait RequestQueue {
     fn complete_next(&mut self) -> Result<Result<(), Self::Error>, Self::Error>;
 }
 
-/// Runs `requests` requests on `queue`, at most `depth` (at least 1) in flight at once, in
-/// index order; a refused submission is retried after a completion while others are in
-/// flight. Returns the first error, once nothing is in flight.
+/// Runs `requests` requests on `queue`, at most `depth` (at least 1) in flight at once,
+/// submitted in index order (they complete in any order: requests of one batch that overlap
+/// on the disk have no defined outcome); a refused submission is retried after a completion
+/// while others are in flight. Returns the first error, once nothing is in flight.
 pub fn run_window<Q: RequestQueue>(queue: &mut Q, requests: usize, depth: usize) -> Result<(), Q::Error> {
     let depth = depth.max(1);
     let (mut next, mut in_flight) = (0, 0);

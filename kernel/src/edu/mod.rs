@@ -283,10 +283,17 @@ impl Edu {
     /// The outcome of a transfer whose mapping was then ended: the transfer's error first, the
     /// unmap's if the transfer went well (and logged if both failed). A timed-out transfer puts
     /// the device out of service: it may still be moving data (behind the IOMMU, which the
-    /// strict unmap just told to forget the buffer, a late access faults instead).
+    /// strict unmap just told to forget the buffer, a late access faults instead). A domain that
+    /// defers its invalidations (`iommu.strict=0`) is flushed first, so that the IOMMU forgets
+    /// the buffer now rather than at its next flush: edu has no reset to stop it otherwise.
     fn finish(&mut self, transfer: Result<(), EduError>, unmapped: Result<(), DmaApiError>) -> Result<(), EduError> {
         if let Err(error @ EduError::Timeout { .. }) = &transfer {
             self.failed = Some(alloc::format!("{error}"));
+            if let crate::dma_platform::Route::Iommu { domain, .. } = &self.dma.route
+                && let Err(problem) = domain.flush()
+            {
+                log::error!("{}: flushing the deferred invalidations after the timeout failed: {problem}", self.name);
+            }
         }
         match (transfer, unmapped) {
             (Ok(()), Ok(())) => Ok(()),

@@ -437,12 +437,20 @@ impl Controller {
     /// Disables the controller after `error` (a command late or misreported), so that it stops
     /// its DMA before any buffer it was given is unmapped; returns the error.
     fn disable_after(&mut self, error: NvmeError) -> NvmeError {
+        self.disable_confirmed(&error);
+        error
+    }
+
+    /// Disables the controller after `error`; whether it confirmed (CSTS.RDY cleared), after
+    /// which it moves no more data.
+    fn disable_confirmed(&mut self, error: &NvmeError) -> bool {
         log::error!("{}: {error}; disabling the controller", self.name);
-        if let Err(problem) = disable(&mut self.properties, &self.capabilities) {
+        let confirmed = disable(&mut self.properties, &self.capabilities);
+        if let Err(problem) = &confirmed {
             log::error!("{}: {problem}", self.name);
         }
         self.disabled = Some(format!("{error}"));
-        error
+        confirmed.is_ok()
     }
 
     /// Submits a Read or Write of `length` bytes at `block`, whose data the controller reaches
@@ -604,16 +612,30 @@ struct Batch<'c, 'r, 'b> {
 impl Batch<'_, '_, '_> {
     /// A PRP list page no command in flight holds.
     fn free_list(&self) -> usize {
-        (0..QUEUE_DEPTH).find(|list| self.in_flight.iter().all(|held| held.command.list != *list)).unwrap_or(0)
+        let free = (0..QUEUE_DEPTH).find(|list| self.in_flight.iter().all(|held| held.command.list != *list));
+        free.expect("run_window keeps at most QUEUE_DEPTH commands in flight")
     }
 
     /// After a failure of the controller itself: disables it, so that it moves no more data,
     /// then ends every mapping in flight. Returns the error.
+    /// If the controller does not confirm it stopped, what it was given is only contained: behind
+    /// the IOMMU unmapping is what takes it away; a bounce copy keeps its slots and a buffer
+    /// lent in place is reported, since the controller may still write either.
     fn abandon(&mut self, error: NvmeError) -> BlockError {
-        let error = self.controller.disable_after(error);
+        let stopped = self.controller.disable_confirmed(&error);
+        let translated = matches!(self.controller.dma.route, crate::dma_platform::Route::Iommu { .. });
         for held in core::mem::take(&mut self.in_flight) {
-            // SAFETY: a mapping `submit` made, of a command the now disabled controller no
-            // longer works on.
+            if !stopped && !translated {
+                log::error!(
+                    "{}: {} stays within the unresponsive controller's reach",
+                    self.controller.name,
+                    held.physical
+                );
+                continue;
+            }
+            // SAFETY: a mapping `submit` made, of a command the controller no longer works on
+            // (it confirmed it was disabled), or behind the IOMMU, where the unmap is what
+            // revokes the controller's access.
             if let Err(problem) = unsafe { self.controller.dma.unmap(held.dma, held.physical, held.direction) } {
                 log::error!(
                     "{}: ending {:?} after the controller was disabled failed: {problem}",

@@ -377,3 +377,46 @@ fn hold<'b>(device: &'b DmaDevice, held: &'b [Vec<u8>]) -> Vec<dma::Streaming<'b
     let map = |buffer: &'b Vec<u8>| device.map_to_device(page_aligned(buffer)).map_err(|refused| refused.error()).ok();
     held.iter().map_while(map).collect()
 }
+
+kernel_test! {
+    /// One buffer may be in several requests of a batch at once (the same block pattern written
+    /// to many places): each request has a mapping of its own, and a completion ends only its
+    /// own, never that of a request still in flight. Half the batch writes one shared buffer,
+    /// the other half buffers of their own, which take the slots or IOVAs a wrongly ended
+    /// mapping gives back; every block is read back and compared.
+    fn a_buffer_in_several_requests_of_a_batch_reaches_every_place() {
+        let (mut disks, mut failure) = (0, None);
+        block::with_each_disk(|disk| {
+            let size = 4096usize.next_multiple_of(disk.block_size());
+            if failure.is_some() || disk_pool_too_small(disk, size).is_some() {
+                return;
+            }
+            disks += 1;
+            failure = same_buffer_many_places(disk, size).err();
+        });
+        if let Some(problem) = failure {
+            return Err(problem.into());
+        }
+        if disks == 0 { skip!("no disk whose pool holds a page") }
+        Ok(())
+    }
+}
+
+fn same_buffer_many_places(disk: &mut dyn BlockDevice, size: usize) -> Result<(), String> {
+    let name = disk.describe();
+    let count = 2 * disk.queue_depth();
+    let stride = (size / disk.block_size()) as u64 + 1;
+    let shared = pattern(1200, size);
+    let own: Vec<Vec<u8>> = (0..count).map(|index| pattern(1300 + index as u64, size)).collect();
+    let expected = |index: usize| if index.is_multiple_of(2) { &shared } else { &own[index] };
+    let writes =
+        (0..count).map(|index| block::Request::Write { block: index as u64 * stride, buffer: expected(index) });
+    block::run(disk, writes).map_err(|e| format!("{name}: a batch writing one buffer to {} places: {e}", count / 2))?;
+    disk.flush().map_err(|e| format!("{name}: flush: {e}"))?;
+    let mut read = vec![0u8; size];
+    for index in 0..count {
+        block::read(disk, index as u64 * stride, &mut read).map_err(|e| format!("{name}: read back {index}: {e}"))?;
+        ensure!(read == *expected(index), "{name}: request {index} of the batch left other data on the disk");
+    }
+    Ok(())
+}

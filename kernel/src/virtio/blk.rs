@@ -295,7 +295,8 @@ struct Batch<'d, 'r, 'b, const SLOT: usize, T: Transport> {
 impl<const SLOT: usize, T: Transport> Batch<'_, '_, '_, SLOT, T> {
     /// A header and status area no request in flight holds.
     fn free_area(&self) -> usize {
-        (0..QUEUE_DEPTH).find(|area| self.in_flight.iter().all(|held| held.area != *area)).unwrap_or(0)
+        let free = (0..QUEUE_DEPTH).find(|area| self.in_flight.iter().all(|held| held.area != *area));
+        free.expect("run_window keeps at most QUEUE_DEPTH requests in flight")
     }
 }
 
@@ -343,8 +344,9 @@ impl<const SLOT: usize, T: Transport> RequestQueue for Batch<'_, '_, '_, SLOT, T
             self.in_flight.clear();
             return Err(disk.device.stop(VirtioError::Timeout { request, after: REQUEST_TIMEOUT }).into());
         };
-        let position = self.in_flight.iter().position(|held| held.token == token).unwrap_or_default();
-        let held = self.in_flight.swap_remove(position);
+        let position = self.in_flight.iter().position(|held| held.token == token);
+        // In submission order, so that the first one left is the oldest (for a timeout's message).
+        let held = self.in_flight.remove(position.expect("wait_for_any returns an outstanding token"));
         // SAFETY: the area and buffer are those submitted with `token`, which the device completed.
         let completed = unsafe {
             let (header, status) = disk.request_area_as_submitted(held.area);

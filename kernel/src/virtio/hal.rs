@@ -69,12 +69,19 @@ struct SlotState {
 }
 
 /// A buffer lent to the device for a request, as it was mapped.
+///
+/// The same buffer may be in two requests in flight at once (a batch writing one block
+/// pattern to two places): each has a mapping of its own. `share` hands out a mapping not yet
+/// shared and marks it, and `unshare` ends the one whose address the descriptor held, so that
+/// a completion never ends the mapping of a request still in flight.
 struct Prepared {
     address: usize,
     length: usize,
     direction: DmaDirection,
     physical: PhysRange,
     dma: DmaAddr,
+    /// Given to `virtio-drivers` (its descriptor holds `dma`).
+    shared: bool,
 }
 
 impl Prepared {
@@ -216,7 +223,14 @@ impl<const SLOT: usize> Lease<SLOT> {
         // until the device completed it (`unshare` ends the mapping), or end the mapping with
         // `release` if the request is not submitted after all.
         let dma = unsafe { self.device.map(physical, direction) }.map_err(|error| refused(error.error()))?;
-        Ok(Prepared { address: buffer.as_ptr() as usize, length: buffer.len(), direction, physical, dma })
+        Ok(Prepared {
+            address: buffer.as_ptr() as usize,
+            length: buffer.len(),
+            direction,
+            physical,
+            dma,
+            shared: false,
+        })
     }
 
     /// Ends the mappings [`Self::prepare`] made for a request that was not submitted after all.
@@ -225,8 +239,11 @@ impl<const SLOT: usize> Lease<SLOT> {
         let buffers = buffers.chain(outputs.iter().map(|buffer| (&**buffer, DmaDirection::FromDevice)));
         for (buffer, direction) in buffers {
             let buffer = NonNull::from(buffer);
+            // `add` refused the request before sharing anything: its mappings are the ones not
+            // shared (the latest, if the buffer is also in a request in flight).
             let found = with_state::<SLOT, _>(|state| {
-                let index = state.prepared.iter().position(|prepared| prepared.is(buffer, direction))?;
+                let unshared = |prepared: &Prepared| prepared.is(buffer, direction) && !prepared.shared;
+                let index = state.prepared.iter().rposition(unshared)?;
                 Some(state.prepared.swap_remove(index))
             });
             if let Some(prepared) = found.flatten() {
@@ -389,19 +406,23 @@ unsafe impl<const SLOT: usize> Hal for VirtioHal<SLOT> {
         let found = with_state::<SLOT, _>(|state| {
             let address = buffer.as_ptr() as *const u8 as usize;
             reserved_address(state, address, buffer.len()).or_else(|| {
-                state.prepared.iter().find(|prepared| prepared.is(buffer, direction)).map(|p| p.dma.as_u64())
+                let prepared =
+                    state.prepared.iter_mut().find(|prepared| prepared.is(buffer, direction) && !prepared.shared)?;
+                prepared.shared = true;
+                Some(prepared.dma.as_u64())
             })
         });
         found.flatten().unwrap_or_else(|| unprepared(SLOT, buffer, "share"))
     }
 
-    unsafe fn unshare(_dma: u64, buffer: NonNull<[u8]>, direction: BufferDirection) {
+    unsafe fn unshare(dma: u64, buffer: NonNull<[u8]>, direction: BufferDirection) {
         let direction = dma_direction(direction);
         let found = with_state::<SLOT, _>(|state| {
             if reserved_address(state, buffer.as_ptr() as *const u8 as usize, buffer.len()).is_some() {
                 return Some(None);
             }
-            let index = state.prepared.iter().position(|prepared| prepared.is(buffer, direction))?;
+            let this_one = |prepared: &Prepared| prepared.is(buffer, direction) && prepared.dma.as_u64() == dma;
+            let index = state.prepared.iter().position(|prepared| prepared.shared && this_one(prepared))?;
             Some(Some((state.device, state.prepared.swap_remove(index))))
         });
         let Some(found) = found.flatten() else { unprepared(SLOT, buffer, "unshare") };
