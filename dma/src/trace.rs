@@ -106,6 +106,12 @@ pub enum Invalidation {
         /// Granules whose translations were dropped.
         granules: u64,
     },
+    /// Entries cleared; this unmap filled the deferring domain's batch, so the whole address
+    /// space was invalidated and waited for (`iommu.strict=0`).
+    Flushed {
+        /// Granules of this mapping, gone from the IOMMU's caches with the rest.
+        granules: u64,
+    },
     /// Entries cleared, invalidation left to the domain's next flush (`iommu.strict=0`).
     Deferred {
         /// Granules whose translations the IOMMU may still hold until then.
@@ -193,6 +199,10 @@ impl fmt::Display for Record {
                     Some(Invalidation::Strict { granules }) => {
                         write!(f, "; {granules} granule(s) unmapped, invalidated and waited for (strict)")?
                     }
+                    Some(Invalidation::Flushed { granules }) => write!(
+                        f,
+                        "; {granules} granule(s) unmapped, then the deferred batch flushed: the whole address space invalidated and waited for"
+                    )?,
                     Some(Invalidation::Deferred { granules }) => {
                         write!(f, "; {granules} granule(s) unmapped, invalidation deferred to the domain's next flush")?
                     }

@@ -228,12 +228,15 @@ impl<P: Platform + 'static> DmaDevice<P> {
         Ok((invalidation, None))
     }
 
-    /// What unmapping `mapping` did about the IOMMU's cached translations.
+    /// What unmapping `mapping` (just done) did about the IOMMU's cached translations. A revoked
+    /// mapping was invalidated strictly when it was revoked; in a deferring domain, an unmap that
+    /// leaves nothing waiting was the one that set off the flush.
     fn invalidation(domain: &Domain<P>, mapping: &crate::iommu::Mapping) -> Invalidation {
         let granules = mapping.size / domain.granule_size();
-        match domain.defers_invalidation() {
-            true => Invalidation::Deferred { granules },
-            false => Invalidation::Strict { granules },
+        match (domain.defers_invalidation() && !mapping.revoked, domain.deferred_unmaps()) {
+            (false, _) => Invalidation::Strict { granules },
+            (true, 0) => Invalidation::Flushed { granules },
+            (true, _) => Invalidation::Deferred { granules },
         }
     }
 

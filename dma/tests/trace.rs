@@ -163,3 +163,28 @@ fn every_route_explains_its_decision() {
         assert_eq!(decisions, expected, "{}", rig.label);
     }
 }
+
+#[test]
+fn a_deferring_domain_traces_its_unmaps_as_deferred_until_the_one_that_flushes() {
+    let machine = Machine::new(Config { size: 8 << 20, ..Config::default() });
+    let tracer: &'static Tracer = Box::leak(Box::new(Tracer::capturing("")));
+    let domain = Box::leak(Box::new(machine.new_domain(1, Granule::Size4KiB, u64::MAX).deferring_invalidation()));
+    let route = Route::Iommu { domain, untrusted: false, bounce: None };
+    let device = DmaDevice::new("lazy", route, true, Constraints::NONE, machine, Some(machine.checker()));
+    let device: &'static DmaDevice<Machine> = Box::leak(Box::new(device.with_tracer(Some(tracer))));
+    let buffer = machine.buffer(4096, 4096);
+    for _ in 0..dma::iommu::DEFERRED_UNMAPS {
+        device.map_to_device(buffer).expect("mapped").unmap().expect("unmapped");
+    }
+    let invalidations: Vec<Invalidation> = tracer
+        .take()
+        .into_iter()
+        .filter_map(|(_, record)| match record {
+            Record::Unmap { invalidation, .. } => invalidation,
+            _ => None,
+        })
+        .collect();
+    let (last, earlier) = invalidations.split_last().expect("unmaps traced");
+    assert!(earlier.iter().all(|each| *each == Invalidation::Deferred { granules: 1 }), "{earlier:?}");
+    assert_eq!(*last, Invalidation::Flushed { granules: 1 });
+}

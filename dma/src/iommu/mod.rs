@@ -206,6 +206,11 @@ impl<P: Platform> Domain<P> {
         self.state.lock().deferred.is_some()
     }
 
+    /// How many unmaps wait for the next flush.
+    pub fn deferred_unmaps(&self) -> usize {
+        self.state.lock().deferred.as_ref().map_or(0, Vec::len)
+    }
+
     /// Ends every deferred unmap: one invalidation of the whole address space, waited for, then
     /// the IOVA ranges are free again. Nothing to do for a strict domain.
     pub fn flush(&self) -> Result<(), DomainError> {

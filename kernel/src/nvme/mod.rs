@@ -594,9 +594,12 @@ struct Command {
     name: &'static str,
 }
 
-/// A command in flight, and the mapping of its buffer.
+/// A command in flight, the mapping of its buffer, and (when recording) the command as the
+/// controller was given it, read back right after submission: its ring slot may hold another
+/// command by the time it completes.
 struct InFlight {
     command: Command,
+    received: Option<ReceivedCommand>,
     dma: DmaAddr,
     physical: PhysRange,
     direction: DmaDirection,
@@ -667,7 +670,8 @@ impl RequestQueue for Batch<'_, '_, '_> {
         let list = self.free_list();
         match self.controller.submit_transfer(block, buffer.len(), dma, write, list) {
             Ok(command) => {
-                self.in_flight.push(InFlight { command, dma, physical, direction });
+                let received = self.controller.recording.then(|| self.controller.received(&command));
+                self.in_flight.push(InFlight { command, received, dma, physical, direction });
                 self.controller.deepest = self.controller.deepest.max(self.in_flight.len());
                 Ok(())
             }
@@ -693,7 +697,7 @@ impl RequestQueue for Batch<'_, '_, '_> {
         };
         let held = self.in_flight.swap_remove(position);
         if self.controller.recording {
-            self.controller.last_received = Some(self.controller.received(&held.command));
+            self.controller.last_received = held.received;
         }
         let status = check_status(held.command.name, completion.status());
         // SAFETY: the mapping `submit` made for this command, which the controller completed.
