@@ -69,21 +69,19 @@ pub trait BlockDevice {
     }
     /// How many requests the disk keeps in flight at once.
     fn queue_depth(&self) -> usize;
-    /// The most requests the disk had in flight at once since the last call.
-    fn take_deepest_queue(&mut self) -> usize;
     /// The DMA handle every transfer of the disk goes through.
     fn dma_device(&self) -> &'static DmaDevice;
     /// Runs `requests`, each of at most `max_transfer`, keeping up to `queue_depth` in flight
-    /// (`drivers::block::in_flight`). Returns once none is in flight: with the first error, if
-    /// any, after which nothing more was submitted.
-    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<(), BlockError>;
+    /// (`drivers::block::in_flight`). Returns once none is in flight: the most that were in
+    /// flight at once, or the first error, after which nothing more was submitted.
+    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<usize, BlockError>;
     /// Reads `buffer.len()` bytes from `block` on, in one request of at most `max_transfer`.
     fn read_request(&mut self, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-        self.run(&mut [Request::Read { block, buffer }])
+        self.run(&mut [Request::Read { block, buffer }]).map(|_| ())
     }
     /// Writes `buffer` from `block` on, in one request of at most `max_transfer`.
     fn write_request(&mut self, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
-        self.run(&mut [Request::Write { block, buffer }])
+        self.run(&mut [Request::Write { block, buffer }]).map(|_| ())
     }
     /// Makes every completed write durable (a disk may hold them in a volatile cache).
     fn flush(&mut self) -> Result<(), BlockError>;
@@ -144,19 +142,23 @@ pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
 
 /// Reads `buffer.len()` bytes from `block` on, in as many requests as the disk's limit needs.
 pub fn read(disk: &mut dyn BlockDevice, block: u64, buffer: &mut [u8]) -> Result<(), BlockError> {
-    run(disk, [Request::Read { block, buffer }])
+    run(disk, [Request::Read { block, buffer }]).map(|_| ())
 }
 
 /// Writes `buffer` from `block` on, in as many requests as the disk's limit needs.
 pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<(), BlockError> {
-    run(disk, [Request::Write { block, buffer }])
+    run(disk, [Request::Write { block, buffer }]).map(|_| ())
 }
 
 /// Runs `requests`, each cut into pieces the disk takes in one request, all of them kept in
-/// flight up to the disk's queue depth. Every request is checked before anything is submitted.
+/// flight up to the disk's queue depth; returns the most that were in flight at once. Every
+/// request is checked before anything is submitted.
 /// The pieces complete in any order, so requests of one batch must not overlap on the disk
 /// where one of them writes (as with any queue of a real disk).
-pub fn run<'b>(disk: &mut dyn BlockDevice, requests: impl IntoIterator<Item = Request<'b>>) -> Result<(), BlockError> {
+pub fn run<'b>(
+    disk: &mut dyn BlockDevice,
+    requests: impl IntoIterator<Item = Request<'b>>,
+) -> Result<usize, BlockError> {
     let mut pieces = Vec::new();
     for request in requests {
         let (block, length) = (request.block(), request.buffer().len());

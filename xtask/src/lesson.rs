@@ -321,7 +321,7 @@ fn host_test(lesson: &Lesson, broken: bool) -> Result<bool> {
         command.args(["--features", feature]);
     }
     command.args([name, "--", "--exact", "--nocapture"]);
-    println!("xtask: {}", describe(&command));
+    println!("xtask: cargo {}", qemu::arguments_line(&command));
     let output = command.output().map_err(|error| format!("cannot run cargo test: {error}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -341,9 +341,4 @@ fn failure_lines(console: &str) -> Vec<&str> {
     let lines: Vec<&str> = console.lines().collect();
     let failed = lines.iter().position(|line| line.contains(" ... FAILED"));
     failed.map_or_else(Vec::new, |at| lines[at..lines.len().min(at + 3)].to_vec())
-}
-
-fn describe(command: &Command) -> String {
-    let arguments: Vec<String> = command.get_args().map(|argument| argument.to_string_lossy().into_owned()).collect();
-    format!("cargo {}", arguments.join(" "))
 }

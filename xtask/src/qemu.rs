@@ -339,6 +339,12 @@ impl Machine {
     }
 }
 
+/// A command's arguments as one line, to show what xtask runs.
+pub fn arguments_line(command: &Command) -> String {
+    let arguments: Vec<String> = command.get_args().map(|argument| argument.to_string_lossy().into_owned()).collect();
+    arguments.join(" ")
+}
+
 /// A fresh, zeroed disk image.
 fn create_disk(disk: &Path) -> Result<()> {
     let file = std::fs::File::create(disk).map_err(|error| format!("cannot create {}: {error}", disk.display()))?;
@@ -363,8 +369,7 @@ pub fn run_interactive(machine: &Machine, run: Run, bootargs: &str) -> Result<()
     };
     println!("xtask: booting on {} (quit QEMU with Ctrl-A X)", machine.name());
     let mut command = machine.command(&kernel, &bootargs)?;
-    let shown: Vec<String> = command.get_args().map(|argument| argument.to_string_lossy().into_owned()).collect();
-    println!("xtask: {QEMU} {}", shown.join(" "));
+    println!("xtask: {QEMU} {}", arguments_line(&command));
     let status = command.status().map_err(|error| format!("cannot run {QEMU}: {error}"))?;
     match status.code() {
         Some(0) => Ok(()),

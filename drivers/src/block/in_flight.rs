@@ -43,10 +43,11 @@ pub trait RequestQueue {
 /// Runs `requests` requests on `queue`, at most `depth` (at least 1) in flight at once,
 /// submitted in index order (they complete in any order: requests of one batch that overlap
 /// on the disk have no defined outcome); a refused submission is retried after a completion
-/// while others are in flight. Returns the first error, once nothing is in flight.
-pub fn run_window<Q: RequestQueue>(queue: &mut Q, requests: usize, depth: usize) -> Result<(), Q::Error> {
+/// while others are in flight. Returns the most requests that were in flight at once, or the
+/// first error, once nothing is in flight.
+pub fn run_window<Q: RequestQueue>(queue: &mut Q, requests: usize, depth: usize) -> Result<usize, Q::Error> {
     let depth = depth.max(1);
-    let (mut next, mut in_flight) = (0, 0);
+    let (mut next, mut in_flight, mut deepest) = (0, 0, 0);
     let mut first_error = None;
     loop {
         while first_error.is_none() && next < requests && in_flight < depth {
@@ -54,6 +55,7 @@ pub fn run_window<Q: RequestQueue>(queue: &mut Q, requests: usize, depth: usize)
                 Ok(()) => {
                     next += 1;
                     in_flight += 1;
+                    deepest = deepest.max(in_flight);
                 }
                 // Perhaps no room while the others run: retry once one of them completes.
                 Err(_) if in_flight > 0 => break,
@@ -61,7 +63,7 @@ pub fn run_window<Q: RequestQueue>(queue: &mut Q, requests: usize, depth: usize)
             }
         }
         if in_flight == 0 {
-            return first_error.map_or(Ok(()), Err);
+            return first_error.map_or(Ok(deepest), Err);
         }
         let outcome = queue.complete_next()?;
         in_flight -= 1;
@@ -162,7 +164,7 @@ mod tests {
     fn every_request_runs_once_in_order_of_submission_with_the_window_full() {
         let mut device = Device::new(vec![1; 20], usize::MAX);
         device.pick = |completion| completion * 7 + 3;
-        assert_eq!(run_window(&mut device, 20, 8), Ok(()));
+        assert_eq!(run_window(&mut device, 20, 8), Ok(8));
         assert_eq!(device.submitted, (0..20).collect::<Vec<_>>());
         let mut completed = device.completed.clone();
         completed.sort_unstable();
@@ -173,7 +175,7 @@ mod tests {
     #[test]
     fn a_depth_of_zero_still_runs_one_at_a_time() {
         let mut device = Device::new(vec![1; 5], usize::MAX);
-        assert_eq!(run_window(&mut device, 5, 0), Ok(()));
+        assert_eq!(run_window(&mut device, 5, 0), Ok(1));
         assert_eq!((device.completed.len(), device.deepest), (5, 1));
     }
 
@@ -182,9 +184,10 @@ mod tests {
         // Room for two of these at a time, whatever the depth.
         let mut device = Device::new(vec![3, 3, 3, 4, 2, 5], 6);
         device.pick = |completion| completion;
-        assert_eq!(run_window(&mut device, 6, 8), Ok(()));
+        let deepest = run_window(&mut device, 6, 8).expect("every request runs");
         assert_eq!(device.submitted, (0..6).collect::<Vec<_>>());
-        assert!(device.deepest <= 2);
+        assert_eq!(deepest, device.deepest);
+        assert!(deepest <= 2);
         assert!(device.in_flight.is_empty());
     }
 
@@ -229,7 +232,7 @@ mod tests {
     #[test]
     fn an_empty_batch_does_nothing() {
         let mut device = Device::new(Vec::new(), 0);
-        assert_eq!(run_window(&mut device, 0, 8), Ok(()));
+        assert_eq!(run_window(&mut device, 0, 8), Ok(0));
         assert!(device.submitted.is_empty());
     }
 }

@@ -291,8 +291,6 @@ pub struct Controller {
     /// Whether to keep each Read and Write as the controller received it.
     recording: bool,
     last_received: Option<ReceivedCommand>,
-    /// The most commands in flight at once since `take_deepest_queue`.
-    deepest: usize,
 }
 
 static CONTROLLERS: Mutex<Vec<&'static Mutex<Controller>>> = Mutex::new(Vec::new());
@@ -371,7 +369,6 @@ impl Controller {
             disabled: None,
             recording: false,
             last_received: None,
-            deepest: 0,
         })
     }
 
@@ -570,11 +567,7 @@ impl BlockDevice for Controller {
         QUEUE_DEPTH
     }
 
-    fn take_deepest_queue(&mut self) -> usize {
-        core::mem::take(&mut self.deepest)
-    }
-
-    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<(), BlockError> {
+    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<usize, BlockError> {
         let count = requests.len();
         let mut batch = Batch { controller: self, requests, in_flight: Vec::with_capacity(QUEUE_DEPTH) };
         run_window(&mut batch, count, QUEUE_DEPTH)
@@ -672,7 +665,6 @@ impl RequestQueue for Batch<'_, '_, '_> {
             Ok(command) => {
                 let received = self.controller.recording.then(|| self.controller.received(&command));
                 self.in_flight.push(InFlight { command, received, dma, physical, direction });
-                self.controller.deepest = self.controller.deepest.max(self.in_flight.len());
                 Ok(())
             }
             Err(error) => {

@@ -257,17 +257,16 @@ fn batch_round_trip(disk: &mut dyn BlockDevice, count: usize, size: usize, seed:
         buffer.copy_from_slice(&data[index]);
         block::Request::Write { block: index as u64 * stride, buffer }
     });
-    disk.take_deepest_queue();
-    block::run(disk, writes).map_err(|e| format!("{name}: a batch of {count} writes of {size} bytes: {e}"))?;
-    let deepest = disk.take_deepest_queue();
+    let deepest =
+        block::run(disk, writes).map_err(|e| format!("{name}: a batch of {count} writes of {size} bytes: {e}"))?;
     disk.flush().map_err(|e| format!("{name}: flush after the batch: {e}"))?;
     let read_offset = |index: usize| (offset(index) + 0x3c8) % 4096;
     let reads = read_storage.iter_mut().enumerate().map(|(index, storage)| {
         let buffer = &mut page_aligned(storage)[read_offset(index)..read_offset(index) + size];
         block::Request::Read { block: index as u64 * stride, buffer }
     });
-    block::run(disk, reads).map_err(|e| format!("{name}: a batch of {count} reads of {size} bytes: {e}"))?;
-    let deepest = deepest.max(disk.take_deepest_queue());
+    let deepest = deepest
+        .max(block::run(disk, reads).map_err(|e| format!("{name}: a batch of {count} reads of {size} bytes: {e}"))?);
     for (index, storage) in read_storage.iter_mut().enumerate() {
         let read = &page_aligned(storage)[read_offset(index)..read_offset(index) + size];
         let first_difference = (0..size).find(|&at| read[at] != data[index][at]);

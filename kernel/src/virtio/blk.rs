@@ -65,8 +65,6 @@ pub struct Disk<const SLOT: usize, T: Transport> {
     blocks: u64,
     read_only: bool,
     flush_supported: bool,
-    /// The most requests in flight at once since `take_deepest_queue`.
-    deepest: usize,
 }
 
 impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
@@ -101,7 +99,6 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
             blocks: sectors / (block_size / SECTOR_SIZE) as u64,
             read_only: features & VIRTIO_BLK_F_RO != 0,
             flush_supported: features & VIRTIO_BLK_F_FLUSH != 0,
-            deepest: 0,
         })
     }
 
@@ -263,11 +260,7 @@ impl<const SLOT: usize, T: Transport> BlockDevice for Disk<SLOT, T> {
         QUEUE_DEPTH
     }
 
-    fn take_deepest_queue(&mut self) -> usize {
-        core::mem::take(&mut self.deepest)
-    }
-
-    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<(), BlockError> {
+    fn run(&mut self, requests: &mut [Request<'_>]) -> Result<usize, BlockError> {
         let count = requests.len();
         let mut batch = Batch { disk: self, requests, in_flight: Vec::with_capacity(QUEUE_DEPTH) };
         run_window(&mut batch, count, QUEUE_DEPTH)
@@ -330,7 +323,6 @@ impl<const SLOT: usize, T: Transport> RequestQueue for Batch<'_, '_, '_, SLOT, T
             }
         };
         self.in_flight.push(InFlight { token, request: index, area });
-        disk.deepest = disk.deepest.max(self.in_flight.len());
         Ok(())
     }
 
