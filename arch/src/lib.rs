@@ -4,8 +4,8 @@
 //! - [`layout`]: the kernel's virtual address space (linear map, device window, image).
 //! - [`mmu`]: the live translation tables: linear map, device mappings, translation queries.
 //! - [`exception`]: the vector table, exception reports in words, fault probes.
-//! - [`cache`], [`timer`], [`power`]: cache maintenance, the generic timer, PSCI and
-//!   semihosting.
+//! - [`cache`], [`copy`], [`timer`], [`power`]: cache maintenance, the bounce copy, the generic
+//!   timer, PSCI and semihosting.
 //!
 //! Board specifics (which UART, which interrupt controller, how much RAM) are not here: they
 //! come from the devicetree, read by the kernel.
@@ -17,6 +17,7 @@ compile_error!("`arch` (and the kernel) build only for aarch64-unknown-none: use
 
 pub mod boot;
 pub mod cache;
+pub mod copy;
 pub mod exception;
 pub mod layout;
 pub mod mmu;

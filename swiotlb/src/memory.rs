@@ -24,6 +24,17 @@ use crate::PhysAddr;
 pub unsafe trait PhysMemory {
     /// Where the CPU reads and writes `len` bytes at physical `address`; `None` if it cannot.
     fn window(&self, address: PhysAddr, len: usize) -> Option<NonNull<u8>>;
+
+    /// Copy `len` bytes between two windows, which may overlap: the bounce copy, the whole
+    /// cost of bouncing. The default is `core::ptr::copy` (`memmove`); the kernel brings a
+    /// copy made for its CPU.
+    ///
+    /// # Safety
+    /// `source` and `destination` lie in windows this memory returned, valid for `len` bytes.
+    unsafe fn copy(&self, source: *const u8, destination: *mut u8, len: usize) {
+        // SAFETY: the caller's promise; `core::ptr::copy` allows overlap.
+        unsafe { core::ptr::copy(source, destination, len) }
+    }
 }
 
 /// Simulated RAM for host tests and benches: `size` bytes at physical address `base`.

@@ -260,7 +260,7 @@ impl<M: PhysMemory> BouncePool<M> {
                     if constraints.zero_padding && !cfg!(feature = "break-zero-padding") {
                         zero_padding(region, placement.offset, size, mapping.region_len);
                     }
-                    core::ptr::copy(source.as_ptr(), region.add(placement.offset), size);
+                    self.memory.copy(source.as_ptr(), region.add(placement.offset), size);
                 }
                 let record = Record { buffer: mapping.dma, size, kind: Use::Streaming { orig, direction }, reserved };
                 self.remember(area, record);
@@ -427,7 +427,7 @@ impl<M: PhysMemory> BouncePool<M> {
         let target = self.memory.window(orig, size).ok_or(DmaError::BufferUnreachable { orig, size })?;
         // SAFETY: `dma..dma + size` lies in a live buffer whose area lock the caller holds;
         // `target` is valid for `size` bytes by the `PhysMemory` contract.
-        unsafe { core::ptr::copy(self.cpu_pointer(dma), target.as_ptr(), size) };
+        unsafe { self.memory.copy(self.cpu_pointer(dma), target.as_ptr(), size) };
         self.counters.bounced_to_cpu(size);
         Ok(())
     }
@@ -435,7 +435,7 @@ impl<M: PhysMemory> BouncePool<M> {
     fn copy_to_device(&self, orig: PhysAddr, dma: DmaAddr, size: usize) -> Result<(), DmaError> {
         let source = self.memory.window(orig, size).ok_or(DmaError::BufferUnreachable { orig, size })?;
         // SAFETY: as in `copy_to_cpu`, the other way round.
-        unsafe { core::ptr::copy(source.as_ptr(), self.cpu_pointer(dma), size) };
+        unsafe { self.memory.copy(source.as_ptr(), self.cpu_pointer(dma), size) };
         self.counters.bounced_to_device(size);
         Ok(())
     }

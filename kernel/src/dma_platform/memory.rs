@@ -63,4 +63,10 @@ unsafe impl PhysMemory for KernelMemory {
         let range = PhysRange::new(address, len as u64)?;
         NonNull::new(self.virt(range)?.as_mut_ptr())
     }
+
+    unsafe fn copy(&self, source: *const u8, destination: *mut u8, len: usize) {
+        // SAFETY: both lie in windows of the image or the linear map (the caller's promise),
+        // which are Normal memory: what `arch::copy` needs.
+        unsafe { arch::copy::copy(source, destination, len) }
+    }
 }
