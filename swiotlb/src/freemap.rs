@@ -24,6 +24,15 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// A run of free slots, as [`FreeMap::run_around`] measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FreeRun {
+    /// Its first slot, if the walk reached it.
+    pub start: Option<usize>,
+    /// Its length, or at least the walk's `enough` when it is longer.
+    pub length: usize,
+}
+
 /// Bit `i % 64` of word `i / 64` is set when slot `i` is free. Bits past the end stay clear,
 /// so no run can leave the area.
 pub(crate) struct FreeMap {
@@ -77,20 +86,14 @@ impl FreeMap {
         }
     }
 
-    /// Length of the free run that `[start, start + count)` (all free) belongs to, or any
-    /// number of at least `enough` when the run is that long: the walk stops there, so that its
-    /// cost does not grow with the pool (a 1 GiB pool has 8192 words to walk when nearly empty).
-    pub fn run_through(&self, start: usize, count: usize, enough: usize) -> usize {
-        let before = self.free_before(start, enough.saturating_sub(count));
-        let after = self.free_from(start + count, enough.saturating_sub(count + before));
-        before + count + after
-    }
-
-    /// Where the free run that `[start, ...)` (free) belongs to begins, if it begins fewer than
-    /// `enough` slots below `start` (otherwise the walk stops and says nothing).
-    pub fn run_start(&self, start: usize, enough: usize) -> Option<usize> {
+    /// The free run that `[start, start + count)` (all free) belongs to: its length, or any
+    /// number of at least `enough` when the run is that long, and where it begins, if that is
+    /// fewer than `enough` slots below `start`. The walks stop at `enough`, so that their cost
+    /// does not grow with the pool (a 1 GiB pool has 8192 words to walk when nearly empty).
+    pub fn run_around(&self, start: usize, count: usize, enough: usize) -> FreeRun {
         let before = self.free_before(start, enough);
-        (before < enough).then(|| start - before)
+        let after = self.free_from(start + count, enough.saturating_sub(count + before));
+        FreeRun { start: (before < enough).then(|| start - before), length: before + count + after }
     }
 
     /// Free slots immediately below `slot`, counted until there are at least `enough`.
@@ -250,13 +253,17 @@ mod tests {
             map.mark_used(used, 1);
         }
         assert_eq!(map.longest_run(), 128, "72..=199");
-        assert_eq!(map.run_through(100, 5, usize::MAX), 128);
-        assert_eq!(map.run_through(4, 1, usize::MAX), 66, "4..=69");
-        assert_eq!(map.run_through(0, 3, usize::MAX), 3);
+        let run = |start: Option<usize>, length| FreeRun { start, length };
+        assert_eq!(map.run_around(100, 5, usize::MAX), run(Some(72), 128));
+        assert_eq!(map.run_around(4, 1, usize::MAX), run(Some(4), 66), "4..=69");
+        assert_eq!(map.run_around(0, 3, usize::MAX), run(Some(0), 3));
         // Enough is enough: the walk stops once the run is known to be that long, and never
-        // reports more than the run has.
-        assert!((8..=128).contains(&map.run_through(100, 5, 8)));
-        assert_eq!(map.run_through(4, 1, 200), 66);
+        // reports more than the run has; the start is given only if the walk got there.
+        let capped = map.run_around(100, 5, 8);
+        assert!((8..=128).contains(&capped.length) && capped.start.is_none());
+        assert_eq!(map.run_around(4, 1, 200), run(Some(4), 66));
+        let enough = map.run_around(75, 1, 8);
+        assert!(enough.start == Some(72) && (8..=128).contains(&enough.length), "3 below, then enough above");
         map.mark_used(0, 300);
         assert_eq!(map.longest_run(), 0);
     }

@@ -145,13 +145,13 @@ impl<T> Area<T> {
         let local = first_slot - self.first_slot;
         self.free.mark_free(local, slots);
         self.used -= slots;
-        let recreated = self.free.run_through(local, slots, self.segment_slots);
-        self.longest_free_bound = self.longest_free_bound.max(recreated);
+        let recreated = self.free.run_around(local, slots, self.segment_slots);
+        self.longest_free_bound = self.longest_free_bound.max(recreated.length);
         // Only the run holding these slots changed. If it starts a segment or more below them,
         // it was that long already, and its group's bound says so.
-        if let Some(start) = self.free.run_start(local, self.segment_slots) {
+        if let Some(start) = recreated.start {
             let bound = &mut self.group_bounds[start / (64 * GROUP_WORDS)];
-            *bound = (*bound).max(recreated.min(self.segment_slots));
+            *bound = (*bound).max(recreated.length.min(self.segment_slots));
         }
     }
 
@@ -180,7 +180,11 @@ impl<T> Area<T> {
         let mut group_has_none = false;
         let mut step = 0;
         while step <= words {
-            let index = (cursor_word + step) % words;
+            // `cursor_word + step` wrapped once around the area, without a division per word.
+            let index = match cursor_word + step {
+                past if past >= words => past - words,
+                index => index,
+            };
             let group = index / GROUP_WORDS;
             if index.is_multiple_of(GROUP_WORDS) && step > 0 && step < words {
                 if self.group_bounds[group] < run {
