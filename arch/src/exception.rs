@@ -10,8 +10,9 @@
 //!     ESR 0x96000004  FAR 0x0000000000001000  ELR 0xffffffff80012345
 //! ```
 //!
-//! An exception the kernel did not expect stops it (through the panic handler, which reports
-//! and powers off). One kind is expected: a *probe* ([`probe_read`], [`probe_write`]) asks
+//! IRQs go to the handler the kernel registered ([`crate::interrupt`]). Any other exception the
+//! kernel did not expect stops it (through the panic handler, which reports and powers off).
+//! One kind is expected: a *probe* ([`probe_read`], [`probe_write`]) asks
 //! whether an access faults, which is how tests check that unmapped and read-only memory
 //! really are.
 
@@ -35,7 +36,16 @@ pub struct Frame {
     /// `FAR_EL1`: the faulting address, for aborts.
     pub far: u64,
     _padding: u64,
+    /// The FP/SIMD registers q0 to q31, which Rust code uses for copies and comparisons.
+    pub simd: [u128; 32],
+    /// `FPCR` and `FPSR`: rounding mode and cumulative flags.
+    pub fpcr: u64,
+    /// See `fpcr`.
+    pub fpsr: u64,
 }
+
+// `exception.s` lays the frame out by hand: 288 bytes of general registers, then the SIMD ones.
+const _: () = assert!(core::mem::offset_of!(Frame, simd) == 288 && size_of::<Frame>() == 288 + 512 + 16);
 
 /// The vector the exception came through: which kind of exception, from where.
 const VECTOR_NAMES: [&str; 16] = [
@@ -60,8 +70,10 @@ const VECTOR_NAMES: [&str; 16] = [
 ];
 
 /// Index of "current EL with SP_EL0, synchronous": the kernel runs on SP_EL0 (see `entry.s`),
-/// so this is the only vector it expects.
+/// so this and the IRQ below are the only vectors it expects.
 const CURRENT_EL_SYNCHRONOUS: u64 = 0;
+/// "Current EL with SP_EL0, IRQ": an interrupt, taken while the kernel ran with IRQs unmasked.
+const CURRENT_EL_IRQ: u64 = 1;
 
 /// An exception syndrome (`ESR_EL1`) decoded for people (Arm ARM D19.2.37).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +265,9 @@ fn fix_up_probe(frame: &mut Frame) -> bool {
 #[unsafe(no_mangle)]
 extern "C" fn __handle_exception(frame: &mut Frame, vector: u64) {
     if vector == CURRENT_EL_SYNCHRONOUS && fix_up_probe(frame) {
+        return;
+    }
+    if vector == CURRENT_EL_IRQ && crate::interrupt::dispatch() {
         return;
     }
     let syndrome = Syndrome(frame.esr);

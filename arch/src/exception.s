@@ -5,8 +5,14 @@
 // saves x0/x1, puts its index in x0 and joins the common path, which saves the rest of the
 // registers as a `Frame` (exception.rs) on the stack and calls Rust. The handler may change
 // the frame (a probe fix-up moves ELR), so everything is restored from it.
+//
+// The frame holds the FP/SIMD registers too. Rust code on aarch64-unknown-none copies and
+// compares with them, so the code an interrupt lands in may have live values in any of q0-q31,
+// and the handler, being Rust, may use any of them: the AAPCS64 asks a callee to keep only the
+// low 64 bits of v8-v15. An interrupt must return to code that cannot tell it happened.
 
-.equ FRAME_SIZE, 288
+.equ GPR_SIZE, 288
+.equ FRAME_SIZE, GPR_SIZE + 32 * 16 + 16    // x0-x30, ELR, SPSR, ESR, FAR; q0-q31; FPCR, FPSR
 
 .macro VECTOR index
 .balign 0x80
@@ -59,9 +65,51 @@ exception_common:
     stp     x1, x2, [sp, #256]
     mrs     x1, far_el1
     str     x1, [sp, #272]
+    add     x1, sp, #GPR_SIZE
+    stp     q0, q1, [x1, #0]
+    stp     q2, q3, [x1, #32]
+    stp     q4, q5, [x1, #64]
+    stp     q6, q7, [x1, #96]
+    stp     q8, q9, [x1, #128]
+    stp     q10, q11, [x1, #160]
+    stp     q12, q13, [x1, #192]
+    stp     q14, q15, [x1, #224]
+    stp     q16, q17, [x1, #256]
+    stp     q18, q19, [x1, #288]
+    stp     q20, q21, [x1, #320]
+    stp     q22, q23, [x1, #352]
+    stp     q24, q25, [x1, #384]
+    stp     q26, q27, [x1, #416]
+    stp     q28, q29, [x1, #448]
+    stp     q30, q31, [x1, #480]
+    mrs     x2, fpcr
+    mrs     x3, fpsr
+    add     x4, x1, #512
+    stp     x2, x3, [x4]
     mov     x1, x0                  // vector index
     mov     x0, sp                  // &mut Frame
     bl      __handle_exception
+    add     x1, sp, #GPR_SIZE
+    add     x4, x1, #512
+    ldp     x2, x3, [x4]
+    msr     fpcr, x2
+    msr     fpsr, x3
+    ldp     q0, q1, [x1, #0]
+    ldp     q2, q3, [x1, #32]
+    ldp     q4, q5, [x1, #64]
+    ldp     q6, q7, [x1, #96]
+    ldp     q8, q9, [x1, #128]
+    ldp     q10, q11, [x1, #160]
+    ldp     q12, q13, [x1, #192]
+    ldp     q14, q15, [x1, #224]
+    ldp     q16, q17, [x1, #256]
+    ldp     q18, q19, [x1, #288]
+    ldp     q20, q21, [x1, #320]
+    ldp     q22, q23, [x1, #352]
+    ldp     q24, q25, [x1, #384]
+    ldp     q26, q27, [x1, #416]
+    ldp     q28, q29, [x1, #448]
+    ldp     q30, q31, [x1, #480]
     ldp     x1, x2, [sp, #248]      // ELR, SPSR: possibly changed by the handler
     msr     elr_el1, x1
     msr     spsr_el1, x2

@@ -4,6 +4,7 @@
 //! - [`layout`]: the kernel's virtual address space (linear map, device window, image).
 //! - [`mmu`]: the live translation tables: linear map, device mappings, translation queries.
 //! - [`exception`]: the vector table, exception reports in words, fault probes.
+//! - [`interrupt`]: the IRQ mask, the kernel's IRQ handler, sleeping until an interrupt.
 //! - [`cache`], [`copy`], [`timer`], [`power`]: cache maintenance, the bounce copy, the generic
 //!   timer, PSCI and semihosting.
 //!
@@ -19,6 +20,7 @@ pub mod boot;
 pub mod cache;
 pub mod copy;
 pub mod exception;
+pub mod interrupt;
 pub mod layout;
 pub mod mmu;
 pub mod power;

@@ -45,6 +45,9 @@ register_bitfields! {
         PRIORITY OFFSET(16) NUMBITS(4) [],
         /// An error is flagged in `DEBUG` (read only).
         ERROR OFFSET(8) NUMBITS(1) [],
+        /// A block with `TI.INTEN` finished, and the channel's interrupt is raised (write 1 to
+        /// clear, which lowers it).
+        INT OFFSET(2) NUMBITS(1) [],
         /// The chain ended (write 1 to clear).
         END OFFSET(1) NUMBITS(1) [],
         /// The channel is running; writing 1 starts it at `CONBLK_AD`.
@@ -58,7 +61,9 @@ register_bitfields! {
         /// Increment the destination address after each write.
         DEST_INC OFFSET(4) NUMBITS(1) [],
         /// Wait for each write's AXI response before the next one.
-        WAIT_RESP OFFSET(3) NUMBITS(1) []
+        WAIT_RESP OFFSET(3) NUMBITS(1) [],
+        /// Raise the channel's interrupt when this block is done.
+        INTEN OFFSET(0) NUMBITS(1) []
     ],
 
     /// DEBUG (4.2.1.3, offset 0x20): error flags are write-1-to-clear.
@@ -146,6 +151,12 @@ impl ControlBlock {
     pub fn memory_to_memory(source: u32, destination: u32, length: u32) -> Self {
         let information = TI::SRC_INC::SET + TI::DEST_INC::SET + TI::WAIT_RESP::SET;
         Self { transfer_information: information.value, source, destination, length, ..Self::default() }
+    }
+
+    /// The same block, raising the channel's interrupt when it is done (`TI.INTEN`): for the
+    /// last block of a chain whose end is waited for asleep.
+    pub fn interrupting(self) -> Self {
+        Self { transfer_information: self.transfer_information | TI::INTEN::SET.value, ..self }
     }
 }
 
@@ -292,7 +303,8 @@ impl Channel {
     pub fn start(&self, first_block: u32) {
         self.registers.with(|registers| {
             clear_errors(registers);
-            field!(*registers, cs).write(CS::END::SET.value); // 4.2.1.3 CS: write 1 to clear
+            // 4.2.1.3 CS: write 1 to clear `END`, and `INT` of a previous chain.
+            field!(*registers, cs).write((CS::END::SET + CS::INT::SET).value);
             field!(*registers, conblk_ad).write(first_block); // 4.2.1.3 CONBLK_AD
             let run = CS::ACTIVE::SET
                 + CS::WAIT_FOR_OUTSTANDING_WRITES::SET
@@ -300,6 +312,12 @@ impl Channel {
                 + CS::PANIC_PRIORITY.val(PRIORITY);
             field!(*registers, cs).write(run.value); // 4.2.1.3 CS
         });
+    }
+
+    /// Lowers the channel's interrupt (`CS.INT`, write 1 to clear). Only once the chain has
+    /// stopped: a write of `CS` with `ACTIVE` clear pauses a running channel.
+    pub fn acknowledge_interrupt(&self) {
+        self.registers.with(|registers| field!(*registers, cs).write(CS::INT::SET.value)); // 4.2.1.3 CS
     }
 
     /// Done means stopped *and* `END` set: a channel that stopped without reaching the end of

@@ -1,4 +1,6 @@
 //! `kernel.bench`: disk throughput on every DMA route this boot has, for `cargo xtask bench`.
+//! Last, each disk that interrupts reads one request at a time waited for asleep, then
+//! polled: what sleeping until the interrupt costs or saves per request.
 //!
 //! Every disk (virtio-blk on MMIO or PCIe, NVMe) writes and reads 4 KiB, 64 KiB and 1 MiB
 //! requests, page-aligned, one at a time and polled, over the same blocks, for a fixed time
@@ -101,7 +103,34 @@ fn measure_disk(disk: &mut dyn BlockDevice) -> Result<(), String> {
             info!("bench: {name} {op} {size_name} IOPS = {:.0}", requests as f64 / seconds);
         }
     }
-    measure_queue(disk, &name)
+    measure_queue(disk, &name)?;
+    measure_completion(disk, &name)
+}
+
+/// Reads of 4 KiB and 1 MiB, one at a time, first waited for asleep until the disk's interrupt
+/// and then polled: the time per request of each (`interrupt µs`, `poll µs`). A disk with no
+/// interrupt is left out.
+fn measure_completion(disk: &mut dyn BlockDevice, name: &str) -> Result<(), String> {
+    if disk.interrupts_taken().is_none() || crate::interrupts::polling() {
+        return Ok(());
+    }
+    let mut storage = vec![0u8; (1 << 20) + 4096];
+    let start = storage.as_ptr().align_offset(4096);
+    for (size, size_name) in [SIZES[0], SIZES[2]] {
+        if size > disk.max_transfer().unwrap_or(usize::MAX) || !size.is_multiple_of(disk.block_size()) {
+            continue;
+        }
+        let buffer = &mut storage[start..start + size];
+        for (mode, poll) in [("interrupt", false), ("poll", true)] {
+            crate::interrupts::set_polling(poll);
+            let measured = timed(|| block::read(disk, 0, buffer));
+            crate::interrupts::set_polling(false);
+            let (requests, elapsed) =
+                measured.map_err(|problem| format!("{} ({name}): {mode}: {problem}", disk.describe()))?;
+            info!("bench: {name} read {size_name} {mode} µs = {:.1}", elapsed.as_secs_f64() * 1e6 / requests as f64);
+        }
+    }
+    Ok(())
 }
 
 /// [`QUEUED`] page-aligned 4 KiB requests to blocks of their own, in one batch each time.

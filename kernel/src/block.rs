@@ -71,6 +71,9 @@ pub trait BlockDevice {
     fn queue_depth(&self) -> usize;
     /// The DMA handle every transfer of the disk goes through.
     fn dma_device(&self) -> &'static DmaDevice;
+    /// How many interrupts the disk has raised since it started; `None` if it has no interrupt
+    /// it can use (no GIC, none described), so that its completions are always polled.
+    fn interrupts_taken(&self) -> Option<u64>;
     /// Runs `requests`, each of at most `max_transfer`, keeping up to `queue_depth` in flight
     /// (`drivers::block::in_flight`). Returns once none is in flight: the most that were in
     /// flight at once, or the first error, after which nothing more was submitted.

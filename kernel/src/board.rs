@@ -109,7 +109,7 @@ pub fn start_dma_devices(devicetree: &Devicetree<'static>, devices: &[Device<'st
         let started = if device.is_compatible(Controller::COMPATIBLE) {
             start_dma_engine(devicetree, device)
         } else {
-            start_virtio(device)
+            start_virtio(devicetree, device)
         };
         match started {
             Ok(Some(name)) => info!("  {:<22} {name:<11} {}", device.name, device.dma),
@@ -119,11 +119,13 @@ pub fn start_dma_devices(devicetree: &Devicetree<'static>, devices: &[Device<'st
     }
 }
 
-fn start_virtio(device: &Device<'static>) -> Result<Option<String>, String> {
+fn start_virtio(devicetree: &Devicetree<'static>, device: &Device<'static>) -> Result<Option<String>, String> {
     let registers = *device.regs.first().ok_or("no registers")?;
     let Some(transport) = crate::virtio::open_transport(registers)? else { return Ok(None) };
     let dma = dma_device(device, VIRTIO_DMA_MASK)?;
-    match crate::virtio::start_mmio(transport, dma) {
+    // A virtio-mmio device has one interrupt (virtio 1.2, 4.2.2); without it, it is polled.
+    let interrupt = devicetree.gic_interrupts(device).map_err(|error| alloc::format!("{error}"))?.first().copied();
+    match crate::virtio::start_mmio(transport, dma, interrupt) {
         Ok(name) => Ok(Some(name.into())),
         Err(not_started) => Err(alloc::format!("{not_started}")),
     }
@@ -168,7 +170,8 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
             }
         };
         let name: &'static str = alloc::boxed::Box::leak(alloc::format!("pci {}", function.address).into_boxed_str());
-        let intx = function.intx.map_or("-".into(), |spi| alloc::format!("SPI {spi}"));
+        let intx =
+            function.intx.map_or("-".into(), |interrupt| alloc::format!("{} {}", interrupt.kind, interrupt.number));
         let (dma, row) = match pci_dma_device(devicetree, bus, name, function, driver.constraints()) {
             Ok(device) => device,
             Err(problem) => {

@@ -24,6 +24,7 @@ use platform::devicetree::{Device, Devicetree};
 use spin::Mutex;
 
 use crate::dma_platform::{Coherent, DmaDevice};
+use crate::interrupts::Line;
 use dma::{DmaApiError, MapError};
 
 /// The engine moves 32-bit words; QEMU's model even assumes whole words (it would run past
@@ -113,6 +114,9 @@ pub struct CopyReport {
 pub struct DmaEngine {
     pub dma: DmaDevice,
     channel: Channel,
+    /// The channel's interrupt (`interrupt-names` "dmaN"), when the end of a copy is waited
+    /// for asleep; else it is polled.
+    line: Mutex<Option<Line>>,
 }
 
 /// Maps the controller, picks its first usable full (non-Lite) channel and installs the engine.
@@ -135,7 +139,10 @@ pub fn start(
     channel.reset().map_err(|_| "the channel stays in reset")?;
     let description = alloc::format!("engine ch{}", channel.index);
     log::info!("DMA engine: channel {} of the firmware's mask {mask:#x}, a full (not Lite) channel", channel.index);
-    *DMA_ENGINE.lock() = Some(DmaEngine { dma, channel });
+    let interrupt_name = alloc::format!("dma{}", channel.index);
+    let interrupt = devicetree.named_gic_interrupt(device, &interrupt_name).ok().flatten();
+    let line = crate::interrupts::line_for(interrupt, &alloc::format!("DMA engine channel {}", channel.index));
+    *DMA_ENGINE.lock() = Some(DmaEngine { dma, channel, line: Mutex::new(line) });
     Ok(description)
 }
 
@@ -187,12 +194,18 @@ impl DmaEngine {
         Ok(memory)
     }
 
+    /// How many interrupts the channel has raised; `None` if its copies are polled.
+    pub fn interrupts_taken(&self) -> Option<u64> {
+        self.line.lock().as_ref().map(Line::fired)
+    }
+
     /// Starts the chain and waits for the engine to finish it, fail, or time out.
     fn run(&self, first_block: DmaAddr) -> Result<(), CopyError> {
         // The blocks are in coherent memory: ordering the writes before the doorbell is enough.
         arch::cache::order_writes_before_doorbell();
         self.channel.start(bus32(first_block)?);
         let started = arch::timer::uptime();
+        let mut line = self.line.lock();
         loop {
             match self.channel.status() {
                 Status::Done => {
@@ -208,7 +221,20 @@ impl DmaEngine {
                     let stuck = self.channel.abort().err();
                     return Err(CopyError::TimedOut { after: TIMEOUT, stuck });
                 }
-                Status::Running => core::hint::spin_loop(),
+                Status::Running => match line.as_mut() {
+                    Some(line) => {
+                        let running = || self.channel.status() == Status::Running;
+                        // Only the last block interrupts, so a raised interrupt means a stopped
+                        // channel; one left from the previous copy was cleared by `start`.
+                        let acknowledge = || {
+                            if !running() {
+                                self.channel.acknowledge_interrupt();
+                            }
+                        };
+                        line.wait(started + TIMEOUT, || !running(), acknowledge);
+                    }
+                    None => core::hint::spin_loop(),
+                },
             }
         }
     }
@@ -236,8 +262,10 @@ impl Chain {
             let source = bus32(self.source.add(offset as u64))?;
             let destination = bus32(self.destination.add(offset as u64))?;
             let mut block = ControlBlock::memory_to_memory(source, destination, length);
-            if index + 1 < self.count() {
-                block.next = bus32(memory.dma().add(((index + 1) * size_of::<ControlBlock>()) as u64))?;
+            match index + 1 < self.count() {
+                true => block.next = bus32(memory.dma().add(((index + 1) * size_of::<ControlBlock>()) as u64))?,
+                // The last block raises the channel's interrupt: the copy is done.
+                false => block = block.interrupting(),
             }
             // SAFETY: coherent memory sized for `count` blocks, page-aligned (so 32-byte
             // aligned), owned by this copy; volatile because the engine reads it.

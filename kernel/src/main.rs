@@ -26,6 +26,7 @@ mod demo;
 mod dma_engine;
 mod dma_platform;
 mod edu;
+mod interrupts;
 mod iommu;
 mod memory;
 mod net;
@@ -67,6 +68,8 @@ pub struct BootOptions {
     pub fault_demo: bool,
     /// `kernel.bench`: measure disk throughput on every route instead of the demo.
     pub bench: bool,
+    /// `kernel.poll`: drivers poll for completions instead of sleeping until an interrupt.
+    pub poll: bool,
 }
 
 impl BootOptions {
@@ -81,6 +84,7 @@ impl BootOptions {
                 "kernel.semihosting" => options.semihosting = true,
                 "kernel.fault-demo" => options.fault_demo = true,
                 "kernel.bench" => options.bench = true,
+                "kernel.poll" => options.poll = true,
                 _ if word.starts_with("kernel.") => unknown = unknown.or(Some(word)),
                 _ => {}
             }
@@ -115,9 +119,10 @@ pub fn kernel_main(boot: BootInfo) -> ! {
     start_power_off(&devicetree);
     if let Some(word) = unknown {
         warn!(
-            "bootargs: `{word}` is not a kernel option (known: kernel.test, kernel.semihosting, kernel.fault-demo, kernel.bench)"
+            "bootargs: `{word}` is not a kernel option (known: kernel.test, kernel.semihosting, kernel.fault-demo, kernel.bench, kernel.poll)"
         );
     }
+    interrupts::set_polling(options.poll);
     if let Err(message) = describe_machine(boot, devicetree) {
         error!("boot failed: {message}");
         power::stop(power::Outcome::Failure);
@@ -179,10 +184,14 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(
     info!("devicetree: {} ({} bytes in use)", boot.devicetree, devicetree.size_in_bytes());
     let plan = dma_platform::pools::plan(&devicetree)?;
     let memory = memory::init(&boot, &devicetree, &plan)?;
+    if let Err(problem) = interrupts::start(&devicetree) {
+        error!("interrupts: {problem}: every driver polls");
+    }
     dma_platform::start_checker(devicetree.bootargs());
     dma_platform::start_tracer(devicetree.bootargs());
     board::start_dma_devices(&devicetree, &plan.devices);
     board::start_pci_devices(&devicetree);
+    interrupts::log_routes();
     MACHINE.call_once(|| Machine { boot, devicetree, memory });
     Ok(())
 }

@@ -17,13 +17,15 @@
 //! function`); the bridge's `iommu-map` turns it into the StreamID under which the SMMU looks
 //! up the function's translation ([`crate::iommu`]).
 //!
-//! Legacy INTx interrupts are resolved through `interrupt-map` and shown in the device table;
-//! the drivers here poll, so none is enabled.
+//! Legacy INTx interrupts are resolved through `interrupt-map`, shown in the device table, and
+//! taken by the drivers ([`crate::interrupts::Line`]): level-triggered, and shared when the
+//! bridge swizzles two functions' pins onto one line.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
+use platform::interrupts::GicInterrupt;
 
 use addr::PhysRange;
 use log::{info, warn};
@@ -44,8 +46,8 @@ pub struct PciFunction {
     pub info: DeviceFunctionInfo,
     /// Where its DMA goes: the IOMMU and StreamID `iommu-map` names, if any.
     pub stream: Option<StreamRoute>,
-    /// The GIC SPI its INTA# is routed to (`interrupt-map`), if any.
-    pub intx: Option<u32>,
+    /// The GIC interrupt its INTA# is routed to (`interrupt-map`), if any.
+    pub intx: Option<GicInterrupt>,
     /// Where the CPU reaches each memory BAR, by BAR index.
     pub memory_bars: [Option<PhysRange>; 6],
 }
@@ -114,7 +116,9 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>
             }
         };
         let stream = bridge.stream_id(address.requester_id());
-        let intx = bridge.legacy_interrupt(address, IntxPin::A).and_then(|interrupt| interrupt.gic_spi());
+        let intx = bridge
+            .legacy_interrupt(address, IntxPin::A)
+            .and_then(|interrupt| GicInterrupt::from_cells(&interrupt.cells));
         functions.push(PciFunction { address, info, stream, intx, memory_bars });
     }
     info!("pci: {} ({}), {} function(s) on bus {first_bus}", bridge.name, bridge.ecam, functions.len());

@@ -621,7 +621,7 @@ impl<'a> Devicetree<'a> {
 
     /// Walks from the root along `path`, remembering the nodes passed on the way. A component
     /// without a unit address matches the first child of that name whatever its address.
-    fn locate(&self, path: &str) -> Option<Located<'_, 'a>> {
+    pub(crate) fn locate(&self, path: &str) -> Option<Located<'_, 'a>> {
         let mut node = self.root()?;
         let mut ancestors = ArrayVec::new();
         for component in path.split('/').filter(|c| !c.is_empty()) {
@@ -634,20 +634,68 @@ impl<'a> Devicetree<'a> {
         Some(Located { node, ancestors })
     }
 
+    /// The first node named `name` (with its unit address) in document order, with every node
+    /// above it: how a [`Device`] is found again, as [`Device::name`] explains.
+    pub(crate) fn locate_named(&self, name: &str) -> Option<Located<'_, 'a>> {
+        Self::find_first(self.root()?, &mut ArrayVec::new(), &|node| node.name == name)
+    }
+
+    /// The first enabled node, in document order, with one of the given `compatible` strings:
+    /// what [`Self::visit_compatible`] visits first, found without walking the rest of the tree.
+    pub(crate) fn first_compatible(&self, wanted: &[&str]) -> Option<Located<'_, 'a>> {
+        let matches = |node: &FdtNode<'_, 'a>| {
+            node.compatible().is_some_and(|c| c.all().any(|c| wanted.contains(&c))) && is_enabled(node)
+        };
+        Self::find_first(self.root()?, &mut ArrayVec::new(), &matches)
+    }
+
+    /// [`Self::first_compatible`]'s node, without the nodes above it: found by one linear pass
+    /// over the structure block, which reads each property once, where a walk down from the root
+    /// reads a node's properties again at every level above it.
+    pub(crate) fn first_compatible_node(&self, wanted: &[&str]) -> Option<FdtNode<'_, 'a>> {
+        self.fdt
+            .all_nodes()
+            .find(|node| node.compatible().is_some_and(|c| c.all().any(|c| wanted.contains(&c))) && is_enabled(node))
+    }
+
+    /// The first node at or below `node`, in document order, that `matches`. Recurses once per
+    /// level, bounded as [`Self::walk_compatible`] is.
+    fn find_first<'b>(
+        node: FdtNode<'b, 'a>,
+        ancestors: &mut ArrayVec<FdtNode<'b, 'a>, MAX_DEPTH>,
+        matches: &dyn Fn(&FdtNode<'b, 'a>) -> bool,
+    ) -> Option<Located<'b, 'a>> {
+        if matches(&node) {
+            return Some(Located { node, ancestors: ancestors.clone() });
+        }
+        ancestors.try_push(node).ok()?;
+        let found = node.children().find_map(|child| Self::find_first(child, ancestors, matches));
+        ancestors.pop();
+        found
+    }
+
     pub(crate) fn device(&self, located: &Located<'_, 'a>) -> Result<Device<'a>, Error<'a>> {
         let node = &located.node;
-        let mut regs = RangeList::new();
-        if let Some(parent) = located.ancestors.last() {
-            for range in parse_reg(node, parent)? {
-                let start = translate(node.name, range.start().as_u64(), &located.ancestors)?;
-                let range = checked_range(start, range.size(), node.name)?;
-                regs.try_push(range).map_err(|_| Error::TooManyRanges { what: "reg entries" })?;
-            }
-        }
+        let regs = translated_regs(located)?;
         let compatible = node.property("compatible").map_or(&[][..], |p| p.value);
         let dma = dma_config::describe(&self.fdt, node, &located.ancestors)?;
         Ok(Device { name: node.name, compatible, regs, dma })
     }
+}
+
+/// The `reg` ranges of a located node, each translated through the `ranges` of the buses above
+/// it to CPU physical addresses. None for the root, which has no parent to shape a `reg`.
+pub(crate) fn translated_regs<'a>(located: &Located<'_, 'a>) -> Result<RangeList, Error<'a>> {
+    let node = &located.node;
+    let mut regs = RangeList::new();
+    if let Some(parent) = located.ancestors.last() {
+        for range in parse_reg(node, parent)? {
+            let start = translate(node.name, range.start().as_u64(), &located.ancestors)?;
+            let range = checked_range(start, range.size(), node.name)?;
+            regs.try_push(range).map_err(|_| Error::TooManyRanges { what: "reg entries" })?;
+        }
+    }
+    Ok(regs)
 }
 
 /// Translates a bus address of a node below `ancestors` (root first) to a physical address,
@@ -777,6 +825,36 @@ fn cell_count<'a>(node: &FdtNode<'_, 'a>, property: &'static str, default: usize
         // Validation refuses these, but a query answers rather than assumes.
         _ => Err(Error::BadProperty { node: node.name, property, problem: "is not one cell" }),
     }
+}
+
+/// A one-cell property; `None` if absent.
+pub(crate) fn one_cell<'a>(node: &FdtNode<'_, 'a>, property: &'static str) -> Result<Option<u32>, Error<'a>> {
+    let Some(value) = node.property(property) else { return Ok(None) };
+    match read_cells(value.value, 1) {
+        Some((cell, [])) => Ok(Some(cell as u32)),
+        _ => Err(bad(node, property, "is not one 32-bit cell")),
+    }
+}
+
+/// The big-endian cells of `bytes`, whose length is a multiple of 4.
+pub(crate) fn cells(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes.chunks_exact(4).map(|cell| u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]))
+}
+
+/// [`Error::BadProperty`] for `property` of `node`.
+pub(crate) fn bad<'a>(node: &FdtNode<'_, 'a>, property: &'static str, problem: &'static str) -> Error<'a> {
+    Error::BadProperty { node: node.name, property, problem }
+}
+
+/// [`Error::BadEntryLength`] for `property` of `node`, `bytes` long.
+pub(crate) fn entry_length_error<'a>(
+    node: &FdtNode<'_, 'a>,
+    property: &'static str,
+    bytes: usize,
+    entry_cells: usize,
+    layout: &'static str,
+) -> Error<'a> {
+    Error::BadEntryLength { node: node.name, property, cells: bytes / 4, entry_cells, layout }
 }
 
 fn string_property<'a>(node: &FdtNode<'_, 'a>, name: &str) -> Option<&'a str> {

@@ -12,11 +12,14 @@ pub mod devicetree;
 pub mod dma_config;
 #[cfg(any(test, feature = "writer"))]
 pub mod fdt_writer;
+pub mod interrupts;
 pub mod memmap;
 pub mod pci;
 
 #[cfg(test)]
 mod dma_tests;
+#[cfg(test)]
+mod interrupts_tests;
 #[cfg(test)]
 mod pci_tests;
 #[cfg(test)]

@@ -84,7 +84,11 @@ use arrayvec::ArrayVec;
 use core::fmt;
 use fdt::node::FdtNode;
 
-use crate::devicetree::{Devicetree, Error, Located, address_cells, is_enabled, read_cells, translate};
+use crate::devicetree::{
+    Devicetree, Error, Located, address_cells, bad, cells, entry_length_error, is_enabled, one_cell, read_cells,
+    translate,
+};
+use crate::interrupts::{GicInterrupt, InterruptController, InterruptKind, interrupt_name_index, interrupt_parent};
 use crate::memmap::Size;
 
 /// How many host bridges one devicetree may describe.
@@ -365,12 +369,10 @@ pub struct InterruptSpecifier<'a> {
 impl InterruptSpecifier<'_> {
     /// The SPI number, reading the cells by the GIC binding (Linux's
     /// `bindings/interrupt-controller/arm,gic.yaml`): type (0 = SPI), number, flags. Its INTID
-    /// is 32 + the SPI number. `None` for other shapes; the caller knows its controller is a GIC.
+    /// is 32 + the SPI number. `None` for a PPI and for cells that binding does not allow (see
+    /// [`GicInterrupt::from_cells`]); the caller knows its controller is a GIC.
     pub fn gic_spi(&self) -> Option<u32> {
-        match self.cells.as_slice() {
-            [0, number, _flags] => Some(*number),
-            _ => None,
-        }
+        GicInterrupt::from_cells(&self.cells).filter(|interrupt| interrupt.kind == InterruptKind::Spi).map(|i| i.number)
     }
 }
 
@@ -567,10 +569,7 @@ impl<'a> Devicetree<'a> {
         name: &str,
     ) -> Result<Option<InterruptSpecifier<'a>>, Error<'a>> {
         let node = &located.node;
-        let names = node.property("interrupt-names").map_or(&[][..], |names| names.value);
-        let Some(index) = names.split(|&byte| byte == 0).position(|listed| listed == name.as_bytes()) else {
-            return Ok(None);
-        };
+        let Some(index) = interrupt_name_index(node, name) else { return Ok(None) };
         let phandle = interrupt_parent(located)?;
         let controller = self.interrupt_controller(node, "interrupt-parent", phandle)?;
         let interrupts = node.property("interrupts").map_or(&[][..], |interrupts| interrupts.value);
@@ -594,60 +593,39 @@ impl<'a> Devicetree<'a> {
             return Err(bad(node, "#interrupt-cells", "is not 1 (a PCI interrupt is one pin number)"));
         }
         let mut rest = map.value;
+        // Entries name their controller by phandle, nearly always the same one: each lookup walks
+        // the whole tree, so the last one found is kept.
+        let mut last_controller = None;
         while !rest.is_empty() {
-            let (entry, after) = self.interrupt_map_entry(node, rest)?;
+            let (entry, after) = self.interrupt_map_entry(node, rest, &mut last_controller)?;
             entries.try_push(entry).map_err(|_| Error::TooManyRanges { what: "interrupt-map entries" })?;
             rest = after;
         }
         Ok(InterruptMap { mask, entries })
     }
 
-    /// The `interrupt-map` entry at the front of `bytes`, and the bytes after it.
+    /// The `interrupt-map` entry at the front of `bytes`, and the bytes after it. `last` is the
+    /// controller (and its phandle) the entry before named, if any, and becomes this entry's.
     fn interrupt_map_entry<'v>(
         &self,
         node: &FdtNode<'_, 'a>,
         bytes: &'v [u8],
+        last: &mut Option<(u32, InterruptController<'a>)>,
     ) -> Result<(InterruptMapEntry<'a>, &'v [u8]), Error<'a>> {
         let cut_short = || bad(node, "interrupt-map", "ends in the middle of an entry");
         let (key_bytes, rest) = split(bytes, INTERRUPT_KEY_CELLS).ok_or_else(cut_short)?;
         let (phandle, rest) = read_cells(rest, 1).ok_or_else(cut_short)?;
-        let controller = self.interrupt_controller(node, "interrupt-map", phandle as u32)?;
+        let phandle = phandle as u32;
+        let controller = match *last {
+            Some((known, controller)) if known == phandle => controller,
+            _ => self.interrupt_controller(node, "interrupt-map", phandle)?,
+        };
+        *last = Some((phandle, controller));
         let (_parent_unit_address, rest) = split(rest, controller.address_cells).ok_or_else(cut_short)?;
         let (specifier, rest) = split(rest, controller.cells).ok_or_else(cut_short)?;
         let parent = InterruptSpecifier { controller: controller.name, cells: cells(specifier).collect() };
         Ok((InterruptMapEntry { key: cell_array(key_bytes), parent }, rest))
     }
-
-    /// The interrupt controller that `property` of `node` names by `phandle`, with the cell
-    /// counts needed to read its specifiers.
-    fn interrupt_controller(
-        &self,
-        node: &FdtNode<'_, 'a>,
-        property: &'static str,
-        phandle: u32,
-    ) -> Result<InterruptController<'a>, Error<'a>> {
-        let controller =
-            self.node_by_phandle(phandle).ok_or(Error::UnknownPhandle { node: node.name, property, phandle })?;
-        if controller.property("interrupt-controller").is_none() {
-            let problem = "names an interrupt parent that is not an interrupt controller (maps that lead to \
-                           another map are not followed)";
-            return Err(bad(node, property, problem));
-        }
-        let cells = match one_cell(&controller, "#interrupt-cells")? {
-            Some(cells @ 1..) if cells as usize <= MAX_INTERRUPT_CELLS => cells as usize,
-            _ => return Err(bad(&controller, "#interrupt-cells", "is missing, zero, or more than 4 cells")),
-        };
-        let address_cells = one_cell(&controller, "#address-cells")?.unwrap_or(0) as usize;
-        Ok(InterruptController { name: controller.name, cells, address_cells })
-    }
-}
-
-struct InterruptController<'a> {
-    name: &'a str,
-    /// `#interrupt-cells`: cells of one specifier.
-    cells: usize,
-    /// `#address-cells`, 0 if absent: cells of the unit address in an `interrupt-map` entry.
-    address_cells: usize,
 }
 
 /// A PCI bus node's own cell counts are fixed by the binding; anything else is a broken tree.
@@ -779,27 +757,6 @@ fn interrupt_map_mask<'a>(node: &FdtNode<'_, 'a>) -> Result<[u32; INTERRUPT_KEY_
     Ok(cell_array(property.value))
 }
 
-/// The phandle of the nearest `interrupt-parent`, on the node or a node above it (Devicetree
-/// Specification 0.4, §2.4.1).
-fn interrupt_parent<'a>(located: &Located<'_, 'a>) -> Result<u32, Error<'a>> {
-    let node = &located.node;
-    for carrier in core::iter::once(node).chain(located.ancestors.iter().rev()) {
-        if let Some(phandle) = one_cell(carrier, "interrupt-parent")? {
-            return Ok(phandle);
-        }
-    }
-    Err(bad(node, "interrupts", "has no interrupt-parent on the node or above it"))
-}
-
-/// A one-cell property; `None` if absent.
-fn one_cell<'a>(node: &FdtNode<'_, 'a>, property: &'static str) -> Result<Option<u32>, Error<'a>> {
-    let Some(value) = node.property(property) else { return Ok(None) };
-    match read_cells(value.value, 1) {
-        Some((cell, [])) => Ok(Some(cell as u32)),
-        _ => Err(bad(node, property, "is not one 32-bit cell")),
-    }
-}
-
 /// The first `count` cells of `bytes`, and the bytes after them.
 fn split(bytes: &[u8], count: usize) -> Option<(&[u8], &[u8])> {
     bytes.split_at_checked(count.checked_mul(4)?)
@@ -810,25 +767,6 @@ fn cell_array<const N: usize>(bytes: &[u8]) -> [u32; N] {
     let mut array = [0; N];
     array.iter_mut().zip(cells(bytes)).for_each(|(slot, cell)| *slot = cell);
     array
-}
-
-/// The big-endian cells of `bytes`, whose length is a multiple of 4.
-fn cells(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    bytes.chunks_exact(4).map(|cell| u32::from_be_bytes([cell[0], cell[1], cell[2], cell[3]]))
-}
-
-fn bad<'a>(node: &FdtNode<'_, 'a>, property: &'static str, problem: &'static str) -> Error<'a> {
-    Error::BadProperty { node: node.name, property, problem }
-}
-
-fn entry_length_error<'a>(
-    node: &FdtNode<'_, 'a>,
-    property: &'static str,
-    bytes: usize,
-    entry_cells: usize,
-    layout: &'static str,
-) -> Error<'a> {
-    Error::BadEntryLength { node: node.name, property, cells: bytes / 4, entry_cells, layout }
 }
 
 /// The size and kind of address space a BAR asks for (PCI Local Bus 3.0, §6.2.5.1): its

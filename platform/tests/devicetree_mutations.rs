@@ -7,13 +7,15 @@
 //! answers, with a value or an error, and never panics.
 //!
 //! This test holds it to that promise the way a fuzzer would, in bounded time. It starts from
-//! realistic blobs (QEMU `virt`'s own, and one shaped like a Raspberry Pi 4's), damages each
+//! realistic blobs (QEMU `virt`'s own, with a GICv2 and with a GICv3, and one shaped like a
+//! Raspberry Pi 4's), damages each
 //! copy a few times (bits flipped, tokens, lengths, name offsets and header fields overwritten
 //! with values that matter, words deleted and duplicated, the blob cut short) and then asks
 //! everything that is public: the console rescue, validation (which is `canonical_copy`), and
 //! on what validates, every
-//! query, the memory map built from it, the DMA descriptions and the PCIe bridges, with each
-//! answer formatted as the kernel would print it.
+//! query, the memory map built from it, the DMA descriptions, the PCIe bridges, the GIC, the
+//! timer's interrupts and every device's interrupts, with each answer formatted as the kernel
+//! would print it.
 //!
 //! Cases are numbered and each draws its damage from a generator seeded by the run's seed and
 //! its number, so one case can be replayed alone:
@@ -41,6 +43,7 @@ use addr::{DmaAddr, PhysAddr, PhysRange};
 use platform::devicetree::{Devicetree, Reservation, blob_size, rescue_console};
 use platform::dma_config::{PoolPlacement, lowest_limit};
 use platform::fdt_writer::FdtWriter;
+use platform::interrupts::GicInterrupt;
 use platform::memmap::MemoryMap;
 use platform::pci::{BarAllocator, BarKind, BarRequest, IntxPin, PciFunction};
 
@@ -52,6 +55,12 @@ const DEFAULT_CASES: u64 = if cfg!(debug_assertions) { 100_000 } else { 1_000_00
 
 /// The console drivers the kernel has (`drivers::pl011`, `drivers::mini_uart`).
 const CONSOLE_DRIVERS: [&str; 2] = ["arm,pl011", "brcm,bcm2835-aux-uart"];
+
+/// Interrupt names to look up: the Pi's DMA channels, the SMMU's, one no device has. They are
+/// asked of the devices whose interrupts the kernel looks up by name (`NAMED_INTERRUPTS`) only:
+/// each lookup walks the tree, and asking every device would make each case a third slower.
+const INTERRUPT_NAMES: [&str; 5] = ["dma0", "dma1", "eventq", "gerror", "none"];
+const NAMED_INTERRUPTS: [&str; 2] = ["arm,smmu-v3", "brcm,bcm2835-dma"];
 
 /// Every `compatible` the kernel looks for, and a few it does not.
 const COMPATIBLES: [&str; 9] = [
@@ -81,7 +90,11 @@ fn a_million_damaged_devicetrees_are_answered_without_a_panic() {
     };
     let cases = std::env::var("DT_MUTATION_CASES")
         .map_or(DEFAULT_CASES, |text| parse_number(&text).expect("DT_MUTATION_CASES is a number"));
-    let corpus = [Original::new("QEMU virt", qemu_virt()), Original::new("Pi 4-like", pi4_like())];
+    let corpus = [
+        Original::new("QEMU virt", qemu_virt(include_bytes!("fixtures/qemu-virt-smmuv3.dtb"))),
+        Original::new("QEMU virt GICv3", qemu_virt(include_bytes!("fixtures/qemu-virt-gicv3-its.dtb"))),
+        Original::new("Pi 4-like", pi4_like()),
+    ];
     for original in &corpus {
         let answered = exercise(&original.blob);
         assert_eq!(answered, Ok(()), "{} must validate and describe a machine unharmed", original.name);
@@ -110,6 +123,15 @@ fn a_million_damaged_devicetrees_are_answered_without_a_panic() {
         );
     }
     let _ = writeln!(std::io::stderr(), "devicetree mutations: {cases} cases in {:.1} s", elapsed.as_secs_f64());
+}
+
+/// Each interrupt as the kernel logs it, with its INTID and trigger kind.
+fn describe_interrupts(interrupts: &[GicInterrupt]) -> String {
+    let mut text = String::new();
+    for interrupt in interrupts {
+        let _ = write!(text, "{interrupt} {} {} ", interrupt.intid(), interrupt.trigger.is_edge());
+    }
+    text
 }
 
 fn parse_number(text: &str) -> Option<u64> {
@@ -257,7 +279,22 @@ fn exercise(blob: &[u8]) -> Result<(), String> {
         if let Some(first) = device.regs.first() {
             let _ = write!(out, "{}", device.dma.reaches(*first));
         }
+        let interrupts = dt.gic_interrupts(device);
+        note(&mut out, interrupts.map(|interrupts| describe_interrupts(&interrupts)).map_err(|e| e.to_string()));
+        let named = NAMED_INTERRUPTS.iter().any(|&compatible| device.is_compatible(compatible));
+        for name in INTERRUPT_NAMES.iter().filter(|_| named) {
+            let named = dt.named_gic_interrupt(device, name);
+            note(&mut out, named.map(|named| describe_interrupts(named.as_slice())).map_err(|e| e.to_string()));
+        }
     }
+    let gic = dt.gic().map(|gic| gic.map_or(String::from("no GIC"), |gic| format!("{} {gic:?}", gic.version)));
+    note(&mut out, gic.map_err(|error| error.to_string()));
+    let timer = dt.timer_interrupts().map(|timer| {
+        let Some(timer) = timer else { return String::from("no timer") };
+        let listed = [timer.secure_physical, Some(timer.physical), Some(timer.virtual_timer), timer.hypervisor];
+        format!("{timer:?} {}", describe_interrupts(&listed.into_iter().flatten().collect::<Vec<_>>()))
+    });
+    note(&mut out, timer.map_err(|error| error.to_string()));
     let lowest = lowest_limit(devices.iter().map(|device| &device.dma));
 
     let bridges = dt.pci_host_bridges();
@@ -550,14 +587,15 @@ impl SplitMix64 {
     }
 }
 
-/// QEMU 10's `-M virt,iommu=smmuv3 -cpu cortex-a72` devicetree, as `cargo xtask qemu` hands it
-/// to the kernel (with its test reservation and restricted DMA pool added): virtio-mmio slots,
-/// a PL011, PSCI, a GIC with its MSI frame, an SMMUv3 and a PCIe host bridge.
+/// A QEMU 10 `virt` devicetree: `qemu-virt-smmuv3.dtb` is `-M virt,iommu=smmuv3 -cpu cortex-a72`
+/// as `cargo xtask qemu` hands it to the kernel (with its test reservation and restricted DMA
+/// pool added), with a GICv2 and its GICv2m frame; `qemu-virt-gicv3-its.dtb` is QEMU's own with
+/// `gic-version=3`, a GICv3 and its ITS. Both have virtio-mmio slots, a PL011, PSCI, an SMMUv3
+/// and a PCIe host bridge.
 ///
 /// QEMU lists 32 virtio-mmio slots, alike but for their addresses; all but the first
 /// [`VIRTIO_SLOTS_KEPT`] are cut out, as they would only make each case slower.
-fn qemu_virt() -> Vec<u8> {
-    let blob = include_bytes!("fixtures/qemu-virt-smmuv3.dtb");
+fn qemu_virt(blob: &[u8]) -> Vec<u8> {
     let word = |at: usize| u32::from_be_bytes(blob[at..at + 4].try_into().unwrap()) as usize;
     let (structure_start, strings_start, structure_size) = (word(8), word(12), word(36));
     assert!(structure_start + structure_size <= strings_start, "the fixture's strings follow its structure");
@@ -605,7 +643,8 @@ const VIRTIO_SLOTS_KEPT: usize = 4;
 
 /// A blob shaped like the Raspberry Pi 4's as its firmware passes it: `/soc` with one-cell
 /// addresses translated by `ranges` and `dma-ranges`, a bus below it with its own
-/// `dma-ranges`, the console named through an alias, RAM in two banks, no PSCI.
+/// `dma-ranges`, the console named through an alias, RAM in two banks, no PSCI, the GIC-400
+/// under `/soc`, the architected timer's level-low PPIs, named DMA interrupts.
 fn pi4_like() -> Vec<u8> {
     let mut w = FdtWriter::new();
     w.reserve_memory(0, 0x1000);
@@ -655,13 +694,19 @@ fn pi4_like() -> Vec<u8> {
     w.property("compatible", b"simple-bus\0");
     w.property_cells("#address-cells", &[1]);
     w.property_cells("#size-cells", &[1]);
-    w.property_cells("ranges", &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000, 0x7c00_0000, 0, 0xfc00_0000, 0x200_0000]);
+    #[rustfmt::skip]
+    w.property_cells("ranges", &[
+        0x7e00_0000, 0, 0xfe00_0000, 0x180_0000,
+        0x7c00_0000, 0, 0xfc00_0000, 0x200_0000,
+        0x4000_0000, 0, 0xff80_0000, 0x80_0000,
+    ]);
     w.property_cells("dma-ranges", &[0xc000_0000, 0, 0, 0x4000_0000]);
     w.begin_node("interrupt-controller@40041000");
     w.property_string("compatible", "arm,gic-400");
     w.property("interrupt-controller", &[]);
     w.property_cells("#interrupt-cells", &[3]);
-    w.property_cells("reg", &[0x4004_1000, 0x1000, 0x4004_2000, 0x2000]);
+    w.property_cells("reg", &[0x4004_1000, 0x1000, 0x4004_2000, 0x2000, 0x4004_4000, 0x2000, 0x4004_6000, 0x2000]);
+    w.property_cells("interrupts", &[1, 9, 0xf04]);
     w.property_cells("phandle", &[1]);
     w.end_node();
     w.begin_node("watchdog@7e100000");
@@ -672,6 +717,7 @@ fn pi4_like() -> Vec<u8> {
     w.property_string("compatible", "brcm,bcm2835-dma");
     w.property_cells("reg", &[0x7e00_7000, 0xb00]);
     w.property_cells("interrupts", &[0, 80, 4, 0, 81, 4]);
+    w.property("interrupt-names", b"dma0\0dma1\0");
     w.property_cells("#dma-cells", &[1]);
     w.property_cells("brcm,dma-channel-mask", &[0x7f5]);
     w.property_cells("memory-region", &[0x40]);
@@ -704,6 +750,10 @@ fn pi4_like() -> Vec<u8> {
     w.property_cells("reg", &[0, 0x7e34_0000, 0x100]);
     w.property_cells("memory-region", &[0x41]);
     w.end_node();
+    w.end_node();
+    w.begin_node("timer");
+    w.property_string("compatible", "arm,armv8-timer");
+    w.property_cells("interrupts", &[1, 13, 0xf08, 1, 14, 0xf08, 1, 11, 0xf08, 1, 10, 0xf08]);
     w.end_node();
     w.begin_node("cpus");
     w.property_cells("#address-cells", &[1]);

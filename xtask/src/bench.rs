@@ -16,7 +16,9 @@
 //!   accesses a granule at a time, so this shows what the emulated SMMU costs per page.
 //!
 //! Each disk also runs 8 requests of 4 KiB at once, which its driver keeps in flight
-//! together, against one at a time (`8-in-flight/one-at-a-time`).
+//! together, against one at a time (`8-in-flight/one-at-a-time`); and reads one request at a
+//! time waited for asleep until its interrupt, against polled (`interrupt/poll time per
+//! request`).
 //!
 //! Each figure is the median of its rounds. The output ends with one line per ratio,
 //! `bench: NAME = VALUE` (for example `bench: nvme untrusted/trusted read 1MiB = 0.52`), so that
@@ -103,6 +105,13 @@ pub fn run(rounds: usize) -> Result<()> {
             println!("bench: {disk} 8-in-flight/one-at-a-time {op} 4KiB = {:.2}", queued / alone);
         }
     }
+    // Waiting asleep for the interrupt against polling, per request.
+    for (name, &asleep) in medians.iter().filter(|(name, _)| name.ends_with(" interrupt µs")) {
+        if let Some(&polled) = medians.get(&name.replace(" interrupt µs", " poll µs")) {
+            let (disk_and_op, _) = name.rsplit_once(" interrupt µs").unwrap_or_default();
+            println!("bench: {disk_and_op} interrupt/poll time per request = {:.2}", asleep / polled);
+        }
+    }
     for (name, numerator, denominator) in RATIOS {
         for op in OPS {
             for size in SIZES {
@@ -128,7 +137,12 @@ pub fn run(rounds: usize) -> Result<()> {
 /// nothing: the denominator's time per read over the numerator's, less its DMA layer. Near 1,
 /// the DMA layer is the whole difference; well below 1, the rest is the emulated hardware's
 /// (QEMU's SMMU translating each page of a transfer).
-fn ratio_without_dma_layer(medians: &BTreeMap<String, f64>, numerator: &str, denominator: &str, size: &str) -> Option<f64> {
+fn ratio_without_dma_layer(
+    medians: &BTreeMap<String, f64>,
+    numerator: &str,
+    denominator: &str,
+    size: &str,
+) -> Option<f64> {
     let time_per_read = |disk: &str| medians.get(&format!("{disk} read {size} IOPS")).map(|iops| 1e6 / iops);
     let dma_layer = medians.get(&format!("{numerator} map+unmap {size} µs"))?;
     let rest = time_per_read(numerator)? - dma_layer;

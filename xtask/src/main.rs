@@ -88,6 +88,9 @@ enum Command {
         /// The logical block size of every disk, virtio and NVMe [default: 512]. virt only.
         #[arg(long, value_parser = ["512", "1024", "2048", "4096"])]
         block_size: Option<String>,
+        /// The interrupt controller [default: 3 with an IOMMU, else 2]. virt only.
+        #[arg(long, value_enum)]
+        gic: Option<qemu::GicVersion>,
         /// The network card's backend [default: user]; `silent` never takes a packet. virt only.
         #[arg(long, value_enum)]
         net: Option<qemu::Network>,
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
             block_size,
             net,
             stdout_path,
+            gic,
             append,
             qemu_args,
         } => {
@@ -206,6 +210,7 @@ fn main() -> ExitCode {
                 ("--block-size", block_size.is_some()),
                 ("--net", net.is_some()),
                 ("--stdout-path", stdout_path.is_some()),
+                ("--gic", gic.is_some()),
             ];
             let run = if test { qemu::Run::Tests } else { qemu::Run::Demo };
             let machine = match board {
@@ -222,6 +227,7 @@ fn main() -> ExitCode {
                     virt.block_size = block_size.map_or(virt.block_size, |size| size.parse().expect("listed sizes"));
                     virt.network = net.unwrap_or(virt.network);
                     virt.stdout = stdout_path.unwrap_or(virt.stdout);
+                    virt.gic = gic.unwrap_or(virt.gic);
                     Ok(qemu::Machine::virt(virt, cpu.as_deref().unwrap_or("cortex-a72")))
                 }
             };

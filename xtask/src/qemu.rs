@@ -35,10 +35,12 @@ pub struct Virt {
     pub block_size: u32,
     pub network: Network,
     pub stdout: StdoutPath,
+    pub gic: GicVersion,
 }
 
 impl Virt {
-    /// What `cargo xtask qemu` boots unless told otherwise.
+    /// What `cargo xtask qemu` boots unless told otherwise: with an SMMU, a GICv3 (whose ITS
+    /// turns a PCIe device's MSI write into an interrupt); without, QEMU's default GICv2.
     pub fn standard(el2: bool, pool: PoolForm, iommu: Option<IommuGranule>) -> Self {
         Self {
             el2,
@@ -48,8 +50,20 @@ impl Virt {
             block_size: 512,
             network: Network::User,
             stdout: StdoutPath::AsQemuWroteIt,
+            gic: if iommu.is_some() { GicVersion::V3 } else { GicVersion::V2 },
         }
     }
+}
+
+/// virt's interrupt controller (`gic-version=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GicVersion {
+    /// GICv2 with a GICv2m MSI frame (QEMU's default).
+    #[value(name = "2")]
+    V2,
+    /// GICv3 with an ITS.
+    #[value(name = "3")]
+    V3,
 }
 
 /// The backend of virt's network card.
@@ -142,6 +156,9 @@ impl Machine {
                 if virt.iommu.is_some() {
                     machine.push_str(",iommu=smmuv3");
                 }
+                if virt.gic == GicVersion::V3 {
+                    machine.push_str(",gic-version=3");
+                }
                 machine
             }
             Board::Raspi4b { .. } => "raspi4b".into(),
@@ -192,6 +209,9 @@ impl Machine {
                 }
                 if virt.stdout != standard.stdout {
                     name.push_str(&format!(", stdout-path {}", devicetree::MISSING_CONSOLE));
+                }
+                if virt.gic != standard.gic {
+                    name.push_str(&format!(", GICv{}", if virt.gic == GicVersion::V3 { 3 } else { 2 }));
                 }
                 name + ")"
             }

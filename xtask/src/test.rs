@@ -235,11 +235,19 @@ fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
         }
         Board::Virt(Virt { iommu: None, .. }) => &["dma_engine::", "iommu::", "nvme::", "edu::translated_"],
         // No PCIe, so no edu.
-        Board::Raspi4b { pool: RaspiPool::Default } => &["virtio::", "iommu::", "nvme::", "block::", "edu::"],
-        // A restricted engine bounces everything: nothing is lent in place.
-        Board::Raspi4b { pool: RaspiPool::Restricted } => {
-            &["virtio::", "iommu::", "nvme::", "block::", "edu::", "dma_engine::buffers_within_reach_are_not_bounced"]
+        Board::Raspi4b { pool: RaspiPool::Default } => {
+            &["virtio::", "iommu::", "nvme::", "block::", "edu::", "interrupts::every_disk_"]
         }
+        // A restricted engine bounces everything: nothing is lent in place.
+        Board::Raspi4b { pool: RaspiPool::Restricted } => &[
+            "virtio::",
+            "iommu::",
+            "nvme::",
+            "block::",
+            "edu::",
+            "interrupts::every_disk_",
+            "dma_engine::buffers_within_reach_are_not_bounced",
+        ],
     }
 }
 

@@ -111,6 +111,10 @@ pub enum IdentifyTarget {
 
 /// Create I/O Completion/Submission Queue, CDW11 bit 0: PC, Physically Contiguous.
 const PHYSICALLY_CONTIGUOUS: u32 = 1 << 0;
+/// Create I/O Completion Queue CDW11: IEN, interrupts enabled.
+const INTERRUPTS_ENABLED: u32 = 1 << 1;
+/// Create I/O Completion Queue CDW11: IV, the interrupt vector, bits 31:16.
+const INTERRUPT_VECTOR_SHIFT: u32 = 16;
 /// Create I/O Submission Queue, CDW11 [31:16]: CQID, the completion queue it posts to.
 const COMPLETION_QUEUE_SHIFT: u32 = 16;
 /// CDW10 [31:16] of both Create commands: QSIZE, the number of entries minus one.
@@ -136,12 +140,14 @@ impl SubmissionEntry {
     }
 
     /// Create I/O Completion Queue (5.4): queue `queue` of `entries` 16-byte entries at `dma`,
-    /// physically contiguous, without interrupts (this driver polls). Fewer than 2 entries
-    /// encode as QSIZE 0, which the controller refuses ("Invalid Queue Size").
-    pub fn create_io_completion_queue(queue: u16, entries: u16, dma: u64) -> Self {
+    /// physically contiguous. With `interrupt`, the controller interrupts on that vector when
+    /// it posts a completion (IEN, bit 1; IV, bits 31:16: vector 0 is the pin-based INTx or
+    /// MSI-X entry 0); without, completions are polled. Fewer than 2 entries encode as QSIZE
+    /// 0, which the controller refuses ("Invalid Queue Size").
+    pub fn create_io_completion_queue(queue: u16, entries: u16, dma: u64, interrupt: Option<u16>) -> Self {
         let cdw10 = queue_size(entries) << QUEUE_SIZE_SHIFT | u32::from(queue);
-        // IEN (bit 1) and the interrupt vector (31:16) stay 0: completions are polled.
-        let cdw11 = PHYSICALLY_CONTIGUOUS;
+        let enable = interrupt.map_or(0, |vector| INTERRUPTS_ENABLED | u32::from(vector) << INTERRUPT_VECTOR_SHIFT);
+        let cdw11 = PHYSICALLY_CONTIGUOUS | enable;
         Self { prp1: dma, cdw10, cdw11, ..Self::new(admin_opcode::CREATE_IO_COMPLETION_QUEUE) }
     }
 
@@ -330,7 +336,7 @@ mod tests {
 
     #[test]
     fn create_io_completion_queue() {
-        let command = dwords(&SubmissionEntry::create_io_completion_queue(1, 16, 0x8_1234_5000));
+        let command = dwords(&SubmissionEntry::create_io_completion_queue(1, 16, 0x8_1234_5000, None));
         assert_eq!(bits(command[0], 0, 8), 0x05, "opcode");
         assert_eq!((command[6], command[7]), (0x1234_5000, 0x8), "PRP1: the queue");
         assert_eq!(command[10], 15 << 16 | 1, "QSIZE 0-based, QID");
@@ -338,6 +344,10 @@ mod tests {
         assert_eq!(bits(command[11], 1, 1), 0, "IEN: polled");
         assert_eq!(bits(command[11], 16, 16), 0, "IV");
         assert_zero(&command, &[1, 2, 3, 4, 5, 8, 9, 12, 13, 14, 15]);
+        let interrupting = dwords(&SubmissionEntry::create_io_completion_queue(1, 16, 0x8_1234_5000, Some(3)));
+        assert_eq!(bits(interrupting[11], 0, 1), 1, "PC");
+        assert_eq!(bits(interrupting[11], 1, 1), 1, "IEN: interrupts");
+        assert_eq!(bits(interrupting[11], 16, 16), 3, "IV");
     }
 
     #[test]
@@ -353,7 +363,7 @@ mod tests {
     #[test]
     fn queues_too_small_encode_as_a_size_the_controller_refuses() {
         for entries in [0, 1] {
-            assert_eq!(SubmissionEntry::create_io_completion_queue(1, entries, 0).cdw10 >> 16, 0);
+            assert_eq!(SubmissionEntry::create_io_completion_queue(1, entries, 0, None).cdw10 >> 16, 0);
         }
         assert_eq!(SubmissionEntry::create_io_submission_queue(1, u16::MAX, 0, 1).cdw10 >> 16, 0xfffe);
     }

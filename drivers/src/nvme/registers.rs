@@ -211,6 +211,11 @@ impl ControllerRegisters {
         field!(self.properties, intms).write(vectors);
     }
 
+    /// Unmasks the interrupt vectors whose bits are set in `vectors` (INTMC, 3.1.4.4).
+    pub fn unmask_interrupts(&mut self, vectors: u32) {
+        field!(self.properties, intmc).write(vectors);
+    }
+
     /// Writes AQA, ASQ and ACQ (3.1.4.8 to 3.1.4.10): the admin queues' sizes (from
     /// [`admin_queue_attributes`]) and addresses. Only while the controller is disabled.
     pub fn set_admin_queues(&mut self, attributes: u32, submission: u64, completion: u64) {

@@ -58,6 +58,7 @@ use spin::Mutex;
 
 use crate::block::{BlockDevice, BlockError, Request};
 use crate::dma_platform::{Coherent, DmaDevice};
+use crate::interrupts::Line;
 use crate::pci::PciFunction;
 use dma::{DmaApiError, MapError};
 use queue::{Doorbells, QueuePair};
@@ -304,13 +305,21 @@ pub fn controllers() -> Vec<&'static Mutex<Controller>> {
 pub fn start(name: &'static str, function: &PciFunction, dma: DmaDevice) -> Result<(), NvmeError> {
     let bar = function.memory_bars[0].ok_or(NvmeError::NoRegisters)?;
     let registers = arch::mmu::map_device(bar).map_err(|_| NvmeError::MapRegisters)?;
-    let controller = Controller::start(name, registers, Box::leak(Box::new(dma)))?;
+    let line = crate::interrupts::line_for(function.intx, name);
+    let controller = Controller::start(name, registers, Box::leak(Box::new(dma)), line)?;
     CONTROLLERS.lock().push(Box::leak(Box::new(Mutex::new(controller))));
     Ok(())
 }
 
 impl Controller {
-    fn start(name: &'static str, registers: VirtAddr, dma: &'static DmaDevice) -> Result<Self, NvmeError> {
+    /// Brings the controller up; with `line`, its I/O completions interrupt (pin-based, vector
+    /// 0) and are waited for asleep, else they are polled.
+    fn start(
+        name: &'static str,
+        registers: VirtAddr,
+        dma: &'static DmaDevice,
+        line: Option<Line>,
+    ) -> Result<Self, NvmeError> {
         let base = NonNull::new(registers.as_mut_ptr::<u8>()).ok_or(NvmeError::MapRegisters)?;
         // SAFETY: BAR0 of an NVMe function, freshly mapped as device memory for the kernel's
         // lifetime, this driver's alone (the doorbells, further in, are written separately).
@@ -322,7 +331,8 @@ impl Controller {
         let mut admin = QueuePair::new(dma, 0, ADMIN_ENTRIES, doorbells)?;
         let (submission, completion) = (admin.submission_address().as_u64(), admin.completion_address().as_u64());
         properties.set_admin_queues(admin_queue_attributes(ADMIN_ENTRIES, ADMIN_ENTRIES)?, submission, completion);
-        // Polled, never interrupted: mask the pin-based interrupt (INTMS, 3.1.4.3).
+        // The admin queue is polled: mask the pin-based interrupt (INTMS, 3.1.4.3) until the
+        // I/O queue, which may interrupt, exists.
         properties.mask_interrupts(u32::MAX);
         properties.set_configuration(enabling_configuration(PAGE_SIZE)?);
         let configured = wait_ready(&properties, &capabilities, true).and_then(|()| {
@@ -337,7 +347,11 @@ impl Controller {
             };
             let max_transfer = limits.max_transfer()?;
             let in_place_transfer = TransferLimits { mapping: None, ..limits }.max_transfer()?;
-            let io = create_io_queues(dma, &mut admin, doorbells)?;
+            let interrupting = line.is_some();
+            let io = create_io_queues(dma, &mut admin, doorbells, line)?;
+            if interrupting {
+                properties.unmask_interrupts(1 << INTX_VECTOR);
+            }
             let prp_lists = dma.alloc_coherent(QUEUE_DEPTH * PAGE_SIZE)?;
             Ok((identity, namespace, limits, (max_transfer, in_place_transfer), io, prp_lists))
         });
@@ -541,6 +555,10 @@ impl Controller {
 impl BlockDevice for Controller {
     fn describe(&self) -> String {
         format!("nvme {} ({})", self.name, self.identity.model())
+    }
+
+    fn interrupts_taken(&self) -> Option<u64> {
+        self.io.interrupts_taken()
     }
 
     fn block_size(&self) -> usize {
@@ -801,15 +819,20 @@ fn identify_namespace(
     Ok(Namespace { id, identity })
 }
 
+/// The interrupt vector of the pin-based interrupt (INTx), the only one without MSI-X.
+const INTX_VECTOR: u16 = 0;
+
 /// I/O queue pair 1: the completion queue first, since the submission queue names it.
 fn create_io_queues(
     dma: &'static DmaDevice,
     admin: &mut QueuePair,
     doorbells: Doorbells,
+    line: Option<Line>,
 ) -> Result<QueuePair, NvmeError> {
-    let io = QueuePair::new(dma, IO_QUEUE, IO_ENTRIES, doorbells)?;
+    let vector = line.is_some().then_some(INTX_VECTOR);
+    let io = QueuePair::new(dma, IO_QUEUE, IO_ENTRIES, doorbells)?.with_line(line);
     let completion = io.completion_address().as_u64();
-    admin_command(admin, SubmissionEntry::create_io_completion_queue(IO_QUEUE, IO_ENTRIES, completion))?;
+    admin_command(admin, SubmissionEntry::create_io_completion_queue(IO_QUEUE, IO_ENTRIES, completion, vector))?;
     let submission = io.submission_address().as_u64();
     admin_command(admin, SubmissionEntry::create_io_submission_queue(IO_QUEUE, IO_ENTRIES, submission, IO_QUEUE))?;
     Ok(io)

@@ -19,6 +19,7 @@ use drivers::nvme::registers::{Doorbell, doorbell_offset};
 
 use super::NvmeError;
 use crate::dma_platform::{Coherent, DmaDevice};
+use crate::interrupts::Line;
 
 /// Where a controller's doorbells are: after its registers, `stride` bytes apart (CAP.DSTRD).
 #[derive(Clone, Copy)]
@@ -45,6 +46,8 @@ pub(super) struct QueuePair {
     submission_ring: SubmissionRing,
     completion_ring: CompletionRing,
     next_command_id: u16,
+    /// The controller's interrupt, if this queue's completions interrupt; else polled.
+    line: Option<Line>,
 }
 
 impl QueuePair {
@@ -56,7 +59,26 @@ impl QueuePair {
         let submissions = dma.alloc_coherent(usize::from(entries) * size_of::<SubmissionEntry>())?;
         let completions = dma.alloc_coherent(usize::from(entries) * size_of::<CompletionEntry>())?;
         let next_command_id = 0;
-        Ok(Self { id, doorbells, submissions, completions, submission_ring, completion_ring, next_command_id })
+        Ok(Self {
+            id,
+            doorbells,
+            submissions,
+            completions,
+            submission_ring,
+            completion_ring,
+            next_command_id,
+            line: None,
+        })
+    }
+
+    /// The same pair, its completions waited for asleep on `line` (if any).
+    pub fn with_line(self, line: Option<Line>) -> Self {
+        Self { line, ..self }
+    }
+
+    /// How many interrupts this queue's controller has raised; `None` if polled.
+    pub fn interrupts_taken(&self) -> Option<u64> {
+        self.line.as_ref().map(Line::fired)
     }
 
     pub fn submission_address(&self) -> DmaAddr {
@@ -104,8 +126,8 @@ impl QueuePair {
         Ok((command_id, slot))
     }
 
-    /// Polls the completion slot at the head until the controller posts into it: the next
-    /// command to complete, whichever it is.
+    /// Waits until the controller posts into the completion slot at the head: the next command
+    /// to complete, whichever it is. Polls, or sleeps between the controller's interrupts.
     pub fn wait(&mut self, timeout: Duration) -> Result<CompletionEntry, NvmeError> {
         let deadline = arch::timer::uptime() + timeout;
         let slot = self
@@ -131,7 +153,16 @@ impl QueuePair {
             if arch::timer::uptime() > deadline {
                 return Err(NvmeError::Timeout { queue: self.id, after: timeout });
             }
-            core::hint::spin_loop();
+            match &mut self.line {
+                // Consuming the entry and writing the head doorbell (above) is what lowers a
+                // pin-based interrupt (NVMe Base 2.0, 3.5.1.1): nothing more to acknowledge.
+                Some(line) => {
+                    let ring = &self.completion_ring;
+                    // SAFETY: as above.
+                    line.wait(deadline, || ring.is_new(unsafe { core::ptr::read_volatile(slot) }.phase()), || {});
+                }
+                None => core::hint::spin_loop(),
+            }
         }
     }
 }

@@ -211,3 +211,25 @@ kernel_test! {
         Ok(())
     }
 }
+
+kernel_test! {
+    /// The engine's channel interrupts through the GIC (its `interrupt-names` "dmaN" entry)
+    /// when a copy's last control block is done: a chained copy completes, byte for byte, and
+    /// the channel's interrupt count goes up. Under `kernel.poll` the engine polls, and this
+    /// says so.
+    fn a_copy_completes_by_the_channels_interrupt() {
+        let guard = DMA_ENGINE.lock();
+        let Some(engine) = guard.as_ref() else { skip!("no brcm,bcm2835-dma device") };
+        if crate::interrupts::polling() {
+            skip!("drivers poll (kernel.poll, or no working timer interrupt to sleep on)");
+        }
+        let before = engine.interrupts_taken().ok_or("the engine polls: no usable interrupt for its channel (or kernel.poll)")?;
+        let source = pattern(77, 3 * 4096);
+        let mut destination = alloc::vec![0u8; source.len()];
+        let report = engine.copy_in_blocks(&source, &mut destination, 4096).map_err(|error| format!("{error}"))?;
+        ensure!(destination == source, "the copy ({} blocks) differs from its source", report.blocks);
+        let taken = engine.interrupts_taken().unwrap_or(before) - before;
+        ensure!(taken >= 1, "a chain of {} blocks completed with no interrupt from the channel", report.blocks);
+        Ok(())
+    }
+}

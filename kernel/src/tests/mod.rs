@@ -7,6 +7,7 @@ mod dma;
 mod dma_engine;
 mod edu;
 mod exceptions;
+mod interrupts;
 mod iommu;
 mod memory;
 mod mmu;

@@ -22,6 +22,8 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 use zerocopy::IntoBytes;
 
+use platform::interrupts::GicInterrupt;
+
 use super::device::Device;
 use super::hal::{Carved, Lease, VirtioHal, queue_memory};
 use super::{StartError, VirtioError};
@@ -69,9 +71,14 @@ pub struct Disk<const SLOT: usize, T: Transport> {
 
 impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
     /// Starts the disk on `transport`, named `name` in messages.
-    pub fn start(transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<Self, StartError> {
+    pub fn start(
+        transport: T,
+        dma: &'static DmaDevice,
+        name: &'static str,
+        interrupt: Option<GicInterrupt>,
+    ) -> Result<Self, StartError> {
         let lease = Lease::take(dma, queue_memory(&[QUEUE_SIZE]) + QUEUE_DEPTH * AREA_BYTES)?;
-        let mut device = Device::new(transport, lease, name);
+        let mut device = Device::new(transport, lease, name, interrupt);
         let features = device.negotiate(VIRTIO_BLK_F_RO | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH)?;
         let transport = &device.transport;
         let sectors = transport.read_consistent(|| {
@@ -227,6 +234,10 @@ fn check_status(request: &'static str, status: u8) -> Result<(), VirtioError> {
 impl<const SLOT: usize, T: Transport> BlockDevice for Disk<SLOT, T> {
     fn describe(&self) -> String {
         self.device.name.into()
+    }
+
+    fn interrupts_taken(&self) -> Option<u64> {
+        self.device.interrupts_taken()
     }
 
     fn block_size(&self) -> usize {

@@ -31,6 +31,8 @@ use virtio_drivers::transport::{DeviceStatus, Transport};
 use super::hal::{Lease, VirtioHal};
 use super::{StartError, VirtioError};
 use crate::dma_platform::DmaDevice;
+use crate::interrupts::Line;
+use platform::interrupts::GicInterrupt;
 
 /// virtio 1.2, 6 "Reserved Feature Bits": the device is virtio 1.x, and a driver must accept
 /// the bit when offered.
@@ -45,11 +47,20 @@ pub struct Device<const SLOT: usize, T: Transport> {
     pub name: &'static str,
     lease: Lease<SLOT>,
     out_of_service: Option<String>,
+    /// Its interrupt, when completions are waited for asleep; `None`: polled.
+    line: Option<Line>,
 }
 
 impl<const SLOT: usize, T: Transport> Device<SLOT, T> {
-    pub fn new(transport: T, lease: Lease<SLOT>, name: &'static str) -> Self {
-        Self { transport, name, lease, out_of_service: None }
+    /// A device on `transport`, interrupting on `interrupt` unless drivers poll.
+    pub fn new(transport: T, lease: Lease<SLOT>, name: &'static str, interrupt: Option<GicInterrupt>) -> Self {
+        let line = crate::interrupts::line_for(interrupt, name);
+        Self { transport, name, lease, out_of_service: None, line }
+    }
+
+    /// How many interrupts the device has raised; `None` if its completions are polled.
+    pub fn interrupts_taken(&self) -> Option<u64> {
+        self.line.as_ref().map(Line::fired)
     }
 
     pub fn lease(&self) -> &Lease<SLOT> {
@@ -185,8 +196,31 @@ impl<const SLOT: usize, T: Transport> Device<SLOT, T> {
                     return Err(self.stop(VirtioError::WrongCompletion { outstanding, got }));
                 }
                 None if arch::timer::uptime() > deadline => return Ok(None),
-                None => core::hint::spin_loop(),
+                None => self.sleep_until_used(queue, deadline),
             }
+        }
+    }
+
+    /// Sleeps until the device's interrupt (its used-buffer notification, virtio 1.2, 2.7.10)
+    /// or `deadline`; without an interrupt line, returns at once for the caller to poll again.
+    fn sleep_until_used<const SIZE: usize>(
+        &mut self,
+        queue: &mut VirtQueue<VirtioHal<SLOT>, SIZE>,
+        deadline: Duration,
+    ) {
+        let Self { transport, line, .. } = self;
+        match line {
+            // Reading the interrupt status acknowledges it, which lowers the line.
+            Some(line) => {
+                line.wait(
+                    deadline,
+                    || queue.can_pop(),
+                    || {
+                        transport.ack_interrupt();
+                    },
+                );
+            }
+            None => core::hint::spin_loop(),
         }
     }
 

@@ -46,6 +46,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use platform::interrupts::GicInterrupt;
 use spin::Mutex;
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::DeviceFunctionInfo;
@@ -85,8 +86,15 @@ pub const PCI_DISK_B: usize = PCI_DISK_SLOTS + 1;
 /// One slot of a kind, whatever its number: holds at most one started driver.
 pub trait Slot<Driver: ?Sized, T>: Sync {
     fn is_free(&self) -> bool;
-    /// Starts a driver on `transport` in this slot, DMA through `dma`, named `name`.
-    fn start(&self, transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<(), StartError>;
+    /// Starts a driver on `transport` in this slot, DMA through `dma`, named `name`, raising
+    /// `interrupt` (if it has one) when it completes a request.
+    fn start(
+        &self,
+        transport: T,
+        dma: &'static DmaDevice,
+        name: &'static str,
+        interrupt: Option<GicInterrupt>,
+    ) -> Result<(), StartError>;
     /// Calls `visit` with the slot's driver, if it holds one.
     fn with(&self, visit: &mut dyn FnMut(&mut Driver));
 }
@@ -99,8 +107,14 @@ macro_rules! slot_of {
                 self.lock().is_none() && hal::device_of(SLOT).is_none()
             }
 
-            fn start(&self, transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<(), StartError> {
-                let driver = $driver::start(transport, dma, name)?;
+            fn start(
+                &self,
+                transport: T,
+                dma: &'static DmaDevice,
+                name: &'static str,
+                interrupt: Option<GicInterrupt>,
+            ) -> Result<(), StartError> {
+                let driver = $driver::start(transport, dma, name, interrupt)?;
                 let mut slot = self.lock();
                 match *slot {
                     Some(_) => Err(StartError::SlotTaken { slot: SLOT }),
@@ -236,7 +250,11 @@ pub fn open_transport(registers: addr::PhysRange) -> Result<Option<Mmio>, &'stat
 
 /// Starts the driver for the virtio-mmio device on `transport`, DMA through `dma`; returns
 /// the device's name. Call in ascending register address, which the names count in.
-pub fn start_mmio(transport: Mmio, dma: DmaDevice) -> Result<&'static str, NotStarted> {
+pub fn start_mmio(
+    transport: Mmio,
+    dma: DmaDevice,
+    interrupt: Option<GicInterrupt>,
+) -> Result<&'static str, NotStarted> {
     let device_type = transport.device_type();
     let (prefix, found) = match device_type {
         DeviceType::Block => ("virtio-blk", &DISKS_FOUND),
@@ -248,9 +266,9 @@ pub fn start_mmio(transport: Mmio, dma: DmaDevice) -> Result<&'static str, NotSt
     let name = leak(format!("{short} ({})", dma.name));
     let dma: &'static DmaDevice = Box::leak(Box::new(dma));
     let started = match device_type {
-        DeviceType::Block => start_in(&MMIO_DISKS, "virtio-mmio disk", transport, dma, name),
-        DeviceType::EntropySource => start_in(&ENTROPY_SOURCES, "entropy", transport, dma, name),
-        _ => start_in(&NETWORK_DEVICES, "network", transport, dma, name),
+        DeviceType::Block => start_in(&MMIO_DISKS, "virtio-mmio disk", transport, dma, name, interrupt),
+        DeviceType::EntropySource => start_in(&ENTROPY_SOURCES, "entropy", transport, dma, name, interrupt),
+        _ => start_in(&NETWORK_DEVICES, "network", transport, dma, name, interrupt),
     };
     started.map(|()| short).map_err(|error| {
         let not_started = NotStarted { name: short, error };
@@ -284,7 +302,8 @@ pub fn start_pci(function: &PciFunction, dma: DmaDevice) -> Result<(), NotStarte
         return Err(not_started(StartError::MissingFeature(missing)));
     }
     let dma: &'static DmaDevice = Box::leak(Box::new(dma));
-    start_in(&PCI_DISKS, "virtio-pci disk", AccessPlatform::new(transport), dma, name).map_err(not_started)
+    let interrupt = function.intx;
+    start_in(&PCI_DISKS, "virtio-pci disk", AccessPlatform::new(transport), dma, name, interrupt).map_err(not_started)
 }
 
 /// Starts a driver on `transport` in the first free slot of `table`.
@@ -294,10 +313,11 @@ fn start_in<Driver: ?Sized, T>(
     transport: T,
     dma: &'static DmaDevice,
     name: &'static str,
+    interrupt: Option<GicInterrupt>,
 ) -> Result<(), StartError> {
     let free = table.iter().find(|slot| slot.is_free());
     let slot = free.ok_or(StartError::NoFreeSlot { kind, slots: table.len() })?;
-    slot.start(transport, dma, name)
+    slot.start(transport, dma, name, interrupt)
 }
 
 /// A name that lives as long as the device it names.

@@ -20,6 +20,8 @@ use core::time::Duration;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
+use platform::interrupts::GicInterrupt;
+
 use super::device::{Device, VIRTIO_F_VERSION_1};
 use super::hal::{Lease, VirtioHal, queue_memory};
 use super::{StartError, VirtioError};
@@ -70,9 +72,14 @@ pub struct Network<const SLOT: usize, T: Transport> {
 }
 
 impl<const SLOT: usize, T: Transport> Network<SLOT, T> {
-    pub fn start(transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<Self, StartError> {
+    pub fn start(
+        transport: T,
+        dma: &'static DmaDevice,
+        name: &'static str,
+        interrupt: Option<GicInterrupt>,
+    ) -> Result<Self, StartError> {
         let lease = Lease::take(dma, queue_memory(&[QUEUE_SIZE, QUEUE_SIZE]))?;
-        let mut device = Device::new(transport, lease, name);
+        let mut device = Device::new(transport, lease, name, interrupt);
         let features = device.negotiate(VIRTIO_NET_F_MAC)?;
         if features & VIRTIO_NET_F_MAC == 0 {
             return Err(StartError::MissingFeature("VIRTIO_NET_F_MAC (a hardware address)"));

@@ -8,6 +8,8 @@ use core::time::Duration;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
+use platform::interrupts::GicInterrupt;
+
 use super::device::Device;
 use super::hal::{Lease, VirtioHal, queue_memory};
 use super::{StartError, VirtioError};
@@ -37,9 +39,14 @@ pub struct Entropy<const SLOT: usize, T: Transport> {
 }
 
 impl<const SLOT: usize, T: Transport> Entropy<SLOT, T> {
-    pub fn start(transport: T, dma: &'static DmaDevice, name: &'static str) -> Result<Self, StartError> {
+    pub fn start(
+        transport: T,
+        dma: &'static DmaDevice,
+        name: &'static str,
+        interrupt: Option<GicInterrupt>,
+    ) -> Result<Self, StartError> {
         let lease = Lease::take(dma, queue_memory(&[QUEUE_SIZE]))?;
-        let mut device = Device::new(transport, lease, name);
+        let mut device = Device::new(transport, lease, name, interrupt);
         device.negotiate(0)?;
         let queue = device.queue(QUEUE)?;
         device.finish();

@@ -1,0 +1,638 @@
+//! Interrupts: the GIC the devicetree names, a handler per interrupt, and counts of the rest.
+//!
+//! A device that finishes a transfer can say so two ways: the driver *polls* (reads a status
+//! word in memory or a register until it changes), or the device raises an *interrupt* and the
+//! CPU sleeps until it comes. On Arm the interrupts of every device meet in the Generic
+//! Interrupt Controller (GIC, IHI 0048 for v2 and IHI 0069 for v3), which numbers them:
+//!
+//! ```text
+//!   INTID 0-15     SGI   software-generated: one CPU signals another (or itself)
+//!   INTID 16-31    PPI   private to a CPU: its timers
+//!   INTID 32-1019  SPI   shared: wired device lines (virtio-mmio, PCIe INTx, the Pi's DMA)
+//!   INTID 1023           "none pending": a spurious acknowledge
+//!   INTID 8192+    LPI   message-signalled (GICv3 ITS): a device writes to a doorbell
+//! ```
+//!
+//! Taking one: the CPU jumps to the IRQ vector (`arch::interrupt`), which calls [`handle`]. It
+//! *acknowledges* the interrupt at the GIC (reading `GICC_IAR`, or `ICC_IAR1_EL1` on v3), which
+//! says which INTID it is and marks it active; runs the handler registered for it; and ends it
+//! (`GICC_EOIR`, `ICC_EOIR1_EL1`). An acknowledge that finds nothing pending (the interrupt
+//! went away, or another CPU took it) returns 1023: that is *spurious*, counted and ignored. An
+//! INTID nobody registered is *unexpected*: counted, disabled at the GIC so that a stuck line
+//! cannot storm, and reported by whoever asks ([`statistics`]). Neither is fatal.
+//!
+//! Handlers run with IRQs masked, on the exception stack, and must be short: they record what
+//! happened and return. They never log: the interrupted code may hold the console's lock.
+//! Whatever they share with ordinary code is locked with IRQs masked there
+//! ([`arch::interrupt::without`]), or an IRQ could spin forever on a lock its own CPU holds.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
+
+use addr::VirtAddr;
+use arm_gic::gicv2::GicV2;
+use arm_gic::gicv3::GicV3;
+use arm_gic::gicv3::registers::{Gicd, GicrSgi};
+use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
+use log::info;
+use platform::devicetree::Devicetree;
+use platform::interrupts::{GicInterrupt, GicVersion};
+use spin::{Mutex, Once};
+
+/// What a handler is: a closure, run once per interrupt.
+pub type Handler = Box<dyn FnMut() + Send>;
+
+/// The interrupt controller and what is registered on it.
+struct Interrupts {
+    gic: Mutex<Gic>,
+    /// Per INTID, everyone who handles it: a PCI INTx line may be shared by several functions
+    /// (the host bridge's `interrupt-map` swizzles four pins over many slots).
+    handlers: Mutex<BTreeMap<u32, Vec<Registered>>>,
+    next_registration: AtomicU64,
+    spurious: AtomicU64,
+    unexpected: AtomicU64,
+    last_unexpected: AtomicU32,
+    timer: Option<GicInterrupt>,
+}
+
+struct Registered {
+    id: u64,
+    name: String,
+    handler: Handler,
+    delivered: u64,
+}
+
+static INTERRUPTS: Once<Interrupts> = Once::new();
+
+/// Why interrupts could not be started or an interrupt not registered.
+#[derive(Debug)]
+pub enum InterruptError {
+    /// The devicetree describes no GIC (or describes one badly).
+    NoController(String),
+    /// The registers could not be mapped.
+    Map(String),
+    /// Interrupts were not started, so nothing can be registered.
+    NotStarted,
+    /// The GIC refused to enable it (it does not implement that INTID).
+    CannotEnable { intid: u32, problem: String },
+}
+
+impl fmt::Display for InterruptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoController(problem) => write!(f, "no interrupt controller: {problem}"),
+            Self::Map(problem) => write!(f, "cannot map the GIC's registers: {problem}"),
+            Self::NotStarted => f.write_str("interrupts are not started (no GIC)"),
+            Self::CannotEnable { intid, problem } => write!(f, "the GIC cannot enable INTID {intid}: {problem}"),
+        }
+    }
+}
+
+/// Counts since boot, for reports and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statistics {
+    /// Acknowledges that found nothing pending (INTID 1023).
+    pub spurious: u64,
+    /// Interrupts with no handler, each disabled when it came.
+    pub unexpected: u64,
+    /// The INTID of the last of those.
+    pub last_unexpected: Option<u32>,
+}
+
+/// Finds the GIC, brings it up, installs the IRQ handler and unmasks IRQs. Logs one line:
+/// `interrupts: GICv3 intc@8000000 (distributor 0x8000000, ...), timer PPI 11 (INTID 27)`.
+pub fn start(devicetree: &Devicetree<'_>) -> Result<(), InterruptError> {
+    let description = devicetree
+        .gic()
+        .map_err(|error| InterruptError::NoController(format!("{error}")))?
+        .ok_or_else(|| InterruptError::NoController("the devicetree has no GIC node".into()))?;
+    let cpus = devicetree.cpus().count.max(1);
+    let gic = Gic::bring_up(&description, cpus)?;
+    let timer = devicetree.timer_interrupts().ok().flatten().map(|timer| timer.virtual_timer);
+    let timer_text = timer.map_or("no timer node".into(), |timer| format!("virtual timer {timer}"));
+    info!("interrupts: {} {} ({}), {timer_text}", gic.version_name(), description.name, gic.layout(&description));
+    INTERRUPTS.call_once(|| Interrupts {
+        gic: Mutex::new(gic),
+        handlers: Mutex::new(BTreeMap::new()),
+        next_registration: AtomicU64::new(0),
+        spurious: AtomicU64::new(0),
+        unexpected: AtomicU64::new(0),
+        last_unexpected: AtomicU32::new(0),
+        timer,
+    });
+    arch::interrupt::set_handler(handle);
+    arch::interrupt::unmask();
+    start_timer()
+}
+
+/// Timer interrupts taken since boot.
+static TIMER_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// Whether the timer interrupt was seen to arrive, so that sleeping with `WFI` ends.
+static TIMER_WORKS: AtomicBool = AtomicBool::new(false);
+/// The timer's registration, kept for the kernel's lifetime.
+static TIMER: Once<Registration> = Once::new();
+
+/// Registers the virtual timer's handler and checks that its interrupt arrives: one 1 ms away,
+/// waited for by polling (at most [`TIMER_CHECK`]). Until it has, [`wait_for`] polls instead of
+/// sleeping, since a `WFI` that nothing ends is a hang.
+fn start_timer() -> Result<(), InterruptError> {
+    let Some(timer) = timer_interrupt() else {
+        log::warn!("interrupts: the devicetree has no arm,armv8-timer node: waits poll instead of sleeping");
+        return Ok(());
+    };
+    let handler = Box::new(|| {
+        // Level-sensitive: lowered only by disabling the timer (or moving its deadline).
+        arch::timer::stop();
+        TIMER_INTERRUPTS.fetch_add(1, Ordering::Release);
+    });
+    let registration = register(timer, "virtual timer", handler)?;
+    TIMER.call_once(|| registration);
+    let before = timer_interrupts();
+    let started = arch::timer::uptime();
+    arch::timer::fire_at(arch::timer::ticks_after(Duration::from_millis(1)));
+    while timer_interrupts() == before && arch::timer::uptime() - started < TIMER_CHECK {
+        core::hint::spin_loop();
+    }
+    if timer_interrupts() == before {
+        arch::timer::stop();
+        log::error!(
+            "interrupts: the timer interrupt ({timer}) did not arrive within {TIMER_CHECK:?}: waits poll instead of sleeping"
+        );
+        return Ok(());
+    }
+    TIMER_WORKS.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// How long the boot check waits for the timer's first interrupt.
+const TIMER_CHECK: Duration = Duration::from_millis(100);
+
+/// Timer interrupts taken since boot.
+pub fn timer_interrupts() -> u64 {
+    TIMER_INTERRUPTS.load(Ordering::Acquire)
+}
+
+/// Whether waits sleep (`WFI`, woken by interrupts) rather than poll.
+pub fn waits_sleep() -> bool {
+    TIMER_WORKS.load(Ordering::Acquire)
+}
+
+/// Waits until `done` holds or `timeout` has passed, and says whether `done` held. The CPU
+/// sleeps between interrupts, the timer set for the deadline so that the sleep ends there at
+/// the latest; without a working timer interrupt it polls.
+pub fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    // One deadline, in the counter's ticks, which the timer's comparator uses too.
+    let deadline = arch::timer::ticks_after(timeout);
+    let passed = || arch::timer::ticks() >= deadline;
+    if !waits_sleep() {
+        while !done() && !passed() {
+            core::hint::spin_loop();
+        }
+        return done();
+    }
+    // The deadline is seen through the timer's own interrupt, not by reading the counter: the
+    // CPU may wake (`WFI` may return for any reason) after the deadline but before the
+    // interrupt is taken, and stopping the timer then would lose it. Asleep again, the pending
+    // interrupt ends the `WFI` at once and is taken.
+    let timer_before = timer_interrupts();
+    arch::timer::fire_at(deadline);
+    arch::interrupt::wait_until(|| done() || timer_interrupts() != timer_before);
+    arch::timer::stop();
+    done()
+}
+
+/// `kernel.poll` (or the benchmark, for a while): waits on a [`Line`] spin on their condition
+/// instead of sleeping. The lines stay registered, and still count their interrupts.
+static POLLING: AtomicBool = AtomicBool::new(false);
+
+/// Makes drivers poll (`kernel.poll`, or `false` to sleep again), so that polling and
+/// interrupts can be compared, even within one boot.
+pub fn set_polling(poll: bool) {
+    POLLING.store(poll, Ordering::Relaxed);
+}
+
+/// Whether drivers poll rather than sleep until their devices interrupt.
+pub fn polling() -> bool {
+    POLLING.load(Ordering::Relaxed) || !waits_sleep()
+}
+
+/// The line a driver should wait on for `interrupt`: `None` when it must poll (no GIC, no
+/// interrupt described, or the line cannot be registered, which is logged).
+pub fn line_for(interrupt: Option<GicInterrupt>, name: &str) -> Option<Line> {
+    if !waits_sleep() {
+        return None;
+    }
+    Line::new(interrupt?, name).inspect_err(|problem| log::warn!("{name}: {problem}: its completions are polled")).ok()
+}
+
+/// Whether [`start`] found a GIC.
+pub fn started() -> bool {
+    INTERRUPTS.get().is_some()
+}
+
+/// The virtual timer's interrupt, as the devicetree gives it.
+pub fn timer_interrupt() -> Option<GicInterrupt> {
+    INTERRUPTS.get().and_then(|interrupts| interrupts.timer)
+}
+
+/// A handler, registered until this is dropped (then, if it was the INTID's last, the INTID is
+/// disabled).
+pub struct Registration {
+    intid: u32,
+    id: u64,
+}
+
+impl Registration {
+    /// The INTID it handles.
+    pub fn intid(&self) -> u32 {
+        self.intid
+    }
+
+    /// How many times its handler has run.
+    pub fn delivered(&self) -> u64 {
+        let Some(interrupts) = INTERRUPTS.get() else { return 0 };
+        arch::interrupt::without(|| {
+            let handlers = interrupts.handlers.lock();
+            let sharers = handlers.get(&self.intid).map_or(&[][..], Vec::as_slice);
+            sharers.iter().find(|entry| entry.id == self.id).map_or(0, |entry| entry.delivered)
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(interrupts) = INTERRUPTS.get() {
+            arch::interrupt::without(|| {
+                let mut handlers = interrupts.handlers.lock();
+                let sharers = handlers.entry(self.intid).or_default();
+                sharers.retain(|entry| entry.id != self.id);
+                if sharers.is_empty() {
+                    handlers.remove(&self.intid);
+                    interrupts.gic.lock().disable(self.intid);
+                }
+            });
+        }
+    }
+}
+
+/// Runs `handler` on every `interrupt`, which is then enabled at the GIC. Several handlers may
+/// share an INTID: each runs on every interrupt and checks its own device. `name` says whose
+/// it is.
+pub fn register(interrupt: GicInterrupt, name: &str, handler: Handler) -> Result<Registration, InterruptError> {
+    register_intid(interrupt.intid(), is_edge(&interrupt), name, handler)
+}
+
+/// As [`register`], for an INTID the devicetree does not describe (an SGI).
+pub fn register_intid(intid: u32, edge: bool, name: &str, handler: Handler) -> Result<Registration, InterruptError> {
+    let interrupts = INTERRUPTS.get().ok_or(InterruptError::NotStarted)?;
+    arch::interrupt::without(|| {
+        let mut handlers = interrupts.handlers.lock();
+        let id = interrupts.next_registration.fetch_add(1, Ordering::Relaxed);
+        if !handlers.contains_key(&intid) {
+            interrupts
+                .gic
+                .lock()
+                .enable(intid, edge)
+                .map_err(|problem| InterruptError::CannotEnable { intid, problem })?;
+        }
+        handlers.entry(intid).or_default().push(Registered { id, name: name.into(), handler, delivered: 0 });
+        Ok(Registration { intid, id })
+    })
+}
+
+/// A device's interrupt, taken one at a time, as Linux's `IRQF_ONESHOT` does: the handler
+/// only masks the line at the GIC and notes that it fired; the driver, in its own context,
+/// clears the cause at the device (its registers stay the driver's alone) and unmasks. A
+/// level-triggered line that stays high until the driver has consumed the completions cannot
+/// storm meanwhile, and an edge (an MSI) that comes while masked stays pending at the GIC.
+pub struct Line {
+    registration: Registration,
+    fired: Arc<AtomicU64>,
+    seen: u64,
+}
+
+impl Line {
+    /// Registers the line's handler and enables it.
+    pub fn new(interrupt: GicInterrupt, name: &str) -> Result<Self, InterruptError> {
+        let fired = Arc::new(AtomicU64::new(0));
+        let count = fired.clone();
+        let intid = interrupt.intid();
+        let handler = Box::new(move || {
+            mask_in_handler(intid);
+            count.fetch_add(1, Ordering::Release);
+        });
+        let registration = register(interrupt, name, handler)?;
+        Ok(Self { registration, fired, seen: 0 })
+    }
+
+    /// The INTID.
+    pub fn intid(&self) -> u32 {
+        self.registration.intid()
+    }
+
+    /// How many times the line has fired.
+    pub fn fired(&self) -> u64 {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Waits until `done` holds or the uptime reaches `deadline`, sleeping between
+    /// interrupts; says whether `done` held. Each time the line has fired, `acknowledge`
+    /// clears the cause at the device, then the line is unmasked.
+    pub fn wait(&mut self, deadline: Duration, mut done: impl FnMut() -> bool, mut acknowledge: impl FnMut()) -> bool {
+        if polling() {
+            while !done() && arch::timer::uptime() < deadline {
+                core::hint::spin_loop();
+            }
+            self.rearm(&mut acknowledge);
+            return done();
+        }
+        loop {
+            self.rearm(&mut acknowledge);
+            if done() {
+                return true;
+            }
+            let now = arch::timer::uptime();
+            if now >= deadline {
+                return false;
+            }
+            let fired = &self.fired;
+            let seen = self.seen;
+            wait_for(deadline - now, || fired.load(Ordering::Acquire) > seen || done());
+        }
+    }
+
+    /// If the line fired since last time: clear the cause, then unmask.
+    fn rearm(&mut self, acknowledge: &mut impl FnMut()) {
+        let fired = self.fired();
+        if fired > self.seen {
+            self.seen = fired;
+            acknowledge();
+            if let Some(interrupts) = INTERRUPTS.get() {
+                // It was enabled when registered, so enabling it again cannot fail.
+                let _ = arch::interrupt::without(|| interrupts.gic.lock().unmask(self.intid()));
+            }
+        }
+    }
+}
+
+/// Masks `intid` from its own handler (IRQs are masked there, and the GIC's lock is free).
+fn mask_in_handler(intid: u32) {
+    if let Some(interrupts) = INTERRUPTS.get() {
+        interrupts.gic.lock().disable(intid);
+    }
+}
+
+/// Raises software-generated interrupt `sgi` (0-15) on this CPU.
+pub fn raise_sgi_on_self(sgi: u32) -> Result<(), InterruptError> {
+    let interrupts = INTERRUPTS.get().ok_or(InterruptError::NotStarted)?;
+    arch::interrupt::without(|| interrupts.gic.lock().raise_sgi_on_self(sgi))
+}
+
+/// Logs who handles which INTID, one line each, in INTID order (sharers of a line together):
+/// `interrupts: INTID 36 virtio-blk0 (virtio_mmio@a003e00), 1 taken so far`. Without a GIC,
+/// says that everything polls.
+pub fn log_routes() {
+    let Some(interrupts) = INTERRUPTS.get() else {
+        info!("interrupts: none (no GIC): every driver polls");
+        return;
+    };
+    if POLLING.load(Ordering::Relaxed) {
+        info!("interrupts: kernel.poll: drivers poll for completions; the timer still interrupts");
+    }
+    let routes: Vec<String> = arch::interrupt::without(|| {
+        let handlers = interrupts.handlers.lock();
+        let each = handlers.iter().flat_map(|(intid, sharers)| sharers.iter().map(move |entry| (*intid, entry)));
+        each.map(|(intid, entry)| format!("INTID {intid:<4} {}, {} taken so far", entry.name, entry.delivered))
+            .collect()
+    });
+    for route in routes {
+        info!("interrupts: {route}");
+    }
+}
+
+/// The counts so far.
+pub fn statistics() -> Statistics {
+    let Some(interrupts) = INTERRUPTS.get() else {
+        return Statistics { spurious: 0, unexpected: 0, last_unexpected: None };
+    };
+    let unexpected = interrupts.unexpected.load(Ordering::Acquire);
+    Statistics {
+        spurious: interrupts.spurious.load(Ordering::Relaxed),
+        unexpected,
+        last_unexpected: (unexpected > 0).then(|| interrupts.last_unexpected.load(Ordering::Relaxed)),
+    }
+}
+
+/// The IRQ handler `arch::interrupt` calls: acknowledge, run the INTID's handler, end.
+fn handle() {
+    let Some(interrupts) = INTERRUPTS.get() else { return };
+    let Some(intid) = interrupts.gic.lock().acknowledge() else {
+        interrupts.spurious.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let raw = u32::from(intid);
+    let mut handled = false;
+    for entry in interrupts.handlers.lock().get_mut(&raw).into_iter().flatten() {
+        entry.delivered += 1;
+        (entry.handler)();
+        handled = true;
+    }
+    let mut gic = interrupts.gic.lock();
+    if !handled {
+        // Nobody will lower a level-triggered line: keep it from coming back at once.
+        gic.disable(raw);
+        interrupts.last_unexpected.store(raw, Ordering::Relaxed);
+        interrupts.unexpected.fetch_add(1, Ordering::Release);
+    }
+    gic.end(intid);
+}
+
+fn is_edge(interrupt: &GicInterrupt) -> bool {
+    matches!(interrupt.trigger, platform::interrupts::Trigger::EdgeRising | platform::interrupts::Trigger::EdgeFalling)
+}
+
+/// `GICD_ITARGETSR<n>` (IHI 0048B, 4.3.12): one byte per INTID, the CPUs a GICv2 SPI goes to.
+const GICD_ITARGETSR: u64 = 0x800;
+
+/// Sends SPI `intid` to the CPU running this, on a GICv2: its targets reset to none, and an
+/// SPI without a target is never delivered. The bytes of the first eight registers (SGIs and
+/// PPIs) read as the reading CPU's own bit, which is the one to write.
+fn route_to_this_cpu(distributor: VirtAddr, intid: u32) {
+    // SAFETY: the distributor is mapped as Device memory for the kernel's lifetime;
+    // GICD_ITARGETSR is byte-accessible, INTID 0's byte is read-only, `intid`'s (an SPI, below
+    // 1020) lies inside the 4 KiB distributor frame.
+    unsafe {
+        let own = distributor.add(GICD_ITARGETSR).as_ptr::<u8>().read_volatile();
+        distributor.add(GICD_ITARGETSR + u64::from(intid)).as_mut_ptr::<u8>().write_volatile(own);
+    }
+}
+
+/// The two GIC architectures, behind one set of operations.
+enum Gic {
+    /// The driver, and the distributor's registers for what it leaves out (SPI targets).
+    V2(GicV2<'static>, VirtAddr),
+    V3(GicV3<'static>),
+}
+
+impl Gic {
+    fn bring_up(description: &platform::interrupts::Gic<'_>, cpus: usize) -> Result<Self, InterruptError> {
+        let map = |range| arch::mmu::map_device(range).map_err(|error| InterruptError::Map(format!("{error:?}")));
+        match description.version {
+            GicVersion::V2 => {
+                let cpu_interface = description.cpu_interface.ok_or_else(|| {
+                    InterruptError::NoController(format!("{}: a GICv2 without its CPU interface", description.name))
+                })?;
+                let distributor = map(description.distributor)?;
+                let cpu_interface = map(cpu_interface)?;
+                // SAFETY: both are the GIC's register frames, just mapped as Device memory in
+                // the kernel's device window, and this is the only driver for them.
+                let mut gic = unsafe { GicV2::new(distributor.as_mut_ptr(), cpu_interface.as_mut_ptr()) };
+                gic.setup();
+                Ok(Self::V2(gic, distributor))
+            }
+            GicVersion::V3 => {
+                let redistributors = description.redistributors.first().copied().ok_or_else(|| {
+                    InterruptError::NoController(format!("{}: a GICv3 without redistributors", description.name))
+                })?;
+                let distributor = map(description.distributor)?;
+                let redistributors = map(redistributors)?;
+                let not_null = || InterruptError::Map("the device window gave a null address".into());
+                let distributor = NonNull::new(distributor.as_mut_ptr::<Gicd>()).ok_or_else(not_null)?;
+                let redistributors = NonNull::new(redistributors.as_mut_ptr::<GicrSgi>()).ok_or_else(not_null)?;
+                // SAFETY: the distributor and the redistributor region are the GIC's, mapped as
+                // Device memory in the kernel's device window; this is the only driver for them.
+                let gic = unsafe { GicV3::new(UniqueMmioPointer::new(distributor), redistributors, cpus) };
+                let mut gic = gic.map_err(|error| InterruptError::NoController(format!("{error}")))?;
+                gic.setup(0);
+                // SGIs are raised only by software. A GICv2 always delivers them; a GICv3
+                // only if enabled, so enable all sixteen alike.
+                for sgi in 0..IntId::SGI_COUNT {
+                    let _ = gic.enable_interrupt(IntId::sgi(sgi), Some(0), true);
+                }
+                // Let every priority through the CPU interface (`ICC_PMR_EL1` resets to 0,
+                // which masks them all; GICv2's `setup` sets `GICC_PMR` itself).
+                arm_gic::gicv3::GicCpuInterface::set_priority_mask(0xff);
+                Ok(Self::V3(gic))
+            }
+        }
+    }
+
+    fn version_name(&self) -> &'static str {
+        match self {
+            Self::V2(..) => "GICv2",
+            Self::V3(_) => "GICv3",
+        }
+    }
+
+    fn layout(&self, description: &platform::interrupts::Gic<'_>) -> String {
+        let mut text = format!("distributor {}", description.distributor);
+        if let Some(cpu_interface) = description.cpu_interface {
+            text += &format!(", CPU interface {cpu_interface}");
+        }
+        for region in &description.redistributors {
+            text += &format!(", redistributors {region}");
+        }
+        if let Some(its) = &description.its {
+            text += &format!(", ITS {} {}", its.name, its.registers);
+        }
+        if let Some(frame) = &description.v2m {
+            text += &format!(", GICv2m {} {}", frame.name, frame.registers);
+        }
+        text
+    }
+
+    fn enable(&mut self, intid: u32, edge: bool) -> Result<(), String> {
+        let id = IntId::try_from(intid).map_err(|_| format!("{intid} is not an INTID"))?;
+        let trigger = if edge { Trigger::Edge } else { Trigger::Level };
+        match self {
+            Self::V2(gic, distributor) => {
+                // SGIs are always edge-triggered, and PPIs' trigger is fixed by the core.
+                if id.is_spi() {
+                    gic.set_trigger(id, trigger);
+                    route_to_this_cpu(*distributor, intid);
+                }
+                gic.set_interrupt_priority(id, 0x80);
+                gic.enable_interrupt(id, true).map_err(|error| format!("{error}"))
+            }
+            Self::V3(gic) => {
+                if id.is_spi() {
+                    gic.set_trigger(id, Some(0), trigger).map_err(|error| format!("{error}"))?;
+                }
+                gic.set_interrupt_priority(id, Some(0), 0x80).map_err(|error| format!("{error}"))?;
+                gic.enable_interrupt(id, Some(0), true).map_err(|error| format!("{error}"))
+            }
+        }
+    }
+
+    /// Enables `intid` again after [`Self::disable`], its trigger and priority as they were.
+    fn unmask(&mut self, intid: u32) -> Result<(), String> {
+        let id = IntId::try_from(intid).map_err(|_| format!("{intid} is not an INTID"))?;
+        match self {
+            Self::V2(gic, _) => gic.enable_interrupt(id, true).map_err(|error| format!("{error}")),
+            Self::V3(gic) => gic.enable_interrupt(id, Some(0), true).map_err(|error| format!("{error}")),
+        }
+    }
+
+    fn disable(&mut self, intid: u32) {
+        let Ok(id) = IntId::try_from(intid) else { return };
+        // Disabling an INTID the GIC implements cannot fail; one it does not was never enabled.
+        let _ = match self {
+            Self::V2(gic, _) => gic.enable_interrupt(id, false).map_err(|_| ()),
+            Self::V3(gic) => gic.enable_interrupt(id, Some(0), false).map_err(|_| ()),
+        };
+    }
+
+    /// The interrupt being taken, now active; `None` if nothing was pending (spurious).
+    fn acknowledge(&mut self) -> Option<IntId> {
+        match self {
+            // In the Non-secure view of a GICv2 (and on one without security), `GICC_IAR`
+            // acknowledges the interrupts this kernel uses: the crate's Group 0 path.
+            Self::V2(gic, _) => gic.get_and_acknowledge_interrupt(InterruptGroup::Group0),
+            Self::V3(_) => arm_gic::gicv3::GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1),
+        }
+        .filter(|intid| u32::from(*intid) < 1020)
+    }
+
+    fn end(&mut self, intid: IntId) {
+        match self {
+            Self::V2(gic, _) => gic.end_interrupt(intid, InterruptGroup::Group0),
+            Self::V3(_) => arm_gic::gicv3::GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1),
+        }
+    }
+
+    fn raise_sgi_on_self(&mut self, sgi: u32) -> Result<(), InterruptError> {
+        let not_sgi = || InterruptError::CannotEnable { intid: sgi, problem: "not an SGI (0-15)".into() };
+        let id = IntId::try_from(sgi).ok().filter(|id| id.is_sgi()).ok_or_else(not_sgi)?;
+        match self {
+            Self::V2(gic, _) => {
+                let target = arm_gic::gicv2::SgiTarget::List {
+                    target_list_filter: arm_gic::gicv2::SgiTargetListFilter::ForwardSelfOnly,
+                    target_list: 0,
+                };
+                gic.send_sgi(id, target);
+                Ok(())
+            }
+            Self::V3(_) => {
+                let mpidr: u64;
+                // SAFETY: reads this CPU's affinity, an identification register.
+                unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+                let target = arm_gic::gicv3::SgiTarget::List {
+                    affinity3: (mpidr >> 32) as u8,
+                    affinity2: (mpidr >> 16) as u8,
+                    affinity1: (mpidr >> 8) as u8,
+                    target_list: 1 << (mpidr & 0xf),
+                };
+                arm_gic::gicv3::GicCpuInterface::send_sgi(id, target, arm_gic::gicv3::SgiTargetGroup::CurrentGroup1)
+                    .map_err(|error| InterruptError::CannotEnable { intid: sgi, problem: format!("{error}") })
+            }
+        }
+    }
+}

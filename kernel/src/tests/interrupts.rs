@@ -1,0 +1,122 @@
+//! The GIC, the timer's interrupt, sleeping with `WFI`, and interrupts nobody asked for.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
+
+use crate::interrupts;
+use crate::testing::{ensure, kernel_test};
+
+/// How long a test waits for an interrupt that should come at once.
+const PROMPTLY: Duration = Duration::from_millis(100);
+
+kernel_test! {
+    /// The devicetree's GIC is running and its timer interrupt is a PPI (INTID 16-31: private
+    /// to each CPU), which the boot check saw arrive, so waits sleep instead of polling.
+    fn the_gic_is_started_and_the_timer_interrupt_arrives() {
+        ensure!(interrupts::started(), "no interrupt controller was started");
+        let timer = interrupts::timer_interrupt().ok_or("the devicetree names no timer interrupt")?;
+        ensure!((16..32).contains(&timer.intid()), "the timer's interrupt {timer} is not a PPI");
+        ensure!(interrupts::timer_interrupts() >= 1, "the timer's interrupt never arrived");
+        ensure!(interrupts::waits_sleep(), "waits poll: the boot check did not see the timer interrupt");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A wait with nothing to wait for sleeps (`WFI`) until its deadline, and it is the timer's
+    /// interrupt that ends the sleep: the count of timer interrupts goes up, and no earlier
+    /// than the deadline.
+    fn a_sleep_is_ended_by_the_timer_interrupt() {
+        let before = interrupts::timer_interrupts();
+        let started = arch::timer::uptime();
+        let sleep = Duration::from_millis(3);
+        let done = interrupts::wait_for(sleep, || false);
+        let slept = arch::timer::uptime() - started;
+        ensure!(!done, "a condition that never holds was reported as held");
+        ensure!(slept >= sleep, "the wait ended after {slept:?}, before its deadline of {sleep:?}");
+        let woken = interrupts::timer_interrupts() - before;
+        ensure!(woken >= 1, "slept {slept:?} with no timer interrupt: the wait polled or never slept");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A software-generated interrupt to this CPU reaches the handler registered for it, once;
+    /// when the registration is dropped, the handler is gone.
+    fn a_software_generated_interrupt_reaches_its_handler() {
+        const SGI: u32 = 1;
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        let registration = interrupts::register_intid(SGI, true, "test SGI", Box::new(move || {
+            seen.fetch_add(1, Ordering::Release);
+        })).map_err(|error| alloc::format!("{error}"))?;
+        interrupts::raise_sgi_on_self(SGI).map_err(|error| alloc::format!("{error}"))?;
+        let arrived = interrupts::wait_for(PROMPTLY, || count.load(Ordering::Acquire) == 1);
+        ensure!(arrived, "SGI {SGI} did not reach its handler within {PROMPTLY:?}");
+        ensure!(registration.delivered() == 1, "the handler ran {} times for one SGI", registration.delivered());
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// An interrupt with no handler is acknowledged, ended and counted as unexpected, with its
+    /// INTID; the kernel carries on, and the INTID can be registered and taken afterwards.
+    fn an_interrupt_nobody_handles_is_counted_not_fatal() {
+        const SGI: u32 = 2;
+        let before = interrupts::statistics();
+        interrupts::raise_sgi_on_self(SGI).map_err(|error| alloc::format!("{error}"))?;
+        let counted = interrupts::wait_for(PROMPTLY, || interrupts::statistics().unexpected > before.unexpected);
+        let after = interrupts::statistics();
+        ensure!(counted, "SGI {SGI} with no handler was not counted as unexpected: {after:?}");
+        ensure!(after.last_unexpected == Some(SGI), "the unexpected interrupt was recorded as {:?}", after.last_unexpected);
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        let _registration = interrupts::register_intid(SGI, true, "test SGI, afterwards", Box::new(move || {
+            seen.fetch_add(1, Ordering::Release);
+        })).map_err(|error| alloc::format!("{error}"))?;
+        interrupts::raise_sgi_on_self(SGI).map_err(|error| alloc::format!("{error}"))?;
+        ensure!(interrupts::wait_for(PROMPTLY, || count.load(Ordering::Acquire) == 1), "SGI {SGI} was not taken once registered");
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// Every disk's completions arrive by interrupt: a write and a read of one block each, and
+    /// the disk's interrupt count goes up, with every byte read back as written. Under
+    /// `kernel.poll` the disks poll, and this says so.
+    fn every_disk_completes_its_requests_by_interrupt() {
+        if interrupts::polling() {
+            crate::testing::skip!("drivers poll (kernel.poll, or no working timer interrupt to sleep on)");
+        }
+        let mut failures = alloc::vec::Vec::new();
+        let mut disks = 0;
+        crate::block::with_each_disk(|disk| {
+            disks += 1;
+            if let Err(problem) = completes_by_interrupt(disk) {
+                failures.push(alloc::format!("{}: {problem}", disk.describe()));
+            }
+        });
+        if disks == 0 {
+            crate::testing::skip!("this machine has no disk");
+        }
+        ensure!(failures.is_empty(), "{}", failures.join("; "));
+        Ok(())
+    }
+}
+
+fn completes_by_interrupt(disk: &mut dyn crate::block::BlockDevice) -> Result<(), alloc::string::String> {
+    let before = disk.interrupts_taken().ok_or("its completions are polled (kernel.poll, or no usable interrupt)")?;
+    let block_size = disk.block_size();
+    let written: alloc::vec::Vec<u8> = (0..block_size).map(|index| (index * 7 + 3) as u8).collect();
+    let mut read = alloc::vec![0u8; block_size];
+    crate::block::write(disk, 0, &written).map_err(|error| alloc::format!("write: {error}"))?;
+    crate::block::read(disk, 0, &mut read).map_err(|error| alloc::format!("read: {error}"))?;
+    ensure!(read == written, "the block read back differs from the one written");
+    // One interrupt may signal both completions (the second can land while the line is still
+    // masked from the first), so at least one.
+    let taken = disk.interrupts_taken().unwrap_or(before) - before;
+    ensure!(taken >= 1, "no interrupt for two requests: their completions were not signalled");
+    Ok(())
+}
