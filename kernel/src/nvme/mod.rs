@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Reads and Writes go to I/O queue 1, up to [`QUEUE_DEPTH`] commands in flight at once
-//! (`crate::block::run`), their completions polled (no interrupts):
+//! (`crate::block::run`), their completions found by phase tag: waited for asleep on the
+//! controller's pin-based interrupt (INTx, vector 0, [`crate::interrupts::Line`]), or polled:
 //!
 //! - The caller's buffer is lent to the controller through the streaming DMA API, whose
 //!   device constraints say `min_align_mask = 0xfff`: whatever the route does — translate the

@@ -6,7 +6,8 @@
 //! ```text
 //!  prepare   map every buffer (hal::Lease::prepare)   refused ─▶ error; the device saw nothing
 //!  submit    VirtQueue::add, notify the queue
-//!  wait      poll the used ring until the deadline     late ─────▶ stop the device (below)
+//!  wait      the used ring, until the deadline         late ─────▶ stop the device (below)
+//!            (asleep between the device's interrupts, or polled)
 //!  complete  VirtQueue::pop_used; each unshare ends a mapping, copying a bounce back
 //! ```
 //!
