@@ -66,6 +66,8 @@ struct Interrupts {
 struct Registered {
     id: u64,
     name: String,
+    /// A one-shot [`Line`]: its handler masks the INTID for everyone, so it shares with no one.
+    exclusive: bool,
     handler: Handler,
     delivered: u64,
 }
@@ -81,6 +83,9 @@ pub enum InterruptError {
     Map(String),
     /// Interrupts were not started, so nothing can be registered.
     NotStarted,
+    /// A one-shot line cannot share its INTID, nor be shared: its handler masks the INTID for
+    /// every device on it, and only its own driver unmasks.
+    Shared { intid: u32, with: String },
     /// The GIC refused to enable it (it does not implement that INTID).
     CannotEnable { intid: u32, problem: String },
 }
@@ -91,6 +96,9 @@ impl fmt::Display for InterruptError {
             Self::NoController(problem) => write!(f, "no interrupt controller: {problem}"),
             Self::Map(problem) => write!(f, "cannot map the GIC's registers: {problem}"),
             Self::NotStarted => f.write_str("interrupts are not started (no GIC)"),
+            Self::Shared { intid, with } => {
+                write!(f, "INTID {intid} is shared with {with}, and a one-shot line takes an INTID alone")
+            }
             Self::CannotEnable { intid, problem } => write!(f, "the GIC cannot enable INTID {intid}: {problem}"),
         }
     }
@@ -224,10 +232,10 @@ pub fn polling() -> bool {
     POLLING.load(Ordering::Relaxed) || !waits_sleep()
 }
 
-/// The line a driver should wait on for `interrupt`: `None` when it must poll (no GIC, no
-/// interrupt described, or the line cannot be registered, which is logged).
+/// The line a driver should wait on for `interrupt`: `None` when it must poll (`kernel.poll`,
+/// no GIC, no interrupt described, or the line cannot be registered, which is logged).
 pub fn line_for(interrupt: Option<GicInterrupt>, name: &str) -> Option<Line> {
-    if !waits_sleep() {
+    if polling() {
         return None;
     }
     Line::new(interrupt?, name).inspect_err(|problem| log::warn!("{name}: {problem}: its completions are polled")).ok()
@@ -287,14 +295,29 @@ impl Drop for Registration {
 /// share an INTID: each runs on every interrupt and checks its own device. `name` says whose
 /// it is.
 pub fn register(interrupt: GicInterrupt, name: &str, handler: Handler) -> Result<Registration, InterruptError> {
-    register_intid(interrupt.intid(), is_edge(&interrupt), name, handler)
+    register_intid(interrupt.intid(), interrupt.trigger.is_edge(), name, handler)
 }
 
 /// As [`register`], for an INTID the devicetree does not describe (an SGI).
 pub fn register_intid(intid: u32, edge: bool, name: &str, handler: Handler) -> Result<Registration, InterruptError> {
+    register_as(intid, edge, name, handler, false)
+}
+
+/// Registers `handler` on `intid`, alone if `exclusive`.
+fn register_as(
+    intid: u32,
+    edge: bool,
+    name: &str,
+    handler: Handler,
+    exclusive: bool,
+) -> Result<Registration, InterruptError> {
     let interrupts = INTERRUPTS.get().ok_or(InterruptError::NotStarted)?;
     arch::interrupt::without(|| {
         let mut handlers = interrupts.handlers.lock();
+        let sharers = handlers.get(&intid).map_or(&[][..], Vec::as_slice);
+        if let Some(other) = sharers.iter().find(|other| exclusive || other.exclusive) {
+            return Err(InterruptError::Shared { intid, with: other.name.clone() });
+        }
         let id = interrupts.next_registration.fetch_add(1, Ordering::Relaxed);
         if !handlers.contains_key(&intid) {
             interrupts
@@ -303,7 +326,7 @@ pub fn register_intid(intid: u32, edge: bool, name: &str, handler: Handler) -> R
                 .enable(intid, edge)
                 .map_err(|problem| InterruptError::CannotEnable { intid, problem })?;
         }
-        handlers.entry(intid).or_default().push(Registered { id, name: name.into(), handler, delivered: 0 });
+        handlers.entry(intid).or_default().push(Registered { id, name: name.into(), exclusive, handler, delivered: 0 });
         Ok(Registration { intid, id })
     })
 }
@@ -313,6 +336,10 @@ pub fn register_intid(intid: u32, edge: bool, name: &str, handler: Handler) -> R
 /// clears the cause at the device (its registers stay the driver's alone) and unmasks. A
 /// level-triggered line that stays high until the driver has consumed the completions cannot
 /// storm meanwhile, and an edge (an MSI) that comes while masked stays pending at the GIC.
+///
+/// A line takes its INTID alone: on a wired line two devices share (PCIe INTx swizzling), the
+/// second device's driver gets no line and polls, as Linux refuses to share a one-shot IRQ with
+/// a handler that is not.
 pub struct Line {
     registration: Registration,
     fired: Arc<AtomicU64>,
@@ -329,7 +356,7 @@ impl Line {
             mask_in_handler(intid);
             count.fetch_add(1, Ordering::Release);
         });
-        let registration = register(interrupt, name, handler)?;
+        let registration = register_as(intid, interrupt.trigger.is_edge(), name, handler, true)?;
         Ok(Self { registration, fired, seen: 0 })
     }
 
@@ -344,17 +371,22 @@ impl Line {
     }
 
     /// Waits until `done` holds or the uptime reaches `deadline`, sleeping between
-    /// interrupts; says whether `done` held. Each time the line has fired, `acknowledge`
-    /// clears the cause at the device, then the line is unmasked.
+    /// interrupts; says whether `done` held. Before sleeping, if the line fired since,
+    /// `acknowledge` clears the cause at the device and the line is unmasked: not when `done`
+    /// already holds, since the driver may still have to consume what lowers the line (NVMe's
+    /// completion entries and head doorbell). Under [`polling`] (the benchmark's comparison) it
+    /// spins, and the line, masked by its first interrupt, stays masked: at most one is taken.
     pub fn wait(&mut self, deadline: Duration, mut done: impl FnMut() -> bool, mut acknowledge: impl FnMut()) -> bool {
         if polling() {
             while !done() && arch::timer::uptime() < deadline {
                 core::hint::spin_loop();
             }
-            self.rearm(&mut acknowledge);
             return done();
         }
         loop {
+            if done() {
+                return true;
+            }
             self.rearm(&mut acknowledge);
             if done() {
                 return true;
@@ -438,7 +470,7 @@ fn handle() {
         interrupts.spurious.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let raw = u32::from(intid);
+    let raw = intid_of(intid);
     let mut handled = false;
     for entry in interrupts.handlers.lock().get_mut(&raw).into_iter().flatten() {
         entry.delivered += 1;
@@ -455,8 +487,17 @@ fn handle() {
     gic.end(intid);
 }
 
-fn is_edge(interrupt: &GicInterrupt) -> bool {
-    matches!(interrupt.trigger, platform::interrupts::Trigger::EdgeRising | platform::interrupts::Trigger::EdgeFalling)
+/// The INTID in an acknowledge's value (bits 9:0), without a GICv2 SGI's source CPU.
+fn intid_of(acknowledged: IntId) -> u32 {
+    u32::from(acknowledged) & 0x3ff
+}
+
+/// This CPU's affinity (`MPIDR_EL1`), as `GICD_IROUTER` and `ICC_SGI1R_EL1` name CPUs.
+fn this_cpu_affinity() -> u64 {
+    let mpidr: u64;
+    // SAFETY: reads this CPU's affinity, an identification register.
+    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    mpidr
 }
 
 /// `GICD_ITARGETSR<n>` (IHI 0048B, 4.3.12): one byte per INTID, the CPUs a GICv2 SPI goes to.
@@ -496,6 +537,11 @@ impl Gic {
                 // the kernel's device window, and this is the only driver for them.
                 let mut gic = unsafe { GicV2::new(distributor.as_mut_ptr(), cpu_interface.as_mut_ptr()) };
                 gic.setup();
+                // `setup` enables Group 1 by its Secure-view bit (GICD_CTLR bit 1) when the GIC
+                // has the Security Extensions. Seen from the Non-secure side, as on a Raspberry
+                // Pi 4, that bit is reserved and bit 0 enables Group 1 (IHI 0048B, 4.3.1): set
+                // it too, not trusting the firmware to have.
+                gic.enable_group0(true);
                 Ok(Self::V2(gic, distributor))
             }
             GicVersion::V3 => {
@@ -565,6 +611,10 @@ impl Gic {
             Self::V3(gic) => {
                 if id.is_spi() {
                     gic.set_trigger(id, Some(0), trigger).map_err(|error| format!("{error}"))?;
+                    // `GICD_IROUTER` resets to an UNKNOWN value (IHI 0069, 12.9.22): route to
+                    // the CPU running this.
+                    let routing = gic.distributor().set_routing(id, Some(this_cpu_affinity()));
+                    routing.map_err(|error| format!("{error}"))?;
                 }
                 gic.set_interrupt_priority(id, Some(0), 0x80).map_err(|error| format!("{error}"))?;
                 gic.enable_interrupt(id, Some(0), true).map_err(|error| format!("{error}"))
@@ -598,7 +648,8 @@ impl Gic {
             Self::V2(gic, _) => gic.get_and_acknowledge_interrupt(InterruptGroup::Group0),
             Self::V3(_) => arm_gic::gicv3::GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1),
         }
-        .filter(|intid| u32::from(*intid) < 1020)
+        // A GICv2 SGI carries the sending CPU in bits 12:10 of `GICC_IAR`; the INTID is 9:0.
+        .filter(|raw| intid_of(*raw) < 1020)
     }
 
     fn end(&mut self, intid: IntId) {
@@ -621,9 +672,7 @@ impl Gic {
                 Ok(())
             }
             Self::V3(_) => {
-                let mpidr: u64;
-                // SAFETY: reads this CPU's affinity, an identification register.
-                unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+                let mpidr = this_cpu_affinity();
                 let target = arm_gic::gicv3::SgiTarget::List {
                     affinity3: (mpidr >> 32) as u8,
                     affinity2: (mpidr >> 16) as u8,

@@ -120,3 +120,26 @@ fn completes_by_interrupt(disk: &mut dyn crate::block::BlockDevice) -> Result<()
     ensure!(taken >= 1, "no interrupt for two requests: their completions were not signalled");
     Ok(())
 }
+
+kernel_test! {
+    /// A one-shot line takes its INTID alone: its handler masks the INTID for every device on
+    /// it, and only its own driver unmasks. Another handler on the same INTID is refused while
+    /// the line lives, and accepted once it is dropped.
+    fn a_one_shot_line_takes_its_intid_alone() {
+        use platform::interrupts::{GicInterrupt, InterruptKind, Trigger};
+        // An SPI none of this kernel's drivers takes: QEMU `virt` wires its devices to SPIs
+        // 1-47 and 74-77, and on a Raspberry Pi 4 the kernel takes only its DMA channel's.
+        let unused = GicInterrupt { kind: InterruptKind::Spi, number: 100, trigger: Trigger::LevelHigh };
+        let line = interrupts::Line::new(unused, "test line").map_err(|error| alloc::format!("{error}"))?;
+        let second = interrupts::register(unused, "test sharer", Box::new(|| {}));
+        ensure!(
+            matches!(second, Err(interrupts::InterruptError::Shared { .. })),
+            "a second handler joined the one-shot line on INTID {}",
+            line.intid()
+        );
+        drop(line);
+        let alone = interrupts::register(unused, "test handler, afterwards", Box::new(|| {}));
+        ensure!(alone.is_ok(), "INTID {} stayed taken after its line was dropped", unused.intid());
+        Ok(())
+    }
+}
