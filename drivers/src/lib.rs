@@ -61,6 +61,7 @@ pub mod bcm2835_dma;
 pub mod bcm2835_pm;
 pub mod block;
 pub mod edu;
+pub mod gic_its;
 pub mod mini_uart;
 mod mmio;
 pub mod nvme;

@@ -138,7 +138,25 @@ pub fn start(devicetree: &Devicetree<'_>) -> Result<(), InterruptError> {
     });
     arch::interrupt::set_handler(handle);
     arch::interrupt::unmask();
+    start_its(&description);
     start_timer()
+}
+
+/// Brings up the GICv3's ITS, if the devicetree has one; a failure is reported and leaves
+/// message-signalled interrupts out (wired interrupts work without it).
+fn start_its(description: &platform::interrupts::Gic<'_>) {
+    let (Some(its), Some(redistributors)) = (&description.its, description.redistributors.first()) else { return };
+    let started = (|| {
+        let map = |range| arch::mmu::map_device(range).map_err(|error| format!("cannot map {range}: {error:?}"));
+        let registers = map(its.registers)?;
+        // CPU 0's redistributor: the region's first frame, its RD_base.
+        let frame = addr::PhysRange::new(redistributors.start(), 64 << 10).ok_or("an empty redistributor region")?;
+        crate::its::start(registers, its.registers.start(), map(frame)?, frame.start())
+    })();
+    match started {
+        Ok(description) => info!("interrupts: {description}"),
+        Err(problem) => log::error!("interrupts: {}: {problem}: no message-signalled interrupts", its.name),
+    }
 }
 
 /// Timer interrupts taken since boot.
@@ -344,20 +362,34 @@ pub struct Line {
     registration: Registration,
     fired: Arc<AtomicU64>,
     seen: u64,
+    edge: bool,
 }
 
 impl Line {
     /// Registers the line's handler and enables it.
     pub fn new(interrupt: GicInterrupt, name: &str) -> Result<Self, InterruptError> {
+        Self::on(interrupt.intid(), interrupt.trigger.is_edge(), name)
+    }
+
+    /// A line for LPI `lpi`: a message-signalled interrupt, an edge by nature.
+    pub fn for_lpi(lpi: u32, name: &str) -> Result<Self, InterruptError> {
+        Self::on(lpi, true, name)
+    }
+
+    /// An edge is latched once per event and cannot storm, so its handler only counts (and an
+    /// LPI could not be masked from a handler anyway: that takes ITS commands). A level is
+    /// masked until the driver has lowered it.
+    fn on(intid: u32, edge: bool, name: &str) -> Result<Self, InterruptError> {
         let fired = Arc::new(AtomicU64::new(0));
         let count = fired.clone();
-        let intid = interrupt.intid();
         let handler = Box::new(move || {
-            mask_in_handler(intid);
+            if !edge {
+                mask_in_handler(intid);
+            }
             count.fetch_add(1, Ordering::Release);
         });
-        let registration = register_as(intid, interrupt.trigger.is_edge(), name, handler, true)?;
-        Ok(Self { registration, fired, seen: 0 })
+        let registration = register_as(intid, edge, name, handler, true)?;
+        Ok(Self { registration, fired, seen: 0, edge })
     }
 
     /// The INTID.
@@ -407,7 +439,7 @@ impl Line {
         if fired > self.seen {
             self.seen = fired;
             acknowledge();
-            if let Some(interrupts) = INTERRUPTS.get() {
+            if let Some(interrupts) = INTERRUPTS.get().filter(|_| !self.edge) {
                 // It was enabled when registered, so enabling it again cannot fail.
                 let _ = arch::interrupt::without(|| interrupts.gic.lock().unmask(self.intid()));
             }
@@ -466,11 +498,10 @@ pub fn statistics() -> Statistics {
 /// The IRQ handler `arch::interrupt` calls: acknowledge, run the INTID's handler, end.
 fn handle() {
     let Some(interrupts) = INTERRUPTS.get() else { return };
-    let Some(intid) = interrupts.gic.lock().acknowledge() else {
+    let Some((intid, raw)) = interrupts.gic.lock().acknowledge() else {
         interrupts.spurious.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let raw = intid_of(intid);
     let mut handled = false;
     for entry in interrupts.handlers.lock().get_mut(&raw).into_iter().flatten() {
         entry.delivered += 1;
@@ -485,11 +516,6 @@ fn handle() {
         interrupts.unexpected.fetch_add(1, Ordering::Release);
     }
     gic.end(intid);
-}
-
-/// The INTID in an acknowledge's value (bits 9:0), without a GICv2 SGI's source CPU.
-fn intid_of(acknowledged: IntId) -> u32 {
-    u32::from(acknowledged) & 0x3ff
 }
 
 /// This CPU's affinity (`MPIDR_EL1`), as `GICD_IROUTER` and `ICC_SGI1R_EL1` name CPUs.
@@ -596,6 +622,10 @@ impl Gic {
     }
 
     fn enable(&mut self, intid: u32, edge: bool) -> Result<(), String> {
+        // An LPI is enabled in its configuration byte, which the ITS re-reads.
+        if intid >= crate::its::FIRST_LPI {
+            return crate::its::set_enabled(intid, true);
+        }
         let id = IntId::try_from(intid).map_err(|_| format!("{intid} is not an INTID"))?;
         let trigger = if edge { Trigger::Edge } else { Trigger::Level };
         match self {
@@ -624,6 +654,9 @@ impl Gic {
 
     /// Enables `intid` again after [`Self::disable`], its trigger and priority as they were.
     fn unmask(&mut self, intid: u32) -> Result<(), String> {
+        if intid >= crate::its::FIRST_LPI {
+            return crate::its::set_enabled(intid, true);
+        }
         let id = IntId::try_from(intid).map_err(|_| format!("{intid} is not an INTID"))?;
         match self {
             Self::V2(gic, _) => gic.enable_interrupt(id, true).map_err(|error| format!("{error}")),
@@ -632,6 +665,10 @@ impl Gic {
     }
 
     fn disable(&mut self, intid: u32) {
+        if intid >= crate::its::FIRST_LPI {
+            let _ = crate::its::set_enabled(intid, false);
+            return;
+        }
         let Ok(id) = IntId::try_from(intid) else { return };
         // Disabling an INTID the GIC implements cannot fail; one it does not was never enabled.
         let _ = match self {
@@ -640,16 +677,26 @@ impl Gic {
         };
     }
 
-    /// The interrupt being taken, now active; `None` if nothing was pending (spurious).
-    fn acknowledge(&mut self) -> Option<IntId> {
-        match self {
+    /// The interrupt being taken, now active: the value to end it with, and its INTID; `None`
+    /// if nothing was pending (spurious).
+    fn acknowledge(&mut self) -> Option<(IntId, u32)> {
+        let (acknowledged, intid) = match self {
             // In the Non-secure view of a GICv2 (and on one without security), `GICC_IAR`
-            // acknowledges the interrupts this kernel uses: the crate's Group 0 path.
-            Self::V2(gic, _) => gic.get_and_acknowledge_interrupt(InterruptGroup::Group0),
-            Self::V3(_) => arm_gic::gicv3::GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1),
-        }
-        // A GICv2 SGI carries the sending CPU in bits 12:10 of `GICC_IAR`; the INTID is 9:0.
-        .filter(|raw| intid_of(*raw) < 1020)
+            // acknowledges the interrupts this kernel uses: the crate's Group 0 path. An SGI
+            // carries its sending CPU in bits 12:10; the INTID is bits 9:0.
+            Self::V2(gic, _) => {
+                let acknowledged = gic.get_and_acknowledge_interrupt(InterruptGroup::Group0)?;
+                (acknowledged, u32::from(acknowledged) & 0x3ff)
+            }
+            // `ICC_IAR1_EL1` holds the INTID alone, up to 24 bits: LPIs are 8192 and up.
+            Self::V3(_) => {
+                let acknowledged =
+                    arm_gic::gicv3::GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1)?;
+                (acknowledged, u32::from(acknowledged))
+            }
+        };
+        // 1020-1023 are special: nothing to take.
+        (!(1020..1024).contains(&intid)).then_some((acknowledged, intid))
     }
 
     fn end(&mut self, intid: IntId) {

@@ -28,6 +28,7 @@ mod dma_platform;
 mod edu;
 mod interrupts;
 mod iommu;
+mod its;
 mod memory;
 mod net;
 mod nvme;

@@ -143,3 +143,26 @@ kernel_test! {
         Ok(())
     }
 }
+
+kernel_test! {
+    /// The ITS turns an event into its LPI: a DeviceID no PCI function has is given a table
+    /// with one event mapped to a fresh LPI (MAPD, MAPTI), the LPI is enabled (its
+    /// configuration byte, INV), and the ITS's own INT command raises the event, as a device's
+    /// write of its EventID to `GITS_TRANSLATER` would. The handler runs once.
+    fn an_its_event_reaches_its_lpi() {
+        if crate::its::doorbell().is_none() {
+            crate::testing::skip!("no GICv3 ITS on this machine");
+        }
+        // Bus 0xff is past every bus the host bridge enumerates.
+        const DEVICE: u32 = 0xff00;
+        let lpis = crate::its::add_device(DEVICE, 1)?;
+        let lpi = *lpis.first().ok_or("no LPI was handed out")?;
+        ensure!(lpi >= crate::its::FIRST_LPI, "LPI {lpi} is below 8192");
+        let line = interrupts::Line::for_lpi(lpi, "test ITS event").map_err(|error| alloc::format!("{error}"))?;
+        crate::its::raise(DEVICE, 0)?;
+        let arrived = interrupts::wait_for(PROMPTLY, || line.fired() >= 1);
+        ensure!(arrived, "LPI {lpi} did not arrive within {PROMPTLY:?} of the INT command");
+        ensure!(line.fired() == 1, "LPI {lpi} fired {} times for one INT command", line.fired());
+        Ok(())
+    }
+}
