@@ -64,6 +64,7 @@ pub mod edu;
 pub mod gic_its;
 pub mod mini_uart;
 mod mmio;
+pub mod msix;
 pub mod nvme;
 pub mod pl011;
 pub mod smmuv3;

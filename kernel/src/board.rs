@@ -17,6 +17,7 @@ use swiotlb::Constraints;
 
 use crate::console::{self, ConsoleDevice};
 use crate::dma_platform::{self, DmaDevice, Route, pools};
+use crate::interrupts::Source;
 use crate::iommu;
 use crate::pci::{self, PciFunction};
 
@@ -125,7 +126,7 @@ fn start_virtio(devicetree: &Devicetree<'static>, device: &Device<'static>) -> R
     let dma = dma_device(device, VIRTIO_DMA_MASK)?;
     // A virtio-mmio device has one interrupt (virtio 1.2, 4.2.2); without it, it is polled.
     let interrupt = devicetree.gic_interrupts(device).map_err(|error| alloc::format!("{error}"))?.first().copied();
-    match crate::virtio::start_mmio(transport, dma, interrupt) {
+    match crate::virtio::start_mmio(transport, dma, interrupt.map(Into::into)) {
         Ok(name) => Ok(Some(name.into())),
         Err(not_started) => Err(alloc::format!("{not_started}")),
     }
@@ -152,7 +153,7 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
     info!("PCIe devices:");
     info!(
         "  {:<8} {:<9} {:<6} {:<8} {:<6} {:<7} {:<9} {:<6}",
-        "address", "id", "driver", "stream", "domain", "granule", "trust", "INTA"
+        "address", "id", "driver", "stream", "domain", "granule", "trust", "interrupt"
     );
     for function in &bus.functions {
         let id = alloc::format!("{:04x}:{:04x}", function.info.vendor_id, function.info.device_id);
@@ -170,8 +171,6 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
             }
         };
         let name: &'static str = alloc::boxed::Box::leak(alloc::format!("pci {}", function.address).into_boxed_str());
-        let intx =
-            function.intx.map_or("-".into(), |interrupt| alloc::format!("{} {}", interrupt.kind, interrupt.number));
         let (dma, row) = match pci_dma_device(devicetree, bus, name, function, driver.constraints()) {
             Ok(device) => device,
             Err(problem) => {
@@ -180,8 +179,9 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
             }
         };
         pci::enable_dma(bus, function);
-        match driver.start(name, function, dma) {
-            Ok(()) => info!("  {:<8} {id:<9} {:<6} {row} {intx:<6}", function.address, driver.name()),
+        let (interrupt, route) = driver.interrupt(bus, function, &dma);
+        match driver.start(name, function, dma, interrupt) {
+            Ok(()) => info!("  {:<8} {id:<9} {:<6} {row} {route}", function.address, driver.name()),
             Err(problem) => warn!("  {:<8} {id:<9} not started: {problem}", function.address),
         }
     }
@@ -218,12 +218,44 @@ impl PciDriver {
         }
     }
 
-    fn start(self, name: &'static str, function: &PciFunction, dma: DmaDevice) -> Result<(), String> {
+    /// The interrupt the driver will wait on, and how the device table shows it: an MSI-X
+    /// vector through the ITS where the driver uses one and the machine has an ITS, else INTx.
+    fn interrupt(self, bus: &pci::PciBus, function: &PciFunction, dma: &DmaDevice) -> (Option<Source>, String) {
+        let intx = match function.intx {
+            Some(line) => (Some(Source::Wired(line)), alloc::format!("INTx {} {}", line.kind, line.number)),
+            None => (None, "-".into()),
+        };
+        let vector = match self {
+            PciDriver::Nvme => crate::nvme::MSIX_VECTOR,
+            PciDriver::VirtioBlock => crate::virtio::MSIX_VECTOR,
+            PciDriver::Edu => return intx,
+        };
+        if crate::interrupts::polling() || crate::its::doorbell().is_none() {
+            return intx;
+        }
+        match crate::msi::route(bus, function, dma, vector) {
+            Ok(route) => (Some(Source::Message { lpi: route.lpi }), alloc::format!("{route}")),
+            Err(problem) => {
+                warn!("  {:<8} MSI-X not used ({problem}): INTx instead", function.address);
+                intx
+            }
+        }
+    }
+
+    fn start(
+        self,
+        name: &'static str,
+        function: &PciFunction,
+        dma: DmaDevice,
+        interrupt: Option<Source>,
+    ) -> Result<(), String> {
         match self {
             PciDriver::VirtioBlock => {
-                crate::virtio::start_pci(function, dma).map_err(|error| alloc::format!("{error}"))
+                crate::virtio::start_pci(function, dma, interrupt).map_err(|error| alloc::format!("{error}"))
             }
-            PciDriver::Nvme => crate::nvme::start(name, function, dma).map_err(|error| alloc::format!("{error}")),
+            PciDriver::Nvme => {
+                crate::nvme::start(name, function, dma, interrupt).map_err(|error| alloc::format!("{error}"))
+            }
             PciDriver::Edu => crate::edu::start(name, function, dma).map_err(|error| alloc::format!("{error}")),
         }
     }

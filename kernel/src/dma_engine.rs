@@ -141,7 +141,8 @@ pub fn start(
     log::info!("DMA engine: channel {} of the firmware's mask {mask:#x}, a full (not Lite) channel", channel.index);
     let interrupt_name = alloc::format!("dma{}", channel.index);
     let interrupt = devicetree.named_gic_interrupt(device, &interrupt_name).ok().flatten();
-    let line = crate::interrupts::line_for(interrupt, &alloc::format!("DMA engine channel {}", channel.index));
+    let line =
+        crate::interrupts::line_for(interrupt.map(Into::into), &alloc::format!("DMA engine channel {}", channel.index));
     *DMA_ENGINE.lock() = Some(DmaEngine { dma, channel, line: Mutex::new(line) });
     Ok(description)
 }

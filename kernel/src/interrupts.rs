@@ -151,7 +151,7 @@ fn start_its(description: &platform::interrupts::Gic<'_>) {
         let registers = map(its.registers)?;
         // CPU 0's redistributor: the region's first frame, its RD_base.
         let frame = addr::PhysRange::new(redistributors.start(), 64 << 10).ok_or("an empty redistributor region")?;
-        crate::its::start(registers, its.registers.start(), map(frame)?, frame.start())
+        crate::its::start(its.phandle, registers, its.registers.start(), map(frame)?, frame.start())
     })();
     match started {
         Ok(description) => info!("interrupts: {description}"),
@@ -250,13 +250,32 @@ pub fn polling() -> bool {
     POLLING.load(Ordering::Relaxed) || !waits_sleep()
 }
 
-/// The line a driver should wait on for `interrupt`: `None` when it must poll (`kernel.poll`,
+/// Where a device's interrupt comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A wire into the GIC: an SoC device's line, or a PCIe function's INTx.
+    Wired(GicInterrupt),
+    /// A message the device writes (MSI-X, [`crate::msi`]), delivered as this LPI.
+    Message { lpi: u32 },
+}
+
+impl From<GicInterrupt> for Source {
+    fn from(interrupt: GicInterrupt) -> Self {
+        Source::Wired(interrupt)
+    }
+}
+
+/// The line a driver should wait on for `source`: `None` when it must poll (`kernel.poll`,
 /// no GIC, no interrupt described, or the line cannot be registered, which is logged).
-pub fn line_for(interrupt: Option<GicInterrupt>, name: &str) -> Option<Line> {
+pub fn line_for(source: Option<Source>, name: &str) -> Option<Line> {
     if polling() {
         return None;
     }
-    Line::new(interrupt?, name).inspect_err(|problem| log::warn!("{name}: {problem}: its completions are polled")).ok()
+    let line = match source? {
+        Source::Wired(interrupt) => Line::new(interrupt, name),
+        Source::Message { lpi } => Line::for_lpi(lpi, name),
+    };
+    line.inspect_err(|problem| log::warn!("{name}: {problem}: its completions are polled")).ok()
 }
 
 /// Whether [`start`] found a GIC.

@@ -63,6 +63,8 @@ const EVENT_BITS: u32 = 2;
 
 /// The running ITS.
 struct Its {
+    /// What the host bridges' `msi-map` names it by.
+    phandle: Option<u32>,
     registers: VirtAddr,
     doorbell: PhysAddr,
     kind: ItsType,
@@ -80,8 +82,9 @@ static ITS: Once<Mutex<Its>> = Once::new();
 
 /// Brings up LPIs at the redistributor (`redistributor`: this CPU's RD_base frame, mapped)
 /// and the ITS at `registers` (mapped; `physical` is where the devices' writes go). Returns a
-/// description for the boot log.
+/// description for the boot log. `phandle` is what the devicetree names it by.
 pub fn start(
+    phandle: Option<u32>,
     registers: VirtAddr,
     physical: PhysAddr,
     redistributor: VirtAddr,
@@ -145,6 +148,7 @@ pub fn start(
         write32(registers, GITS_CTLR, control | 1);
     }
     let its = Its {
+        phandle,
         registers,
         doorbell: physical.add(GITS_TRANSLATER),
         kind,
@@ -170,6 +174,11 @@ pub fn start(
 /// The physical address devices write their MSIs to, if an ITS runs.
 pub fn doorbell() -> Option<PhysAddr> {
     ITS.get().map(|its| its.lock().doorbell)
+}
+
+/// Whether the running ITS is the one the devicetree calls `phandle`.
+pub fn is(phandle: u32) -> bool {
+    ITS.get().is_some_and(|its| its.lock().phandle == Some(phandle))
 }
 
 /// Gives `device` (its DeviceID: the requester ID, through `msi-map`) an interrupt translation

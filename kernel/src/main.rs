@@ -30,6 +30,7 @@ mod interrupts;
 mod iommu;
 mod its;
 mod memory;
+mod msi;
 mod net;
 mod nvme;
 mod pci;

@@ -27,7 +27,8 @@ use core::fmt;
 use core::ptr::NonNull;
 use platform::interrupts::GicInterrupt;
 
-use addr::PhysRange;
+use addr::{PhysRange, VirtAddr};
+use drivers::msix::{self, MsixCapability, MsixEntry};
 use log::{info, warn};
 use platform::devicetree::Devicetree;
 use platform::pci::{self as pci_dt, BarAllocator, BarKind, BarRequest, IntxPin, PciHostBridge, StreamRoute};
@@ -55,7 +56,10 @@ pub struct PciFunction {
 /// The enumerated host bridge.
 pub struct PciBus {
     pub bridge: PciHostBridge<'static>,
+    /// Configuration space through `virtio-drivers`, and the lock for every access to it.
     pub root: Mutex<Root>,
+    /// The ECAM window, mapped: for the registers `virtio-drivers` has no call for (MSI-X).
+    ecam: VirtAddr,
     pub functions: Vec<PciFunction>,
 }
 
@@ -122,7 +126,7 @@ pub fn start(devicetree: &Devicetree<'static>) -> Result<Option<&'static PciBus>
         functions.push(PciFunction { address, info, stream, intx, memory_bars });
     }
     info!("pci: {} ({}), {} function(s) on bus {first_bus}", bridge.name, bridge.ecam, functions.len());
-    Ok(Some(PCI.call_once(|| PciBus { bridge, root: Mutex::new(root), functions })))
+    Ok(Some(PCI.call_once(|| PciBus { bridge, root: Mutex::new(root), ecam, functions })))
 }
 
 /// Sizes every BAR of `address`, places it in a bridge window, then enables decoding;
@@ -173,4 +177,63 @@ pub fn enable_dma(bus: &PciBus, function: &PciFunction) {
 /// The function's address as `virtio-drivers`' configuration-space access takes it.
 pub fn config_address(function: pci_dt::PciFunction) -> DeviceFunction {
     DeviceFunction { bus: function.bus(), device: function.device(), function: function.function() }
+}
+
+/// Programs `entries` as vectors 0, 1, ... of `function`'s MSI-X table and enables MSI-X, with
+/// INTx disabled (the module documentation of `drivers::msix` gives the order). Returns the
+/// capability. An error leaves MSI-X off and INTx as it was.
+pub fn enable_msix(bus: &PciBus, function: &PciFunction, entries: &[MsixEntry]) -> Result<MsixCapability, String> {
+    let root = bus.root.lock();
+    let address = config_address(function.address);
+    let found = root.capabilities(address).find(|capability| capability.id == msix::CAPABILITY_ID);
+    let header = found.ok_or("it has no MSI-X capability")?;
+    let message_control = header.private_header;
+    let capability = MsixCapability::decode(message_control, bus.read_config(function, header.offset + 4)?)
+        .map_err(|error| alloc::format!("{error}"))?;
+    let bar = function.memory_bars[usize::from(capability.table_bar)]
+        .ok_or_else(|| alloc::format!("its MSI-X table is in BAR{}, which has no memory", capability.table_bar))?;
+    let table = PhysRange::new(bar.start().add(u64::from(capability.table_offset)), capability.table_bytes())
+        .filter(|table| bar.covers(table))
+        .ok_or_else(|| alloc::format!("its MSI-X table runs past the end of BAR{} {bar}", capability.table_bar))?;
+    let table_base =
+        arch::mmu::map_device(table).map_err(|error| alloc::format!("cannot map its MSI-X table: {error:?}"))?;
+    let control = u32::from(header.offset);
+    // Enabled with every vector masked while the entries are written (as Linux's
+    // `msix_capability_init`), then unmasked as a whole.
+    let write_control =
+        |bits: u16| bus.write_config(function, header.offset, u32::from(message_control | bits) << 16 | control);
+    write_control(msix::ENABLE | msix::FUNCTION_MASK)?;
+    for (vector, entry) in entries.iter().enumerate() {
+        let offset = capability.entry_offset(vector as u16).map_err(|error| alloc::format!("{error}"))?;
+        let slot = table_base.add(offset - u64::from(capability.table_offset)).as_mut_ptr::<u32>();
+        for (word, value) in entry.words().into_iter().enumerate() {
+            // SAFETY: the entry lies inside the table just mapped as device memory, which the
+            // function reads only once MSI-X is enabled and unmasked.
+            unsafe { slot.add(word).write_volatile(value) };
+        }
+    }
+    let (_, command) = root.get_status_command(address);
+    bus.write_config(function, 4, u32::from(command.bits() | msix::INTX_DISABLE))?;
+    write_control(msix::ENABLE & !msix::FUNCTION_MASK)?;
+    Ok(capability)
+}
+
+impl PciBus {
+    /// The 32-bit configuration register at `offset` of `function`.
+    pub fn read_config(&self, function: &PciFunction, offset: u8) -> Result<u32, String> {
+        // SAFETY: inside the function's 4 KiB of the ECAM window, mapped as device memory.
+        self.config_register(function, offset).map(|register| unsafe { register.read_volatile() })
+    }
+
+    /// Writes the 32-bit configuration register at `offset` of `function`.
+    fn write_config(&self, function: &PciFunction, offset: u8, value: u32) -> Result<(), String> {
+        // SAFETY: as in `read_config`; callers hold the root's lock, which orders every access.
+        self.config_register(function, offset).map(|register| unsafe { register.write_volatile(value) })
+    }
+
+    fn config_register(&self, function: &PciFunction, offset: u8) -> Result<*mut u32, String> {
+        let space = self.bridge.config_space(function.address).ok_or("its bus is not the bridge's")?;
+        let from_ecam = space.start().offset_from(self.bridge.ecam.start()).ok_or("outside the ECAM window")?;
+        Ok(self.ecam.add(from_ecam + u64::from(offset & !3)).as_mut_ptr::<u32>())
+    }
 }

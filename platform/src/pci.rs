@@ -76,8 +76,22 @@
 //! <1>` (the cell is the StreamID), named wired interrupts and `dma-coherent` if its table
 //! walks snoop the CPU caches.
 //!
-//! Not handled: `msi-map` (MSIs), `interrupts-extended`, and interrupt maps that lead to
-//! another map rather than to an interrupt controller.
+//! **Which MSI controller takes a device's MSIs, and under which DeviceID?** (`msi-map`,
+//! `msi-map-mask`, Linux's `Documentation/devicetree/bindings/pci/pci-msi.txt`.) A Message
+//! Signalled Interrupt (PCI Local Bus 3.0, §6.8) is no wire but a memory write the device makes:
+//! the data its driver chose, to the interrupt controller's doorbell. A GICv3 ITS has one
+//! doorbell, `GITS_TRANSLATER`, for every device, and the data is only an EventID, which any
+//! device may write; so the ITS tells devices apart by a DeviceID (IHI 0069, §5.2), which the bus
+//! derives from the write's requester ID, out of the device's reach. `msi-map` is that
+//! derivation, laid out and matched as `iommu-map` is: entries of (RID base, MSI controller
+//! phandle, DeviceID base, length), a RID `& msi-map-mask` inside `[RID base, RID base + length)`
+//! getting DeviceID `base + (RID - RID base)`. QEMU `virt,gic-version=3`'s `<0x0 0x8003 0x0
+//! 0x10000>` makes the DeviceID equal to the RID on `its@8080000`. A RID that no entry covers
+//! has no MSI route.
+//!
+//! Not handled: `msi-parent` (one MSI controller for the whole bridge, without a map),
+//! `interrupts-extended`, and interrupt maps that lead to another map rather than to an
+//! interrupt controller.
 
 use addr::{PhysAddr, PhysRange};
 use arrayvec::ArrayVec;
@@ -97,8 +111,8 @@ pub const MAX_HOST_BRIDGES: usize = 4;
 pub const MAX_SMMUS: usize = 4;
 /// How many `ranges` windows one host bridge may have.
 pub const MAX_PCI_WINDOWS: usize = 8;
-/// How many `iommu-map` entries one host bridge may have.
-pub const MAX_IOMMU_MAP_ENTRIES: usize = 16;
+/// How many entries one `iommu-map` or `msi-map` may have.
+pub const MAX_ID_MAP_ENTRIES: usize = 16;
 /// How many `interrupt-map` entries one host bridge may have (QEMU: 4 devices × 4 pins).
 pub const MAX_INTERRUPT_MAP_ENTRIES: usize = 32;
 /// How many cells one interrupt specifier may have (the GIC's has 3).
@@ -252,18 +266,67 @@ impl fmt::Display for PciWindow {
     }
 }
 
-/// One `iommu-map` entry: RIDs `[rid_base, rid_base + length)` are StreamIDs
-/// `[stream_base, stream_base + length)` of the IOMMU whose phandle is `iommu`.
+/// One entry of an [`IdMap`]: requester IDs `[rid_base, rid_base + length)` are IDs
+/// `[id_base, id_base + length)` of the node whose phandle is `target`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IommuMapEntry {
+pub struct IdMapEntry {
     /// The first requester ID the entry covers.
     pub rid_base: u32,
-    /// The phandle of the IOMMU it goes to.
-    pub iommu: u32,
-    /// The StreamID of the first requester ID.
-    pub stream_base: u32,
+    /// The phandle of the node it goes to: an IOMMU in `iommu-map`, an MSI controller in
+    /// `msi-map`.
+    pub target: u32,
+    /// The ID of the first requester ID: a StreamID in `iommu-map`, a DeviceID in `msi-map`.
+    pub id_base: u32,
     /// How many requester IDs it covers.
     pub length: u32,
+}
+
+impl IdMapEntry {
+    /// The last requester ID the entry covers. Only for parsed entries: parsing checked that it
+    /// fits 32 bits, and that the length is not 0.
+    fn last_rid(&self) -> u32 {
+        self.rid_base + (self.length - 1)
+    }
+
+    /// The ID of `rid` (already masked); `None` if the entry does not cover it.
+    fn id_of(&self, rid: u32) -> Option<u32> {
+        let offset = rid.checked_sub(self.rid_base).filter(|&offset| offset < self.length)?;
+        // Parsing checked that `id_base + length` fits 32 bits.
+        Some(self.id_base + offset)
+    }
+}
+
+/// An `iommu-map` or an `msi-map`, with its mask: how the requester ID of a PCIe request
+/// becomes an ID at the node that receives it (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMap {
+    entries: ArrayVec<IdMapEntry, MAX_ID_MAP_ENTRIES>,
+    mask: u32,
+}
+
+impl IdMap {
+    /// Whether the bridge has no such map: no requester ID is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries, in the property's order.
+    pub fn entries(&self) -> &[IdMapEntry] {
+        &self.entries
+    }
+
+    /// The mask ANDed with a requester ID before it is looked up; all ones when the bridge has
+    /// no `-mask` property.
+    pub fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    /// The target's phandle and the ID that `requester_id` has there, from the first entry that
+    /// covers it once masked; `None` if none does.
+    pub fn lookup(&self, requester_id: u16) -> Option<(u32, u32)> {
+        let rid = u32::from(requester_id) & self.mask;
+        self.entries.iter().find_map(|entry| Some((entry.target, entry.id_of(rid)?)))
+    }
 }
 
 /// What the phandle of an `iommu-map` entry leads to, when it is not an SMMUv3 that can run.
@@ -286,19 +349,18 @@ pub struct IommuMapProblem<'a> {
     /// The bridge's node.
     pub bridge: &'a str,
     /// The entry.
-    pub entry: IommuMapEntry,
+    pub entry: IdMapEntry,
     /// What its phandle leads to.
     pub target: IommuTarget<'a>,
 }
 
 impl fmt::Display for IommuMapProblem<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let IommuMapEntry { rid_base, iommu, length, .. } = self.entry;
-        // Parsing checked that the entry's last RID fits 32 bits, and that its length is not 0.
-        let last = rid_base + (length - 1);
+        let IdMapEntry { rid_base, target, .. } = self.entry;
+        let last = self.entry.last_rid();
         write!(
             f,
-            "PCI host bridge '{}': `iommu-map` sends requester IDs {rid_base:#06x} to {last:#06x} to phandle {iommu:#x}, ",
+            "PCI host bridge '{}': `iommu-map` sends requester IDs {rid_base:#06x} to {last:#06x} to phandle {target:#x}, ",
             self.bridge
         )?;
         match self.target {
@@ -317,6 +379,15 @@ pub struct StreamRoute {
     pub iommu: u32,
     /// The StreamID.
     pub stream_id: u32,
+}
+
+/// Where a requester's MSIs go: which MSI controller (its phandle), under which DeviceID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiRoute {
+    /// The MSI controller's phandle (on QEMU `virt,gic-version=3`, the ITS's).
+    pub controller: u32,
+    /// The DeviceID the controller knows the requester by.
+    pub device_id: u32,
 }
 
 /// A legacy interrupt pin, as a function's Interrupt Pin register (offset 0x3D, PCI Local Bus
@@ -425,10 +496,12 @@ pub struct PciHostBridge<'a> {
     pub windows: ArrayVec<PciWindow, MAX_PCI_WINDOWS>,
     /// `dma-coherent` (inherited as for any device): the bridge's devices snoop CPU caches.
     pub coherent: bool,
-    /// Empty when the bridge has no `iommu-map`: its devices' DMA is not translated.
-    pub iommu_map: ArrayVec<IommuMapEntry, MAX_IOMMU_MAP_ENTRIES>,
-    /// All ones when the bridge has no `iommu-map-mask`.
-    pub iommu_map_mask: u32,
+    /// `iommu-map` and `iommu-map-mask`: requester ID to IOMMU and StreamID. Empty when the
+    /// bridge has none: its devices' DMA is not translated.
+    pub iommu_map: IdMap,
+    /// `msi-map` and `msi-map-mask`: requester ID to MSI controller and DeviceID. Empty when the
+    /// bridge has none: its devices have no MSI route.
+    pub msi_map: IdMap,
     interrupt_map: InterruptMap<'a>,
 }
 
@@ -447,11 +520,15 @@ impl<'a> PciHostBridge<'a> {
     /// Which IOMMU, under which StreamID, translates the DMA of `requester_id`; `None` when
     /// none does (no `iommu-map`, or no entry covers the masked RID).
     pub fn stream_id(&self, requester_id: u16) -> Option<StreamRoute> {
-        let rid = u32::from(requester_id) & self.iommu_map_mask;
-        self.iommu_map.iter().find_map(|entry| {
-            let offset = rid.checked_sub(entry.rid_base).filter(|&offset| offset < entry.length)?;
-            Some(StreamRoute { iommu: entry.iommu, stream_id: entry.stream_base + offset })
-        })
+        let (iommu, stream_id) = self.iommu_map.lookup(requester_id)?;
+        Some(StreamRoute { iommu, stream_id })
+    }
+
+    /// Which MSI controller, under which DeviceID, takes the MSIs of `requester_id`; `None` when
+    /// none does (no `msi-map`, or no entry covers the masked RID).
+    pub fn msi_route(&self, requester_id: u16) -> Option<MsiRoute> {
+        let (controller, device_id) = self.msi_map.lookup(requester_id)?;
+        Some(MsiRoute { controller, device_id })
     }
 
     /// The parent interrupt that `pin` of `function` raises, through `interrupt-map`; `None` if
@@ -492,10 +569,7 @@ impl<'a> Devicetree<'a> {
 
     /// The `iommu-map` entries of `bridge` whose phandle names no SMMUv3 that can run: a phandle
     /// no node has, a node of another kind, or a disabled SMMU.
-    pub fn iommu_map_problems(
-        &self,
-        bridge: &PciHostBridge<'a>,
-    ) -> ArrayVec<IommuMapProblem<'a>, MAX_IOMMU_MAP_ENTRIES> {
+    pub fn iommu_map_problems(&self, bridge: &PciHostBridge<'a>) -> ArrayVec<IommuMapProblem<'a>, MAX_ID_MAP_ENTRIES> {
         let target = |phandle| match self.node_by_phandle(phandle) {
             None => Some(IommuTarget::Missing),
             Some(node) if !node.compatible().is_some_and(|c| c.all().any(|c| c == SMMU_V3_COMPATIBLE)) => {
@@ -504,9 +578,9 @@ impl<'a> Devicetree<'a> {
             Some(node) if !is_enabled(&node) => Some(IommuTarget::Disabled(node.name)),
             Some(_) => None,
         };
-        (bridge.iommu_map.iter())
+        (bridge.iommu_map.entries().iter())
             .filter_map(|entry| {
-                Some(IommuMapProblem { bridge: bridge.name, entry: *entry, target: target(entry.iommu)? })
+                Some(IommuMapProblem { bridge: bridge.name, entry: *entry, target: target(entry.target)? })
             })
             .collect()
     }
@@ -527,7 +601,8 @@ impl<'a> Devicetree<'a> {
         let device = self.device(located)?;
         let buses = bus_range(node)?;
         let ecam = ecam(node.name, &device.regs, buses)?;
-        let (iommu_map, iommu_map_mask) = iommu_map(node)?;
+        let iommu_map = id_map(node, &IOMMU_MAP)?;
+        let msi_map = id_map(node, &MSI_MAP)?;
         let interrupt_map = self.interrupt_map(node)?;
         Ok(PciHostBridge {
             name: node.name,
@@ -536,7 +611,7 @@ impl<'a> Devicetree<'a> {
             windows: windows(located)?,
             coherent: device.dma.coherent,
             iommu_map,
-            iommu_map_mask,
+            msi_map,
             interrupt_map,
         })
     }
@@ -712,38 +787,77 @@ fn window<'a>(bridge: &Located<'_, 'a>, raw: &[u8], parent_cells: usize) -> Resu
     Ok(PciWindow { space, prefetchable, pci_address, cpu_address: PhysAddr::new(cpu_address), size })
 }
 
-/// `iommu-map` (empty if absent) and `iommu-map-mask` (all ones if absent).
-fn iommu_map<'a>(node: &FdtNode<'_, 'a>) -> Result<(ArrayVec<IommuMapEntry, MAX_IOMMU_MAP_ENTRIES>, u32), Error<'a>> {
-    let mask = one_cell(node, "iommu-map-mask")?.unwrap_or(u32::MAX);
-    let mut entries = ArrayVec::new();
-    let Some(map) = node.property("iommu-map") else { return Ok((entries, mask)) };
-    if map.value.is_empty() {
-        return Err(bad(node, "iommu-map", "is empty"));
-    }
-    if !map.value.len().is_multiple_of(16) {
-        let layout = "RID base, IOMMU phandle, StreamID base, length";
-        return Err(entry_length_error(node, "iommu-map", map.value.len(), 4, layout));
-    }
-    for raw in map.value.chunks_exact(16) {
-        let [rid_base, iommu, stream_base, length] = cell_array(raw);
-        let entry = IommuMapEntry { rid_base, iommu, stream_base, length };
-        check_iommu_map_entry(node, &entry, mask)?;
-        entries.try_push(entry).map_err(|_| Error::TooManyRanges { what: "iommu-map entries" })?;
-    }
-    Ok((entries, mask))
+/// The names an id-map property goes by, in the devicetree and in errors. Errors carry
+/// `&'static str`s, so each property spells out its own.
+struct IdMapProperty {
+    /// The map: `iommu-map`.
+    name: &'static str,
+    /// Its mask: `iommu-map-mask`.
+    mask: &'static str,
+    /// An entry's cells, for a map that is not whole entries.
+    layout: &'static str,
+    /// What [`Error::TooManyRanges`] says there are too many of.
+    entries: &'static str,
+    /// The problem of an entry whose RIDs or IDs run past 32 bits.
+    past_32_bits: &'static str,
+    /// The problem of an entry whose RID base the mask cuts.
+    masked_rid_base: &'static str,
 }
 
-fn check_iommu_map_entry<'a>(node: &FdtNode<'_, 'a>, entry: &IommuMapEntry, mask: u32) -> Result<(), Error<'a>> {
+const IOMMU_MAP: IdMapProperty = IdMapProperty {
+    name: "iommu-map",
+    mask: "iommu-map-mask",
+    layout: "RID base, IOMMU phandle, StreamID base, length",
+    entries: "iommu-map entries",
+    past_32_bits: "has an entry whose RIDs or StreamIDs run past 32 bits",
+    masked_rid_base: "has a RID base with bits that iommu-map-mask clears",
+};
+
+const MSI_MAP: IdMapProperty = IdMapProperty {
+    name: "msi-map",
+    mask: "msi-map-mask",
+    layout: "RID base, MSI controller phandle, DeviceID base, length",
+    entries: "msi-map entries",
+    past_32_bits: "has an entry whose RIDs or DeviceIDs run past 32 bits",
+    masked_rid_base: "has a RID base with bits that msi-map-mask clears",
+};
+
+/// An id-map property (no entries if absent) and its mask (all ones if absent).
+fn id_map<'a>(node: &FdtNode<'_, 'a>, property: &IdMapProperty) -> Result<IdMap, Error<'a>> {
+    let mask = one_cell(node, property.mask)?.unwrap_or(u32::MAX);
+    let mut entries = ArrayVec::new();
+    let Some(map) = node.property(property.name) else { return Ok(IdMap { entries, mask }) };
+    if map.value.is_empty() {
+        return Err(bad(node, property.name, "is empty"));
+    }
+    if !map.value.len().is_multiple_of(16) {
+        return Err(entry_length_error(node, property.name, map.value.len(), 4, property.layout));
+    }
+    for raw in map.value.chunks_exact(16) {
+        let [rid_base, target, id_base, length] = cell_array(raw);
+        let entry = IdMapEntry { rid_base, target, id_base, length };
+        check_id_map_entry(node, property, &entry, mask)?;
+        entries.try_push(entry).map_err(|_| Error::TooManyRanges { what: property.entries })?;
+    }
+    Ok(IdMap { entries, mask })
+}
+
+fn check_id_map_entry<'a>(
+    node: &FdtNode<'_, 'a>,
+    property: &IdMapProperty,
+    entry: &IdMapEntry,
+    mask: u32,
+) -> Result<(), Error<'a>> {
     let past_32_bits = |base: u32| u64::from(base) + u64::from(entry.length) > FOUR_GIB;
     if entry.length == 0 {
-        return Err(bad(node, "iommu-map", "has an entry of length zero"));
+        return Err(bad(node, property.name, "has an entry of length zero"));
     }
-    if past_32_bits(entry.rid_base) || past_32_bits(entry.stream_base) {
-        return Err(bad(node, "iommu-map", "has an entry whose RIDs or StreamIDs run past 32 bits"));
+    if past_32_bits(entry.rid_base) || past_32_bits(entry.id_base) {
+        return Err(bad(node, property.name, property.past_32_bits));
     }
     // A masked RID never has these bits, so the entry could never match (Linux refuses it too).
     if entry.rid_base & !mask != 0 {
-        return Err(bad(node, "iommu-map", "has a RID base with bits that iommu-map-mask clears"));
+        return Err(bad(node, property.name, property.masked_rid_base));
     }
     Ok(())
 }

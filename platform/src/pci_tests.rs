@@ -10,14 +10,19 @@ use arrayvec::ArrayVec;
 use crate::devicetree::Error as DtError;
 use crate::fdt_writer::FdtWriter;
 use crate::pci::{
-    BarAllocator, BarAssignment, BarError, BarKind, BarRequest, BusRange, IntxPin, IommuMapEntry, IommuTarget,
-    MAX_PCI_WINDOWS, PciFunction, PciSpace, PciWindow, StreamRoute,
+    BarAllocator, BarAssignment, BarError, BarKind, BarRequest, BusRange, IdMapEntry, IntxPin, IommuTarget,
+    MAX_PCI_WINDOWS, MsiRoute, PciFunction, PciSpace, PciWindow, StreamRoute,
 };
 use crate::tests::{GIB, MIB, parse, range};
 
 const GIC_PHANDLE: u32 = 0x8002;
 const SMMU_PHANDLE: u32 = 0x8004;
+/// The phandle QEMU's `msi-map` names: the GICv2m frame with `gic-version=2`, the ITS with 3.
+const MSI_CONTROLLER_PHANDLE: u32 = 0x8003;
 const BRIDGE: &str = "pcie@10000000";
+/// QEMU 10 `-M virt,gic-version=3,iommu=smmuv3`'s own devicetree: its host bridge's `msi-map`
+/// names the ITS.
+const QEMU_GICV3_ITS: &[u8] = include_bytes!("../tests/fixtures/qemu-virt-gicv3-its.dtb");
 
 /// `interrupt-map` of QEMU's pcie@10000000, as `dtc` prints it: (unit address, pin, GIC
 /// phandle, GIC unit address, GIC specifier) for devices 0 to 3 and pins INTA to INTD.
@@ -69,7 +74,7 @@ fn qemu_bridge() -> Properties {
         ("#interrupt-cells", alloc::vec![1]),
         ("ranges", QEMU_RANGES.to_vec()),
         ("reg", alloc::vec![0x40, 0x1000_0000, 0, 0x1000_0000]),
-        ("msi-map", alloc::vec![0, 0x8003, 0, 0x1_0000]),
+        ("msi-map", alloc::vec![0, MSI_CONTROLLER_PHANDLE, 0, 0x1_0000]),
         ("dma-coherent", alloc::vec![]),
         ("bus-range", alloc::vec![0, 0xff]),
         ("linux,pci-domain", alloc::vec![0]),
@@ -158,9 +163,12 @@ fn the_qemu_host_bridge_is_described_from_its_node() {
     assert_eq!(bridge.buses, BusRange { first: 0, last: 255 });
     assert!(bridge.coherent);
     assert_eq!(bridge.windows, qemu_windows());
-    let entry = IommuMapEntry { rid_base: 0, iommu: SMMU_PHANDLE, stream_base: 0, length: 0x1_0000 };
-    assert_eq!(bridge.iommu_map.as_slice(), &[entry]);
-    assert_eq!(bridge.iommu_map_mask, u32::MAX, "no iommu-map-mask keeps every RID bit");
+    let entry = IdMapEntry { rid_base: 0, target: SMMU_PHANDLE, id_base: 0, length: 0x1_0000 };
+    assert_eq!(bridge.iommu_map.entries(), &[entry]);
+    assert_eq!(bridge.iommu_map.mask(), u32::MAX, "no iommu-map-mask keeps every RID bit");
+    let entry = IdMapEntry { rid_base: 0, target: MSI_CONTROLLER_PHANDLE, id_base: 0, length: 0x1_0000 };
+    assert_eq!(bridge.msi_map.entries(), &[entry]);
+    assert_eq!(bridge.msi_map.mask(), u32::MAX, "no msi-map-mask keeps every RID bit");
     assert_eq!(format!("{}", bridge.windows[2]), "64-bit memory PCI 0x8000000000 at CPU 0x8000000000, 512 GiB");
 }
 
@@ -203,7 +211,7 @@ fn an_iommu_map_mask_gives_every_function_of_a_device_one_stream() {
     bridge.set("iommu-map-mask", &[0xfff8]);
     let blob = virt(&bridge, &qemu_smmu());
     let bridge = &parse(&blob).unwrap().pci_host_bridges().unwrap()[0];
-    assert_eq!(bridge.iommu_map_mask, 0xfff8);
+    assert_eq!(bridge.iommu_map.mask(), 0xfff8);
     let stream = |rid| bridge.stream_id(rid).map(|route| route.stream_id);
     assert_eq!(stream(0x0008), Some(0x108));
     assert_eq!(stream(0x000b), Some(0x108), "function 3 of device 1 shares function 0's stream");
@@ -241,7 +249,7 @@ fn an_iommu_map_phandle_no_node_has_is_reported_with_the_phandle_and_the_request
     let problems = dt.iommu_map_problems(&bridges[0]);
     let [problem] = problems.as_slice() else { panic!("one problem expected: {problems:?}") };
     assert_eq!(problem.target, IommuTarget::Missing);
-    assert_eq!(problem.entry, IommuMapEntry { rid_base: 0, iommu: 0x99, stream_base: 0, length: 0x100 });
+    assert_eq!(problem.entry, IdMapEntry { rid_base: 0, target: 0x99, id_base: 0, length: 0x100 });
     assert_eq!(
         format!("{problem}"),
         "PCI host bridge 'pcie@10000000': `iommu-map` sends requester IDs 0x0000 to 0x00ff to phandle 0x99, \
@@ -286,6 +294,72 @@ fn without_an_iommu_map_nothing_is_translated() {
     let bridge = &parse(&blob).unwrap().pci_host_bridges().unwrap()[0];
     assert!(bridge.iommu_map.is_empty());
     assert_eq!(bridge.stream_id(0x0008), None);
+}
+
+#[test]
+fn qemus_msi_map_gives_every_requester_its_own_device_id() {
+    let blob = qemu_virt();
+    let bridge = &parse(&blob).unwrap().pci_host_bridges().unwrap()[0];
+    let device = |device_id| Some(MsiRoute { controller: MSI_CONTROLLER_PHANDLE, device_id });
+    assert_eq!(bridge.msi_route(0x0000), device(0x0000));
+    assert_eq!(bridge.msi_route(function(0, 1, 0).requester_id()), device(0x0008));
+    assert_eq!(bridge.msi_route(function(0x12, 0x1f, 7).requester_id()), device(0x12ff));
+    assert_eq!(bridge.msi_route(0xffff), device(0xffff));
+}
+
+#[test]
+fn qemus_gicv3_devicetree_maps_every_requester_id_to_the_same_device_id_on_the_its() {
+    let dt = parse(QEMU_GICV3_ITS).unwrap();
+    let its = dt.gic().unwrap().and_then(|gic| gic.its).expect("gic-version=3 comes with an ITS");
+    let its_phandle = its.phandle.expect("msi-map names the ITS by its phandle");
+    let bridges = dt.pci_host_bridges().unwrap();
+    let [bridge] = bridges.as_slice() else { panic!("one host bridge expected, found {}", bridges.len()) };
+    let entry = IdMapEntry { rid_base: 0, target: its_phandle, id_base: 0, length: 0x1_0000 };
+    assert_eq!(bridge.msi_map.entries(), &[entry]);
+    assert_eq!(bridge.msi_map.mask(), u32::MAX);
+    for rid in [0x0000, 0x0008, 0x0018, 0x0100, 0xffff] {
+        assert_eq!(bridge.msi_route(rid), Some(MsiRoute { controller: its_phandle, device_id: u32::from(rid) }));
+    }
+}
+
+#[test]
+fn an_msi_map_mask_gives_every_function_of_a_device_one_device_id() {
+    let mut bridge = qemu_bridge();
+    bridge.set("msi-map", &[0, MSI_CONTROLLER_PHANDLE, 0x1000, 0x100]);
+    bridge.set("msi-map-mask", &[0xfff8]);
+    let blob = virt(&bridge, &qemu_smmu());
+    let bridge = &parse(&blob).unwrap().pci_host_bridges().unwrap()[0];
+    assert_eq!(bridge.msi_map.mask(), 0xfff8);
+    assert_eq!(bridge.iommu_map.mask(), u32::MAX, "msi-map-mask leaves iommu-map alone");
+    let device_id = |rid| bridge.msi_route(rid).map(|route| route.device_id);
+    assert_eq!(device_id(0x0008), Some(0x1008));
+    assert_eq!(device_id(0x000f), Some(0x1008), "function 7 of device 1 shares function 0's DeviceID");
+    assert_eq!(device_id(0x0010), Some(0x1010));
+    assert_eq!(device_id(0x0100), None, "bus 1 lies past the entry's 0x100 RIDs");
+    assert_eq!(bridge.stream_id(0x000f), Some(StreamRoute { iommu: SMMU_PHANDLE, stream_id: 0x0f }));
+}
+
+#[test]
+fn a_rid_outside_every_msi_map_entry_has_no_msi_route() {
+    let mut bridge = qemu_bridge();
+    bridge.set("msi-map", &[0, MSI_CONTROLLER_PHANDLE, 0, 0x10, 0x100, 0x8005, 0x40, 0x10]);
+    let blob = virt(&bridge, &qemu_smmu());
+    let bridge = &parse(&blob).unwrap().pci_host_bridges().unwrap()[0];
+    assert_eq!(bridge.msi_route(0x000f), Some(MsiRoute { controller: MSI_CONTROLLER_PHANDLE, device_id: 0x0f }));
+    assert_eq!(bridge.msi_route(0x0010), None);
+    assert_eq!(bridge.msi_route(0x0105), Some(MsiRoute { controller: 0x8005, device_id: 0x45 }));
+    assert_eq!(bridge.msi_route(0x0110), None);
+}
+
+#[test]
+fn without_an_msi_map_no_requester_has_an_msi_route() {
+    let mut bridge = qemu_bridge();
+    bridge.remove("msi-map");
+    let blob = virt(&bridge, &qemu_smmu());
+    let bridge = &parse(&blob).unwrap().pci_host_bridges().unwrap()[0];
+    assert!(bridge.msi_map.is_empty());
+    assert_eq!(bridge.msi_route(0x0008), None);
+    assert_eq!(bridge.stream_id(0x0008), Some(StreamRoute { iommu: SMMU_PHANDLE, stream_id: 0x08 }));
 }
 
 #[test]
@@ -411,6 +485,22 @@ fn an_iommu_map_that_is_not_whole_entries_is_an_error() {
     );
 }
 
+#[test]
+fn an_msi_map_that_is_not_whole_entries_is_an_error() {
+    let mut bridge = qemu_bridge();
+    bridge.set("msi-map", &[0, MSI_CONTROLLER_PHANDLE, 0, 0x1_0000, 0x100]);
+    let error = bridge_error(&bridge);
+    assert!(matches!(
+        error,
+        DtError::BadEntryLength { node: BRIDGE, property: "msi-map", cells: 5, entry_cells: 4, .. }
+    ));
+    assert_eq!(
+        format!("{error}"),
+        "devicetree node 'pcie@10000000': property 'msi-map' holds 5 cells, not a whole number of 4-cell entries \
+         (RID base, MSI controller phandle, DeviceID base, length)"
+    );
+}
+
 /// Checks that `property` of the bridge, set to `cells`, is refused with `problem`.
 fn assert_refused(property: &'static str, cells: &[u32], problem: &str) {
     let mut bridge = qemu_bridge();
@@ -446,6 +536,13 @@ fn malformed_bridge_properties_are_errors_that_name_them() {
         &[0xffff_ff00, SMMU_PHANDLE, 0, 0x200],
         "has an entry whose RIDs or StreamIDs run past 32 bits",
     );
+    assert_refused("msi-map", &[], "is empty");
+    assert_refused("msi-map", &[0, MSI_CONTROLLER_PHANDLE, 0, 0], "has an entry of length zero");
+    assert_refused(
+        "msi-map",
+        &[0, MSI_CONTROLLER_PHANDLE, 0xffff_ff00, 0x200],
+        "has an entry whose RIDs or DeviceIDs run past 32 bits",
+    );
     assert_refused("#address-cells", &[2], "is not 3, the cells of a PCI address");
     assert_refused("#interrupt-cells", &[2], "is not 1 (a PCI interrupt is one pin number)");
     assert_refused("interrupt-map-mask", &[0x1800, 0, 7], "is not 4 cells (3 for the unit address, 1 for the pin)");
@@ -465,6 +562,15 @@ fn a_rid_base_the_mask_clears_is_an_error() {
     bridge.set("iommu-map-mask", &[0xfff8]);
     let problem = "has a RID base with bits that iommu-map-mask clears";
     assert_eq!(bridge_error(&bridge), DtError::BadProperty { node: BRIDGE, property: "iommu-map", problem });
+}
+
+#[test]
+fn an_msi_map_rid_base_the_mask_clears_is_an_error() {
+    let mut bridge = qemu_bridge();
+    bridge.set("msi-map", &[0x0009, MSI_CONTROLLER_PHANDLE, 0, 1]);
+    bridge.set("msi-map-mask", &[0xfff8]);
+    let problem = "has a RID base with bits that msi-map-mask clears";
+    assert_eq!(bridge_error(&bridge), DtError::BadProperty { node: BRIDGE, property: "msi-map", problem });
 }
 
 #[test]

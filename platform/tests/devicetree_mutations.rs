@@ -309,7 +309,7 @@ fn exercise(blob: &[u8]) -> Result<(), String> {
             }
         }
         for requester in [0, 8, 0x100, 0xffff] {
-            let _ = write!(out, "{:?}", bridge.stream_id(requester));
+            let _ = write!(out, "{:?} {:?}", bridge.stream_id(requester), bridge.msi_route(requester));
         }
         let mut bars = BarAllocator::new(&bridge.windows);
         for (size, kind) in [

@@ -226,21 +226,35 @@ pub fn update_excerpts() -> Result<()> {
 fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
     match machine.board {
         // A pool too small for a test's buffers: the test says so and skips.
-        Board::Virt(Virt { pool, .. }) if pool.size < POOL_SIZE => {
-            &["dma_engine::", "iommu::", "nvme::", "virtio::", "block::", "edu::translated_", "interrupts::an_its_"]
-        }
+        Board::Virt(Virt { pool, .. }) if pool.size < POOL_SIZE => &[
+            "dma_engine::",
+            "iommu::",
+            "nvme::",
+            "virtio::",
+            "block::",
+            "edu::translated_",
+            "interrupts::an_its_",
+            "msi::",
+        ],
         // PCIe goes through the SMMU: the untranslated route has nothing to test.
         Board::Virt(Virt { iommu: Some(_), .. }) => {
             &["dma_engine::", "block::pcie_disks_without_an_iommu_take_their_bridges_route", "edu::untranslated_"]
         }
         // No SMMU: QEMU's default GICv2, which has no ITS.
         Board::Virt(Virt { iommu: None, .. }) => {
-            &["dma_engine::", "iommu::", "nvme::", "edu::translated_", "interrupts::an_its_"]
+            &["dma_engine::", "iommu::", "nvme::", "edu::translated_", "interrupts::an_its_", "msi::"]
         }
         // No PCIe, so no edu.
-        Board::Raspi4b { pool: RaspiPool::Default } => {
-            &["virtio::", "iommu::", "nvme::", "block::", "edu::", "interrupts::every_disk_", "interrupts::an_its_"]
-        }
+        Board::Raspi4b { pool: RaspiPool::Default } => &[
+            "virtio::",
+            "iommu::",
+            "nvme::",
+            "block::",
+            "edu::",
+            "interrupts::every_disk_",
+            "interrupts::an_its_",
+            "msi::",
+        ],
         // A restricted engine bounces everything: nothing is lent in place.
         Board::Raspi4b { pool: RaspiPool::Restricted } => &[
             "virtio::",
@@ -250,6 +264,7 @@ fn allowed_skips(machine: &Machine) -> &'static [&'static str] {
             "edu::",
             "interrupts::every_disk_",
             "interrupts::an_its_",
+            "msi::",
             "dma_engine::buffers_within_reach_are_not_bounced",
         ],
     }

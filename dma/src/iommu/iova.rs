@@ -65,6 +65,20 @@
 //! off) the top-down search gives `X` back as long as nothing else was returned to the free
 //! space since `X` was allocated: nothing above `X` fitted then, and the space has only shrunk.
 //!
+//! ## Reserved ranges
+//!
+//! Some IOVAs must never name a buffer because something else answers there: on the ARM
+//! SMMU, the window where each domain maps the interrupt controller's MSI doorbell
+//! (`IOMMU_RESV_SW_MSI`, see [`super::MSI_IOVA_BASE`]). [`IovaAllocator::reserve`] (Linux's
+//! `reserve_iova`) takes the granules covering such a range out of the free space for good:
+//! `allocate` never returns them (no cache ever holds them either), `free` of an address in
+//! them is refused as unknown, and [`IovaAllocator::reservations`] lists them. The range is
+//! clipped to the space. A reservation over a live allocation, or over an earlier reservation,
+//! is refused and changes nothing: the allocator cannot take back what it handed out, and
+//! where Linux merges overlapping reservations silently, here an overlap is a caller's bug
+//! worth naming. Freed IOVAs waiting in a cache are not live: those the range covers go back
+//! to the free space first, and are taken with the rest.
+//!
 //! ## The free space
 //!
 //! Free IOVA space is kept as coalesced ranges, each listed by the largest naturally aligned
@@ -162,6 +176,28 @@ pub enum IovaError {
         /// Where the allocation holding it starts.
         allocation_start: DmaAddr,
     },
+    /// A reservation over granules a live allocation holds: they cannot be taken back.
+    ReserveOverLive {
+        /// The first byte of the granules the reservation would take (clipped to the space).
+        start: DmaAddr,
+        /// The end of those granules.
+        end: DmaAddr,
+        /// Where the live allocation starts.
+        allocation_start: DmaAddr,
+        /// The end of the granules it holds (its whole power of two for a class request).
+        allocation_end: DmaAddr,
+    },
+    /// A reservation over granules an earlier reservation already took.
+    ReserveOverReserved {
+        /// The first byte of the granules the reservation would take (clipped to the space).
+        start: DmaAddr,
+        /// The end of those granules.
+        end: DmaAddr,
+        /// Where the earlier reservation starts.
+        reserved_start: DmaAddr,
+        /// Where it ends.
+        reserved_end: DmaAddr,
+    },
     /// A free whose size rounds to a different number of granules than was allocated.
     SizeMismatch {
         /// The allocation's start.
@@ -202,6 +238,16 @@ impl fmt::Display for IovaError {
             Self::NotAllocationStart { iova, allocation_start } => {
                 write!(f, "{iova} lies inside the IOVA allocation that starts at {allocation_start}")
             }
+            Self::ReserveOverLive { start, end, allocation_start, allocation_end } => write!(
+                f,
+                "cannot reserve the IOVAs [{start}, {end}): the live allocation [{allocation_start}, \
+                 {allocation_end}) holds some of them"
+            ),
+            Self::ReserveOverReserved { start, end, reserved_start, reserved_end } => write!(
+                f,
+                "cannot reserve the IOVAs [{start}, {end}): [{reserved_start}, {reserved_end}) \
+                 is reserved already"
+            ),
             Self::SizeMismatch { iova, allocated_granules, given_size, given_granules } => write!(
                 f,
                 "the IOVA allocation at {iova} was {allocated_granules} granules; \
@@ -228,19 +274,22 @@ pub struct IovaStats {
     pub cached_entries: usize,
     /// Times a full space made the allocator return the caches' entries to it.
     pub cache_flushes: u64,
+    /// IOVA space taken out for good by [`IovaAllocator::reserve`].
+    pub reserved_bytes: u64,
 }
 
 impl fmt::Display for IovaStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} live ({} bytes), cache {} hits {} misses, {} cached, {} flushes",
+            "{} live ({} bytes), cache {} hits {} misses, {} cached, {} flushes, {} bytes reserved",
             self.live_allocations,
             self.live_bytes,
             self.cache_hits,
             self.cache_misses,
             self.cached_entries,
-            self.cache_flushes
+            self.cache_flushes,
+            self.reserved_bytes
         )
     }
 }
@@ -255,6 +304,8 @@ pub struct IovaAllocator {
     free: FreeSpace,
     /// Live allocations by first granule.
     live: BTreeMap<u64, Allocation>,
+    /// Reserved ranges, first granule → end granule: never free, never live.
+    reserved: BTreeMap<u64, u64>,
     /// `caches[k]`: freed blocks of `2^k` granules, newest at the back.
     caches: [VecDeque<u64>; CACHED_CLASSES],
     cache_capacity: usize,
@@ -298,6 +349,7 @@ impl IovaAllocator {
             end,
             free: FreeSpace::new(first, end),
             live: BTreeMap::new(),
+            reserved: BTreeMap::new(),
             caches: core::array::from_fn(|_| VecDeque::with_capacity(capacity)),
             cache_capacity: capacity,
             live_granules: 0,
@@ -343,6 +395,73 @@ impl IovaAllocator {
         Ok(())
     }
 
+    /// Takes the granules covering `[start, start + size)`, clipped to the space, out of the
+    /// free space for good (Linux's `reserve_iova`): `allocate` never returns them and `free`
+    /// refuses them. A range wholly outside the space reserves nothing and is accepted.
+    ///
+    /// Refused, changing nothing: a `size` of zero; a range that covers a granule a live
+    /// allocation holds ([`IovaError::ReserveOverLive`]) or one reserved already
+    /// ([`IovaError::ReserveOverReserved`]). Freed IOVAs held in a cache that the range covers
+    /// leave the cache first.
+    pub fn reserve(&mut self, start: DmaAddr, size: u64) -> Result<(), IovaError> {
+        if size == 0 {
+            return Err(IovaError::ZeroSize);
+        }
+        // The end may be 2^64, which no u64 holds; in granules it fits.
+        let end = (u128::from(start.as_u64()) + u128::from(size)).div_ceil(u128::from(self.granule()));
+        let first = (start.as_u64() >> self.granule_shift).max(self.first);
+        let end = (end as u64).min(self.end);
+        if first >= end {
+            return Ok(());
+        }
+        let (start, end_address) = (self.address(first), self.address(end));
+        let live = self.live.range(..end).next_back().filter(|&(&at, allocation)| at + allocation.reserved > first);
+        if let Some((&at, allocation)) = live {
+            return Err(IovaError::ReserveOverLive {
+                start,
+                end: end_address,
+                allocation_start: self.address(at),
+                allocation_end: self.address(at + allocation.reserved),
+            });
+        }
+        let reserved = self.reserved.range(..end).next_back().filter(|&(_, &reserved_end)| reserved_end > first);
+        if let Some((&at, &reserved_end)) = reserved {
+            return Err(IovaError::ReserveOverReserved {
+                start,
+                end: end_address,
+                reserved_start: self.address(at),
+                reserved_end: self.address(reserved_end),
+            });
+        }
+        for (class, cache) in self.caches.iter_mut().enumerate() {
+            let length = 1 << class;
+            let (covered, kept): (VecDeque<u64>, VecDeque<u64>) =
+                cache.drain(..).partition(|&block| block < end && block + length > first);
+            *cache = kept;
+            for block in covered {
+                self.free.give_back(block, block + length);
+            }
+        }
+        // Neither live, nor reserved, nor cached: every granule of [first, end) is free, and
+        // free ranges are coalesced, so one range holds them all.
+        let range = self.free.holding[0].range(..=Range { start: first, end: u64::MAX }).next_back().copied();
+        let range = range.filter(|range| range.start <= first && end <= range.end);
+        let range = range.expect("granules neither live, reserved nor cached are free");
+        self.free.take(range, first, end - first);
+        self.reserved.insert(first, end);
+        Ok(())
+    }
+
+    /// The space the allocator hands IOVAs out of, `[start, end)`.
+    pub fn space(&self) -> (DmaAddr, DmaAddr) {
+        (self.address(self.first), self.address(self.end))
+    }
+
+    /// The reserved ranges, lowest first, as (start, size in bytes).
+    pub fn reservations(&self) -> impl Iterator<Item = (DmaAddr, u64)> + '_ {
+        self.reserved.iter().map(|(&first, &end)| (self.address(first), (end - first) << self.granule_shift))
+    }
+
     /// The allocator's state and counters now.
     pub fn stats(&self) -> IovaStats {
         IovaStats {
@@ -352,6 +471,7 @@ impl IovaAllocator {
             cache_misses: self.cache_misses,
             cached_entries: self.caches.iter().map(VecDeque::len).sum(),
             cache_flushes: self.cache_flushes,
+            reserved_bytes: self.reserved.iter().map(|(&first, &end)| end - first).sum::<u64>() << self.granule_shift,
         }
     }
 

@@ -26,6 +26,23 @@
 //! once (or an IOVA allocation that finds no room). Until then the device may still reach
 //! memory it was given before, through its TLB. That is a trade of isolation for speed, fit
 //! only for a trusted device; rule 14 forbids it for an untrusted one.
+//!
+//! ## The MSI doorbell
+//!
+//! A PCIe function signals a message-signalled interrupt by *writing* its event number to an
+//! address it was given; with a GICv3 that address is the ITS's `GITS_TRANSLATER` register. On
+//! the bus this is a DMA write like any other: behind an SMMU it carries the function's
+//! StreamID, and its address is an IOVA that the SMMU translates through the function's domain
+//! (QEMU's `virt` and real hardware alike). So every domain of a device that uses MSIs must map
+//! the doorbell, at an IOVA no buffer can ever be given: [`Domain::new`] reserves the window
+//! `[MSI_IOVA_BASE, MSI_IOVA_BASE + MSI_IOVA_SIZE)` in the IOVA allocator (Linux's
+//! `IOMMU_RESV_SW_MSI` region), and [`Domain::map_msi_doorbell`] maps the doorbell at its start
+//! (Linux's `iommu_dma_prepare_msi`), as Device memory. An entry maps a whole granule, so the
+//! device can reach the whole 4, 16 or 64 KiB around the register, and the IOVA keeps the
+//! register's offset in it. On the ITS that exposes nothing else: `GITS_TRANSLATER` is the only
+//! register of its 64 KiB translation frame. Without the mapping the SMMU faults the write
+//! (`F_TRANSLATION`, an event on its queue), the ITS never sees it and no interrupt arrives;
+//! [`Domain::unmap_msi_doorbell`] lets an isolation test show exactly that.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -45,6 +62,15 @@ pub const INPUT_BITS: u32 = 48;
 
 /// How many unmaps a deferring domain lets wait for one flush.
 pub const DEFERRED_UNMAPS: usize = 32;
+
+/// Start of the IOVA window every domain keeps for the MSI doorbell: Linux's arm-smmu-v3
+/// `MSI_IOVA_BASE` (`drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c`), 64 KiB aligned, so the window
+/// starts on a granule boundary at every granule.
+pub const MSI_IOVA_BASE: u64 = 0x800_0000;
+
+/// Size of the MSI window: Linux's arm-smmu-v3 `MSI_IOVA_LENGTH` (1 MiB). Only its first granule
+/// is ever mapped; the rest is kept out of use as Linux keeps it.
+pub const MSI_IOVA_SIZE: u64 = 0x10_0000;
 
 /// What a live IOVA range was made for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +138,31 @@ pub enum DomainError {
     },
     /// The granules around a buffer would run past the end of the address space.
     OutOfRange,
+    /// The domain has no MSI window: its device cannot address all of it.
+    NoMsiWindow {
+        /// The end of the domain's IOVA space.
+        space_end: DmaAddr,
+    },
+    /// The MSI window maps another doorbell already.
+    MsiDoorbellTaken {
+        /// The doorbell mapped.
+        mapped: PhysAddr,
+        /// The doorbell asked for.
+        asked: PhysAddr,
+        /// The IOVA the device writes for the mapped one.
+        iova: DmaAddr,
+    },
+    /// No doorbell is mapped in the MSI window.
+    MsiDoorbellNotMapped {
+        /// The window's start.
+        window: DmaAddr,
+    },
+    /// An unmap of the doorbell was not confirmed by the IOMMU: the window's translation may
+    /// still be cached, so the window is never mapped again.
+    MsiWindowRetired {
+        /// The window's start.
+        window: DmaAddr,
+    },
 }
 
 impl fmt::Display for DomainError {
@@ -125,6 +176,25 @@ impl fmt::Display for DomainError {
                 write!(f, "no live IOMMU mapping of {size} bytes at {dma:?}")
             }
             DomainError::OutOfRange => write!(f, "the granules around the buffer run past the end of memory"),
+            DomainError::NoMsiWindow { space_end } => write!(
+                f,
+                "no MSI window: the domain's IOVA space ends at {space_end}, short of the window \
+                 [{MSI_IOVA_BASE:#x}, {:#x})",
+                MSI_IOVA_BASE + MSI_IOVA_SIZE
+            ),
+            DomainError::MsiDoorbellTaken { mapped, asked, iova } => write!(
+                f,
+                "the MSI window already maps doorbell {mapped:?} (written at {iova:?}); \
+                 doorbell {asked:?} needs it unmapped first"
+            ),
+            DomainError::MsiDoorbellNotMapped { window } => {
+                write!(f, "no MSI doorbell is mapped in the window at {window:?}")
+            }
+            DomainError::MsiWindowRetired { window } => write!(
+                f,
+                "the MSI window at {window:?} is retired: the IOMMU did not confirm the invalidation \
+                 of its doorbell, whose translation may still be cached"
+            ),
         }
     }
 }
@@ -136,6 +206,19 @@ struct State<P: Platform> {
     /// For a deferring domain, the IOVA ranges unmapped since the last flush: their entries
     /// are gone, their translations may still be cached, so they are not handed out again.
     deferred: Option<Vec<(DmaAddr, u64)>>,
+    /// The MSI window, if the IOVA space holds it.
+    msi: Option<MsiWindow>,
+}
+
+/// The reserved IOVA window of the MSI doorbell, and what it maps.
+#[derive(Clone, Copy)]
+struct MsiWindow {
+    /// Its first granule: where the doorbell's granule is mapped.
+    base: DmaAddr,
+    /// The doorbell mapped there, as it was given (its offset in its granule included).
+    doorbell: Option<PhysAddr>,
+    /// An unconfirmed invalidation left it unusable for good.
+    retired: bool,
 }
 
 /// One device's address space behind the IOMMU.
@@ -177,6 +260,11 @@ impl TlbMaintenance for Lent<'_> {
 impl<P: Platform> Domain<P> {
     /// An empty domain over `tables`: no IOVA mapped, so every access by its device faults.
     /// `dma_limit` is the highest IOVA the device can put on the bus.
+    ///
+    /// If the IOVA space holds the whole MSI window (`dma_limit` at or above
+    /// `MSI_IOVA_BASE + MSI_IOVA_SIZE - 1`), the window is reserved: never handed out for a
+    /// buffer, kept for [`Self::map_msi_doorbell`]. A device whose limit falls short of it has
+    /// no window, and no doorbell can be mapped for it (its MSIs cannot be translated here).
     pub fn new(
         id: u16,
         stream_id: u32,
@@ -188,9 +276,17 @@ impl<P: Platform> Domain<P> {
         let tables = PageTable::new(granule, INPUT_BITS, tables).map_err(DomainError::Tables)?;
         let end = dma_limit.min((1 << INPUT_BITS) - 1).saturating_add(1) & !(granule.size() - 1);
         // IOVA 0 is never handed out: a zero address in a descriptor is always a bug.
-        let iova = IovaAllocator::new(granule.size(), DmaAddr::new(granule.size()), DmaAddr::new(end))
+        let mut iova = IovaAllocator::new(granule.size(), DmaAddr::new(granule.size()), DmaAddr::new(end))
             .map_err(DomainError::Iova)?;
-        let state = State { tables, iova, mappings: BTreeMap::new(), deferred: None };
+        let msi = (MSI_IOVA_BASE >= granule.size() && MSI_IOVA_BASE + MSI_IOVA_SIZE <= end).then(|| MsiWindow {
+            base: DmaAddr::new(MSI_IOVA_BASE),
+            doorbell: None,
+            retired: false,
+        });
+        if let Some(window) = msi {
+            iova.reserve(window.base, MSI_IOVA_SIZE).map_err(DomainError::Iova)?;
+        }
+        let state = State { tables, iova, mappings: BTreeMap::new(), deferred: None, msi };
         Ok(Self { id, stream_id, granule, state: Mutex::new(state), iotlb })
     }
 
@@ -386,6 +482,87 @@ impl<P: Platform> Domain<P> {
         }
     }
 
+    /// Maps the MSI doorbell `doorbell` (the ITS's `GITS_TRANSLATER`) at the start of the MSI
+    /// window and returns the IOVA the device must write to raise an MSI: the window's start
+    /// plus the doorbell's offset in its granule. The whole granule holding the doorbell is
+    /// mapped, as Device memory, read-write and not executable: SMMU stage-1 permissions cannot
+    /// say write-only (AP allows reads wherever it allows writes), so the device may also read
+    /// the register. Mapping the same doorbell again returns the same IOVA and changes nothing.
+    ///
+    /// The doorbell is no buffer: it is not counted by [`Self::live_mappings`], and
+    /// [`Self::lookup`] and [`Self::unmap`] refuse its IOVA like any unknown address; the table
+    /// walks ([`Self::translate`], [`Self::walk`]) show it.
+    ///
+    /// Refused if the domain has no window ([`DomainError::NoMsiWindow`]), or if the window maps
+    /// a different doorbell ([`DomainError::MsiDoorbellTaken`]).
+    pub fn map_msi_doorbell(&self, doorbell: PhysAddr) -> Result<DmaAddr, DomainError> {
+        let granule = self.granule.size();
+        let mut state = self.state.lock();
+        let mut window = Self::msi_window(&state)?;
+        let iova = window.base.add(doorbell.as_u64() & (granule - 1));
+        match window.doorbell {
+            Some(mapped) if mapped == doorbell => return Ok(iova),
+            Some(mapped) => {
+                let iova = window.base.add(mapped.as_u64() & (granule - 1));
+                return Err(DomainError::MsiDoorbellTaken { mapped, asked: doorbell, iova });
+            }
+            None => {}
+        }
+        let attributes = Attributes::new(MemoryType::Device, Access::ReadWrite, false);
+        // One granule is one leaf: a map that runs out of tables has written no entry of it.
+        let page = doorbell.align_down(granule);
+        state.tables.map(window.base.as_u64(), page, granule, attributes).map_err(DomainError::Tables)?;
+        window.doorbell = Some(doorbell);
+        state.msi = Some(window);
+        Ok(iova)
+    }
+
+    /// Removes the doorbell mapping strictly, as an unmap of a buffer in a strict domain (even
+    /// in a deferring one): the entry is cleared, its cached translations invalidated, and the
+    /// invalidation waited for. From then on the device's MSI writes fault (`F_TRANSLATION`)
+    /// and raise no interrupt, until [`Self::map_msi_doorbell`] maps a doorbell again.
+    ///
+    /// Refused if the domain has no window, or no doorbell is mapped. If the IOMMU does not
+    /// confirm the invalidation the window is retired: never mapped again.
+    pub fn unmap_msi_doorbell(&self) -> Result<(), DomainError> {
+        let granule = self.granule.size();
+        let mut state = self.state.lock();
+        let mut window = Self::msi_window(&state)?;
+        if window.doorbell.is_none() {
+            return Err(DomainError::MsiDoorbellNotMapped { window: window.base });
+        }
+        let tables = &mut state.tables;
+        let cleared = self.iotlb.strictly(self.id, |tlb| tables.unmap(window.base.as_u64(), granule, &mut Lent(tlb)));
+        let result = match cleared {
+            Ok(result) => result.map_err(DomainError::Tables),
+            Err(error) => {
+                window.retired = true;
+                Err(DomainError::Iotlb(error))
+            }
+        };
+        if window.retired || result.is_ok() {
+            window.doorbell = None;
+        }
+        state.msi = Some(window);
+        result
+    }
+
+    /// The IOVA the device writes to raise an MSI, if a doorbell is mapped.
+    pub fn msi_doorbell(&self) -> Option<DmaAddr> {
+        let state = self.state.lock();
+        let window = state.msi.filter(|window| !window.retired)?;
+        window.doorbell.map(|doorbell| window.base.add(doorbell.as_u64() & (self.granule.size() - 1)))
+    }
+
+    /// The domain's usable MSI window.
+    fn msi_window(state: &State<P>) -> Result<MsiWindow, DomainError> {
+        match state.msi {
+            None => Err(DomainError::NoMsiWindow { space_end: state.iova.space().1 }),
+            Some(window) if window.retired => Err(DomainError::MsiWindowRetired { window: window.base }),
+            Some(window) => Ok(window),
+        }
+    }
+
     /// Where the domain's tables send `iova`, read by walking them in software.
     pub fn translate(&self, iova: DmaAddr) -> Option<PhysAddr> {
         self.walk(iova).map(|(physical, _)| physical)
@@ -397,8 +574,17 @@ impl<P: Platform> Domain<P> {
         state.tables.translate(iova.as_u64()).map(|translation| (translation.output, translation.attributes.access))
     }
 
-    /// How many mappings are live.
+    /// What the domain's tables allow at `iova` (memory type, access, execution), read by
+    /// walking them in software.
+    pub fn attributes(&self, iova: DmaAddr) -> Option<Attributes> {
+        self.state.lock().tables.translate(iova.as_u64()).map(|translation| translation.attributes)
+    }
+
+    /// How many mappings are live (the MSI doorbell is not one).
     pub fn live_mappings(&self) -> usize {
         self.state.lock().mappings.len()
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+mod tests;

@@ -12,7 +12,8 @@
 //!
 //! Reads and Writes go to I/O queue 1, up to [`QUEUE_DEPTH`] commands in flight at once
 //! (`crate::block::run`), their completions found by phase tag: waited for asleep on the
-//! controller's pin-based interrupt (INTx, vector 0, [`crate::interrupts::Line`]), or polled:
+//! controller's interrupt ([`crate::interrupts::Line`]: MSI-X vector 1 through the ITS where
+//! the machine has one, [`crate::msi`], else the pin-based INTx on vector 0), or polled:
 //!
 //! - The caller's buffer is lent to the controller through the streaming DMA API, whose
 //!   device constraints say `min_align_mask = 0xfff`: whatever the route does — translate the
@@ -59,7 +60,7 @@ use spin::Mutex;
 
 use crate::block::{BlockDevice, BlockError, Request};
 use crate::dma_platform::{Coherent, DmaDevice};
-use crate::interrupts::Line;
+use crate::interrupts::{Line, Source};
 use crate::pci::PciFunction;
 use dma::{DmaApiError, MapError};
 use queue::{Doorbells, QueuePair};
@@ -302,24 +303,34 @@ pub fn controllers() -> Vec<&'static Mutex<Controller>> {
     CONTROLLERS.lock().clone()
 }
 
-/// Starts the controller of `function`, its DMA through `dma`.
-pub fn start(name: &'static str, function: &PciFunction, dma: DmaDevice) -> Result<(), NvmeError> {
+/// Starts the controller of `function`, its DMA through `dma`, its I/O completions signalled
+/// on `interrupt` (pin-based, or MSI-X vector [`MSIX_VECTOR`]).
+pub fn start(
+    name: &'static str,
+    function: &PciFunction,
+    dma: DmaDevice,
+    interrupt: Option<Source>,
+) -> Result<(), NvmeError> {
     let bar = function.memory_bars[0].ok_or(NvmeError::NoRegisters)?;
     let registers = arch::mmu::map_device(bar).map_err(|_| NvmeError::MapRegisters)?;
-    let line = crate::interrupts::line_for(function.intx, name);
+    let signal = match interrupt {
+        Some(Source::Message { .. }) => Signal::Message,
+        _ => Signal::Pin,
+    };
+    let line = crate::interrupts::line_for(interrupt, name).map(|line| (line, signal));
     let controller = Controller::start(name, registers, Box::leak(Box::new(dma)), line)?;
     CONTROLLERS.lock().push(Box::leak(Box::new(Mutex::new(controller))));
     Ok(())
 }
 
 impl Controller {
-    /// Brings the controller up; with `line`, its I/O completions interrupt (pin-based, vector
-    /// 0) and are waited for asleep, else they are polled.
+    /// Brings the controller up; with `line`, its I/O completions interrupt (pin-based, or the
+    /// MSI-X vector) and are waited for asleep, else they are polled.
     fn start(
         name: &'static str,
         registers: VirtAddr,
         dma: &'static DmaDevice,
-        line: Option<Line>,
+        line: Option<(Line, Signal)>,
     ) -> Result<Self, NvmeError> {
         let base = NonNull::new(registers.as_mut_ptr::<u8>()).ok_or(NvmeError::MapRegisters)?;
         // SAFETY: BAR0 of an NVMe function, freshly mapped as device memory for the kernel's
@@ -332,9 +343,14 @@ impl Controller {
         let mut admin = QueuePair::new(dma, 0, ADMIN_ENTRIES, doorbells)?;
         let (submission, completion) = (admin.submission_address().as_u64(), admin.completion_address().as_u64());
         properties.set_admin_queues(admin_queue_attributes(ADMIN_ENTRIES, ADMIN_ENTRIES)?, submission, completion);
-        // The admin queue is polled: mask the pin-based interrupt (INTMS, 3.1.4.3) until the
-        // I/O queue, which may interrupt, exists.
-        properties.mask_interrupts(u32::MAX);
+        // The admin queue is polled. Its vector is 0, always enabled (5.2.1): mask the
+        // pin-based interrupt (INTMS, 3.1.4.3) until the I/O queue, which may interrupt,
+        // exists. Under MSI-X those registers must not be touched (3.1.4.3); vector 0 stays
+        // masked in the MSI-X table instead, and the I/O queue has a vector of its own.
+        let signal = line.as_ref().map(|(_, signal)| *signal);
+        if signal != Some(Signal::Message) {
+            properties.mask_interrupts(u32::MAX);
+        }
         properties.set_configuration(enabling_configuration(PAGE_SIZE)?);
         let configured = wait_ready(&properties, &capabilities, true).and_then(|()| {
             let identity = identify_controller(dma, &mut admin)?;
@@ -348,9 +364,8 @@ impl Controller {
             };
             let max_transfer = limits.max_transfer()?;
             let in_place_transfer = TransferLimits { mapping: None, ..limits }.max_transfer()?;
-            let interrupting = line.is_some();
             let io = create_io_queues(dma, &mut admin, doorbells, line)?;
-            if interrupting {
+            if signal == Some(Signal::Pin) {
                 properties.unmask_interrupts(1 << INTX_VECTOR);
             }
             let prp_lists = dma.alloc_coherent(QUEUE_DEPTH * PAGE_SIZE)?;
@@ -822,15 +837,30 @@ fn identify_namespace(
 
 /// The interrupt vector of the pin-based interrupt (INTx), the only one without MSI-X.
 const INTX_VECTOR: u16 = 0;
+/// The MSI-X vector of the I/O queue: vector 0 belongs to the admin queue, which is polled.
+pub const MSIX_VECTOR: u16 = 1;
+
+/// How the controller signals its I/O completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// INTx, masked and unmasked with INTMS/INTMC.
+    Pin,
+    /// An MSI-X vector, masked in the function's table.
+    Message,
+}
 
 /// I/O queue pair 1: the completion queue first, since the submission queue names it.
 fn create_io_queues(
     dma: &'static DmaDevice,
     admin: &mut QueuePair,
     doorbells: Doorbells,
-    line: Option<Line>,
+    line: Option<(Line, Signal)>,
 ) -> Result<QueuePair, NvmeError> {
-    let vector = line.is_some().then_some(INTX_VECTOR);
+    let vector = line.as_ref().map(|(_, signal)| match signal {
+        Signal::Pin => INTX_VECTOR,
+        Signal::Message => MSIX_VECTOR,
+    });
+    let line = line.map(|(line, _)| line);
     let io = QueuePair::new(dma, IO_QUEUE, IO_ENTRIES, doorbells)?.with_line(line);
     let completion = io.completion_address().as_u64();
     admin_command(admin, SubmissionEntry::create_io_completion_queue(IO_QUEUE, IO_ENTRIES, completion, vector))?;

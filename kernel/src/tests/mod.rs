@@ -11,5 +11,6 @@ mod interrupts;
 mod iommu;
 mod memory;
 mod mmu;
+mod msi;
 mod nvme;
 pub mod virtio;

@@ -22,7 +22,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 use zerocopy::IntoBytes;
 
-use platform::interrupts::GicInterrupt;
+use crate::interrupts::Source;
 
 use super::device::Device;
 use super::hal::{Carved, Lease, VirtioHal, queue_memory};
@@ -75,7 +75,7 @@ impl<const SLOT: usize, T: Transport> Disk<SLOT, T> {
         transport: T,
         dma: &'static DmaDevice,
         name: &'static str,
-        interrupt: Option<GicInterrupt>,
+        interrupt: Option<Source>,
     ) -> Result<Self, StartError> {
         let lease = Lease::take(dma, queue_memory(&[QUEUE_SIZE]) + QUEUE_DEPTH * AREA_BYTES)?;
         let mut device = Device::new(transport, lease, name, interrupt);

@@ -33,7 +33,7 @@ use super::hal::{Lease, VirtioHal};
 use super::{StartError, VirtioError};
 use crate::dma_platform::DmaDevice;
 use crate::interrupts::Line;
-use platform::interrupts::GicInterrupt;
+use crate::interrupts::Source;
 
 /// virtio 1.2, 6 "Reserved Feature Bits": the device is virtio 1.x, and a driver must accept
 /// the bit when offered.
@@ -54,7 +54,7 @@ pub struct Device<const SLOT: usize, T: Transport> {
 
 impl<const SLOT: usize, T: Transport> Device<SLOT, T> {
     /// A device on `transport`, interrupting on `interrupt` unless drivers poll.
-    pub fn new(transport: T, lease: Lease<SLOT>, name: &'static str, interrupt: Option<GicInterrupt>) -> Self {
+    pub fn new(transport: T, lease: Lease<SLOT>, name: &'static str, interrupt: Option<Source>) -> Self {
         let line = crate::interrupts::line_for(interrupt, name);
         Self { transport, name, lease, out_of_service: None, line }
     }

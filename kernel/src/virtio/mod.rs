@@ -31,12 +31,12 @@
 //! depends only on the machine: a device that fails to start keeps its number, and the table
 //! shows the name beside the devicetree node.
 
-mod access_platform;
 mod blk;
 mod device;
 mod error;
 mod hal;
 mod net;
+mod platform_transport;
 mod rng;
 
 use alloc::boxed::Box;
@@ -46,7 +46,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use platform::interrupts::GicInterrupt;
+use crate::interrupts::Source;
 use spin::Mutex;
 use virtio_drivers::transport::mmio::{MmioError, MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::pci::bus::DeviceFunctionInfo;
@@ -56,7 +56,7 @@ use virtio_drivers::transport::{DeviceType, Transport};
 use crate::block::BlockDevice;
 use crate::dma_platform::DmaDevice;
 use crate::pci::PciFunction;
-use access_platform::AccessPlatform;
+use platform_transport::{PlatformTransport, QueueVector};
 
 pub use blk::Disk;
 pub use error::{StartError, VirtioError};
@@ -75,7 +75,7 @@ const ENTROPY_SLOTS: usize = 2 * SLOTS_PER_KIND;
 const NETWORK_SLOTS: usize = 3 * SLOTS_PER_KIND;
 
 pub type Mmio = MmioTransport<'static>;
-pub type Pci = AccessPlatform<PciTransport>;
+pub type Pci = PlatformTransport<PciTransport>;
 /// A virtio-blk-pci disk behind the IOMMU.
 pub type PciDisk<const SLOT: usize> = Disk<SLOT, Pci>;
 /// The slots of the first two virtio-pci disks, which the IOMMU tests use as a pair (one
@@ -93,7 +93,7 @@ pub trait Slot<Driver: ?Sized, T>: Sync {
         transport: T,
         dma: &'static DmaDevice,
         name: &'static str,
-        interrupt: Option<GicInterrupt>,
+        interrupt: Option<Source>,
     ) -> Result<(), StartError>;
     /// Calls `visit` with the slot's driver, if it holds one.
     fn with(&self, visit: &mut dyn FnMut(&mut Driver));
@@ -112,7 +112,7 @@ macro_rules! slot_of {
                 transport: T,
                 dma: &'static DmaDevice,
                 name: &'static str,
-                interrupt: Option<GicInterrupt>,
+                interrupt: Option<Source>,
             ) -> Result<(), StartError> {
                 let driver = $driver::start(transport, dma, name, interrupt)?;
                 let mut slot = self.lock();
@@ -250,11 +250,7 @@ pub fn open_transport(registers: addr::PhysRange) -> Result<Option<Mmio>, &'stat
 
 /// Starts the driver for the virtio-mmio device on `transport`, DMA through `dma`; returns
 /// the device's name. Call in ascending register address, which the names count in.
-pub fn start_mmio(
-    transport: Mmio,
-    dma: DmaDevice,
-    interrupt: Option<GicInterrupt>,
-) -> Result<&'static str, NotStarted> {
+pub fn start_mmio(transport: Mmio, dma: DmaDevice, interrupt: Option<Source>) -> Result<&'static str, NotStarted> {
     let device_type = transport.device_type();
     let (prefix, found) = match device_type {
         DeviceType::Block => ("virtio-blk", &DISKS_FOUND),
@@ -283,8 +279,8 @@ pub fn is_pci_disk(function: &DeviceFunctionInfo) -> bool {
 }
 
 /// Opens the virtio-pci transport of `function` and starts a disk driver on it, DMA through
-/// `dma`.
-pub fn start_pci(function: &PciFunction, dma: DmaDevice) -> Result<(), NotStarted> {
+/// `dma`, its completions signalled on `interrupt`.
+pub fn start_pci(function: &PciFunction, dma: DmaDevice, interrupt: Option<Source>) -> Result<(), NotStarted> {
     let name = leak(format!("virtio-blk {}", dma.name));
     let not_started = |error| NotStarted { name, error };
     let bus = crate::pci::bus().ok_or(not_started(StartError::Transport("no PCIe bus")))?;
@@ -297,13 +293,42 @@ pub fn start_pci(function: &PciFunction, dma: DmaDevice) -> Result<(), NotStarte
     // Without the feature the device's DMA would bypass the IOMMU while the driver hands it
     // IOVAs. Without an IOMMU the addresses it is given are bus addresses either way.
     let translated = matches!(dma.route, crate::dma_platform::Route::Iommu { .. });
-    if translated && transport.read_device_features() & access_platform::VIRTIO_F_ACCESS_PLATFORM == 0 {
+    if translated && transport.read_device_features() & platform_transport::VIRTIO_F_ACCESS_PLATFORM == 0 {
         let missing = "VIRTIO_F_ACCESS_PLATFORM: its DMA would not be translated";
         return Err(not_started(StartError::MissingFeature(missing)));
     }
     let dma: &'static DmaDevice = Box::leak(Box::new(dma));
-    let interrupt = function.intx;
-    start_in(&PCI_DISKS, "virtio-pci disk", AccessPlatform::new(transport), dma, name, interrupt).map_err(not_started)
+    let vector = match interrupt {
+        Some(Source::Message { .. }) => Some(queue_vector(bus, function).map_err(not_started)?),
+        _ => None,
+    };
+    let transport = PlatformTransport::new(transport, vector);
+    start_in(&PCI_DISKS, "virtio-pci disk", transport, dma, name, interrupt).map_err(not_started)
+}
+
+/// The MSI-X vector of a virtio-pci disk's one queue; configuration changes get none.
+pub const MSIX_VECTOR: u16 = 0;
+
+/// Where `function`'s queues are given [`MSIX_VECTOR`]: its common configuration structure,
+/// which a vendor capability of type 1 places in a BAR (virtio 1.2, 4.1.4 and 4.1.4.3).
+fn queue_vector(bus: &crate::pci::PciBus, function: &PciFunction) -> Result<QueueVector, StartError> {
+    const VENDOR_CAPABILITY: u8 = 0x09;
+    const COMMON_CONFIG: u16 = 1;
+    let missing = || StartError::Transport("no common configuration structure for its MSI-X vector");
+    let found = {
+        let root = bus.root.lock();
+        let address = crate::pci::config_address(function.address);
+        let mut capabilities = root.capabilities(address);
+        capabilities.find(|cap| cap.id == VENDOR_CAPABILITY && cap.private_header >> 8 == COMMON_CONFIG)
+    };
+    let capability = found.ok_or_else(missing)?;
+    let read = |offset| bus.read_config(function, capability.offset + offset).map_err(|_| missing());
+    let bar = function.memory_bars.get((read(4)? & 0xff) as usize).copied().flatten().ok_or_else(missing)?;
+    let structure = addr::PhysRange::new(bar.start().add(u64::from(read(8)?)), platform_transport::COMMON_CONFIG_BYTES)
+        .filter(|structure| bar.covers(structure))
+        .ok_or_else(missing)?;
+    let common_config = arch::mmu::map_device(structure).map_err(|_| missing())?;
+    Ok(QueueVector { common_config, vector: MSIX_VECTOR })
 }
 
 /// Starts a driver on `transport` in the first free slot of `table`.
@@ -313,7 +338,7 @@ fn start_in<Driver: ?Sized, T>(
     transport: T,
     dma: &'static DmaDevice,
     name: &'static str,
-    interrupt: Option<GicInterrupt>,
+    interrupt: Option<Source>,
 ) -> Result<(), StartError> {
     let free = table.iter().find(|slot| slot.is_free());
     let slot = free.ok_or(StartError::NoFreeSlot { kind, slots: table.len() })?;

@@ -20,7 +20,7 @@ use core::time::Duration;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
-use platform::interrupts::GicInterrupt;
+use crate::interrupts::Source;
 
 use super::device::{Device, VIRTIO_F_VERSION_1};
 use super::hal::{Lease, VirtioHal, queue_memory};
@@ -76,7 +76,7 @@ impl<const SLOT: usize, T: Transport> Network<SLOT, T> {
         transport: T,
         dma: &'static DmaDevice,
         name: &'static str,
-        interrupt: Option<GicInterrupt>,
+        interrupt: Option<Source>,
     ) -> Result<Self, StartError> {
         let lease = Lease::take(dma, queue_memory(&[QUEUE_SIZE, QUEUE_SIZE]))?;
         let mut device = Device::new(transport, lease, name, interrupt);

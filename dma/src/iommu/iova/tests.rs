@@ -1,6 +1,6 @@
 //! Host tests of the IOVA allocator: granules and space bounds, top-down placement, size
-//! alignment, refusals, the caches (reuse order, eviction, flush and retry, counters), and a
-//! property test of random sequences against a model.
+//! alignment, refusals, the caches (reuse order, eviction, flush and retry, counters),
+//! reservations, and a property test of random sequences against a model.
 
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -298,14 +298,260 @@ fn refusals_say_what_was_wrong() {
     assert_eq!(format!("{refusal}"), "the IOVA allocation at 0x4000 was 3 granules; 4096 bytes are 1");
 }
 
-/// The reference: live allocations by first granule, with their requested and reserved granules.
+/// Granules `[first, end)` that the allocation at `iova` of `size` bytes holds (its whole power
+/// of two for a class request).
+fn held(iova: DmaAddr, size: u64, granule: u64) -> (u64, u64) {
+    let requested = size.div_ceil(granule);
+    let reserved = if requested <= LARGEST_CACHED_GRANULES { requested.next_power_of_two() } else { requested };
+    let first = iova.as_u64() / granule;
+    (first, first + reserved)
+}
+
+/// Allocates sizes from `sizes`, cycling, until not even one granule fits; every allocation
+/// must keep clear of `[window_first, window_end)` granules. Returns what was allocated.
+fn fill_around(iovas: &mut IovaAllocator, sizes: &[u64], window: (u64, u64), live: &mut Vec<(DmaAddr, u64)>) {
+    let granule = iovas.granule();
+    let mut next = 0;
+    loop {
+        let mut placed = false;
+        // The next size in the cycle, or any smaller one that still fits.
+        for attempt in 0..sizes.len() {
+            let size = sizes[(next + attempt) % sizes.len()];
+            match iovas.allocate(size) {
+                Ok(iova) => {
+                    let (first, end) = held(iova, size, granule);
+                    assert!(
+                        end <= window.0 || window.1 <= first,
+                        "{granule}-byte granules: {size} bytes at {iova} overlap the reserved granules \
+                         [{}, {})",
+                        window.0,
+                        window.1
+                    );
+                    live.push((iova, size));
+                    placed = true;
+                    next += attempt + 1;
+                    break;
+                }
+                Err(IovaError::NoRoom { .. }) => continue,
+                Err(refusal) => panic!("unexpected refusal {refusal}"),
+            }
+        }
+        if !placed {
+            break;
+        }
+    }
+    assert!(matches!(iovas.allocate(1), Err(IovaError::NoRoom { free_granules: 0, .. })));
+}
+
+#[test]
+fn reserved_granules_are_never_handed_out_at_any_granule_even_when_the_space_fills() {
+    for granule in GRANULES {
+        let mut iovas = allocator(granule, 1, 2048, DEFAULT_CACHE_CAPACITY);
+        // Unaligned at both ends: granules 700 to 740 inclusive are covered.
+        iovas.reserve(DmaAddr::new(700 * granule + 100), 40 * granule).unwrap();
+        let window = (700, 741);
+        assert_eq!(iovas.reservations().collect::<Vec<_>>(), [(DmaAddr::new(700 * granule), 41 * granule)]);
+        let sizes: Vec<u64> =
+            [1, 3 * granule, granule / 2, 40 * granule, 7 * granule + 1, 2 * granule, 33 * granule, 16 * granule]
+                .to_vec();
+        let mut live = Vec::new();
+        fill_around(&mut iovas, &sizes, window, &mut live);
+        let stats = iovas.stats();
+        assert_eq!(stats.reserved_bytes, 41 * granule);
+        assert_eq!(stats.live_bytes + stats.reserved_bytes, 2047 * granule, "the space is full but for the window");
+        // Everything back, most of it into the caches; then fill again with other sizes: the
+        // cached IOVAs and the flushed free space both keep clear of the window.
+        for (iova, size) in live.drain(..) {
+            iovas.free(iova, size).unwrap();
+        }
+        assert!(iovas.stats().cached_entries > 0);
+        fill_around(&mut iovas, &[granule, 5 * granule, 64 * granule, 2 * granule - 1], window, &mut live);
+        let stats = iovas.stats();
+        assert_eq!(stats.live_bytes + stats.reserved_bytes, 2047 * granule, "{granule}: refilled");
+        for at in window.0..window.1 {
+            let iova = DmaAddr::new(at * granule);
+            assert_eq!(iovas.free(iova, granule), Err(IovaError::UnknownAddress { iova }));
+        }
+    }
+}
+
+#[test]
+fn a_reservation_over_a_live_allocation_or_another_reservation_is_refused_and_changes_nothing() {
+    let granule = 16 * KIB;
+    let scenario = || {
+        let mut iovas = allocator(granule, 1, 1024, DEFAULT_CACHE_CAPACITY);
+        // 3 granules asked, 4 held: [1020, 1024).
+        let three = iovas.allocate(3 * granule).unwrap();
+        iovas.reserve(DmaAddr::new(100 * granule), 10 * granule).unwrap();
+        (iovas, three)
+    };
+    let (pristine, three) = scenario();
+    assert_eq!(three, DmaAddr::new(1020 * granule));
+    let at = |index: u64| DmaAddr::new(index * granule);
+    let cases = [
+        (
+            at(1010),
+            11 * granule,
+            IovaError::ReserveOverLive {
+                start: at(1010),
+                end: at(1021),
+                allocation_start: three,
+                allocation_end: at(1024),
+            },
+        ),
+        // The fourth granule is the class's padding: held all the same.
+        (
+            at(1023).add(5),
+            1,
+            IovaError::ReserveOverLive {
+                start: at(1023),
+                end: at(1024),
+                allocation_start: three,
+                allocation_end: at(1024),
+            },
+        ),
+        (
+            at(95),
+            6 * granule,
+            IovaError::ReserveOverReserved {
+                start: at(95),
+                end: at(101),
+                reserved_start: at(100),
+                reserved_end: at(110),
+            },
+        ),
+        (
+            at(109).add(1),
+            1,
+            IovaError::ReserveOverReserved {
+                start: at(109),
+                end: at(110),
+                reserved_start: at(100),
+                reserved_end: at(110),
+            },
+        ),
+        (
+            at(100),
+            10 * granule,
+            IovaError::ReserveOverReserved {
+                start: at(100),
+                end: at(110),
+                reserved_start: at(100),
+                reserved_end: at(110),
+            },
+        ),
+    ];
+    for (start, size, refusal) in cases {
+        let (mut iovas, _) = scenario();
+        assert_eq!(iovas.reserve(start, size), Err(refusal));
+        assert_eq!(iovas, pristine, "reserve({start}, {size}) changed the allocator");
+    }
+    let (mut iovas, _) = scenario();
+    assert_eq!(iovas.reserve(at(1), 0), Err(IovaError::ZeroSize));
+    // Touching but not overlapping is fine on both sides.
+    assert_eq!(iovas.reserve(at(110), granule), Ok(()));
+    assert_eq!(iovas.reserve(at(1019), granule), Ok(()));
+    assert_eq!(iovas.reservations().count(), 3);
+}
+
+#[test]
+fn a_reservation_at_the_edges_of_the_space_is_clipped_to_it() {
+    let granule = 4 * KIB;
+    let mut iovas = allocator(granule, 8, 64, 0);
+    // From IOVA 0 into the second granule of the space; from the last granule past the end.
+    iovas.reserve(DmaAddr::new(0), 9 * granule + 1).unwrap();
+    iovas.reserve(DmaAddr::new(63 * granule), 10 * granule).unwrap();
+    let reservations: Vec<_> = iovas.reservations().collect();
+    assert_eq!(reservations, [(DmaAddr::new(8 * granule), 2 * granule), (DmaAddr::new(63 * granule), granule)]);
+    assert_eq!(iovas.stats().reserved_bytes, 3 * granule);
+    // Top-down starts below the reserved last granule.
+    assert_eq!(iovas.allocate(granule), Ok(DmaAddr::new(62 * granule)));
+    let singles: Vec<u64> = (0..52).map(|_| iovas.allocate(granule).unwrap().as_u64() / granule).collect();
+    assert_eq!(singles.iter().min(), Some(&10), "the reserved bottom granules were handed out");
+    assert!(matches!(iovas.allocate(granule), Err(IovaError::NoRoom { free_granules: 0, .. })));
+    // A reservation may take a whole space.
+    let mut whole = allocator(granule, 1, 16, DEFAULT_CACHE_CAPACITY);
+    whole.reserve(DmaAddr::new(0), u64::MAX).unwrap();
+    assert_eq!(whole.reservations().collect::<Vec<_>>(), [(DmaAddr::new(granule), 15 * granule)]);
+    assert_eq!(whole.allocate(1), Err(IovaError::NoRoom { size: 1, granules: 1, free_granules: 0 }));
+}
+
+#[test]
+fn a_window_outside_the_space_changes_nothing() {
+    for granule in GRANULES {
+        let pristine = allocator(granule, 16, 256, DEFAULT_CACHE_CAPACITY);
+        let outside = [
+            (DmaAddr::new(0), 16 * granule),
+            (DmaAddr::new(granule), 15 * granule),
+            (DmaAddr::new(256 * granule), granule),
+            (DmaAddr::new(1 << 40), 1 << 30),
+            (DmaAddr::new(u64::MAX - 10), 100), // its end wraps past 2^64
+            (DmaAddr::new(u64::MAX), u64::MAX),
+        ];
+        for (start, size) in outside {
+            let mut iovas = allocator(granule, 16, 256, DEFAULT_CACHE_CAPACITY);
+            assert_eq!(iovas.reserve(start, size), Ok(()), "{granule}: [{start} + {size})");
+            assert_eq!(iovas, pristine, "{granule}: reserve({start}, {size}) changed the allocator");
+            assert_eq!(iovas.reservations().count(), 0);
+        }
+    }
+}
+
+#[test]
+fn a_cached_iova_the_reservation_covers_leaves_the_cache_for_good() {
+    let granule = 64 * KIB;
+    let mut iovas = allocator(granule, 1, 256, DEFAULT_CACHE_CAPACITY);
+    let singles: Vec<DmaAddr> = (0..3).map(|_| iovas.allocate(granule).unwrap()).collect();
+    for &iova in &singles {
+        iovas.free(iova, granule).unwrap();
+    }
+    assert_eq!(iovas.stats().cached_entries, 3);
+    iovas.reserve(singles[1], granule).unwrap();
+    assert_eq!(iovas.stats().cached_entries, 2, "the covered single left its cache");
+    assert_eq!(iovas.free(singles[1], granule), Err(IovaError::UnknownAddress { iova: singles[1] }));
+    let all: Vec<DmaAddr> = core::iter::from_fn(|| iovas.allocate(granule).ok()).collect();
+    assert_eq!(all.len(), 254);
+    assert!(!all.contains(&singles[1]), "the reserved IOVA came back");
+    assert_eq!(all[..2], [singles[2], singles[0]], "the other cached singles still come back first");
+}
+
+#[test]
+fn reservation_refusals_say_what_was_wrong() {
+    let refusal = IovaError::ReserveOverLive {
+        start: DmaAddr::new(0x800_0000),
+        end: DmaAddr::new(0x810_0000),
+        allocation_start: DmaAddr::new(0x80f_0000),
+        allocation_end: DmaAddr::new(0x820_0000),
+    };
+    assert_eq!(
+        format!("{refusal}"),
+        "cannot reserve the IOVAs [0x8000000, 0x8100000): the live allocation [0x80f0000, 0x8200000) holds some of them"
+    );
+    let refusal = IovaError::ReserveOverReserved {
+        start: DmaAddr::new(0x4000),
+        end: DmaAddr::new(0x8000),
+        reserved_start: DmaAddr::new(0x6000),
+        reserved_end: DmaAddr::new(0x7000),
+    };
+    assert_eq!(format!("{refusal}"), "cannot reserve the IOVAs [0x4000, 0x8000): [0x6000, 0x7000) is reserved already");
+}
+
+/// The reference: live allocations by first granule, with their requested and reserved granules,
+/// and the granules taken by a reservation.
 #[derive(Default)]
 struct Model {
     live: BTreeMap<u64, (u64, u64)>,
+    reservation: Option<(u64, u64)>,
 }
 
 impl Model {
     fn is_free(&self, first: u64, reserved: u64) -> bool {
+        let clear = |start: u64, end: u64| first + reserved <= start || end <= first;
+        self.is_unallocated(first, reserved) && self.reservation.is_none_or(|(start, end)| clear(start, end))
+    }
+
+    /// Whether no live allocation holds any of the granules.
+    fn is_unallocated(&self, first: u64, reserved: u64) -> bool {
         self.live.iter().all(|(&start, &(_, length))| first + reserved <= start || start + length <= first)
     }
 
@@ -363,9 +609,19 @@ struct Run {
 }
 
 impl Run {
-    fn new(granule: u64, first: u64, end: u64, capacity: usize) -> Self {
-        let iovas = allocator(granule, first, end, capacity);
-        Self { iovas, model: Model::default(), granule, first, end, capacity }
+    /// A run whose allocator has first reserved `window` = (granules from just below the
+    /// space's start, granules long), if any; its bytes start and end inside granules.
+    fn new(granule: u64, first: u64, end: u64, capacity: usize, window: Option<(u64, u64)>) -> Self {
+        let mut iovas = allocator(granule, first, end, capacity);
+        let mut model = Model::default();
+        if let Some((offset, length)) = window {
+            let start = (first + offset).saturating_sub(4);
+            let bytes = (DmaAddr::new(start * granule + granule / 3), length * granule - granule / 2);
+            iovas.reserve(bytes.0, bytes.1).unwrap();
+            let clipped = (start.max(first), (start + length).min(end));
+            model.reservation = (clipped.0 < clipped.1).then_some(clipped);
+        }
+        Self { iovas, model, granule, first, end, capacity }
     }
 
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -393,7 +649,7 @@ impl Run {
             }
             Op::FreeUnknown { granule_index } => {
                 let index = self.first + granule_index % (self.end - self.first);
-                if self.model.is_free(index, 1) {
+                if self.model.is_unallocated(index, 1) {
                     let iova = DmaAddr::new(index * self.granule);
                     prop_assert_eq!(self.refused_free(iova, self.granule)?, IovaError::UnknownAddress { iova });
                 }
@@ -411,7 +667,11 @@ impl Run {
                 let first = iova.as_u64() / self.granule;
                 prop_assert!(iova.is_aligned(reserved.next_power_of_two() * self.granule), "{} unaligned", iova);
                 prop_assert!(first >= self.first && first + reserved <= self.end, "{} outside the space", iova);
-                prop_assert!(self.model.is_free(first, reserved), "{} overlaps a live allocation", iova);
+                prop_assert!(
+                    self.model.is_free(first, reserved),
+                    "{} overlaps a live allocation or the reservation",
+                    iova
+                );
                 if self.capacity == 0 {
                     prop_assert_eq!(Some(first), model_fit, "not the highest fit");
                 }
@@ -449,6 +709,8 @@ impl Run {
         prop_assert_eq!(stats.live_allocations, self.model.live.len());
         let reserved: u64 = self.model.live.values().map(|&(_, reserved)| reserved).sum();
         prop_assert_eq!(stats.live_bytes, reserved * self.granule);
+        let window = self.model.reservation.map_or(0, |(start, end)| end - start);
+        prop_assert_eq!(stats.reserved_bytes, window * self.granule);
         prop_assert!(stats.cached_entries <= CACHED_CLASSES * self.capacity);
         Ok(())
     }
@@ -461,7 +723,9 @@ proptest! {
     /// after every step: each IOVA is aligned, inside the space and clear of every live
     /// allocation; without a cache it is the highest such place; a refusal for want of room
     /// means no place was free (the caches had been flushed); bad frees are refused with the
-    /// right error and change nothing; the counters match the model.
+    /// right error and change nothing; the counters match the model. Half the runs reserve a
+    /// window first (sometimes clipped at an edge of the space): no IOVA ever falls in it, and
+    /// a free inside it is refused as unknown.
     #[test]
     fn random_sequences_match_a_model(
         granule in proptest::sample::select(GRANULES.to_vec()),
@@ -469,8 +733,9 @@ proptest! {
         length in 16u64..=256,
         capacity in prop_oneof![Just(0usize), Just(2), Just(DEFAULT_CACHE_CAPACITY)],
         ops in proptest::collection::vec(op(), 1..300),
+        window in proptest::option::of((0u64..=256, 1u64..=48)),
     ) {
-        let mut run = Run::new(granule, first, first + length, capacity);
+        let mut run = Run::new(granule, first, first + length, capacity, window);
         for op in &ops {
             run.step(op)?;
         }
