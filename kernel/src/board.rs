@@ -170,7 +170,7 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
                 continue;
             }
         };
-        let name: &'static str = alloc::boxed::Box::leak(alloc::format!("pci {}", function.address).into_boxed_str());
+        let name: &'static str = alloc::boxed::Box::leak(function.name().into_boxed_str());
         let (dma, row) = match pci_dma_device(devicetree, bus, name, function, driver.constraints()) {
             Ok(device) => device,
             Err(problem) => {

@@ -53,6 +53,13 @@ pub struct PciFunction {
     pub memory_bars: [Option<PhysRange>; 6],
 }
 
+impl PciFunction {
+    /// The name its drivers and DMA device go by: `pci 00:04.0`.
+    pub fn name(&self) -> String {
+        alloc::format!("pci {}", self.address)
+    }
+}
+
 /// The enumerated host bridge.
 pub struct PciBus {
     pub bridge: PciHostBridge<'static>,
