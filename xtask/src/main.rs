@@ -31,6 +31,7 @@ mod exercise;
 mod firmware;
 mod image;
 mod lesson;
+mod pi_boot;
 mod prerequisites;
 mod qemu;
 mod references;
