@@ -23,4 +23,6 @@ mod interrupts_tests;
 #[cfg(test)]
 mod pci_tests;
 #[cfg(test)]
+mod pi4_boards_tests;
+#[cfg(test)]
 mod tests;

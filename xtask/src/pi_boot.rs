@@ -57,7 +57,8 @@ pub struct ImageHeader {
 impl ImageHeader {
     /// The header of `kernel`, or why it has none.
     pub fn read(kernel: &[u8]) -> Result<Self> {
-        let header = kernel.get(..HEADER_BYTES).ok_or(format!("{} bytes: shorter than an Image header", kernel.len()))?;
+        let header =
+            kernel.get(..HEADER_BYTES).ok_or(format!("{} bytes: shorter than an Image header", kernel.len()))?;
         if &header[MAGIC_OFFSET..MAGIC_OFFSET + 4] != IMAGE_MAGIC {
             return Err(format!(
                 "no arm64 Image header: bytes 56-59 are {:02x?}, not \"ARM\\x64\"",
@@ -126,7 +127,8 @@ pub fn check(config: &str, kernel: &[u8], files: &[&str]) -> Result<BootPlan> {
         Some(value) => parse_number(value).ok_or(format!("config.txt: kernel_address={value} is not a number"))?,
         None => DEFAULT_KERNEL_ADDRESS,
     };
-    check_placement(load_address, &header).map_err(|problem| format!("{kernel_file} at {load_address:#x}: {problem}"))?;
+    check_placement(load_address, &header)
+        .map_err(|problem| format!("{kernel_file} at {load_address:#x}: {problem}"))?;
     if get("enable_uart") != Some("1") {
         return Err("config.txt: `enable_uart=1` is missing: the console's pins and clock are not set up".into());
     }
@@ -149,7 +151,10 @@ fn check_placement(load_address: u64, header: &ImageHeader) -> Result<()> {
     }
     let end = load_address + header.image_size;
     if end > LOW_MEMORY_END {
-        return Err(format!("{} bytes would run to {end:#x}, past the first GiB's ARM memory ({LOW_MEMORY_END:#x})", header.image_size));
+        return Err(format!(
+            "{} bytes would run to {end:#x}, past the first GiB's ARM memory ({LOW_MEMORY_END:#x})",
+            header.image_size
+        ));
     }
     Ok(())
 }
@@ -202,7 +207,11 @@ mod tests {
         let plan = check(crate::sdcard::CONFIG, &kernel(), &FILES).unwrap();
         assert_eq!(
             plan,
-            BootPlan { kernel: "kernel8.img".into(), load_address: 0x20_0000, devicetree: "bcm2711-rpi-4-b.dtb".into() }
+            BootPlan {
+                kernel: "kernel8.img".into(),
+                load_address: 0x20_0000,
+                devicetree: "bcm2711-rpi-4-b.dtb".into()
+            }
         );
     }
 
@@ -230,7 +239,9 @@ mod tests {
 
     #[test]
     fn load_addresses_off_a_2_mib_boundary_over_the_armstub_or_past_low_memory_are_refused() {
-        let at = |address: &str| crate::sdcard::CONFIG.replace("kernel_address=0x200000", &format!("kernel_address={address}"));
+        let at = |address: &str| {
+            crate::sdcard::CONFIG.replace("kernel_address=0x200000", &format!("kernel_address={address}"))
+        };
         assert!(refusal(&at("0x80000"), &kernel()).contains("2 MiB boundary"));
         assert!(refusal(&at("0x0"), &kernel()).contains("armstub"));
         assert!(refusal(&at("0x3b400000"), &kernel()).contains("past the first GiB"));

@@ -293,7 +293,8 @@ fn check(path: &Path, kernel: &[u8]) -> Result<String> {
     if on_card != kernel {
         return Err(format!("{KERNEL} differs from the kernel built"));
     }
-    let files: Vec<String> = filesystem.root_dir().iter().flatten().filter(|e| e.is_file()).map(|e| e.file_name()).collect();
+    let files: Vec<String> =
+        filesystem.root_dir().iter().flatten().filter(|e| e.is_file()).map(|e| e.file_name()).collect();
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     let plan = pi_boot::check(&config, &on_card, &names)?;
     Ok(format!(
@@ -430,7 +431,8 @@ mod tests {
         write_image(&inputs.image(), &inputs.files, &inputs.kernel, "kernel.test").unwrap();
         let summary = check_image(&inputs.image(), &inputs.kernel).unwrap();
         assert!(summary.starts_with("SD card: MBR + FAT32 ("), "{summary}");
-        let tail = " 6 files, restricted pool 'restricted-dma' on dma@7e007000; kernel8.img loads at 0x200000 in AArch64";
+        let tail =
+            " 6 files, restricted pool 'restricted-dma' on dma@7e007000; kernel8.img loads at 0x200000 in AArch64";
         assert!(summary.ends_with(tail), "{summary}");
 
         // The MBR, byte by byte.
