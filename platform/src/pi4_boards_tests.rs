@@ -18,6 +18,13 @@
 //! range ends at 0x3b400000 with the firmware's default GPU memory; a `gpu_mem=` setting moves
 //! it, which the tests below cover by deriving everything from what `/memory` says.
 //!
+//! The firmware also rewrites `dma-ranges` by the SoC's stepping: the `emmc2bus` that holds
+//! the SD card controller shows the first GiB at bus 0xc0000000 on a B0 (the devicetree's
+//! default), and RAM up to 0xfc000000 one to one on a C0 (`bcm2711.dtsi`'s comment on the
+//! `emmc2bus` alias; "[PATCH RFC] ARM: dts: bcm2711: Fix DMA constrains for newer BCM2711
+//! boards", 2022-04-13). A board's RAM size does not say which stepping it has, so both are
+//! tried on every size.
+//!
 //! What the kernel must get right on every size: the RAM it finds, a default bounce pool the
 //! DMA engine reaches (its `/soc` `dma-ranges` show only the first GiB, at bus 0xc0000000), the
 //! linear map of every bank including those above 4 GiB, and the armstub's spin table (the
@@ -56,9 +63,17 @@ const ENGINE_LIMIT: u64 = GIB;
 const POOL_SIZE: u64 = 4 * MIB;
 const POOL_ALIGNMENT: u64 = 2 * MIB;
 
+/// The two `emmc2bus` `dma-ranges` (bus, CPU, size; two-cell addresses, one-cell sizes).
+const EMMC2_B0: [u32; 5] = [0, 0xc000_0000, 0, 0, 0x4000_0000];
+const EMMC2_C0: [u32; 5] = [0, 0, 0, 0, 0xfc00_0000];
+
 /// The devicetree the firmware hands over on `board`: its `/memory`, the armstub's page
-/// reserved, and `/soc` with the legacy DMA engine.
+/// reserved, `/soc` with the legacy DMA engine, and `emmc2bus` with `emmc2`'s `dma-ranges`.
 fn board_tree(board: &Board) -> Vec<u8> {
+    board_tree_with(board, &EMMC2_B0)
+}
+
+fn board_tree_with(board: &Board, emmc2_dma_ranges: &[u32]) -> Vec<u8> {
     let mut w = FdtWriter::new();
     w.reserve_memory(0, 0x1000);
     w.begin_node("");
@@ -78,6 +93,17 @@ fn board_tree(board: &Board) -> Vec<u8> {
     w.property_string("compatible", "brcm,bcm2835-dma");
     w.property_cells("reg", &[0x7e00_7000, 0xb00]);
     w.property_cells("brcm,dma-channel-mask", &[0x7f5]);
+    w.end_node();
+    w.end_node();
+    w.begin_node("emmc2bus");
+    w.property_string("compatible", "simple-bus");
+    w.property_cells("#address-cells", &[2]);
+    w.property_cells("#size-cells", &[1]);
+    w.property_cells("ranges", &[0, 0x7e00_0000, 0, 0xfe00_0000, 0x180_0000]);
+    w.property_cells("dma-ranges", emmc2_dma_ranges);
+    w.begin_node("mmc@7e340000");
+    w.property_string("compatible", "brcm,bcm2711-emmc2");
+    w.property_cells("reg", &[0, 0x7e34_0000, 0x100]);
     w.end_node();
     w.end_node();
     w.end_node();
@@ -139,5 +165,31 @@ fn the_armstubs_page_stays_reserved_on_every_board_size() {
         let map = MemoryMap::compute(&dt.memory().unwrap(), &dt.reservations().unwrap()).unwrap();
         let free_below_page = map.free().iter().any(|free| free.start().as_u64() < 0x1000);
         assert!(!free_below_page, "{}: the spin table's page is handed out as free", board.name);
+    }
+}
+
+#[test]
+fn the_sd_controllers_reach_follows_the_steppings_dma_ranges_on_every_board_size() {
+    for board in &BOARDS {
+        for (stepping, ranges, limit) in [("B0", &EMMC2_B0, GIB), ("C0", &EMMC2_C0, 0xfc00_0000)] {
+            let blob = board_tree_with(board, ranges);
+            let dt = parse(&blob).unwrap();
+            let emmc2 = dt.compatible_devices(&["brcm,bcm2711-emmc2"]).unwrap();
+            let dma = &emmc2[0].dma;
+            assert_eq!(emmc2[0].regs.as_slice(), &[range(0xfe34_0000, 0x100)], "{} {stepping}", board.name);
+            assert_eq!(dma.limit(), Some(PhysAddr::new(limit)), "{} {stepping}", board.name);
+            let ram_end = dt.memory().unwrap().iter().map(|bank| bank.end().as_u64()).max().unwrap();
+            // Beyond its limit a buffer must bounce: on B0 from the 2 GiB board up, on C0
+            // only where RAM lies above 4 GiB.
+            let bounces = limit < ram_end;
+            let expected = match stepping {
+                "B0" => board.ram > 0x3b40_0000,
+                _ => board.ram > 4 * GIB,
+            };
+            assert_eq!(bounces, expected, "{} {stepping}: RAM ends at {ram_end:#x}", board.name);
+            let bus = dma.phys_to_dma(PhysAddr::new(0x1000)).map(|bus| bus.as_u64());
+            let offset = if stepping == "B0" { 0xc000_0000 } else { 0 };
+            assert_eq!(bus, Some(0x1000 + offset), "{} {stepping}", board.name);
+        }
     }
 }
