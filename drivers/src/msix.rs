@@ -26,6 +26,8 @@
 
 /// The capability ID of MSI-X in the capability list (PCI Code and ID Assignment, 2).
 pub const CAPABILITY_ID: u8 = 0x11;
+/// The capability ID of plain MSI, which must be off while MSI-X is on.
+pub const MSI_CAPABILITY_ID: u8 = 0x05;
 /// Message Control (the capability's bytes 2-3): MSI-X Enable.
 pub const ENABLE: u16 = 1 << 15;
 /// Message Control: Function Mask, masking every vector at once.

@@ -182,7 +182,15 @@ pub fn start_pci_devices(devicetree: &Devicetree<'static>) {
         let (interrupt, route) = driver.interrupt(bus, function, &dma);
         match driver.start(name, function, dma, interrupt) {
             Ok(()) => info!("  {:<8} {id:<9} {:<6} {row} {route}", function.address, driver.name()),
-            Err(problem) => warn!("  {:<8} {id:<9} not started: {problem}", function.address),
+            Err(problem) => {
+                warn!("  {:<8} {id:<9} not started: {problem}", function.address);
+                // Its vectors must not outlive its driver: MSI-X off, INTx as it was.
+                if let Some(Source::Message { .. }) = interrupt
+                    && let Err(problem) = pci::disable_msix(bus, function)
+                {
+                    warn!("  {:<8} MSI-X left on: {problem}", function.address);
+                }
+            }
         }
     }
 }

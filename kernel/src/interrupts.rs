@@ -528,21 +528,28 @@ fn handle() {
         handled = true;
     }
     let mut gic = interrupts.gic.lock();
+    // Nobody will lower a level-triggered line: keep it from coming back at once. An LPI is an
+    // edge and cannot storm; disabling one would take the ITS's lock and commands in here.
     if !handled {
-        // Nobody will lower a level-triggered line: keep it from coming back at once.
-        gic.disable(raw);
+        if raw < crate::its::FIRST_LPI {
+            gic.disable(raw);
+        }
         interrupts.last_unexpected.store(raw, Ordering::Relaxed);
         interrupts.unexpected.fetch_add(1, Ordering::Release);
     }
     gic.end(intid);
 }
 
-/// This CPU's affinity (`MPIDR_EL1`), as `GICD_IROUTER` and `ICC_SGI1R_EL1` name CPUs.
+/// This CPU's affinity, `MPIDR_EL1`'s Aff3-Aff0 alone (Arm ARM D19.2.87), as `GICD_IROUTER`
+/// and `ICC_SGI1R_EL1` name CPUs. Not the whole register: its bit 31 is RES1, and in
+/// `GICD_IROUTER` bit 31 is IRM, "route to any CPU" (IHI 0069, 12.9.22), which `arm-gic`'s
+/// `set_routing` keeps: once a second CPU runs with its interrupts masked, SPIs would go there.
 fn this_cpu_affinity() -> u64 {
+    const AFFINITY: u64 = 0xff_00ff_ffff;
     let mpidr: u64;
     // SAFETY: reads this CPU's affinity, an identification register.
     unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
-    mpidr
+    mpidr & AFFINITY
 }
 
 /// `GICD_ITARGETSR<n>` (IHI 0048B, 4.3.12): one byte per INTID, the CPUs a GICv2 SPI goes to.

@@ -189,6 +189,15 @@ pub fn add_device(device: u32, events: u32) -> Result<alloc::vec::Vec<u32>, Stri
     if events > 1 << EVENT_BITS {
         return Err(format!("{events} events: this kernel gives a device at most {}", 1 << EVENT_BITS));
     }
+    // The flat device table holds 2^min(DeviceID bits, 16) entries; a MAPD beyond it is a
+    // command error that stalls the queue. A second MAPD of a DeviceID would replace the first
+    // device's table: two functions the bus gives one DeviceID cannot both have vectors here.
+    if device >= 1 << its.kind.device_bits.min(16) {
+        return Err(format!("DeviceID {device:#x} is beyond the ITS's device table"));
+    }
+    if its.lpis.values().any(|&(mapped, _)| mapped == device) {
+        return Err(format!("DeviceID {device:#x} already has its events mapped (another function shares it)"));
+    }
     let itt_bytes = (its.kind.itt_entry_size << EVENT_BITS).max(256) as usize;
     let (_, itt) = zeroed(itt_bytes, 256)?;
     its.run(Command::map_device(device, itt.as_u64(), EVENT_BITS))?;

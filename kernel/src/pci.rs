@@ -188,15 +188,17 @@ pub fn config_address(function: pci_dt::PciFunction) -> DeviceFunction {
 
 /// Programs `entries` as vectors 0, 1, ... of `function`'s MSI-X table and enables MSI-X, with
 /// INTx disabled (the module documentation of `drivers::msix` gives the order). Returns the
-/// capability. An error leaves MSI-X off and INTx as it was.
+/// capability. Everything that can be refused is checked before the first write, so an error
+/// leaves the function as it was.
 pub fn enable_msix(bus: &PciBus, function: &PciFunction, entries: &[MsixEntry]) -> Result<MsixCapability, String> {
     let root = bus.root.lock();
     let address = config_address(function.address);
     let found = root.capabilities(address).find(|capability| capability.id == msix::CAPABILITY_ID);
     let header = found.ok_or("it has no MSI-X capability")?;
-    let message_control = header.private_header;
-    let capability = MsixCapability::decode(message_control, bus.read_config(function, header.offset + 4)?)
+    let capability = MsixCapability::decode(header.private_header, bus.read_config(function, header.offset + 4)?)
         .map_err(|error| alloc::format!("{error}"))?;
+    let last = u16::try_from(entries.len()).ok().and_then(|count| count.checked_sub(1)).ok_or("no vector asked for")?;
+    capability.entry_offset(last).map_err(|error| alloc::format!("{error}"))?;
     let bar = function.memory_bars[usize::from(capability.table_bar)]
         .ok_or_else(|| alloc::format!("its MSI-X table is in BAR{}, which has no memory", capability.table_bar))?;
     let table = PhysRange::new(bar.start().add(u64::from(capability.table_offset)), capability.table_bytes())
@@ -204,25 +206,52 @@ pub fn enable_msix(bus: &PciBus, function: &PciFunction, entries: &[MsixEntry]) 
         .ok_or_else(|| alloc::format!("its MSI-X table runs past the end of BAR{} {bar}", capability.table_bar))?;
     let table_base =
         arch::mmu::map_device(table).map_err(|error| alloc::format!("cannot map its MSI-X table: {error:?}"))?;
-    let control = u32::from(header.offset);
+    // MSI and MSI-X must not both be on (PCIe 6.0, 7.7.1.2): MSI Enable, bit 0 of its Message
+    // Control, is cleared first.
+    if let Some(msi) = root.capabilities(address).find(|capability| capability.id == msix::MSI_CAPABILITY_ID) {
+        let dword = bus.read_config(function, msi.offset)?;
+        bus.write_config(function, msi.offset, dword & !(1 << 16))?;
+    }
     // Enabled with every vector masked while the entries are written (as Linux's
-    // `msix_capability_init`), then unmasked as a whole.
+    // `msix_capability_init`), then unmasked as a whole. The dword's low half (ID, next) is
+    // read-only and written back as read.
+    let dword = bus.read_config(function, header.offset)?;
+    let keep = (dword >> 16) as u16 & !(msix::ENABLE | msix::FUNCTION_MASK);
     let write_control =
-        |bits: u16| bus.write_config(function, header.offset, u32::from(message_control | bits) << 16 | control);
+        |bits: u16| bus.write_config(function, header.offset, u32::from(keep | bits) << 16 | (dword & 0xffff));
     write_control(msix::ENABLE | msix::FUNCTION_MASK)?;
     for (vector, entry) in entries.iter().enumerate() {
-        let offset = capability.entry_offset(vector as u16).map_err(|error| alloc::format!("{error}"))?;
-        let slot = table_base.add(offset - u64::from(capability.table_offset)).as_mut_ptr::<u32>();
+        // Checked above: every vector up to `last` has an entry.
+        let offset = capability.entry_offset(vector as u16).unwrap_or(0) - u64::from(capability.table_offset);
+        let slot = table_base.add(offset).as_mut_ptr::<u32>();
         for (word, value) in entry.words().into_iter().enumerate() {
             // SAFETY: the entry lies inside the table just mapped as device memory, which the
             // function reads only once MSI-X is enabled and unmasked.
             unsafe { slot.add(word).write_volatile(value) };
         }
+        // Read back, so the entry has reached the function before the enable (a write through
+        // another window, the ECAM) can overtake it.
+        // SAFETY: as above.
+        let _ = unsafe { slot.add(3).read_volatile() };
     }
     let (_, command) = root.get_status_command(address);
     bus.write_config(function, 4, u32::from(command.bits() | msix::INTX_DISABLE))?;
-    write_control(msix::ENABLE & !msix::FUNCTION_MASK)?;
+    write_control(msix::ENABLE)?;
     Ok(capability)
+}
+
+/// Turns `function`'s MSI-X off again (Function Mask set, Enable cleared) and lets INTx through:
+/// for a function whose driver did not start after its vectors were set up.
+pub fn disable_msix(bus: &PciBus, function: &PciFunction) -> Result<(), String> {
+    let root = bus.root.lock();
+    let address = config_address(function.address);
+    let found = root.capabilities(address).find(|capability| capability.id == msix::CAPABILITY_ID);
+    let header = found.ok_or("it has no MSI-X capability")?;
+    let dword = bus.read_config(function, header.offset)?;
+    let control = ((dword >> 16) as u16 | msix::FUNCTION_MASK) & !msix::ENABLE;
+    bus.write_config(function, header.offset, u32::from(control) << 16 | (dword & 0xffff))?;
+    let (_, command) = root.get_status_command(address);
+    bus.write_config(function, 4, u32::from(command.bits() & !msix::INTX_DISABLE))
 }
 
 impl PciBus {

@@ -317,8 +317,8 @@ pub fn start(
         Some(Source::Message { .. }) => Signal::Message,
         _ => Signal::Pin,
     };
-    let line = crate::interrupts::line_for(interrupt, name).map(|line| (line, signal));
-    let controller = Controller::start(name, registers, Box::leak(Box::new(dma)), line)?;
+    let line = crate::interrupts::line_for(interrupt, name);
+    let controller = Controller::start(name, registers, Box::leak(Box::new(dma)), line, signal)?;
     CONTROLLERS.lock().push(Box::leak(Box::new(Mutex::new(controller))));
     Ok(())
 }
@@ -330,7 +330,8 @@ impl Controller {
         name: &'static str,
         registers: VirtAddr,
         dma: &'static DmaDevice,
-        line: Option<(Line, Signal)>,
+        line: Option<Line>,
+        signal: Signal,
     ) -> Result<Self, NvmeError> {
         let base = NonNull::new(registers.as_mut_ptr::<u8>()).ok_or(NvmeError::MapRegisters)?;
         // SAFETY: BAR0 of an NVMe function, freshly mapped as device memory for the kernel's
@@ -347,8 +348,7 @@ impl Controller {
         // pin-based interrupt (INTMS, 3.1.4.3) until the I/O queue, which may interrupt,
         // exists. Under MSI-X those registers must not be touched (3.1.4.3); vector 0 stays
         // masked in the MSI-X table instead, and the I/O queue has a vector of its own.
-        let signal = line.as_ref().map(|(_, signal)| *signal);
-        if signal != Some(Signal::Message) {
+        if signal == Signal::Pin {
             properties.mask_interrupts(u32::MAX);
         }
         properties.set_configuration(enabling_configuration(PAGE_SIZE)?);
@@ -364,8 +364,9 @@ impl Controller {
             };
             let max_transfer = limits.max_transfer()?;
             let in_place_transfer = TransferLimits { mapping: None, ..limits }.max_transfer()?;
-            let io = create_io_queues(dma, &mut admin, doorbells, line)?;
-            if signal == Some(Signal::Pin) {
+            let interrupting = line.is_some();
+            let io = create_io_queues(dma, &mut admin, doorbells, line, signal)?;
+            if interrupting && signal == Signal::Pin {
                 properties.unmask_interrupts(1 << INTX_VECTOR);
             }
             let prp_lists = dma.alloc_coherent(QUEUE_DEPTH * PAGE_SIZE)?;
@@ -840,7 +841,8 @@ const INTX_VECTOR: u16 = 0;
 /// The MSI-X vector of the I/O queue: vector 0 belongs to the admin queue, which is polled.
 pub const MSIX_VECTOR: u16 = 1;
 
-/// How the controller signals its I/O completions.
+/// How the controller signals its I/O completions: what its interrupt source is, whether or
+/// not the driver sleeps on it (with MSI-X on, INTMS/INTMC must not be touched either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
     /// INTx, masked and unmasked with INTMS/INTMC.
@@ -854,13 +856,13 @@ fn create_io_queues(
     dma: &'static DmaDevice,
     admin: &mut QueuePair,
     doorbells: Doorbells,
-    line: Option<(Line, Signal)>,
+    line: Option<Line>,
+    signal: Signal,
 ) -> Result<QueuePair, NvmeError> {
-    let vector = line.as_ref().map(|(_, signal)| match signal {
+    let vector = line.as_ref().map(|_| match signal {
         Signal::Pin => INTX_VECTOR,
         Signal::Message => MSIX_VECTOR,
     });
-    let line = line.map(|(line, _)| line);
     let io = QueuePair::new(dma, IO_QUEUE, IO_ENTRIES, doorbells)?.with_line(line);
     let completion = io.completion_address().as_u64();
     admin_command(admin, SubmissionEntry::create_io_completion_queue(IO_QUEUE, IO_ENTRIES, completion, vector))?;

@@ -139,9 +139,9 @@ kernel_test! {
         with_each_messaged_disk(|disk, route| {
             let Some(domain) = domain_of(disk) else { return Ok(()) };
             translated += 1;
+            let before = disk.interrupts_taken().ok_or("its completions are polled")?;
             let _ = iommu::take_faults();
             domain.unmap_msi_doorbell().map_err(|error| format!("removing the doorbell mapping: {error}"))?;
-            let before = disk.interrupts_taken().ok_or("its completions are polled")?;
             // Polled while the doorbell is gone: nothing would end a sleep.
             crate::interrupts::set_polling(true);
             let unannounced = round_trip(disk, 2);
