@@ -410,6 +410,34 @@ pub struct Cpus<'a> {
     pub enable_method: &'a str,
 }
 
+/// How many CPUs [`Devicetree::cpu_list`] describes at most.
+pub const MAX_CPUS: usize = 8;
+
+/// One CPU of `/cpus`, and how it is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu<'a> {
+    /// Its node name (`cpu@1`).
+    pub name: &'a str,
+    /// Its `reg`: the affinity fields of its MPIDR, what PSCI names it by.
+    pub mpidr: u64,
+    /// Its `enable-method`.
+    pub start: CpuStart,
+}
+
+/// How a secondary CPU is started (Linux `Documentation/devicetree/bindings/arm/cpus.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuStart {
+    /// `psci`: the PSCI firmware's `CPU_ON`.
+    Psci,
+    /// `spin-table`: the entry point is written at `cpu-release-addr`, a physical address.
+    SpinTable {
+        /// Where the parked CPU reads its entry point.
+        release: PhysAddr,
+    },
+    /// No `enable-method`, or one this kernel does not know: the CPU cannot be started.
+    None,
+}
+
 /// A node found by walking from the root, with every node above it (root first).
 pub(crate) struct Located<'b, 'a> {
     pub(crate) node: FdtNode<'b, 'a>,
@@ -466,6 +494,39 @@ impl<'a> Devicetree<'a> {
             }
         }
         cpus
+    }
+
+    /// Every enabled CPU of `/cpus`, in the order listed. An error names the CPU whose `reg`
+    /// or `cpu-release-addr` cannot be read, or a MPIDR listed twice.
+    pub fn cpu_list(&self) -> Result<ArrayVec<Cpu<'a>, MAX_CPUS>, Error<'a>> {
+        let mut list = ArrayVec::new();
+        let Some(parent) = self.node("/cpus") else { return Ok(list) };
+        let reg_cells = address_cells(&parent)?;
+        let cpus = parent.children().filter(|node| string_property(node, "device_type") == Some("cpu"));
+        for node in cpus.filter(is_enabled) {
+            let reg = node.property("reg").ok_or(bad(&node, "reg", "is missing: the CPU has no MPIDR"))?;
+            let mpidr = match read_cells(reg.value, reg_cells) {
+                Some((mpidr, [])) => mpidr,
+                _ => return Err(bad(&node, "reg", "is not #address-cells of /cpus long")),
+            };
+            if list.iter().any(|cpu: &Cpu<'_>| cpu.mpidr == mpidr) {
+                return Err(bad(&node, "reg", "repeats the MPIDR of another CPU"));
+            }
+            let start = match string_property(&node, "enable-method") {
+                Some("psci") => CpuStart::Psci,
+                Some("spin-table") => {
+                    let release = node.property("cpu-release-addr").map(|property| read_cells(property.value, 2));
+                    match release {
+                        Some(Some((address, []))) => CpuStart::SpinTable { release: PhysAddr::new(address) },
+                        _ => return Err(bad(&node, "cpu-release-addr", "is not one 64-bit address (two cells)")),
+                    }
+                }
+                _ => CpuStart::None,
+            };
+            let cpu = Cpu { name: node.name, mpidr, start };
+            list.try_push(cpu).map_err(|_| Error::TooManyRanges { what: "CPUs" })?;
+        }
+        Ok(list)
     }
 
     /// Every RAM range of every `/memory` node, in the order listed.

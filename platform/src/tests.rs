@@ -5,7 +5,9 @@ use alloc::vec::Vec;
 
 use addr::{PhysAddr, PhysRange};
 
-use crate::devicetree::{Devicetree, Error as DtError, FoundBy, Guess, PsciConduit, Reservation, rescue_console};
+use crate::devicetree::{
+    Cpu, CpuStart, Devicetree, Error as DtError, FoundBy, Guess, PsciConduit, Reservation, rescue_console,
+};
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap, Size};
 
@@ -718,4 +720,94 @@ fn the_rescue_prefers_the_stdout_uart_over_an_earlier_one() {
         format!("{}", console.guesses[0]),
         "'soc' has no 'ranges' that translates 0x7e215040; taken as a physical address"
     );
+}
+
+// ---- CPUs ----------------------------------------------------------------------------------
+
+/// One CPU node: its name, `reg` cells, `enable-method` and `cpu-release-addr` cells.
+type CpuNode<'a> = (&'a str, &'a [u32], Option<&'a str>, Option<&'a [u32]>);
+
+/// A `/cpus` of the given `#address-cells`, one node per entry of `cpus`.
+fn cpus_tree(address_cells: u32, cpus: &[CpuNode<'_>]) -> Vec<u8> {
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.property_cells("#address-cells", &[2]);
+    w.property_cells("#size-cells", &[1]);
+    w.begin_node("cpus");
+    w.property_cells("#address-cells", &[address_cells]);
+    w.property_cells("#size-cells", &[0]);
+    for (name, reg, method, release) in cpus {
+        w.begin_node(name);
+        w.property_string("device_type", "cpu");
+        w.property_cells("reg", reg);
+        if let Some(method) = method {
+            w.property_string("enable-method", method);
+        }
+        if let Some(release) = release {
+            w.property_cells("cpu-release-addr", release);
+        }
+        w.end_node();
+    }
+    w.end_node();
+    w.end_node();
+    w.finish()
+}
+
+#[test]
+fn qemu_virt_lists_its_cpus_started_by_psci() {
+    let blob = virt_like(true);
+    let dt = parse(&blob).unwrap();
+    let cpus = dt.cpu_list().unwrap();
+    assert_eq!(cpus.len(), 2);
+    for (index, cpu) in cpus.iter().enumerate() {
+        assert_eq!((cpu.mpidr, cpu.start), (index as u64, CpuStart::Psci), "{}", cpu.name);
+    }
+    // QEMU's own tree, dumped with one CPU: it writes `enable-method` only when there are more.
+    let fixture = parse(include_bytes!("../tests/fixtures/qemu-virt-gicv3-its.dtb")).unwrap();
+    let cpus = fixture.cpu_list().unwrap();
+    assert_eq!(cpus.as_slice(), &[Cpu { name: "cpu@0", mpidr: 0, start: CpuStart::None }]);
+}
+
+#[test]
+fn the_pi4s_cpus_wait_on_the_armstubs_spin_table() {
+    // bcm2711.dtsi: cpu-release-addr <0x0 0xd8>, <0x0 0xe0>, <0x0 0xe8>, <0x0 0xf0>.
+    let spin = Some("spin-table");
+    let blob = cpus_tree(
+        1,
+        &[
+            ("cpu@0", &[0], spin, Some(&[0, 0xd8])),
+            ("cpu@1", &[1], spin, Some(&[0, 0xe0])),
+            ("cpu@2", &[2], spin, Some(&[0, 0xe8])),
+            ("cpu@3", &[3], spin, Some(&[0, 0xf0])),
+        ],
+    );
+    let dt = parse(&blob).unwrap();
+    let cpus = dt.cpu_list().unwrap();
+    assert_eq!(cpus.len(), 4);
+    for (index, (cpu, release)) in cpus.iter().zip([0xd8, 0xe0, 0xe8, 0xf0]).enumerate() {
+        assert_eq!(cpu.mpidr, index as u64);
+        assert_eq!(cpu.start, CpuStart::SpinTable { release: PhysAddr::new(release) }, "{}", cpu.name);
+    }
+}
+
+#[test]
+fn a_two_cell_reg_and_an_unknown_enable_method_are_read() {
+    let blob = cpus_tree(2, &[("cpu@100", &[0, 0x100], Some("acpi-parking-protocol"), None)]);
+    let dt = parse(&blob).unwrap();
+    let cpus = dt.cpu_list().unwrap();
+    assert_eq!(cpus[0], Cpu { name: "cpu@100", mpidr: 0x100, start: CpuStart::None });
+}
+
+#[test]
+fn cpus_that_cannot_be_described_are_errors_naming_them() {
+    let no_release = cpus_tree(1, &[("cpu@1", &[1], Some("spin-table"), None)]);
+    let short_reg = cpus_tree(2, &[("cpu@1", &[1], Some("psci"), None)]);
+    let twice = cpus_tree(1, &[("cpu@0", &[0], Some("psci"), None), ("cpu@1", &[0], Some("psci"), None)]);
+    for (blob, property) in [(no_release, "cpu-release-addr"), (short_reg, "reg"), (twice, "reg")] {
+        let dt = parse(&blob).unwrap();
+        match dt.cpu_list() {
+            Err(DtError::BadProperty { node: "cpu@1", property: named, .. }) => assert_eq!(named, property),
+            other => panic!("{property}: {other:?}"),
+        }
+    }
 }

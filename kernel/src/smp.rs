@@ -1,0 +1,111 @@
+//! Every CPU the devicetree lists, started at boot.
+//!
+//! The loader starts one CPU; the others wait for the kernel (`arch::smp` says how: PSCI
+//! `CPU_ON` on QEMU `virt`, the spin table on a Raspberry Pi 4). Each is started in turn, on a
+//! kernel stack and an exception stack of its own, and says it runs by counting itself online;
+//! the boot CPU waits for that, at most [`START_TIMEOUT`], before starting the next (they
+//! share the block the new CPU reads its set-up from). A CPU that does not come is reported and
+//! left alone: the kernel carries on with those that did.
+//!
+//! What the CPUs do once online is the next step of this work (issue: every CPU does DMA): for
+//! now each drops the identity map its first instructions needed, records its MPIDR, and
+//! sleeps with interrupts masked.
+
+use alloc::vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
+
+use addr::VirtAddr;
+use arch::smp::{Method, Stacks};
+use log::{error, info, warn};
+use platform::devicetree::{CpuStart, Devicetree, MAX_CPUS};
+
+/// Each CPU's kernel stack (SP_EL0) and exception stack (SP_EL1).
+const STACK_BYTES: usize = 64 << 10;
+const EXCEPTION_STACK_BYTES: usize = 16 << 10;
+/// How long a CPU may take from being asked to start to counting itself online.
+const START_TIMEOUT: Duration = Duration::from_millis(100);
+/// Written by a CPU that has not said what it is.
+const UNKNOWN: u64 = u64::MAX;
+
+/// CPUs running the kernel, the boot CPU included.
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+/// The MPIDR each CPU read from itself, by its place in the devicetree's list.
+static SEEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(UNKNOWN) }; MAX_CPUS];
+
+/// How many CPUs run the kernel.
+pub fn online() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// The MPIDR the CPU at `index` of the devicetree's list reported, once it runs.
+pub fn seen(index: usize) -> Option<u64> {
+    SEEN.get(index).map(|seen| seen.load(Ordering::Acquire)).filter(|&mpidr| mpidr != UNKNOWN)
+}
+
+/// Starts every CPU of the devicetree but this one, and logs how many run.
+pub fn start_all(devicetree: &Devicetree<'static>) {
+    let cpus = match devicetree.cpu_list() {
+        Ok(cpus) => cpus,
+        Err(problem) => return error!("cpus: {problem}: only the boot CPU runs"),
+    };
+    let me = arch::smp::this_cpu_mpidr();
+    for (index, cpu) in cpus.iter().enumerate() {
+        if cpu.mpidr == me {
+            SEEN[index].store(me, Ordering::Release);
+            continue;
+        }
+        let method = match cpu.start {
+            CpuStart::Psci => match crate::power::psci() {
+                Some(conduit) => Method::Psci(conduit),
+                None => {
+                    warn!("cpus: {} asks for PSCI, which the devicetree does not describe: not started", cpu.name);
+                    continue;
+                }
+            },
+            CpuStart::SpinTable { release } => Method::SpinTable(release),
+            CpuStart::None => {
+                warn!("cpus: {} has no enable-method this kernel knows: not started", cpu.name);
+                continue;
+            }
+        };
+        if let Err(problem) = start_one(index, cpu.mpidr, method) {
+            error!("cpus: {} (MPIDR {:#x}): {problem}", cpu.name, cpu.mpidr);
+        }
+    }
+    info!("cpus: {} of {} online", online(), cpus.len());
+}
+
+/// Starts one CPU and waits until it counts itself online.
+fn start_one(index: usize, mpidr: u64, method: Method) -> Result<(), alloc::string::String> {
+    let stacks = Stacks { kernel_top: stack(STACK_BYTES), exception_top: stack(EXCEPTION_STACK_BYTES) };
+    let before = online();
+    let asked = arch::timer::uptime();
+    // SAFETY: the stacks were just allocated for this CPU alone and are never freed;
+    // `secondary_main` never returns.
+    unsafe { arch::smp::start(mpidr, method, index, stacks, secondary_main) }
+        .map_err(|error| alloc::format!("cannot be started: {error:?}"))?;
+    while online() == before {
+        if arch::timer::uptime() - asked > START_TIMEOUT {
+            return Err(alloc::format!("asked to start by {method:?}, not running after {START_TIMEOUT:?}"));
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// A zeroed stack of `bytes` that lives for good; its top, 16-byte aligned as AAPCS64 wants.
+fn stack(bytes: usize) -> VirtAddr {
+    let memory = vec![0u128; bytes / 16].leak();
+    VirtAddr::from_ptr(memory.as_ptr()).add(bytes as u64)
+}
+
+/// The first Rust code of a started CPU, at its virtual addresses on its own stacks.
+extern "C" fn secondary_main(index: usize) -> ! {
+    arch::mmu::drop_identity_map();
+    if let Some(seen) = SEEN.get(index) {
+        seen.store(arch::smp::this_cpu_mpidr(), Ordering::Release);
+    }
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+    arch::power::park()
+}
