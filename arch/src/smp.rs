@@ -139,3 +139,16 @@ pub unsafe fn start(
 fn physical(address: VirtAddr) -> Result<PhysAddr, StartError> {
     crate::mmu::translate_in_hardware(address, false).ok_or(StartError::NotMapped(address))
 }
+
+/// Wakes every CPU waiting in [`wait_for_event`], after making this CPU's stores visible to
+/// them (`DSB ISH`, then `SEV`): one that looks after waking sees what was written before.
+pub fn wake_all() {
+    aarch64_cpu::asm::barrier::dsb(aarch64_cpu::asm::barrier::ISH);
+    aarch64_cpu::asm::sev();
+}
+
+/// Sleeps until an event: [`wake_all`] from another CPU, or one already pending, in which case
+/// it returns at once (so a wake-up between a check and this call is not lost).
+pub fn wait_for_event() {
+    aarch64_cpu::asm::wfe();
+}

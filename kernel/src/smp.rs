@@ -7,13 +7,18 @@
 //! share the block the new CPU reads its set-up from). A CPU that does not come is reported and
 //! left alone: the kernel carries on with those that did.
 //!
-//! What the CPUs do once online is the next step of this work (issue: every CPU does DMA): for
-//! now each drops the identity map its first instructions needed, records its MPIDR, and
-//! sleeps with interrupts masked.
+//! Once online a CPU drops the identity map its first instructions needed, records its MPIDR,
+//! and waits with `WFE`, interrupts masked, for work: [`on_every_cpu`] runs one function on
+//! every online CPU at once (the boot CPU too) and returns when all have finished. The waiting
+//! is free of lost wake-ups by the event register: the boot CPU publishes the work, makes the
+//! store visible (`DSB`), then `SEV`s; a CPU that checked just before still finds the event set
+//! and its `WFE` returns at once (Arm ARM D1.6.1, "Wait for Event").
 
 use alloc::vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use core::time::Duration;
+use spin::Mutex;
 
 use addr::VirtAddr;
 use arch::smp::{Method, Stacks};
@@ -33,6 +38,18 @@ static ONLINE: AtomicUsize = AtomicUsize::new(1);
 /// The MPIDR each CPU read from itself, by its place in the devicetree's list.
 static SEEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(UNKNOWN) }; MAX_CPUS];
 
+/// The work [`on_every_cpu`] hands out, while it waits for it to finish.
+static WORK: Mutex<Option<&'static (dyn Fn(usize) + Sync)>> = Mutex::new(None);
+/// Incremented for each piece of work: a CPU runs work it has not seen.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// CPUs (besides the caller) done with the current work.
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+/// The boot CPU's place in the devicetree's list.
+static BOOT_INDEX: AtomicUsize = AtomicUsize::new(0);
+/// How long the other CPUs may take to finish a piece of work before the kernel stops: they
+/// would still be using what the caller lent them.
+const WORK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How many CPUs run the kernel.
 pub fn online() -> usize {
     ONLINE.load(Ordering::Acquire)
@@ -43,7 +60,9 @@ pub fn seen(index: usize) -> Option<u64> {
     SEEN.get(index).map(|seen| seen.load(Ordering::Acquire)).filter(|&mpidr| mpidr != UNKNOWN)
 }
 
-/// Starts every CPU of the devicetree but this one, and logs how many run.
+/// Starts every CPU of the devicetree but this one, and logs how many run. Not inlined: its
+/// list of CPUs would otherwise join the boot path's already large frame on the boot stack.
+#[inline(never)]
 pub fn start_all(devicetree: &Devicetree<'static>) {
     let cpus = match devicetree.cpu_list() {
         Ok(cpus) => cpus,
@@ -53,6 +72,7 @@ pub fn start_all(devicetree: &Devicetree<'static>) {
     for (index, cpu) in cpus.iter().enumerate() {
         if cpu.mpidr == me {
             SEEN[index].store(me, Ordering::Release);
+            BOOT_INDEX.store(index, Ordering::Relaxed);
             continue;
         }
         let method = match cpu.start {
@@ -100,12 +120,53 @@ fn stack(bytes: usize) -> VirtAddr {
     VirtAddr::from_ptr(memory.as_ptr()).add(bytes as u64)
 }
 
-/// The first Rust code of a started CPU, at its virtual addresses on its own stacks.
+/// Runs `work(index)` on every online CPU at once, `index` being the CPU's place in the
+/// devicetree's list, and returns when every CPU has finished. A CPU that does not finish
+/// within [`WORK_TIMEOUT`] stops the kernel: it may still be using `work`.
+pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
+    // SAFETY: the reference is handed out only until every CPU has said it finished (below),
+    // and this function does not return before that; so `work` outlives every use.
+    let lent: &'static (dyn Fn(usize) + Sync) = unsafe { core::mem::transmute(work) };
+    let others = online() - 1;
+    FINISHED.store(0, Ordering::Relaxed);
+    *WORK.lock() = Some(lent);
+    GENERATION.fetch_add(1, Ordering::Release);
+    arch::smp::wake_all();
+    work(BOOT_INDEX.load(Ordering::Relaxed));
+    let started = arch::timer::uptime();
+    while FINISHED.load(Ordering::Acquire) < others {
+        if arch::timer::uptime() - started > WORK_TIMEOUT {
+            error!(
+                "cpus: {} of {others} CPUs did not finish their work in {WORK_TIMEOUT:?}",
+                others - FINISHED.load(Ordering::Acquire)
+            );
+            crate::power::stop(crate::power::Outcome::Failure);
+        }
+        core::hint::spin_loop();
+    }
+    *WORK.lock() = None;
+}
+
+/// The first Rust code of a started CPU, at its virtual addresses on its own stacks: counts
+/// itself online, then runs each piece of work it is given.
 extern "C" fn secondary_main(index: usize) -> ! {
     arch::mmu::drop_identity_map();
     if let Some(seen) = SEEN.get(index) {
         seen.store(arch::smp::this_cpu_mpidr(), Ordering::Release);
     }
+    let mut done = GENERATION.load(Ordering::Acquire);
     ONLINE.fetch_add(1, Ordering::AcqRel);
-    arch::power::park()
+    loop {
+        let generation = GENERATION.load(Ordering::Acquire);
+        if generation == done {
+            arch::smp::wait_for_event();
+            continue;
+        }
+        done = generation;
+        let work = *WORK.lock();
+        if let Some(work) = work {
+            work(index);
+        }
+        FINISHED.fetch_add(1, Ordering::AcqRel);
+    }
 }
