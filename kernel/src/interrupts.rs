@@ -537,12 +537,12 @@ fn handle() {
     gic.end(intid);
 }
 
-/// This CPU's affinity (`MPIDR_EL1`), as `GICD_IROUTER` and `ICC_SGI1R_EL1` name CPUs.
+/// This CPU's affinity (`MPIDR_EL1`'s Aff3-Aff0 alone), as `GICD_IROUTER` and
+/// `ICC_SGI1R_EL1` name CPUs. Not the whole register: its bit 31 is RES1, and in `GICD_IROUTER`
+/// bit 31 is IRM, "route to any CPU" (IHI 0069, 12.9.22), which `arm-gic`'s `set_routing` keeps.
+/// With a second CPU online, with its interrupts masked, the SPIs went there.
 fn this_cpu_affinity() -> u64 {
-    let mpidr: u64;
-    // SAFETY: reads this CPU's affinity, an identification register.
-    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
-    mpidr
+    arch::smp::this_cpu_mpidr()
 }
 
 /// `GICD_ITARGETSR<n>` (IHI 0048B, 4.3.12): one byte per INTID, the CPUs a GICv2 SPI goes to.
