@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use addr::{PhysAddr, PhysRange};
 
 use crate::devicetree::{
-    Cpu, CpuStart, Devicetree, Error as DtError, FoundBy, Guess, PsciConduit, Reservation, rescue_console,
+    Cpu, CpuStart, Devicetree, Error as DtError, FoundBy, Guess, MAX_CPUS, PsciConduit, Reservation, rescue_console,
 };
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap, Size};
@@ -724,7 +724,8 @@ fn the_rescue_prefers_the_stdout_uart_over_an_earlier_one() {
 
 // ---- CPUs ----------------------------------------------------------------------------------
 
-/// One CPU node: its name, `reg` cells, `enable-method` and `cpu-release-addr` cells.
+/// One CPU node: its name, `reg` cells (none: no `reg`), `enable-method` and
+/// `cpu-release-addr` cells.
 type CpuNode<'a> = (&'a str, &'a [u32], Option<&'a str>, Option<&'a [u32]>);
 
 /// A `/cpus` of the given `#address-cells`, one node per entry of `cpus`.
@@ -739,7 +740,9 @@ fn cpus_tree(address_cells: u32, cpus: &[CpuNode<'_>]) -> Vec<u8> {
     for (name, reg, method, release) in cpus {
         w.begin_node(name);
         w.property_string("device_type", "cpu");
-        w.property_cells("reg", reg);
+        if !reg.is_empty() {
+            w.property_cells("reg", reg);
+        }
         if let Some(method) = method {
             w.property_string("enable-method", method);
         }
@@ -762,7 +765,17 @@ fn qemu_virt_lists_its_cpus_started_by_psci() {
     for (index, cpu) in cpus.iter().enumerate() {
         assert_eq!((cpu.mpidr, cpu.start), (index as u64, CpuStart::Psci), "{}", cpu.name);
     }
-    // QEMU's own tree, dumped with one CPU: it writes `enable-method` only when there are more.
+    // QEMU's own trees. Dumped with `-smp 2`: both CPUs start by PSCI.
+    let fixture = parse(include_bytes!("../tests/fixtures/qemu-virt-smmuv3.dtb")).unwrap();
+    let cpus = fixture.cpu_list().unwrap();
+    assert_eq!(
+        cpus.as_slice(),
+        &[
+            Cpu { name: "cpu@0", mpidr: 0, start: CpuStart::Psci },
+            Cpu { name: "cpu@1", mpidr: 1, start: CpuStart::Psci }
+        ]
+    );
+    // Dumped with one CPU: QEMU writes `enable-method` only when there are more.
     let fixture = parse(include_bytes!("../tests/fixtures/qemu-virt-gicv3-its.dtb")).unwrap();
     let cpus = fixture.cpu_list().unwrap();
     assert_eq!(cpus.as_slice(), &[Cpu { name: "cpu@0", mpidr: 0, start: CpuStart::None }]);
@@ -800,14 +813,96 @@ fn a_two_cell_reg_and_an_unknown_enable_method_are_read() {
 
 #[test]
 fn cpus_that_cannot_be_described_are_errors_naming_them() {
-    let no_release = cpus_tree(1, &[("cpu@1", &[1], Some("spin-table"), None)]);
-    let short_reg = cpus_tree(2, &[("cpu@1", &[1], Some("psci"), None)]);
-    let twice = cpus_tree(1, &[("cpu@0", &[0], Some("psci"), None), ("cpu@1", &[0], Some("psci"), None)]);
-    for (blob, property) in [(no_release, "cpu-release-addr"), (short_reg, "reg"), (twice, "reg")] {
+    let psci = Some("psci");
+    let spin = Some("spin-table");
+    let cases: [(&str, Vec<u8>, &str); 8] = [
+        ("no reg", cpus_tree(1, &[("cpu@1", &[], psci, None)]), "reg"),
+        ("a one-cell reg under two", cpus_tree(2, &[("cpu@1", &[1], psci, None)]), "reg"),
+        ("a two-cell reg under one", cpus_tree(1, &[("cpu@1", &[0, 1], psci, None)]), "reg"),
+        ("bit 24 set", cpus_tree(1, &[("cpu@1", &[0x100_0001], psci, None)]), "reg"),
+        ("above Aff3", cpus_tree(2, &[("cpu@1", &[0x100, 1], psci, None)]), "reg"),
+        ("an MPIDR twice", cpus_tree(1, &[("cpu@0", &[0], psci, None), ("cpu@1", &[0], psci, None)]), "reg"),
+        ("a spin table without release", cpus_tree(1, &[("cpu@1", &[1], spin, None)]), "cpu-release-addr"),
+        ("a one-cell release", cpus_tree(1, &[("cpu@1", &[1], spin, Some(&[0xe0]))]), "cpu-release-addr"),
+    ];
+    for (case, blob, property) in cases {
         let dt = parse(&blob).unwrap();
-        match dt.cpu_list() {
-            Err(DtError::BadProperty { node: "cpu@1", property: named, .. }) => assert_eq!(named, property),
-            other => panic!("{property}: {other:?}"),
+        let error = dt.cpu_list().unwrap_err();
+        match error {
+            DtError::BadProperty { node: "cpu@1", property: named, .. } => assert_eq!(named, property, "{case}"),
+            other => panic!("{case}: {other:?}"),
         }
+        let message = format!("{error}");
+        assert!(message.contains("'cpu@1'") && message.contains(property), "{case}: {message}");
+    }
+}
+
+#[test]
+fn cpus_that_are_disabled_or_not_cpus_are_not_listed() {
+    // Like bcm2711.dtsi's /cpus, which also holds the L2 cache, plus a cpu-map and a CPU the
+    // firmware disabled.
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.begin_node("cpus");
+    w.property_cells("#address-cells", &[1]);
+    w.property_cells("#size-cells", &[0]);
+    w.begin_node("cpu-map");
+    w.begin_node("cluster0");
+    w.end_node();
+    w.end_node();
+    for (name, mpidr, status) in [("cpu@0", 0, None), ("cpu@1", 1, Some("disabled")), ("cpu@2", 2, Some("okay"))] {
+        w.begin_node(name);
+        w.property_string("device_type", "cpu");
+        w.property_cells("reg", &[mpidr]);
+        w.property_string("enable-method", "psci");
+        if let Some(status) = status {
+            w.property_string("status", status);
+        }
+        w.end_node();
+    }
+    w.begin_node("l2-cache0");
+    w.property_string("compatible", "cache");
+    w.property_string("cache-level", "2");
+    w.end_node();
+    w.end_node();
+    w.end_node();
+    let blob = w.finish();
+    let dt = parse(&blob).unwrap();
+    let listed = dt.cpu_list().unwrap();
+    let listed: Vec<_> = listed.iter().map(|cpu| (cpu.name, cpu.mpidr)).collect();
+    assert_eq!(listed, [("cpu@0", 0), ("cpu@2", 2)]);
+}
+
+#[test]
+fn a_tree_without_cpus_lists_none() {
+    let blob = cpus_tree(1, &[]);
+    assert!(parse(&blob).unwrap().cpu_list().unwrap().is_empty());
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.end_node();
+    let blob = w.finish();
+    assert!(parse(&blob).unwrap().cpu_list().unwrap().is_empty());
+}
+
+#[test]
+fn more_cpus_than_the_list_holds_is_an_error_saying_how_many_fit() {
+    let names: Vec<_> = (0..=MAX_CPUS).map(|index| format!("cpu@{index}")).collect();
+    let regs: Vec<[u32; 1]> = (0..=MAX_CPUS as u32).map(|index| [index]).collect();
+    let nodes: Vec<CpuNode<'_>> =
+        names.iter().zip(&regs).map(|(name, reg)| (name.as_str(), &reg[..], Some("psci"), None)).collect();
+    let full = cpus_tree(1, &nodes[..MAX_CPUS]);
+    assert_eq!(parse(&full).unwrap().cpu_list().unwrap().len(), MAX_CPUS);
+    let one_more = cpus_tree(1, &nodes);
+    let error = parse(&one_more).unwrap().cpu_list().unwrap_err();
+    assert_eq!(error, DtError::TooManyRanges { what: "CPUs" });
+    assert_eq!(format!("{error}"), format!("devicetree lists more than {MAX_CPUS} enabled CPUs"));
+}
+
+#[test]
+fn cpus_whose_reg_takes_no_cells_is_an_error_naming_cpus() {
+    let blob = cpus_tree(0, &[("cpu@0", &[], Some("psci"), None)]);
+    match parse(&blob).unwrap().cpu_list() {
+        Err(DtError::BadProperty { node: "cpus", property: "#address-cells", .. }) => {}
+        other => panic!("{other:?}"),
     }
 }
