@@ -68,6 +68,17 @@ pub fn start_all(devicetree: &Devicetree<'static>) {
         Ok(cpus) => cpus,
         Err(problem) => return error!("cpus: {problem}: only the boot CPU runs"),
     };
+    // The SGI that wakes a waiting CPU needs a handler, or the first would count as unexpected
+    // and be disabled; the wake-up itself is all it does.
+    match crate::interrupts::register_intid(
+        crate::interrupts::WAKE_SGI,
+        true,
+        "CPU wake-up",
+        alloc::boxed::Box::new(|| {}),
+    ) {
+        Ok(registration) => core::mem::forget(registration),
+        Err(problem) => warn!("cpus: no wake-up SGI ({problem}): waiting CPUs spin on WFE"),
+    }
     let me = arch::smp::this_cpu_mpidr();
     for (index, cpu) in cpus.iter().enumerate() {
         if cpu.mpidr == me {
@@ -131,7 +142,9 @@ pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
     FINISHED.store(0, Ordering::Relaxed);
     *WORK.lock() = Some(lent);
     GENERATION.fetch_add(1, Ordering::Release);
-    arch::smp::wake_all();
+    if crate::interrupts::wake_other_cpus().is_err() {
+        arch::smp::wake_all();
+    }
     work(BOOT_INDEX.load(Ordering::Relaxed));
     let started = arch::timer::uptime();
     while FINISHED.load(Ordering::Acquire) < others {
@@ -147,22 +160,28 @@ pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
     *WORK.lock() = None;
 }
 
-/// The first Rust code of a started CPU, at its virtual addresses on its own stacks: counts
-/// itself online, then runs each piece of work it is given.
+/// The first Rust code of a started CPU, at its virtual addresses on its own stacks: brings up
+/// its part of the GIC, counts itself online, then sleeps in `WFI` until woken for work
+/// ([`crate::interrupts::WAKE_SGI`]) and runs it. Without a GIC it waits with `WFE` instead.
 extern "C" fn secondary_main(index: usize) -> ! {
     arch::mmu::drop_identity_map();
     if let Some(seen) = SEEN.get(index) {
         seen.store(arch::smp::this_cpu_mpidr(), Ordering::Release);
     }
+    let sleeps = crate::interrupts::start_this_cpu(index).is_ok();
     let mut done = GENERATION.load(Ordering::Acquire);
     ONLINE.fetch_add(1, Ordering::AcqRel);
     loop {
-        let generation = GENERATION.load(Ordering::Acquire);
-        if generation == done {
-            arch::smp::wait_for_event();
-            continue;
+        let new_work = || GENERATION.load(Ordering::Acquire) != done;
+        match sleeps {
+            true => arch::interrupt::wait_until(new_work),
+            false => {
+                while !new_work() {
+                    arch::smp::wait_for_event();
+                }
+            }
         }
-        done = generation;
+        done = GENERATION.load(Ordering::Acquire);
         let work = *WORK.lock();
         if let Some(work) = work {
             work(index);
