@@ -95,3 +95,43 @@ drop_from_el2_to_el1:
     msr     spsr_el2, x0
     msr     elr_el2, x30
     eret
+
+// A secondary CPU's first instructions, started by PSCI CPU_ON or released from the spin table,
+// MMU off, at EL2 or EL1 like the boot CPU. Whatever x0 holds (PSCI's context, the spin table's
+// 0), the CPU reads what it needs from SECONDARY_START, which the boot CPU filled and cleaned
+// to memory before starting it (`arch::smp`). One CPU starts at a time.
+.section .text, "ax"
+.global secondary_entry
+secondary_entry:
+    mrs     x21, CurrentEL
+    ubfx    x21, x21, #2, #2
+    cmp     x21, #2
+    b.ne    1f
+    bl      drop_from_el2_to_el1
+1:  mov     x0, #(3 << 20)          // CPACR_EL1.FPEN: no FP/SIMD traps
+    msr     cpacr_el1, x0
+    isb
+    adrp    x9, SECONDARY_START     // its physical address: the MMU is off
+    add     x9, x9, :lo12:SECONDARY_START
+    ldp     x0, x1, [x9]            // MAIR_EL1, TCR_EL1 (TTBR0 walks on, for the next lines)
+    msr     mair_el1, x0
+    msr     tcr_el1, x1
+    ldp     x0, x1, [x9, #16]       // TTBR0_EL1 (the image's identity map), TTBR1_EL1 (the kernel)
+    msr     ttbr0_el1, x0
+    msr     ttbr1_el1, x1
+    isb
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    ldr     x0, [x9, #32]           // SCTLR_EL1: MMU and caches on, as on the boot CPU
+    msr     sctlr_el1, x0
+    isb
+    ldp     x0, x1, [x9, #40]       // exception stack top, kernel stack top (virtual)
+    mov     sp, x0
+    msr     spsel, #0
+    mov     sp, x1
+    ldr     x0, =__exception_vectors
+    msr     vbar_el1, x0
+    isb
+    ldp     x1, x0, [x9, #56]       // the Rust entry (virtual), this CPU's index
+    br      x1

@@ -24,6 +24,7 @@ pub mod interrupt;
 pub mod layout;
 pub mod mmu;
 pub mod power;
+pub mod smp;
 pub mod timer;
 
 pub use boot::BootInfo;

@@ -479,6 +479,25 @@ pub fn raise_sgi_on_self(sgi: u32) -> Result<(), InterruptError> {
     arch::interrupt::without(|| interrupts.gic.lock().raise_sgi_on_self(sgi))
 }
 
+/// The SGI that wakes CPUs waiting for work (`smp::on_every_cpu`); the interrupt tests raise
+/// SGIs 1 and 2.
+pub const WAKE_SGI: u32 = 8;
+
+/// Brings up this CPU's own GIC interface (a CPU started after boot, `index` its place in the
+/// devicetree's list), so that it can sleep in `WFI` and be woken by [`wake_other_cpus`].
+pub fn start_this_cpu(index: usize) -> Result<(), InterruptError> {
+    let interrupts = INTERRUPTS.get().ok_or(InterruptError::NotStarted)?;
+    arch::interrupt::without(|| interrupts.gic.lock().bring_up_this_cpu(index));
+    Ok(())
+}
+
+/// Raises [`WAKE_SGI`] on every other CPU.
+pub fn wake_other_cpus() -> Result<(), InterruptError> {
+    let interrupts = INTERRUPTS.get().ok_or(InterruptError::NotStarted)?;
+    arch::interrupt::without(|| interrupts.gic.lock().raise_sgi_on_others(WAKE_SGI));
+    Ok(())
+}
+
 /// Logs who handles which INTID, one line each, in INTID order (sharers of a line together):
 /// `interrupts: INTID 36 virtio-blk0 (virtio_mmio@a003e00), 1 taken so far`. Without a GIC,
 /// says that everything polls.
@@ -543,13 +562,9 @@ fn handle() {
 /// This CPU's affinity, `MPIDR_EL1`'s Aff3-Aff0 alone (Arm ARM D19.2.87), as `GICD_IROUTER`
 /// and `ICC_SGI1R_EL1` name CPUs. Not the whole register: its bit 31 is RES1, and in
 /// `GICD_IROUTER` bit 31 is IRM, "route to any CPU" (IHI 0069, 12.9.22), which `arm-gic`'s
-/// `set_routing` keeps: once a second CPU runs with its interrupts masked, SPIs would go there.
+/// `set_routing` keeps: with a second CPU online, SPIs went there.
 fn this_cpu_affinity() -> u64 {
-    const AFFINITY: u64 = 0xff_00ff_ffff;
-    let mpidr: u64;
-    // SAFETY: reads this CPU's affinity, an identification register.
-    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
-    mpidr & AFFINITY
+    arch::smp::this_cpu_mpidr()
 }
 
 /// `GICD_ITARGETSR<n>` (IHI 0048B, 4.3.12): one byte per INTID, the CPUs a GICv2 SPI goes to.
@@ -619,6 +634,47 @@ impl Gic {
                 // which masks them all; GICv2's `setup` sets `GICC_PMR` itself).
                 arm_gic::gicv3::GicCpuInterface::set_priority_mask(0xff);
                 Ok(Self::V3(gic))
+            }
+        }
+    }
+
+    /// This CPU's own part of the GIC, on a CPU started after boot: its CPU interface (GICv2:
+    /// `GICC_CTLR`, `GICC_PMR`, banked per CPU; GICv3: its redistributor awake, the system
+    /// registers on, every priority let through) and its SGIs. `index` is the CPU's
+    /// redistributor (its place in the devicetree's list).
+    fn bring_up_this_cpu(&mut self, index: usize) {
+        match self {
+            Self::V2(gic, _) => {
+                // The distributor's settings `setup` writes again are global and the same; the
+                // CPU interface and the first group register are this CPU's own.
+                gic.setup();
+                gic.enable_group0(true);
+            }
+            Self::V3(gic) => {
+                gic.init_cpu(index);
+                arm_gic::gicv3::GicCpuInterface::enable_group1(true);
+                for sgi in 0..IntId::SGI_COUNT {
+                    let _ = gic.set_interrupt_priority(IntId::sgi(sgi), Some(index), 0x80);
+                    let _ = gic.enable_interrupt(IntId::sgi(sgi), Some(index), true);
+                }
+                arm_gic::gicv3::GicCpuInterface::set_priority_mask(0xff);
+            }
+        }
+    }
+
+    /// Raises SGI `sgi` on every CPU but this one.
+    fn raise_sgi_on_others(&mut self, sgi: u32) {
+        let id = IntId::sgi(sgi);
+        match self {
+            Self::V2(gic, _) => gic.send_sgi(id, arm_gic::gicv2::SgiTarget::All),
+            Self::V3(_) => {
+                // An SGI number is always valid, the only error `send_sgi` reports.
+                let target = arm_gic::gicv3::SgiTarget::All;
+                let _ = arm_gic::gicv3::GicCpuInterface::send_sgi(
+                    id,
+                    target,
+                    arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
+                );
             }
         }
     }

@@ -35,6 +35,7 @@ mod net;
 mod nvme;
 mod pci;
 mod power;
+mod smp;
 mod testing;
 mod tests;
 mod virtio;
@@ -189,6 +190,7 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(
     if let Err(problem) = interrupts::start(&devicetree) {
         error!("interrupts: {problem}: every driver polls");
     }
+    smp::start_all(&devicetree);
     dma_platform::start_checker(devicetree.bootargs());
     dma_platform::start_tracer(devicetree.bootargs());
     board::start_dma_devices(&devicetree, &plan.devices);

@@ -29,6 +29,18 @@ pub fn set_psci(conduit: Option<PsciConduit>) {
     PSCI.call_once(|| conduit);
 }
 
+/// How to call the PSCI firmware, if the devicetree describes one.
+pub fn psci() -> Option<arch::power::Conduit> {
+    PSCI.get().copied().flatten().map(calling)
+}
+
+fn calling(conduit: PsciConduit) -> arch::power::Conduit {
+    match conduit {
+        PsciConduit::Hvc => arch::power::Conduit::Hvc,
+        PsciConduit::Smc => arch::power::Conduit::Smc,
+    }
+}
+
 pub fn set_watchdog(watchdog: PowerManagement) {
     WATCHDOG.call_once(|| watchdog);
 }
@@ -45,10 +57,7 @@ pub fn stop(outcome: Outcome) -> ! {
     match PSCI.get().copied().flatten() {
         Some(conduit) => {
             info!("powering off: PSCI SYSTEM_OFF via {conduit}");
-            let refusal = arch::power::psci_system_off(match conduit {
-                PsciConduit::Hvc => arch::power::Conduit::Hvc,
-                PsciConduit::Smc => arch::power::Conduit::Smc,
-            });
+            let refusal = arch::power::psci_system_off(calling(conduit));
             error!("PSCI SYSTEM_OFF refused: {refusal:?}");
         }
         None => match WATCHDOG.get() {

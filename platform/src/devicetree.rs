@@ -272,6 +272,9 @@ impl fmt::Display for Error<'_> {
                  'ranges' of its parent buses"
             ),
             Error::NoMemory => write!(f, "devicetree has no /memory node with a non-empty 'reg'"),
+            Error::TooManyRanges { what: "CPUs" } => {
+                write!(f, "devicetree lists more than {MAX_CPUS} enabled CPUs")
+            }
             Error::TooManyRanges { what } => {
                 write!(f, "devicetree lists more than {MAX_RANGES} {what}")
             }
@@ -410,6 +413,38 @@ pub struct Cpus<'a> {
     pub enable_method: &'a str,
 }
 
+/// How many CPUs [`Devicetree::cpu_list`] describes at most.
+pub const MAX_CPUS: usize = 8;
+
+/// The affinity fields of MPIDR_EL1 (Aff3 in bits 39..32, Aff2..Aff0 in bits 23..0): all a
+/// CPU's `reg` may hold, as Linux's `MPIDR_HWID_BITMASK` says.
+pub const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
+
+/// One CPU of `/cpus`, and how it is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu<'a> {
+    /// Its node name (`cpu@1`).
+    pub name: &'a str,
+    /// Its `reg`: the affinity fields of its MPIDR, what PSCI names it by.
+    pub mpidr: u64,
+    /// Its `enable-method`.
+    pub start: CpuStart,
+}
+
+/// How a secondary CPU is started (Linux `Documentation/devicetree/bindings/arm/cpus.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuStart {
+    /// `psci`: the PSCI firmware's `CPU_ON`.
+    Psci,
+    /// `spin-table`: the entry point is written at `cpu-release-addr`, a physical address.
+    SpinTable {
+        /// Where the parked CPU reads its entry point.
+        release: PhysAddr,
+    },
+    /// No `enable-method`, or one this kernel does not know: the CPU cannot be started.
+    None,
+}
+
 /// A node found by walking from the root, with every node above it (root first).
 pub(crate) struct Located<'b, 'a> {
     pub(crate) node: FdtNode<'b, 'a>,
@@ -466,6 +501,52 @@ impl<'a> Devicetree<'a> {
             }
         }
         cpus
+    }
+
+    /// Every enabled CPU of `/cpus` (`device_type = "cpu"`, `status` absent or okay), in the
+    /// order listed, the boot CPU among them: the caller skips its own MPIDR. No `/cpus` is an
+    /// empty list. A CPU whose `enable-method` is absent or unknown is listed with
+    /// [`CpuStart::None`]: it cannot be started, which is not an error.
+    ///
+    /// An error names the CPU whose `reg` is missing, is not `#address-cells` of `/cpus` long
+    /// or has bits outside the MPIDR's affinity fields, or repeats another CPU's; a
+    /// `spin-table` CPU without a two-cell `cpu-release-addr`; a `/cpus` whose
+    /// `#address-cells` is not 1 or 2; more than [`MAX_CPUS`] CPUs.
+    pub fn cpu_list(&self) -> Result<ArrayVec<Cpu<'a>, MAX_CPUS>, Error<'a>> {
+        let mut list = ArrayVec::new();
+        let Some(parent) = self.node("/cpus") else { return Ok(list) };
+        let reg_cells = address_cells(&parent)?;
+        if reg_cells == 0 {
+            return Err(bad(&parent, "#address-cells", "is 0: a CPU's reg, its MPIDR, takes 1 or 2 cells"));
+        }
+        let cpus = parent.children().filter(|node| string_property(node, "device_type") == Some("cpu"));
+        for node in cpus.filter(is_enabled) {
+            let reg = node.property("reg").ok_or(bad(&node, "reg", "is missing: the CPU has no MPIDR"))?;
+            let mpidr = match read_cells(reg.value, reg_cells) {
+                Some((mpidr, [])) => mpidr,
+                _ => return Err(bad(&node, "reg", "is not #address-cells of /cpus long")),
+            };
+            if mpidr & !MPIDR_AFFINITY != 0 {
+                return Err(bad(&node, "reg", "has bits outside the MPIDR's affinity fields (Aff3..Aff0)"));
+            }
+            if list.iter().any(|cpu: &Cpu<'_>| cpu.mpidr == mpidr) {
+                return Err(bad(&node, "reg", "repeats the MPIDR of another CPU"));
+            }
+            let start = match string_property(&node, "enable-method") {
+                Some("psci") => CpuStart::Psci,
+                Some("spin-table") => {
+                    let release = node.property("cpu-release-addr").map(|property| read_cells(property.value, 2));
+                    match release {
+                        Some(Some((address, []))) => CpuStart::SpinTable { release: PhysAddr::new(address) },
+                        _ => return Err(bad(&node, "cpu-release-addr", "is not one 64-bit address (two cells)")),
+                    }
+                }
+                _ => CpuStart::None,
+            };
+            let cpu = Cpu { name: node.name, mpidr, start };
+            list.try_push(cpu).map_err(|_| Error::TooManyRanges { what: "CPUs" })?;
+        }
+        Ok(list)
     }
 
     /// Every RAM range of every `/memory` node, in the order listed.

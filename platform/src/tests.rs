@@ -5,7 +5,9 @@ use alloc::vec::Vec;
 
 use addr::{PhysAddr, PhysRange};
 
-use crate::devicetree::{Devicetree, Error as DtError, FoundBy, Guess, PsciConduit, Reservation, rescue_console};
+use crate::devicetree::{
+    Cpu, CpuStart, Devicetree, Error as DtError, FoundBy, Guess, MAX_CPUS, PsciConduit, Reservation, rescue_console,
+};
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap, Size};
 
@@ -718,4 +720,189 @@ fn the_rescue_prefers_the_stdout_uart_over_an_earlier_one() {
         format!("{}", console.guesses[0]),
         "'soc' has no 'ranges' that translates 0x7e215040; taken as a physical address"
     );
+}
+
+// ---- CPUs ----------------------------------------------------------------------------------
+
+/// One CPU node: its name, `reg` cells (none: no `reg`), `enable-method` and
+/// `cpu-release-addr` cells.
+type CpuNode<'a> = (&'a str, &'a [u32], Option<&'a str>, Option<&'a [u32]>);
+
+/// A `/cpus` of the given `#address-cells`, one node per entry of `cpus`.
+fn cpus_tree(address_cells: u32, cpus: &[CpuNode<'_>]) -> Vec<u8> {
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.property_cells("#address-cells", &[2]);
+    w.property_cells("#size-cells", &[1]);
+    w.begin_node("cpus");
+    w.property_cells("#address-cells", &[address_cells]);
+    w.property_cells("#size-cells", &[0]);
+    for (name, reg, method, release) in cpus {
+        w.begin_node(name);
+        w.property_string("device_type", "cpu");
+        if !reg.is_empty() {
+            w.property_cells("reg", reg);
+        }
+        if let Some(method) = method {
+            w.property_string("enable-method", method);
+        }
+        if let Some(release) = release {
+            w.property_cells("cpu-release-addr", release);
+        }
+        w.end_node();
+    }
+    w.end_node();
+    w.end_node();
+    w.finish()
+}
+
+#[test]
+fn qemu_virt_lists_its_cpus_started_by_psci() {
+    let blob = virt_like(true);
+    let dt = parse(&blob).unwrap();
+    let cpus = dt.cpu_list().unwrap();
+    assert_eq!(cpus.len(), 2);
+    for (index, cpu) in cpus.iter().enumerate() {
+        assert_eq!((cpu.mpidr, cpu.start), (index as u64, CpuStart::Psci), "{}", cpu.name);
+    }
+    // QEMU's own trees. Dumped with `-smp 2`: both CPUs start by PSCI.
+    let fixture = parse(include_bytes!("../tests/fixtures/qemu-virt-smmuv3.dtb")).unwrap();
+    let cpus = fixture.cpu_list().unwrap();
+    assert_eq!(
+        cpus.as_slice(),
+        &[
+            Cpu { name: "cpu@0", mpidr: 0, start: CpuStart::Psci },
+            Cpu { name: "cpu@1", mpidr: 1, start: CpuStart::Psci }
+        ]
+    );
+    // Dumped with one CPU: QEMU writes `enable-method` only when there are more.
+    let fixture = parse(include_bytes!("../tests/fixtures/qemu-virt-gicv3-its.dtb")).unwrap();
+    let cpus = fixture.cpu_list().unwrap();
+    assert_eq!(cpus.as_slice(), &[Cpu { name: "cpu@0", mpidr: 0, start: CpuStart::None }]);
+}
+
+#[test]
+fn the_pi4s_cpus_wait_on_the_armstubs_spin_table() {
+    // bcm2711.dtsi: cpu-release-addr <0x0 0xd8>, <0x0 0xe0>, <0x0 0xe8>, <0x0 0xf0>.
+    let spin = Some("spin-table");
+    let blob = cpus_tree(
+        1,
+        &[
+            ("cpu@0", &[0], spin, Some(&[0, 0xd8])),
+            ("cpu@1", &[1], spin, Some(&[0, 0xe0])),
+            ("cpu@2", &[2], spin, Some(&[0, 0xe8])),
+            ("cpu@3", &[3], spin, Some(&[0, 0xf0])),
+        ],
+    );
+    let dt = parse(&blob).unwrap();
+    let cpus = dt.cpu_list().unwrap();
+    assert_eq!(cpus.len(), 4);
+    for (index, (cpu, release)) in cpus.iter().zip([0xd8, 0xe0, 0xe8, 0xf0]).enumerate() {
+        assert_eq!(cpu.mpidr, index as u64);
+        assert_eq!(cpu.start, CpuStart::SpinTable { release: PhysAddr::new(release) }, "{}", cpu.name);
+    }
+}
+
+#[test]
+fn a_two_cell_reg_and_an_unknown_enable_method_are_read() {
+    let blob = cpus_tree(2, &[("cpu@100", &[0, 0x100], Some("acpi-parking-protocol"), None)]);
+    let dt = parse(&blob).unwrap();
+    let cpus = dt.cpu_list().unwrap();
+    assert_eq!(cpus[0], Cpu { name: "cpu@100", mpidr: 0x100, start: CpuStart::None });
+}
+
+#[test]
+fn cpus_that_cannot_be_described_are_errors_naming_them() {
+    let psci = Some("psci");
+    let spin = Some("spin-table");
+    let cases: [(&str, Vec<u8>, &str); 8] = [
+        ("no reg", cpus_tree(1, &[("cpu@1", &[], psci, None)]), "reg"),
+        ("a one-cell reg under two", cpus_tree(2, &[("cpu@1", &[1], psci, None)]), "reg"),
+        ("a two-cell reg under one", cpus_tree(1, &[("cpu@1", &[0, 1], psci, None)]), "reg"),
+        ("bit 24 set", cpus_tree(1, &[("cpu@1", &[0x100_0001], psci, None)]), "reg"),
+        ("above Aff3", cpus_tree(2, &[("cpu@1", &[0x100, 1], psci, None)]), "reg"),
+        ("an MPIDR twice", cpus_tree(1, &[("cpu@0", &[0], psci, None), ("cpu@1", &[0], psci, None)]), "reg"),
+        ("a spin table without release", cpus_tree(1, &[("cpu@1", &[1], spin, None)]), "cpu-release-addr"),
+        ("a one-cell release", cpus_tree(1, &[("cpu@1", &[1], spin, Some(&[0xe0]))]), "cpu-release-addr"),
+    ];
+    for (case, blob, property) in cases {
+        let dt = parse(&blob).unwrap();
+        let error = dt.cpu_list().unwrap_err();
+        match error {
+            DtError::BadProperty { node: "cpu@1", property: named, .. } => assert_eq!(named, property, "{case}"),
+            other => panic!("{case}: {other:?}"),
+        }
+        let message = format!("{error}");
+        assert!(message.contains("'cpu@1'") && message.contains(property), "{case}: {message}");
+    }
+}
+
+#[test]
+fn cpus_that_are_disabled_or_not_cpus_are_not_listed() {
+    // Like bcm2711.dtsi's /cpus, which also holds the L2 cache, plus a cpu-map and a CPU the
+    // firmware disabled.
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.begin_node("cpus");
+    w.property_cells("#address-cells", &[1]);
+    w.property_cells("#size-cells", &[0]);
+    w.begin_node("cpu-map");
+    w.begin_node("cluster0");
+    w.end_node();
+    w.end_node();
+    for (name, mpidr, status) in [("cpu@0", 0, None), ("cpu@1", 1, Some("disabled")), ("cpu@2", 2, Some("okay"))] {
+        w.begin_node(name);
+        w.property_string("device_type", "cpu");
+        w.property_cells("reg", &[mpidr]);
+        w.property_string("enable-method", "psci");
+        if let Some(status) = status {
+            w.property_string("status", status);
+        }
+        w.end_node();
+    }
+    w.begin_node("l2-cache0");
+    w.property_string("compatible", "cache");
+    w.property_string("cache-level", "2");
+    w.end_node();
+    w.end_node();
+    w.end_node();
+    let blob = w.finish();
+    let dt = parse(&blob).unwrap();
+    let listed = dt.cpu_list().unwrap();
+    let listed: Vec<_> = listed.iter().map(|cpu| (cpu.name, cpu.mpidr)).collect();
+    assert_eq!(listed, [("cpu@0", 0), ("cpu@2", 2)]);
+}
+
+#[test]
+fn a_tree_without_cpus_lists_none() {
+    let blob = cpus_tree(1, &[]);
+    assert!(parse(&blob).unwrap().cpu_list().unwrap().is_empty());
+    let mut w = FdtWriter::new();
+    w.begin_node("");
+    w.end_node();
+    let blob = w.finish();
+    assert!(parse(&blob).unwrap().cpu_list().unwrap().is_empty());
+}
+
+#[test]
+fn more_cpus_than_the_list_holds_is_an_error_saying_how_many_fit() {
+    let names: Vec<_> = (0..=MAX_CPUS).map(|index| format!("cpu@{index}")).collect();
+    let regs: Vec<[u32; 1]> = (0..=MAX_CPUS as u32).map(|index| [index]).collect();
+    let nodes: Vec<CpuNode<'_>> =
+        names.iter().zip(&regs).map(|(name, reg)| (name.as_str(), &reg[..], Some("psci"), None)).collect();
+    let full = cpus_tree(1, &nodes[..MAX_CPUS]);
+    assert_eq!(parse(&full).unwrap().cpu_list().unwrap().len(), MAX_CPUS);
+    let one_more = cpus_tree(1, &nodes);
+    let error = parse(&one_more).unwrap().cpu_list().unwrap_err();
+    assert_eq!(error, DtError::TooManyRanges { what: "CPUs" });
+    assert_eq!(format!("{error}"), format!("devicetree lists more than {MAX_CPUS} enabled CPUs"));
+}
+
+#[test]
+fn cpus_whose_reg_takes_no_cells_is_an_error_naming_cpus() {
+    let blob = cpus_tree(0, &[("cpu@0", &[], Some("psci"), None)]);
+    match parse(&blob).unwrap().cpu_list() {
+        Err(DtError::BadProperty { node: "cpus", property: "#address-cells", .. }) => {}
+        other => panic!("{other:?}"),
+    }
 }

@@ -256,6 +256,7 @@ fn exercise(blob: &[u8]) -> Result<(), String> {
         }
     };
     let _ = write!(out, "{} {} {} {:?}", dt.size_in_bytes(), dt.model(), dt.bootargs(), dt.cpus());
+    note(&mut out, dt.cpu_list().map(|cpus| format!("{cpus:?}")).map_err(|error| error.to_string()));
     let _ = write!(out, "{:?}", dt.rescue_console(&CONSOLE_DRIVERS));
     note(&mut out, dt.psci().map(|psci| format!("{psci:?}")).map_err(|error| error.to_string()));
     note(&mut out, dt.stdout().map(|stdout| format!("{stdout:?}")).map_err(|error| error.to_string()));

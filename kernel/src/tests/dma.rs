@@ -17,19 +17,19 @@ use dma::DmaApiError;
 const NO_POOL: Verdict = Verdict::Skipped("no DMA pool on this machine: no device is restricted or limited");
 
 /// A device restricted to the first pool, for exercising the API without a transfer.
-fn restricted_device() -> Result<DmaDevice, Verdict> {
+pub(crate) fn restricted_device() -> Result<DmaDevice, Verdict> {
     let pool = pools::pools().first().ok_or(NO_POOL)?;
     Ok(dma_platform::device("test device", Route::Restricted(pool), pool.coherent, Constraints::NONE))
 }
 
 /// Reads `length` bytes at a physical address the kernel maps.
-fn bytes_at(physical: PhysAddr, length: usize) -> vec::Vec<u8> {
+pub(crate) fn bytes_at(physical: PhysAddr, length: usize) -> vec::Vec<u8> {
     let virt = pools::kernel_memory().virt(PhysRange::new(physical, length as u64).unwrap()).unwrap();
     // SAFETY: mapped memory; the test owns the mapping it reads.
     unsafe { core::slice::from_raw_parts(virt.as_ptr::<u8>(), length) }.to_vec()
 }
 
-fn dma_to_pool_phys(dma: DmaAddr) -> PhysAddr {
+pub(crate) fn dma_to_pool_phys(dma: DmaAddr) -> PhysAddr {
     let pool = &pools::pools()[0];
     let offset = dma.offset_from(pool.bounce.geometry().dma_base).unwrap();
     pool.range.start().add(offset)

@@ -13,4 +13,5 @@ mod memory;
 mod mmu;
 mod msi;
 mod nvme;
+mod smp;
 pub mod virtio;

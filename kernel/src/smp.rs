@@ -1,0 +1,191 @@
+//! Every CPU the devicetree lists, started at boot.
+//!
+//! The loader starts one CPU; the others wait for the kernel (`arch::smp` says how: PSCI
+//! `CPU_ON` on QEMU `virt`, the spin table on a Raspberry Pi 4). Each is started in turn, on a
+//! kernel stack and an exception stack of its own, and says it runs by counting itself online;
+//! the boot CPU waits for that, at most [`START_TIMEOUT`], before starting the next (they
+//! share the block the new CPU reads its set-up from). A CPU that does not come is reported and
+//! left alone: the kernel carries on with those that did.
+//!
+//! Once online a CPU drops the identity map its first instructions needed, records its MPIDR,
+//! and waits with `WFE`, interrupts masked, for work: [`on_every_cpu`] runs one function on
+//! every online CPU at once (the boot CPU too) and returns when all have finished. The waiting
+//! is free of lost wake-ups by the event register: the boot CPU publishes the work, makes the
+//! store visible (`DSB`), then `SEV`s; a CPU that checked just before still finds the event set
+//! and its `WFE` returns at once (Arm ARM D1.6.1, "Wait for Event").
+
+use alloc::vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use core::time::Duration;
+use spin::Mutex;
+
+use addr::VirtAddr;
+use arch::smp::{Method, Stacks};
+use log::{error, info, warn};
+use platform::devicetree::{CpuStart, Devicetree, MAX_CPUS};
+
+/// Each CPU's kernel stack (SP_EL0) and exception stack (SP_EL1).
+const STACK_BYTES: usize = 64 << 10;
+const EXCEPTION_STACK_BYTES: usize = 16 << 10;
+/// How long a CPU may take from being asked to start to counting itself online.
+const START_TIMEOUT: Duration = Duration::from_millis(100);
+/// Written by a CPU that has not said what it is.
+const UNKNOWN: u64 = u64::MAX;
+
+/// CPUs running the kernel, the boot CPU included.
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+/// The MPIDR each CPU read from itself, by its place in the devicetree's list.
+static SEEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(UNKNOWN) }; MAX_CPUS];
+
+/// The work [`on_every_cpu`] hands out, while it waits for it to finish.
+static WORK: Mutex<Option<&'static (dyn Fn(usize) + Sync)>> = Mutex::new(None);
+/// Incremented for each piece of work: a CPU runs work it has not seen.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// CPUs (besides the caller) done with the current work.
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+/// The boot CPU's place in the devicetree's list.
+static BOOT_INDEX: AtomicUsize = AtomicUsize::new(0);
+/// How long the other CPUs may take to finish a piece of work before the kernel stops: they
+/// would still be using what the caller lent them.
+const WORK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many CPUs run the kernel.
+pub fn online() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// The MPIDR the CPU at `index` of the devicetree's list reported, once it runs.
+pub fn seen(index: usize) -> Option<u64> {
+    SEEN.get(index).map(|seen| seen.load(Ordering::Acquire)).filter(|&mpidr| mpidr != UNKNOWN)
+}
+
+/// Starts every CPU of the devicetree but this one, and logs how many run. Not inlined: its
+/// list of CPUs would otherwise join the boot path's already large frame on the boot stack.
+#[inline(never)]
+pub fn start_all(devicetree: &Devicetree<'static>) {
+    let cpus = match devicetree.cpu_list() {
+        Ok(cpus) => cpus,
+        Err(problem) => return error!("cpus: {problem}: only the boot CPU runs"),
+    };
+    // The SGI that wakes a waiting CPU needs a handler, or the first would count as unexpected
+    // and be disabled; the wake-up itself is all it does.
+    match crate::interrupts::register_intid(
+        crate::interrupts::WAKE_SGI,
+        true,
+        "CPU wake-up",
+        alloc::boxed::Box::new(|| {}),
+    ) {
+        Ok(registration) => core::mem::forget(registration),
+        Err(problem) => warn!("cpus: no wake-up SGI ({problem}): waiting CPUs spin on WFE"),
+    }
+    let me = arch::smp::this_cpu_mpidr();
+    for (index, cpu) in cpus.iter().enumerate() {
+        if cpu.mpidr == me {
+            SEEN[index].store(me, Ordering::Release);
+            BOOT_INDEX.store(index, Ordering::Relaxed);
+            continue;
+        }
+        let method = match cpu.start {
+            CpuStart::Psci => match crate::power::psci() {
+                Some(conduit) => Method::Psci(conduit),
+                None => {
+                    warn!("cpus: {} asks for PSCI, which the devicetree does not describe: not started", cpu.name);
+                    continue;
+                }
+            },
+            CpuStart::SpinTable { release } => Method::SpinTable(release),
+            CpuStart::None => {
+                warn!("cpus: {} has no enable-method this kernel knows: not started", cpu.name);
+                continue;
+            }
+        };
+        if let Err(problem) = start_one(index, cpu.mpidr, method) {
+            error!("cpus: {} (MPIDR {:#x}): {problem}", cpu.name, cpu.mpidr);
+        }
+    }
+    info!("cpus: {} of {} online", online(), cpus.len());
+}
+
+/// Starts one CPU and waits until it counts itself online.
+fn start_one(index: usize, mpidr: u64, method: Method) -> Result<(), alloc::string::String> {
+    let stacks = Stacks { kernel_top: stack(STACK_BYTES), exception_top: stack(EXCEPTION_STACK_BYTES) };
+    let before = online();
+    let asked = arch::timer::uptime();
+    // SAFETY: the stacks were just allocated for this CPU alone and are never freed;
+    // `secondary_main` never returns.
+    unsafe { arch::smp::start(mpidr, method, index, stacks, secondary_main) }
+        .map_err(|error| alloc::format!("cannot be started: {error:?}"))?;
+    while online() == before {
+        if arch::timer::uptime() - asked > START_TIMEOUT {
+            return Err(alloc::format!("asked to start by {method:?}, not running after {START_TIMEOUT:?}"));
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// A zeroed stack of `bytes` that lives for good; its top, 16-byte aligned as AAPCS64 wants.
+fn stack(bytes: usize) -> VirtAddr {
+    let memory = vec![0u128; bytes / 16].leak();
+    VirtAddr::from_ptr(memory.as_ptr()).add(bytes as u64)
+}
+
+/// Runs `work(index)` on every online CPU at once, `index` being the CPU's place in the
+/// devicetree's list, and returns when every CPU has finished. A CPU that does not finish
+/// within [`WORK_TIMEOUT`] stops the kernel: it may still be using `work`.
+pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
+    // SAFETY: the reference is handed out only until every CPU has said it finished (below),
+    // and this function does not return before that; so `work` outlives every use.
+    let lent: &'static (dyn Fn(usize) + Sync) = unsafe { core::mem::transmute(work) };
+    let others = online() - 1;
+    FINISHED.store(0, Ordering::Relaxed);
+    *WORK.lock() = Some(lent);
+    GENERATION.fetch_add(1, Ordering::Release);
+    if crate::interrupts::wake_other_cpus().is_err() {
+        arch::smp::wake_all();
+    }
+    work(BOOT_INDEX.load(Ordering::Relaxed));
+    let started = arch::timer::uptime();
+    while FINISHED.load(Ordering::Acquire) < others {
+        if arch::timer::uptime() - started > WORK_TIMEOUT {
+            error!(
+                "cpus: {} of {others} CPUs did not finish their work in {WORK_TIMEOUT:?}",
+                others - FINISHED.load(Ordering::Acquire)
+            );
+            crate::power::stop(crate::power::Outcome::Failure);
+        }
+        core::hint::spin_loop();
+    }
+    *WORK.lock() = None;
+}
+
+/// The first Rust code of a started CPU, at its virtual addresses on its own stacks: brings up
+/// its part of the GIC, counts itself online, then sleeps in `WFI` until woken for work
+/// ([`crate::interrupts::WAKE_SGI`]) and runs it. Without a GIC it waits with `WFE` instead.
+extern "C" fn secondary_main(index: usize) -> ! {
+    arch::mmu::drop_identity_map();
+    if let Some(seen) = SEEN.get(index) {
+        seen.store(arch::smp::this_cpu_mpidr(), Ordering::Release);
+    }
+    let sleeps = crate::interrupts::start_this_cpu(index).is_ok();
+    let mut done = GENERATION.load(Ordering::Acquire);
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+    loop {
+        let new_work = || GENERATION.load(Ordering::Acquire) != done;
+        match sleeps {
+            true => arch::interrupt::wait_until(new_work),
+            false => {
+                while !new_work() {
+                    arch::smp::wait_for_event();
+                }
+            }
+        }
+        done = GENERATION.load(Ordering::Acquire);
+        let work = *WORK.lock();
+        if let Some(work) = work {
+            work(index);
+        }
+        FINISHED.fetch_add(1, Ordering::AcqRel);
+    }
+}
