@@ -8,11 +8,11 @@
 //! left alone: the kernel carries on with those that did.
 //!
 //! Once online a CPU drops the identity map its first instructions needed, records its MPIDR,
-//! and waits with `WFE`, interrupts masked, for work: [`on_every_cpu`] runs one function on
-//! every online CPU at once (the boot CPU too) and returns when all have finished. The waiting
-//! is free of lost wake-ups by the event register: the boot CPU publishes the work, makes the
-//! store visible (`DSB`), then `SEV`s; a CPU that checked just before still finds the event set
-//! and its `WFE` returns at once (Arm ARM D1.6.1, "Wait for Event").
+//! brings up its own part of the GIC and sleeps in `WFI` until [`on_every_cpu`] wakes it with
+//! an SGI to run a function on every online CPU at once (the boot CPU too). The sleep is the
+//! race-free one of `arch::interrupt::wait_until`. Without a GIC a CPU waits with `WFE` for
+//! `SEV` instead; that is not the default because QEMU runs `WFE` as a yield, and a CPU spinning
+//! there made the boot CPU miss device interrupts on a GICv2 (chapter 14).
 
 use alloc::vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
