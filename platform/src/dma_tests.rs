@@ -14,7 +14,7 @@ use crate::dma_config::{
 };
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::{Error as MapError, MemoryMap};
-use crate::tests::{GIB, MIB, assert_free_is_ram_minus_reservations, parse, range, reservation};
+use crate::tests::{GIB, MIB, assert_free_is_ram_minus_reservations, begin_pi4_soc, parse, range, reservation};
 
 const STATIC_POOL: &str = "restricted-dma@50000000";
 const DYNAMIC_POOL: &str = "restricted-dma-dynamic";
@@ -481,11 +481,7 @@ fn pi4_soc() -> Vec<u8> {
     w.property_string("device_type", "memory");
     w.property_cells("reg", &[0, 0, 0x3b40_0000, 1, 0, 0x8000_0000]);
     w.end_node();
-    w.begin_node("soc");
-    w.property_cells("#address-cells", &[1]);
-    w.property_cells("#size-cells", &[1]);
-    w.property_cells("ranges", &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000]);
-    w.property_cells("dma-ranges", &[0xc000_0000, 0, 0, 0x4000_0000]);
+    begin_pi4_soc(&mut w);
     w.begin_node("dma@7e007000");
     w.property_string("compatible", "test,dma-device");
     w.property_cells("reg", &[0x7e00_7000, 0xb00]);

@@ -36,7 +36,7 @@ use addr::PhysAddr;
 
 use crate::fdt_writer::FdtWriter;
 use crate::memmap::MemoryMap;
-use crate::tests::{GIB, MIB, parse, range};
+use crate::tests::{GIB, MIB, begin_pi4_soc, parse, range};
 
 /// A board's `/memory` `reg` cells, and its RAM in total.
 struct Board {
@@ -84,11 +84,7 @@ fn board_tree_with(board: &Board, emmc2_dma_ranges: &[u32]) -> Vec<u8> {
     w.property_string("device_type", "memory");
     w.property_cells("reg", board.memory);
     w.end_node();
-    w.begin_node("soc");
-    w.property_cells("#address-cells", &[1]);
-    w.property_cells("#size-cells", &[1]);
-    w.property_cells("ranges", &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000]);
-    w.property_cells("dma-ranges", &[0xc000_0000, 0, 0, 0x4000_0000]);
+    begin_pi4_soc(&mut w);
     w.begin_node("dma@7e007000");
     w.property_string("compatible", "brcm,bcm2835-dma");
     w.property_cells("reg", &[0x7e00_7000, 0xb00]);

@@ -81,6 +81,17 @@ fn virt_like(memory: bool) -> Vec<u8> {
     w.finish()
 }
 
+/// Opens the Raspberry Pi 4's `/soc` (its children and `end_node` are the caller's): one-cell
+/// bus addresses, `ranges` putting the peripherals' bus 0x7e000000 at CPU 0xfe000000, and
+/// `dma-ranges` showing the first GiB of RAM at bus 0xc0000000 (Linux's `bcm2711.dtsi`).
+pub(crate) fn begin_pi4_soc(w: &mut FdtWriter) {
+    w.begin_node("soc");
+    w.property_cells("#address-cells", &[1]);
+    w.property_cells("#size-cells", &[1]);
+    w.property_cells("ranges", &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000]);
+    w.property_cells("dma-ranges", &[0xc000_0000, 0, 0, 0x4000_0000]);
+}
+
 /// A blob shaped like the Raspberry Pi 4's: one-cell `/soc` addresses translated by `ranges`,
 /// the console named through an alias with options, RAM in two pieces, no PSCI.
 fn pi4_like() -> Vec<u8> {
@@ -100,11 +111,7 @@ fn pi4_like() -> Vec<u8> {
     w.property_string("device_type", "memory");
     w.property_cells("reg", &[1, 0, 0x8000_0000, 0, 0, 0x3b40_0000]);
     w.end_node();
-    w.begin_node("soc");
-    w.property_cells("#address-cells", &[1]);
-    w.property_cells("#size-cells", &[1]);
-    w.property_cells("ranges", &[0x7e00_0000, 0, 0xfe00_0000, 0x180_0000]);
-    w.property_cells("dma-ranges", &[0xc000_0000, 0, 0, 0x4000_0000]);
+    begin_pi4_soc(&mut w);
     w.begin_node("dma@7e007000");
     w.property_string("compatible", "brcm,bcm2835-dma");
     w.property_cells("reg", &[0x7e00_7000, 0xb00]);
