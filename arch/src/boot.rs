@@ -197,6 +197,9 @@ extern "C" fn __virtual_entry() -> ! {
     let state = unsafe { (&raw const BOOT_STATE).read() };
     let image = ImageLayout::current();
     crate::mmu::adopt_boot_tables(&state);
+    // `TPIDR_EL1` resets to an unknown value; the kernel renumbers the boot CPU once it has
+    // read the devicetree's list.
+    crate::smp::set_this_cpu(0);
     let boot = BootInfo {
         entry_el: state.entry_el as u8,
         image: PhysRange::new(PhysAddr::new(state.image_start), image.size()).unwrap_or_else(|| park()),

@@ -81,6 +81,19 @@ pub struct Stacks {
     pub exception_top: VirtAddr,
 }
 
+/// This CPU's number: its place in the devicetree's list of CPUs, as the kernel recorded it
+/// with [`set_this_cpu`] (0 until then). It lives in `TPIDR_EL1`, a register each CPU has
+/// for itself that the hardware never uses (Arm ARM D19.2.150): one read, no memory, no lock;
+/// Linux keeps its per-CPU offset there.
+pub fn this_cpu() -> usize {
+    TPIDR_EL1.get() as usize
+}
+
+/// Records this CPU's number for [`this_cpu`]; each CPU does so once, as soon as it runs.
+pub fn set_this_cpu(index: usize) {
+    TPIDR_EL1.set(index as u64);
+}
+
 /// The MPIDR of this CPU, its affinity fields only (Arm ARM D19.2.87): what the devicetree's
 /// `reg` and PSCI name a CPU by.
 pub fn this_cpu_mpidr() -> u64 {

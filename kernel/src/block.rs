@@ -137,10 +137,35 @@ impl fmt::Display for BlockError {
 
 /// Calls `visit` with every disk the kernel drives: virtio-mmio, virtio-pci, then NVMe.
 pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
-    crate::virtio::with_each_disk(&mut visit);
-    for controller in crate::nvme::controllers() {
-        visit(&mut *controller.lock());
+    for disk in disks() {
+        disk.with(&mut visit);
     }
+}
+
+/// One disk, reachable on its own: [`Disk::with`] holds that disk's lock alone, so CPUs using
+/// different disks at once never wait for each other.
+pub struct Disk(Box<dyn Fn(&mut dyn FnMut(&mut dyn BlockDevice)) + Send + Sync>);
+
+impl Disk {
+    /// A disk reached through `reach`, which calls its argument with the disk, locked.
+    pub fn new(reach: impl Fn(&mut dyn FnMut(&mut dyn BlockDevice)) + Send + Sync + 'static) -> Self {
+        Self(Box::new(reach))
+    }
+
+    /// Calls `visit` with the disk, locked until `visit` returns (not at all if its driver has
+    /// gone).
+    pub fn with(&self, visit: &mut dyn FnMut(&mut dyn BlockDevice)) {
+        (self.0)(visit)
+    }
+}
+
+/// Every disk the kernel drives, in [`with_each_disk`]'s order.
+pub fn disks() -> Vec<Disk> {
+    let mut disks = crate::virtio::disks();
+    for controller in crate::nvme::controllers() {
+        disks.push(Disk::new(move |visit| visit(&mut *controller.lock())));
+    }
+    disks
 }
 
 /// Reads `buffer.len()` bytes from `block` on, in as many requests as the disk's limit needs.

@@ -34,7 +34,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use addr::VirtAddr;
@@ -46,6 +46,9 @@ use log::info;
 use platform::devicetree::Devicetree;
 use platform::interrupts::{GicInterrupt, GicVersion};
 use spin::{Mutex, Once};
+
+use crate::smp::PerCpu;
+use platform::devicetree::MAX_CPUS;
 
 /// What a handler is: a closure, run once per interrupt.
 pub type Handler = Box<dyn FnMut() + Send>;
@@ -68,6 +71,9 @@ struct Registered {
     name: String,
     /// A one-shot [`Line`]: its handler masks the INTID for everyone, so it shares with no one.
     exclusive: bool,
+    /// Edge-triggered (or else level), as it was enabled: a PPI is enabled again so on each CPU
+    /// that starts.
+    edge: bool,
     handler: Handler,
     delivered: u64,
 }
@@ -136,6 +142,9 @@ pub fn start(devicetree: &Devicetree<'_>) -> Result<(), InterruptError> {
         last_unexpected: AtomicU32::new(0),
         timer,
     });
+    if let Some(interrupts) = INTERRUPTS.get() {
+        SGI_TARGETS.mine().store(interrupts.gic.lock().sgi_target_of_this_cpu(), Ordering::Release);
+    }
     arch::interrupt::set_handler(handle);
     arch::interrupt::unmask();
     start_its(&description);
@@ -159,28 +168,36 @@ fn start_its(description: &platform::interrupts::Gic<'_>) {
     }
 }
 
-/// Timer interrupts taken since boot.
-static TIMER_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
-/// Whether the timer interrupt was seen to arrive, so that sleeping with `WFI` ends.
-static TIMER_WORKS: AtomicBool = AtomicBool::new(false);
+/// Timer interrupts each CPU has taken since it started. Every CPU has a virtual timer of its
+/// own, raising the same PPI at its own GIC interface.
+static TIMER_INTERRUPTS: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+/// Whether each CPU saw its timer interrupt arrive, so that its sleeps in `WFI` end.
+static TIMER_WORKS: PerCpu<AtomicBool> = PerCpu::new([const { AtomicBool::new(false) }; MAX_CPUS]);
 /// The timer's registration, kept for the kernel's lifetime.
 static TIMER: Once<Registration> = Once::new();
 
-/// Registers the virtual timer's handler and checks that its interrupt arrives: one 1 ms away,
-/// waited for by polling (at most [`TIMER_CHECK`]). Until it has, [`wait_for`] polls instead of
-/// sleeping, since a `WFI` that nothing ends is a hang.
+/// Registers the virtual timer's handler, for every CPU, and checks this CPU's timer.
 fn start_timer() -> Result<(), InterruptError> {
     let Some(timer) = timer_interrupt() else {
         log::warn!("interrupts: the devicetree has no arm,armv8-timer node: waits poll instead of sleeping");
         return Ok(());
     };
     let handler = Box::new(|| {
-        // Level-sensitive: lowered only by disabling the timer (or moving its deadline).
+        // Level-sensitive: lowered only by disabling the timer (or moving its deadline). The
+        // timer and the count are those of the CPU taking the interrupt: a PPI is its own.
         arch::timer::stop();
-        TIMER_INTERRUPTS.fetch_add(1, Ordering::Release);
+        TIMER_INTERRUPTS.mine().fetch_add(1, Ordering::Release);
     });
     let registration = register(timer, "virtual timer", handler)?;
     TIMER.call_once(|| registration);
+    check_this_cpus_timer(timer);
+    Ok(())
+}
+
+/// Checks that this CPU's timer interrupt arrives: one 1 ms away, waited for by polling (at
+/// most [`TIMER_CHECK`]). Until it has, [`wait_for`] polls on this CPU instead of sleeping,
+/// since a `WFI` that nothing ends is a hang.
+fn check_this_cpus_timer(timer: GicInterrupt) {
     let before = timer_interrupts();
     let started = arch::timer::uptime();
     arch::timer::fire_at(arch::timer::ticks_after(Duration::from_millis(1)));
@@ -190,25 +207,25 @@ fn start_timer() -> Result<(), InterruptError> {
     if timer_interrupts() == before {
         arch::timer::stop();
         log::error!(
-            "interrupts: the timer interrupt ({timer}) did not arrive within {TIMER_CHECK:?}: waits poll instead of sleeping"
+            "interrupts: CPU {}'s timer interrupt ({timer}) did not arrive within {TIMER_CHECK:?}: its waits poll instead of sleeping",
+            arch::smp::this_cpu()
         );
-        return Ok(());
+        return;
     }
-    TIMER_WORKS.store(true, Ordering::Release);
-    Ok(())
+    TIMER_WORKS.mine().store(true, Ordering::Release);
 }
 
 /// How long the boot check waits for the timer's first interrupt.
 const TIMER_CHECK: Duration = Duration::from_millis(100);
 
-/// Timer interrupts taken since boot.
+/// Timer interrupts this CPU has taken since it started.
 pub fn timer_interrupts() -> u64 {
-    TIMER_INTERRUPTS.load(Ordering::Acquire)
+    TIMER_INTERRUPTS.mine().load(Ordering::Acquire)
 }
 
-/// Whether waits sleep (`WFI`, woken by interrupts) rather than poll.
+/// Whether this CPU's waits sleep (`WFI`, woken by interrupts) rather than poll.
 pub fn waits_sleep() -> bool {
-    TIMER_WORKS.load(Ordering::Acquire)
+    TIMER_WORKS.mine().load(Ordering::Acquire)
 }
 
 /// Waits until `done` holds or `timeout` has passed, and says whether `done` held. The CPU
@@ -363,7 +380,7 @@ fn register_as(
                 .enable(intid, edge)
                 .map_err(|problem| InterruptError::CannotEnable { intid, problem })?;
         }
-        handlers.entry(intid).or_default().push(Registered { id, name: name.into(), exclusive, handler, delivered: 0 });
+        handlers.entry(intid).or_default().push(Registered { id, name: name.into(), exclusive, edge, handler, delivered: 0 });
         Ok(Registration { intid, id })
     })
 }
@@ -379,10 +396,22 @@ fn register_as(
 /// a handler that is not.
 pub struct Line {
     registration: Registration,
-    fired: Arc<AtomicU64>,
+    shared: Arc<LineState>,
     seen: u64,
     edge: bool,
 }
+
+/// What a line's handler and its driver share.
+struct LineState {
+    /// Interrupts taken.
+    fired: AtomicU64,
+    /// The CPU sleeping until the line fires, or [`NO_CPU`]. The GIC delivers the interrupt to
+    /// whichever CPU it routes it to; if that is another, the handler wakes this one.
+    waiter: AtomicUsize,
+}
+
+/// No CPU waits on the line.
+const NO_CPU: usize = usize::MAX;
 
 impl Line {
     /// Registers the line's handler and enables it.
@@ -399,16 +428,22 @@ impl Line {
     /// LPI could not be masked from a handler anyway: that takes ITS commands). A level is
     /// masked until the driver has lowered it.
     fn on(intid: u32, edge: bool, name: &str) -> Result<Self, InterruptError> {
-        let fired = Arc::new(AtomicU64::new(0));
-        let count = fired.clone();
+        let shared = Arc::new(LineState { fired: AtomicU64::new(0), waiter: AtomicUsize::new(NO_CPU) });
+        let state = shared.clone();
         let handler = Box::new(move || {
             if !edge {
                 mask_in_handler(intid);
             }
-            count.fetch_add(1, Ordering::Release);
+            // Sequentially consistent, with the waiter's store and load in `Line::wait`: either
+            // it sees this count before it sleeps, or this sees it waiting and wakes it.
+            state.fired.fetch_add(1, Ordering::SeqCst);
+            let waiter = state.waiter.load(Ordering::SeqCst);
+            if waiter != NO_CPU && waiter != arch::smp::this_cpu() {
+                wake_cpu(waiter);
+            }
         });
         let registration = register_as(intid, edge, name, handler, true)?;
-        Ok(Self { registration, fired, seen: 0, edge })
+        Ok(Self { registration, shared, seen: 0, edge })
     }
 
     /// The INTID.
@@ -418,7 +453,7 @@ impl Line {
 
     /// How many times the line has fired.
     pub fn fired(&self) -> u64 {
-        self.fired.load(Ordering::Acquire)
+        self.shared.fired.load(Ordering::Acquire)
     }
 
     /// Waits until `done` holds or the uptime reaches `deadline`, sleeping between
@@ -446,9 +481,12 @@ impl Line {
             if now >= deadline {
                 return false;
             }
-            let fired = &self.fired;
+            let state = &self.shared;
             let seen = self.seen;
-            wait_for(deadline - now, || fired.load(Ordering::Acquire) > seen || done());
+            // Said before the check in `wait_for`, which a handler's wake-up then cannot miss.
+            state.waiter.store(arch::smp::this_cpu(), Ordering::SeqCst);
+            wait_for(deadline - now, || state.fired.load(Ordering::SeqCst) > seen || done());
+            state.waiter.store(NO_CPU, Ordering::Relaxed);
         }
     }
 
@@ -483,12 +521,45 @@ pub fn raise_sgi_on_self(sgi: u32) -> Result<(), InterruptError> {
 /// SGIs 1 and 2.
 pub const WAKE_SGI: u32 = 8;
 
-/// Brings up this CPU's own GIC interface (a CPU started after boot, `index` its place in the
-/// devicetree's list), so that it can sleep in `WFI` and be woken by [`wake_other_cpus`].
+/// Brings up this CPU's own part of the GIC (a CPU started after boot, `index` its place in the
+/// devicetree's list): its interface, the PPIs registered so far (its own timer's), which each
+/// CPU enables for itself, and its SGIs, so that it can sleep in `WFI` and be woken by
+/// [`wake_other_cpus`] or [`wake_cpu`]. Then takes IRQs and checks its timer interrupt comes.
 pub fn start_this_cpu(index: usize) -> Result<(), InterruptError> {
     let interrupts = INTERRUPTS.get().ok_or(InterruptError::NotStarted)?;
-    arch::interrupt::without(|| interrupts.gic.lock().bring_up_this_cpu(index));
+    arch::interrupt::without(|| {
+        let handlers = interrupts.handlers.lock();
+        let mut gic = interrupts.gic.lock();
+        gic.bring_up_this_cpu(index);
+        SGI_TARGETS.mine().store(gic.sgi_target_of_this_cpu(), Ordering::Release);
+        let private = handlers.iter().filter(|(intid, _)| (PPI_FIRST..SPI_FIRST).contains(*intid));
+        for (&intid, sharers) in private {
+            let edge = sharers.first().is_some_and(|entry| entry.edge);
+            gic.enable(intid, edge).map_err(|problem| InterruptError::CannotEnable { intid, problem })?;
+        }
+        Ok(())
+    })?;
+    arch::interrupt::unmask();
+    if let Some(timer) = interrupts.timer {
+        check_this_cpus_timer(timer);
+    }
     Ok(())
+}
+
+/// The first PPI and the first SPI (IHI 0069, 2.2.1): the INTIDs between are each CPU's own.
+const PPI_FIRST: u32 = 16;
+const SPI_FIRST: u32 = 32;
+
+/// How [`wake_cpu`] names each CPU to the GIC: a GICv3's affinity, a GICv2's CPU interface bit.
+static SGI_TARGETS: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+
+/// Raises [`WAKE_SGI`] on CPU `cpu` (its place in the devicetree's list) alone: an interrupt
+/// handler on one CPU wakes a driver sleeping on another, as Linux's `wake_up` sends the
+/// sleeper's CPU a reschedule IPI.
+pub fn wake_cpu(cpu: usize) {
+    let (Some(interrupts), Some(target)) = (INTERRUPTS.get(), SGI_TARGETS.of(cpu)) else { return };
+    let target = target.load(Ordering::Acquire);
+    arch::interrupt::without(|| interrupts.gic.lock().raise_sgi_on(WAKE_SGI, target));
 }
 
 /// Raises [`WAKE_SGI`] on every other CPU.
@@ -567,6 +638,17 @@ fn this_cpu_affinity() -> u64 {
     arch::smp::this_cpu_mpidr()
 }
 
+/// The GICv3 SGI target that is the one CPU of affinity `mpidr` (`ICC_SGI1R_EL1`, IHI 0069,
+/// 12.11.22: Aff3.Aff2.Aff1 name a cluster, the target list a bit per Aff0 in it).
+fn affinity_target(mpidr: u64) -> arm_gic::gicv3::SgiTarget {
+    arm_gic::gicv3::SgiTarget::List {
+        affinity3: (mpidr >> 32) as u8,
+        affinity2: (mpidr >> 16) as u8,
+        affinity1: (mpidr >> 8) as u8,
+        target_list: 1 << (mpidr & 0xf),
+    }
+}
+
 /// `GICD_ITARGETSR<n>` (IHI 0048B, 4.3.12): one byte per INTID, the CPUs a GICv2 SPI goes to.
 const GICD_ITARGETSR: u64 = 0x800;
 
@@ -624,11 +706,11 @@ impl Gic {
                 // Device memory in the kernel's device window; this is the only driver for them.
                 let gic = unsafe { GicV3::new(UniqueMmioPointer::new(distributor), redistributors, cpus) };
                 let mut gic = gic.map_err(|error| InterruptError::NoController(format!("{error}")))?;
-                gic.setup(0);
+                gic.setup(arch::smp::this_cpu());
                 // SGIs are raised only by software. A GICv2 always delivers them; a GICv3
                 // only if enabled, so enable all sixteen alike.
                 for sgi in 0..IntId::SGI_COUNT {
-                    let _ = gic.enable_interrupt(IntId::sgi(sgi), Some(0), true);
+                    let _ = gic.enable_interrupt(IntId::sgi(sgi), Some(arch::smp::this_cpu()), true);
                 }
                 // Let every priority through the CPU interface (`ICC_PMR_EL1` resets to 0,
                 // which masks them all; GICv2's `setup` sets `GICC_PMR` itself).
@@ -722,14 +804,14 @@ impl Gic {
             }
             Self::V3(gic) => {
                 if id.is_spi() {
-                    gic.set_trigger(id, Some(0), trigger).map_err(|error| format!("{error}"))?;
+                    gic.set_trigger(id, Some(arch::smp::this_cpu()), trigger).map_err(|error| format!("{error}"))?;
                     // `GICD_IROUTER` resets to an UNKNOWN value (IHI 0069, 12.9.22): route to
                     // the CPU running this.
                     let routing = gic.distributor().set_routing(id, Some(this_cpu_affinity()));
                     routing.map_err(|error| format!("{error}"))?;
                 }
-                gic.set_interrupt_priority(id, Some(0), 0x80).map_err(|error| format!("{error}"))?;
-                gic.enable_interrupt(id, Some(0), true).map_err(|error| format!("{error}"))
+                gic.set_interrupt_priority(id, Some(arch::smp::this_cpu()), 0x80).map_err(|error| format!("{error}"))?;
+                gic.enable_interrupt(id, Some(arch::smp::this_cpu()), true).map_err(|error| format!("{error}"))
             }
         }
     }
@@ -742,7 +824,7 @@ impl Gic {
         let id = IntId::try_from(intid).map_err(|_| format!("{intid} is not an INTID"))?;
         match self {
             Self::V2(gic, _) => gic.enable_interrupt(id, true).map_err(|error| format!("{error}")),
-            Self::V3(gic) => gic.enable_interrupt(id, Some(0), true).map_err(|error| format!("{error}")),
+            Self::V3(gic) => gic.enable_interrupt(id, Some(arch::smp::this_cpu()), true).map_err(|error| format!("{error}")),
         }
     }
 
@@ -755,7 +837,7 @@ impl Gic {
         // Disabling an INTID the GIC implements cannot fail; one it does not was never enabled.
         let _ = match self {
             Self::V2(gic, _) => gic.enable_interrupt(id, false).map_err(|_| ()),
-            Self::V3(gic) => gic.enable_interrupt(id, Some(0), false).map_err(|_| ()),
+            Self::V3(gic) => gic.enable_interrupt(id, Some(arch::smp::this_cpu()), false).map_err(|_| ()),
         };
     }
 
@@ -788,6 +870,37 @@ impl Gic {
         }
     }
 
+    /// How this CPU is named as an SGI's target: on a GICv3 its affinity (MPIDR); on a GICv2
+    /// its CPU interface's bit, which `GICD_ITARGETSR0` reads as for the reading CPU (IHI
+    /// 0048B, 4.3.12).
+    fn sgi_target_of_this_cpu(&self) -> u64 {
+        match self {
+            // SAFETY: the distributor is mapped as Device memory for the kernel's lifetime;
+            // GICD_ITARGETSR0 is byte-readable and banked per CPU.
+            Self::V2(_, distributor) => u64::from(unsafe { distributor.add(GICD_ITARGETSR).as_ptr::<u8>().read_volatile() }),
+            Self::V3(_) => this_cpu_affinity(),
+        }
+    }
+
+    /// Raises SGI `sgi` on the one CPU `target` names ([`Self::sgi_target_of_this_cpu`]).
+    fn raise_sgi_on(&mut self, sgi: u32, target: u64) {
+        let id = IntId::sgi(sgi);
+        match self {
+            Self::V2(gic, _) => {
+                let filter = arm_gic::gicv2::SgiTargetListFilter::CPUTargetList;
+                gic.send_sgi(id, arm_gic::gicv2::SgiTarget::List { target_list_filter: filter, target_list: target as u16 });
+            }
+            Self::V3(_) => {
+                // An SGI number is always valid, the only error `send_sgi` reports.
+                let _ = arm_gic::gicv3::GicCpuInterface::send_sgi(
+                    id,
+                    affinity_target(target),
+                    arm_gic::gicv3::SgiTargetGroup::CurrentGroup1,
+                );
+            }
+        }
+    }
+
     fn raise_sgi_on_self(&mut self, sgi: u32) -> Result<(), InterruptError> {
         let not_sgi = || InterruptError::CannotEnable { intid: sgi, problem: "not an SGI (0-15)".into() };
         let id = IntId::try_from(sgi).ok().filter(|id| id.is_sgi()).ok_or_else(not_sgi)?;
@@ -801,13 +914,7 @@ impl Gic {
                 Ok(())
             }
             Self::V3(_) => {
-                let mpidr = this_cpu_affinity();
-                let target = arm_gic::gicv3::SgiTarget::List {
-                    affinity3: (mpidr >> 32) as u8,
-                    affinity2: (mpidr >> 16) as u8,
-                    affinity1: (mpidr >> 8) as u8,
-                    target_list: 1 << (mpidr & 0xf),
-                };
+                let target = affinity_target(this_cpu_affinity());
                 arm_gic::gicv3::GicCpuInterface::send_sgi(id, target, arm_gic::gicv3::SgiTargetGroup::CurrentGroup1)
                     .map_err(|error| InterruptError::CannotEnable { intid: sgi, problem: format!("{error}") })
             }

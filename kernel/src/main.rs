@@ -185,6 +185,7 @@ fn describe_machine(boot: BootInfo, devicetree: Devicetree<'static>) -> Result<(
     info!("timer: {} Hz", arch::timer::frequency());
     info!("kernel image: {} (linked at {:#x})", boot.image, arch::layout::KERNEL_IMAGE_BASE);
     info!("devicetree: {} ({} bytes in use)", boot.devicetree, devicetree.size_in_bytes());
+    smp::number_boot_cpu(&devicetree);
     let plan = dma_platform::pools::plan(&devicetree)?;
     let memory = memory::init(&boot, &devicetree, &plan)?;
     if let Err(problem) = interrupts::start(&devicetree) {

@@ -44,11 +44,34 @@ static WORK: Mutex<Option<&'static (dyn Fn(usize) + Sync)>> = Mutex::new(None);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// CPUs (besides the caller) done with the current work.
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
-/// The boot CPU's place in the devicetree's list.
-static BOOT_INDEX: AtomicUsize = AtomicUsize::new(0);
+/// CPUs the devicetree lists, whether or not they start (1 if the list cannot be read).
+static LISTED: AtomicUsize = AtomicUsize::new(1);
 /// How long the other CPUs may take to finish a piece of work before the kernel stops: they
 /// would still be using what the caller lent them.
 const WORK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One `T` per CPU, each CPU using its own: the kernel's per-CPU data. A CPU finds its own by
+/// its number ([`arch::smp::this_cpu`], kept in a register of its own), so reaching it takes no
+/// lock and no CPU writes another's cache line by accident of sharing one variable.
+pub struct PerCpu<T>([T; MAX_CPUS]);
+
+impl<T> PerCpu<T> {
+    /// Each CPU's starting value, in the devicetree's order.
+    pub const fn new(each: [T; MAX_CPUS]) -> Self {
+        Self(each)
+    }
+
+    /// The running CPU's own.
+    pub fn mine(&self) -> &T {
+        // A CPU's number is its place in the devicetree's list, which holds at most MAX_CPUS.
+        &self.0[arch::smp::this_cpu() % MAX_CPUS]
+    }
+
+    /// CPU `cpu`'s (its place in the devicetree's list), if there can be such a CPU.
+    pub fn of(&self, cpu: usize) -> Option<&T> {
+        self.0.get(cpu)
+    }
+}
 
 /// How many CPUs run the kernel.
 pub fn online() -> usize {
@@ -58,6 +81,24 @@ pub fn online() -> usize {
 /// The MPIDR the CPU at `index` of the devicetree's list reported, once it runs.
 pub fn seen(index: usize) -> Option<u64> {
     SEEN.get(index).map(|seen| seen.load(Ordering::Acquire)).filter(|&mpidr| mpidr != UNKNOWN)
+}
+
+/// How many CPUs the devicetree lists: what per-CPU structures (the bounce pools' areas) are
+/// sized for, before the others start.
+pub fn listed() -> usize {
+    LISTED.load(Ordering::Relaxed)
+}
+
+/// Numbers the boot CPU by its place in the devicetree's list, as every other CPU is numbered
+/// ([`arch::smp::this_cpu`]), and records how many the list names. Runs before anything keeps
+/// per-CPU state.
+pub fn number_boot_cpu(devicetree: &Devicetree<'static>) {
+    let Ok(cpus) = devicetree.cpu_list() else { return };
+    let me = arch::smp::this_cpu_mpidr();
+    if let Some(index) = cpus.iter().position(|cpu| cpu.mpidr == me) {
+        arch::smp::set_this_cpu(index);
+    }
+    LISTED.store(cpus.len().max(1), Ordering::Relaxed);
 }
 
 /// Starts every CPU of the devicetree but this one, and logs how many run. Not inlined: its
@@ -83,7 +124,6 @@ pub fn start_all(devicetree: &Devicetree<'static>) {
     for (index, cpu) in cpus.iter().enumerate() {
         if cpu.mpidr == me {
             SEEN[index].store(me, Ordering::Release);
-            BOOT_INDEX.store(index, Ordering::Relaxed);
             continue;
         }
         let method = match cpu.start {
@@ -145,7 +185,7 @@ pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
     if crate::interrupts::wake_other_cpus().is_err() {
         arch::smp::wake_all();
     }
-    work(BOOT_INDEX.load(Ordering::Relaxed));
+    work(arch::smp::this_cpu());
     let started = arch::timer::uptime();
     while FINISHED.load(Ordering::Acquire) < others {
         if arch::timer::uptime() - started > WORK_TIMEOUT {
@@ -164,6 +204,7 @@ pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
 /// its part of the GIC, counts itself online, then sleeps in `WFI` until woken for work
 /// ([`crate::interrupts::WAKE_SGI`]) and runs it. Without a GIC it waits with `WFE` instead.
 extern "C" fn secondary_main(index: usize) -> ! {
+    arch::smp::set_this_cpu(index);
     arch::mmu::drop_identity_map();
     if let Some(seen) = SEEN.get(index) {
         seen.store(arch::smp::this_cpu_mpidr(), Ordering::Release);

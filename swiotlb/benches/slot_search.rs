@@ -353,7 +353,7 @@ impl WholePool {
         // per new page would be counted as the pool's cost (it grows with the pool).
         memory.fill(PhysAddr::new(RAM_PHYS), (POOL_PHYS - RAM_PHYS + bytes) as usize, 0);
         let range = PhysRange::new(PhysAddr::new(POOL_PHYS), bytes).unwrap();
-        let config = PoolConfig { areas: AREAS, segment_slots: SEGMENT };
+        let config = PoolConfig { areas: AREAS, segment_slots: SEGMENT, ..PoolConfig::default() };
         Self { pool: BouncePool::new(memory, range, DmaAddr::new(POOL_PHYS), config).unwrap() }
     }
 }

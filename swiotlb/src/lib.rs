@@ -63,7 +63,7 @@ pub use error::{DmaError, FailureReason, MaskKind, PoolError, RegionKind};
 pub use memory::{HeapMemory, PhysMemory};
 pub use placement::Placement;
 pub use pool::{BouncePool, CoherentBuffer, Mapping, PoolConfig};
-pub use slots::{Area, Geometry, Reserved, SlotAllocator};
+pub use slots::{Area, FirstArea, Geometry, Reserved, SlotAllocator};
 pub use stats::{Failures, Stats};
 
 /// Size of one slot (Linux: `IO_TLB_SIZE`).

@@ -24,22 +24,41 @@ use crate::error::{DmaError, MaskKind, PoolError, RegionKind};
 use crate::limits::max_mapping_size;
 use crate::memory::PhysMemory;
 use crate::placement::Placement;
-use crate::slots::{Area, Geometry, Reserved, SlotAllocator};
+use crate::slots::{Area, FirstArea, Geometry, Reserved, SlotAllocator};
 use crate::stats::{Counters, Stats};
 use crate::{DEFAULT_SEGMENT_SLOTS, DmaAddr, PAGE_SIZE, PhysAddr, PhysRange, SLOT_SHIFT, SLOT_SIZE, VirtAddr};
 
 /// How to cut a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct PoolConfig {
     /// Number of areas, a power of two dividing the slot count (Linux: one per CPU).
     pub areas: usize,
     /// Largest region in slots, a power of two of at least one page (Linux: 128, 256 KiB).
     pub segment_slots: usize,
+    /// Which area a map tries first.
+    pub first_area: FirstArea,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { areas: 1, segment_slots: DEFAULT_SEGMENT_SLOTS }
+        Self { areas: 1, segment_slots: DEFAULT_SEGMENT_SLOTS, first_area: FirstArea::Rotating }
+    }
+}
+
+impl PoolConfig {
+    /// A pool of `pool_bytes` cut as Linux cuts its own for `cpus` CPUs: one area per CPU, the
+    /// count rounded up to a power of two (`swiotlb_adjust_nareas`), then halved until every
+    /// area holds at least one segment (`limit_nareas`), so that the largest mapping still fits
+    /// an empty area, and until the areas divide the slots. A map starts in the area of the CPU
+    /// `this_cpu` names, so CPUs mapping at once take different locks.
+    pub fn per_cpu(cpus: usize, pool_bytes: u64, this_cpu: fn() -> usize) -> Self {
+        let segment_slots = DEFAULT_SEGMENT_SLOTS;
+        let slots = usize::try_from(pool_bytes >> SLOT_SHIFT).unwrap_or(usize::MAX);
+        let mut areas = cpus.max(1).checked_next_power_of_two().unwrap_or(1);
+        while areas > 1 && (slots / areas < segment_slots || !slots.is_multiple_of(areas)) {
+            areas /= 2;
+        }
+        Self { areas, segment_slots, first_area: FirstArea::OfCpu(this_cpu) }
     }
 }
 
@@ -153,7 +172,8 @@ impl<M: PhysMemory> BouncePool<M> {
         }
         let geometry = Geometry::new(dma_base, slots, config.areas, config.segment_slots)?;
         let pointer = memory.window(start, slots * SLOT_SIZE).ok_or(PoolError::Unreachable { phys: start, size })?;
-        let slots = SlotAllocator::new(geometry, |area_slots| Book { records: vec![None; area_slots] });
+        let slots = SlotAllocator::new(geometry, |area_slots| Book { records: vec![None; area_slots] })
+            .first_area(config.first_area);
         Ok(Self { memory, phys, bytes: PoolBytes(pointer), slots, counters: Counters::default() })
     }
 

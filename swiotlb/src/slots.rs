@@ -327,10 +327,23 @@ fn every_nth_bit(n: u64) -> u64 {
     if n == 64 { 1 } else { u64::MAX / ((1u64 << n) - 1) }
 }
 
+/// Which area a search tries first; it then tries the others in turn, wrapping around.
+#[derive(Clone, Copy, Debug)]
+pub enum FirstArea {
+    /// Each search one area further than the last: a pool that knows nothing of CPUs spreads
+    /// its regions over the areas.
+    Rotating,
+    /// The area of the CPU that searches: the function returns its number, taken modulo the
+    /// area count (Linux: `raw_smp_processor_id() & (nareas - 1)`). CPUs mapping at once then
+    /// take different areas' locks, and a CPU finds its own last region's cursor.
+    OfCpu(fn() -> usize),
+}
+
 /// Slots grouped in areas, each behind its own lock with bookkeeping of type `T`.
 pub struct SlotAllocator<T> {
     geometry: Geometry,
     areas: Box<[Mutex<Area<T>>]>,
+    first_area: FirstArea,
     next_area: AtomicUsize,
 }
 
@@ -353,7 +366,12 @@ impl<T> SlotAllocator<T> {
                 })
             })
             .collect();
-        Self { geometry, areas, next_area: AtomicUsize::new(0) }
+        Self { geometry, areas, first_area: FirstArea::Rotating, next_area: AtomicUsize::new(0) }
+    }
+
+    /// The same allocator, its searches starting as `first_area` says.
+    pub fn first_area(self, first_area: FirstArea) -> Self {
+        Self { first_area, ..self }
     }
 
     /// How the pool is cut.
@@ -362,11 +380,14 @@ impl<T> SlotAllocator<T> {
     }
 
     /// Find and take a run of slots for `placement`, then run `record` on the area's
-    /// bookkeeping while its lock is still held. Areas are tried round-robin from a rotating
-    /// start, as CPUs start from their own area in Linux.
+    /// bookkeeping while its lock is still held. Areas are tried in turn from the one
+    /// [`FirstArea`] picks, so a search that fails has looked at every area.
     pub fn reserve<R>(&self, placement: &Placement, record: impl FnOnce(&mut Area<T>, Reserved) -> R) -> Option<R> {
         let count = self.areas.len();
-        let start = self.next_area.fetch_add(1, Ordering::Relaxed) & (count - 1);
+        let start = match self.first_area {
+            FirstArea::Rotating => self.next_area.fetch_add(1, Ordering::Relaxed),
+            FirstArea::OfCpu(this_cpu) => this_cpu(),
+        } & (count - 1);
         for step in 0..count {
             let mut area = self.areas[(start + step) & (count - 1)].lock();
             if let Some(reserved) = area.reserve(placement) {

@@ -104,3 +104,64 @@ fn threads_sharing_a_pool_never_share_slots() {
     assert_eq!(stats.slots_in_use, 0, "every slot released");
     assert_eq!(stats.maps, (THREADS * ROUNDS) as u64);
 }
+
+std::thread_local! {
+    /// The "CPU" a test thread plays.
+    static CPU: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn this_cpu() -> usize {
+    CPU.with(std::cell::Cell::get)
+}
+
+#[test]
+fn a_pool_cut_per_cpu_has_one_area_per_cpu_while_each_holds_a_segment() {
+    let areas = |cpus, bytes| PoolConfig::per_cpu(cpus, bytes, this_cpu).areas;
+    assert_eq!(areas(1, 4 << 20), 1);
+    assert_eq!(areas(2, 4 << 20), 2);
+    assert_eq!(areas(3, 4 << 20), 4, "rounded up to a power of two, as Linux does");
+    // 1 MiB is 512 slots: eight areas would hold 64 slots each, less than a 128-slot segment.
+    assert_eq!(areas(8, 1 << 20), 4);
+    // 128 KiB is 64 slots, less than one segment: one area, or the largest map would not fit.
+    assert_eq!(areas(4, 128 << 10), 1);
+    // An odd number of slots cannot be split evenly.
+    assert_eq!(areas(2, (4 << 20) + 2048), 1);
+    assert_eq!(areas(0, 4 << 20), 1, "no CPU listed still gives the pool an area");
+}
+
+#[test]
+fn each_cpu_maps_in_its_own_area_first_and_moves_on_when_it_is_full() {
+    const CPUS: usize = 4;
+    let ram = SharedRam::new((PER_THREAD + POOL_SIZE) as usize);
+    let pool_start = PhysAddr::new(RAM_BASE + PER_THREAD);
+    let pool_range = PhysRange::new(pool_start, POOL_SIZE).unwrap();
+    let config = PoolConfig::per_cpu(CPUS, POOL_SIZE, this_cpu);
+    assert_eq!(config.areas, CPUS);
+    let pool = BouncePool::new(ram, pool_range, DmaAddr::new(pool_start.as_u64()), config).unwrap();
+    let area_bytes = POOL_SIZE / CPUS as u64;
+    let area_of = |dma: DmaAddr| ((dma.as_u64() - pool_start.as_u64()) / area_bytes) as usize;
+    let buffer = PhysAddr::new(RAM_BASE);
+    std::thread::scope(|scope| {
+        for cpu in 0..CPUS {
+            let pool = &pool;
+            scope.spawn(move || {
+                CPU.with(|own| own.set(cpu));
+                let mapping = pool.map(buffer, 4096, DmaDirection::ToDevice, &Constraints::NONE).unwrap();
+                assert_eq!(area_of(mapping.dma), cpu, "CPU {cpu} mapped at {:?}", mapping.dma);
+                pool.unmap(mapping.dma, 4096).unwrap();
+            });
+        }
+    });
+    // CPU 1 fills its own area a page at a time; its next map goes to area 2.
+    CPU.with(|own| own.set(1));
+    let fill: Vec<_> = (0..area_bytes / 4096)
+        .map(|_| pool.map(buffer, 4096, DmaDirection::ToDevice, &Constraints::NONE).unwrap())
+        .collect();
+    assert!(fill.iter().all(|mapping| area_of(mapping.dma) == 1), "the area of CPU 1 filled first");
+    let spilled = pool.map(buffer, 4096, DmaDirection::ToDevice, &Constraints::NONE).unwrap();
+    assert_eq!(area_of(spilled.dma), 2, "the next area in turn once CPU 1's is full");
+    for mapping in fill.iter().chain([&spilled]) {
+        pool.unmap(mapping.dma, mapping.size).unwrap();
+    }
+    assert_eq!(pool.stats().slots_in_use, 0);
+}

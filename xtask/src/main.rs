@@ -92,6 +92,9 @@ enum Command {
         /// The interrupt controller [default: 3 with an IOMMU, else 2]. virt only.
         #[arg(long, value_enum)]
         gic: Option<qemu::GicVersion>,
+        /// How many CPUs (`-smp`) [default: 2]; the kernel starts every one. virt only.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
+        cpus: Option<u32>,
         /// The network card's backend [default: user]; `silent` never takes a packet. virt only.
         #[arg(long, value_enum)]
         net: Option<qemu::Network>,
@@ -198,6 +201,7 @@ fn main() -> ExitCode {
             net,
             stdout_path,
             gic,
+            cpus,
             append,
             qemu_args,
         } => {
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
                 ("--net", net.is_some()),
                 ("--stdout-path", stdout_path.is_some()),
                 ("--gic", gic.is_some()),
+                ("--cpus", cpus.is_some()),
             ];
             let run = if test { qemu::Run::Tests } else { qemu::Run::Demo };
             let machine = match board {
@@ -229,6 +234,7 @@ fn main() -> ExitCode {
                     virt.network = net.unwrap_or(virt.network);
                     virt.stdout = stdout_path.unwrap_or(virt.stdout);
                     virt.gic = gic.unwrap_or(virt.gic);
+                    virt.cpus = cpus.unwrap_or(virt.cpus);
                     Ok(qemu::Machine::virt(virt, cpu.as_deref().unwrap_or("cortex-a72")))
                 }
             };

@@ -36,6 +36,8 @@ pub struct Virt {
     pub network: Network,
     pub stdout: StdoutPath,
     pub gic: GicVersion,
+    /// CPUs (`-smp`).
+    pub cpus: u32,
 }
 
 impl Virt {
@@ -51,6 +53,7 @@ impl Virt {
             network: Network::User,
             stdout: StdoutPath::AsQemuWroteIt,
             gic: if iommu.is_some() { GicVersion::V3 } else { GicVersion::V2 },
+            cpus: 2,
         }
     }
 }
@@ -210,6 +213,9 @@ impl Machine {
                 if virt.stdout != standard.stdout {
                     name.push_str(&format!(", stdout-path {}", devicetree::MISSING_CONSOLE));
                 }
+                if virt.cpus != standard.cpus {
+                    name.push_str(&format!(", {} CPUs", virt.cpus));
+                }
                 if virt.gic != standard.gic {
                     name.push_str(&format!(", GICv{}", if virt.gic == GicVersion::V3 { 3 } else { 2 }));
                 }
@@ -283,8 +289,12 @@ impl Machine {
 
     /// The machine without its devices: what the devicetree dump and the boot share.
     fn base_arguments(&self) -> Vec<String> {
+        let cpus = match &self.board {
+            Board::Virt(virt) => virt.cpus.to_string(),
+            Board::Raspi4b { .. } => String::new(),
+        };
         let arguments: &[&str] = match self.board {
-            Board::Virt { .. } => &["-cpu", &self.cpu, "-smp", "2", "-m", "1G", "-serial", "mon:stdio"],
+            Board::Virt { .. } => &["-cpu", &self.cpu, "-smp", &cpus, "-m", "1G", "-serial", "mon:stdio"],
             // The Pi 4's console is its mini UART, QEMU's second serial port (`stdout-path` is
             // `serial1`); the first, the PL011, goes nowhere.
             Board::Raspi4b { .. } => &["-serial", "null", "-serial", "mon:stdio"],

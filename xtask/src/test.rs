@@ -29,11 +29,13 @@ pub fn run_all() -> Result<()> {
     (three_large_disks.disks, three_large_disks.block_size) = (3, 4096);
     let mut small_pool = Virt::standard(false, PoolForm::Static, None);
     (small_pool.pool.size, small_pool.gic) = (SMALL_POOL, GicVersion::V3);
+    // Four CPUs, as on a Pi 4, on a GICv3 with an ITS and SMMU and on a GICv2 without.
+    let four_cpus = |virt: Virt| Virt { cpus: 4, ..virt };
     let machines = [
         Machine::virt(Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)), "cortex-a72"),
         Machine::virt(Virt::standard(true, PoolForm::Dynamic, Some(IommuGranule::Size16K)), "cortex-a72"),
-        Machine::virt(Virt::standard(false, PoolForm::Dynamic, Some(IommuGranule::Size64K)), "max"),
-        Machine::virt(Virt::standard(true, PoolForm::Static, None), "max"),
+        Machine::virt(four_cpus(Virt::standard(false, PoolForm::Dynamic, Some(IommuGranule::Size64K))), "max"),
+        Machine::virt(four_cpus(Virt::standard(true, PoolForm::Static, None)), "max"),
         Machine::raspi4b(RaspiPool::Default),
         Machine::raspi4b(RaspiPool::Restricted),
         Machine::virt(three_large_disks, "cortex-a72"),

@@ -179,7 +179,8 @@ pub fn create(
         arch::mmu::map_linear(range, memory_type, Access::ReadWrite)
             .map_err(|error| MemoryError::LinearMap(range, error))?;
         let dma_base = bus_address(plan, request, range)?;
-        let bounce = BouncePool::new(*memory, range, dma_base, PoolConfig::default())
+        let config = PoolConfig::per_cpu(crate::smp::listed(), range.size(), arch::smp::this_cpu);
+        let bounce = BouncePool::new(*memory, range, dma_base, config)
             .map_err(|error| MemoryError::Pool(request.node.name, error))?;
         let form = match (request.restricted, &request.node.placement) {
             (false, _) => "the kernel's default pool",
@@ -188,8 +189,12 @@ pub fn create(
         };
         let caching = if request.coherent { "cached" } else { "uncached: its devices do not snoop caches" };
         let kind = if request.restricted { "restricted pool" } else { "bounce pool" };
+        let areas = match bounce.geometry().areas {
+            1 => alloc::string::String::from("one area"),
+            areas => alloc::format!("{areas} areas, a map starting in its CPU's"),
+        };
         info!(
-            "{kind} '{}': {range} {}, {form}, DMA address {dma_base}, {caching}",
+            "{kind} '{}': {range} {}, {form}, DMA address {dma_base}, {caching}; {areas}",
             request.node.name,
             Size(range.size())
         );

@@ -1,7 +1,31 @@
-//! Every CPU: each one the devicetree lists, and can be started, runs the kernel.
+//! Every CPU: each one the devicetree lists, and can be started, runs the kernel, sleeps on
+//! its own timer, maps from its own pool area, and moves data on every disk at the same time
+//! as the others.
 
-use crate::testing::{ensure, kernel_test};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use core::time::Duration;
+
+use spin::Mutex;
+
+use crate::block::{self, Disk};
+use crate::dma_platform::{DmaDevice, Route};
+use crate::testing::{ensure, kernel_test, skip};
+use crate::tests::block::{PAGE_OFFSETS, page_aligned};
+use crate::tests::virtio::pattern;
 use platform::devicetree::CpuStart;
+
+/// Skips unless a second CPU runs.
+macro_rules! needs_two_cpus {
+    () => {
+        if crate::smp::online() < 2 {
+            skip!("one CPU online");
+        }
+    };
+}
 
 kernel_test! {
     /// Every CPU the devicetree lists with a way to start it that the machine has is online,
@@ -40,9 +64,7 @@ kernel_test! {
     /// seen no DMA address outside a live mapping, and every CPU did all its rounds.
     fn every_cpu_maps_and_unmaps_through_one_pool_at_once() {
         const ROUNDS: usize = 300;
-        if crate::smp::online() < 2 {
-            crate::testing::skip!("one CPU online");
-        }
+        needs_two_cpus!();
         let device = crate::tests::dma::restricted_device()?;
         let pool = device.bounce_pool().ok_or("the restricted device has no pool")?;
         let in_use = pool.bounce.stats().slots_in_use;
@@ -77,4 +99,208 @@ kernel_test! {
         ensure!(device.audit_report().violations == 0, "the audit saw DMA addresses outside live mappings");
         Ok(())
     }
+}
+
+kernel_test! {
+    /// Each CPU sleeps on a timer of its own: a 2 ms wait for something that never happens
+    /// ends at its deadline, on every CPU at once, each woken by its own timer's interrupt.
+    fn every_cpu_sleeps_until_its_own_timer_interrupt() {
+        needs_two_cpus!();
+        let failures = Mutex::new(Vec::new());
+        crate::smp::on_every_cpu(&|cpu| {
+            let problem = (|| -> Result<(), String> {
+                ensure!(crate::interrupts::waits_sleep(), "its timer interrupt did not arrive at start, so it polls");
+                let (ticks, started) = (crate::interrupts::timer_interrupts(), arch::timer::uptime());
+                let happened = crate::interrupts::wait_for(Duration::from_millis(2), || false);
+                let (slept, woken) = (arch::timer::uptime() - started, crate::interrupts::timer_interrupts() - ticks);
+                ensure!(!happened, "a wait for nothing said it happened");
+                ensure!(slept >= Duration::from_millis(2), "woke after {slept:?}, before its 2 ms deadline");
+                ensure!(woken >= 1, "slept 2 ms without its own timer interrupt");
+                Ok(())
+            })();
+            if let Err(problem) = problem {
+                failures.lock().push(format!("CPU {cpu}: {problem}"));
+            }
+        });
+        let failures = failures.into_inner();
+        ensure!(failures.is_empty(), "{}", failures.join("; "));
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A map starts in the area of the CPU that makes it (the area's lock and cursor are that
+    /// CPU's, as in Linux): each CPU maps a small buffer through the restricted pool at once,
+    /// and each copy lies in that CPU's area.
+    fn each_cpu_maps_first_in_its_own_pool_area() {
+        needs_two_cpus!();
+        let device = crate::tests::dma::restricted_device()?;
+        let pool = device.bounce_pool().ok_or("the restricted device has no pool")?;
+        let geometry = *pool.bounce.geometry();
+        if geometry.areas < 2 {
+            skip!("the restricted pool has one area (too small to cut per CPU)");
+        }
+        let area_bytes = (geometry.area_slots * swiotlb::SLOT_SIZE) as u64;
+        let failures = Mutex::new(Vec::new());
+        crate::smp::on_every_cpu(&|cpu| {
+            let data = pattern(cpu as u64, 512);
+            let mapping = match device.map_to_device(&data) {
+                Ok(mapping) => mapping,
+                Err(error) => return failures.lock().push(format!("CPU {cpu}: {error}")),
+            };
+            let area = mapping.dma().offset_from(geometry.dma_base).map(|offset| offset / area_bytes);
+            let own = (cpu & (geometry.areas - 1)) as u64;
+            if area != Some(own) {
+                failures.lock().push(format!("CPU {cpu} mapped at {} in area {area:?}, not its own {own}", mapping.dma()));
+            }
+            let _ = mapping.unmap();
+        });
+        let failures = failures.into_inner();
+        ensure!(failures.is_empty(), "{}", failures.join("; "));
+        Ok(())
+    }
+}
+
+kernel_test! {
+    /// A device interrupt the GIC delivers to one CPU wakes the driver sleeping on another:
+    /// a second CPU reads a block of every disk that interrupts, while the interrupts go to
+    /// the CPU that routed them. Each read completes, the disk interrupted, and the reader was
+    /// woken by the handler's SGI, not by the timer it set for its deadline.
+    fn a_completion_taken_on_one_cpu_wakes_the_reader_on_another() {
+        needs_two_cpus!();
+        if crate::interrupts::polling() {
+            skip!("drivers poll (kernel.poll, or no timer interrupt)");
+        }
+        let me = arch::smp::this_cpu();
+        let reader = (0..crate::smp::listed()).find(|&cpu| cpu != me && crate::smp::seen(cpu).is_some());
+        let reader = reader.ok_or("no second CPU reported itself online")?;
+        let failures = Mutex::new(Vec::new());
+        let interrupting = AtomicUsize::new(0);
+        let disks = block::disks();
+        crate::smp::on_every_cpu(&|cpu| {
+            if cpu != reader {
+                return;
+            }
+            for disk in &disks {
+                disk.with(&mut |disk| {
+                    let Some(before) = disk.interrupts_taken() else { return };
+                    interrupting.fetch_add(1, Ordering::Relaxed);
+                    let ticks = crate::interrupts::timer_interrupts();
+                    let mut buffer = vec![0u8; disk.block_size()];
+                    let problem = match block::read(disk, 0, &mut buffer) {
+                        Err(error) => Some(format!("read: {error}")),
+                        Ok(()) if disk.interrupts_taken() == Some(before) => Some("no interrupt came".into()),
+                        Ok(()) if crate::interrupts::timer_interrupts() != ticks => {
+                            Some("the reader slept until its deadline timer: the interrupt's CPU did not wake it".into())
+                        }
+                        Ok(()) => None,
+                    };
+                    if let Some(problem) = problem {
+                        failures.lock().push(format!("CPU {cpu}, {}: {problem}", disk.describe()));
+                    }
+                });
+            }
+        });
+        let failures = failures.into_inner();
+        ensure!(failures.is_empty(), "{}", failures.join("; "));
+        if interrupting.into_inner() == 0 {
+            skip!("no disk interrupts");
+        }
+        Ok(())
+    }
+}
+
+/// Round trips each CPU makes on each disk in [`every_cpu_moves_data_on_every_disk_at_once`].
+const DISK_ROUNDS: usize = 6;
+
+kernel_test! {
+    /// Every CPU writes and reads back blocks of its own on every disk at the same time, each
+    /// CPU starting on a different disk, a disk's lock held for one request at a time so that
+    /// the CPUs' requests interleave. Every byte is compared; afterwards no bounce slot, IOVA
+    /// mapping or audit violation is left that was not there before, and the SMMU saw no fault.
+    fn every_cpu_moves_data_on_every_disk_at_once() {
+        needs_two_cpus!();
+        let disks = block::disks();
+        if disks.is_empty() {
+            skip!("no disk");
+        }
+        let before = leftovers(&disks);
+        let _ = crate::iommu::take_faults();
+        let failures = Mutex::new(Vec::new());
+        let moved = AtomicUsize::new(0);
+        crate::smp::on_every_cpu(&|cpu| {
+            for round in 0..DISK_ROUNDS {
+                for step in 0..disks.len() {
+                    let disk = &disks[(cpu + step) % disks.len()];
+                    match round_trip(disk, cpu, round) {
+                        Ok(bytes) => _ = moved.fetch_add(bytes, Ordering::Relaxed),
+                        Err(problem) => failures.lock().push(format!("CPU {cpu} round {round}: {problem}")),
+                    }
+                }
+            }
+        });
+        let failures = failures.into_inner();
+        ensure!(failures.is_empty(), "{} failures, first: {}", failures.len(), failures[0]);
+        log::info!(
+            "{} CPUs moved {} KiB over {} disks at once",
+            crate::smp::online(),
+            moved.into_inner() >> 10,
+            disks.len()
+        );
+        let after = leftovers(&disks);
+        ensure!(after == before, "left behind, per disk (pool slots, IOVA mappings, audit violations): {after:?}, before {before:?}");
+        let faults = crate::iommu::take_faults();
+        ensure!(faults.is_empty(), "the SMMU reported {} faults, first: {}", faults.len(), faults[0]);
+        Ok(())
+    }
+}
+
+/// Writes a pattern of this CPU, disk and round to blocks of the CPU's own part of the disk,
+/// then reads it back elsewhere in memory and compares; the disk is locked for each request
+/// alone. The sizes go from one block to past three pages, at the R6 page offsets. Returns the
+/// bytes moved.
+fn round_trip(disk: &Disk, cpu: usize, round: usize) -> Result<usize, String> {
+    let mut shape = None;
+    disk.with(&mut |disk| shape = Some((disk.block_size(), disk.blocks(), disk.describe())));
+    let (block_size, capacity, name) = shape.ok_or("the disk's driver is gone")?;
+    let size = [block_size, 4096, 3 * 4096 + block_size][round % 3].next_multiple_of(block_size);
+    let blocks = (size / block_size) as u64;
+    let part = capacity / crate::smp::listed() as u64;
+    ensure!(part >= blocks * DISK_ROUNDS as u64, "{name}: {capacity} blocks are too few to give each CPU its own");
+    let block = cpu as u64 * part + round as u64 * blocks;
+    let offset = PAGE_OFFSETS[(cpu + round) % PAGE_OFFSETS.len()];
+    let data = pattern(((cpu as u64) << 32) + (capacity << 8) + round as u64, size);
+    let mut storage = vec![0u8; size + 2 * 4096];
+    let buffer = page_aligned(&mut storage);
+    buffer[offset..offset + size].copy_from_slice(&data);
+    let mut result = Ok(());
+    disk.with(&mut |disk| result = block::write(disk, block, &buffer[offset..offset + size]));
+    result.map_err(|error| format!("{name}: write {size} bytes at block {block}: {error}"))?;
+    let read_offset = (offset + 0x3c8) % 4096;
+    buffer.fill(0);
+    let mut result = Ok(());
+    disk.with(&mut |disk| result = block::read(disk, block, &mut buffer[read_offset..read_offset + size]));
+    result.map_err(|error| format!("{name}: read {size} bytes at block {block}: {error}"))?;
+    let differs = (0..size).find(|&index| buffer[read_offset + index] != data[index]);
+    ensure!(differs.is_none(), "{name}: {size} bytes at block {block}: byte {differs:?} differs from what was written");
+    Ok(2 * size)
+}
+
+/// Per disk: bounce slots in use in its pool, live IOVA mappings in its domain, and audit
+/// violations.
+fn leftovers(disks: &[Disk]) -> Vec<(usize, usize, u64)> {
+    let mut counts = Vec::new();
+    for disk in disks {
+        disk.with(&mut |disk| counts.push(leftovers_of(disk.dma_device())));
+    }
+    counts
+}
+
+fn leftovers_of(device: &DmaDevice) -> (usize, usize, u64) {
+    let slots = device.bounce_pool().map_or(0, |pool| pool.bounce.stats().slots_in_use);
+    let mappings = match &device.route {
+        Route::Iommu { domain, .. } => domain.live_mappings(),
+        _ => 0,
+    };
+    (slots, mappings, device.audit_report().violations)
 }

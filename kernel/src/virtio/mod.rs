@@ -218,11 +218,21 @@ pub fn dma_devices() -> Vec<&'static DmaDevice> {
     hal::devices()
 }
 
-/// Calls `visit` with every virtio disk: the virtio-mmio ones in name order, then the
-/// virtio-pci ones in bus order.
+/// Calls `visit` with every virtio disk, in [`disks`]' order.
 pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
-    MMIO_DISKS.iter().for_each(|slot| slot.with(&mut |disk| visit(disk)));
-    PCI_DISKS.iter().for_each(|slot| slot.with(&mut |disk| visit(disk)));
+    for disk in disks() {
+        disk.with(&mut visit);
+    }
+}
+
+/// Every virtio disk started: the virtio-mmio ones in name order, then the virtio-pci ones in
+/// bus order.
+pub fn disks() -> Vec<crate::block::Disk> {
+    let mmio = MMIO_DISKS.iter().filter(|slot| !slot.is_free());
+    let mmio = mmio.map(|&slot| crate::block::Disk::new(move |visit| slot.with(&mut |disk| visit(disk))));
+    let pci = PCI_DISKS.iter().filter(|slot| !slot.is_free());
+    let pci = pci.map(|&slot| crate::block::Disk::new(move |visit| slot.with(&mut |disk| visit(disk))));
+    mmio.chain(pci).collect()
 }
 
 /// Calls `visit` with every entropy source, in name order.
