@@ -98,6 +98,20 @@ pub struct Smmu {
     events: Queue,
     /// The next event to read: the position last written to EVENTQ_CONS.
     event_consumer: u32,
+    /// Commands the SMMU refused so far, and the last of them: a [`SyncTicket`] issued before
+    /// a refusal reports it, whichever caller's command it was.
+    refusals: u64,
+    last_refusal: Option<CommandFailure>,
+}
+
+/// A CMD_SYNC queued by [`Smmu::queue_sync`]: where it sits in the command queue, and how
+/// many commands the SMMU had refused by then. The caller may let go of the SMMU (its lock)
+/// while it waits, so that other CPUs queue their commands meanwhile, and asks
+/// [`Smmu::sync_completed`] now and then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTicket {
+    position: u32,
+    refusals: u64,
 }
 
 // SAFETY: a Smmu is the only handle on its tables and queues (raw pointers into memory it
@@ -156,6 +170,8 @@ impl Smmu {
             contexts: None,
             commands,
             command_producer: 0,
+            refusals: 0,
+            last_refusal: None,
             events,
             event_consumer: 0,
         };
@@ -284,8 +300,33 @@ impl Smmu {
     /// Queues a CMD_SYNC and waits until the SMMU has consumed it: every command before it
     /// has then taken effect. A command the SMMU refused is reported.
     pub fn sync(&mut self) -> Result<(), SmmuError> {
+        let ticket = self.queue_sync()?;
+        for _ in 0..POLLS {
+            if self.sync_completed(ticket)? {
+                return Ok(());
+            }
+        }
+        Err(SmmuError::Timeout { what: Wait::CommandSync })
+    }
+
+    /// Queues a CMD_SYNC behind the commands queued so far, without waiting for it: once the
+    /// SMMU has consumed it ([`Self::sync_completed`]), every one of them has taken effect.
+    pub fn queue_sync(&mut self) -> Result<SyncTicket, SmmuError> {
+        let position = self.command_producer;
         self.submit(Command::Sync)?;
-        self.wait_for_commands(Wait::CommandSync, Ring::is_empty)
+        Ok(SyncTicket { position, refusals: self.refusals })
+    }
+
+    /// Whether the SMMU has consumed `ticket`'s CMD_SYNC. A command refused since the ticket
+    /// was issued is reported (the queue restarted): it may have been one the ticket covers,
+    /// and a strict unmap must not be taken as done when its invalidation was refused.
+    pub fn sync_completed(&mut self, ticket: SyncTicket) -> Result<bool, SmmuError> {
+        self.recover_command_error();
+        if let Some(failure) = self.last_refusal.filter(|_| self.refusals != ticket.refusals) {
+            return Err(SmmuError::CommandError { opcode: failure.opcode, kind: failure.kind });
+        }
+        let consumer = field_shared!(self.registers, cmdq_cons).read(); // 6.3.27
+        Ok(self.commands.ring.has_consumed(ticket.position, self.command_producer, consumer))
     }
 
     /// Hands every event waiting in the event queue to `each`, oldest first, and gives
@@ -383,6 +424,8 @@ impl Smmu {
         self.commands.write(consumer.get(), &Command::Sync.encode());
         publish_writes();
         self.acknowledge(GERROR::CMDQ_ERR::SET.value);
+        self.refusals += 1;
+        self.last_refusal = Some(failure);
         Some(failure)
     }
 

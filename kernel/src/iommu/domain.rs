@@ -8,18 +8,23 @@
 //! - [`DomainTables`]: memory for its page tables, one granule each, zeroed, from the heap,
 //!   never freed (a domain lives as long as its device). The SMMU walks them coherently.
 //! - [`SmmuIotlb`]: a strict unmap. The domain clears entries; each one is invalidated with
-//!   `CMD_TLBI_NH_VA` (IHI 0070, 4.4.2.4) and a `CMD_SYNC` (4.7.3) waits for them all, with the
-//!   SMMU locked throughout, before the IOVA is reused or the memory returned (contract rule 14).
+//!   `CMD_TLBI_NH_VA` (IHI 0070, 4.4.2.4) and a `CMD_SYNC` (4.7.3) waits for them all before
+//!   the IOVA is reused or the memory returned (contract rule 14). The SMMU is locked only
+//!   while the commands are queued, not while the SMMU works through them: another CPU's
+//!   unmap queues its own commands meanwhile, and each waits for its own `CMD_SYNC` alone
+//!   (Linux's `arm_smmu_cmdq_issue_cmdlist` goes further, without a lock at all).
 //!   Past [`LEAVES_WORTH_ONE_BY_ONE`] leaves (a 1 MiB buffer is 256 of them at 4 KiB), one
 //!   `CMD_TLBI_NH_ASID` replaces them: the SMMU then drops every cached translation of the
 //!   domain, the live mappings' too, which only costs them a table walk on next use. Either way
 //!   the unmap returns only once the `CMD_SYNC` completed: it stays strict.
 
 use alloc::vec::Vec;
+use core::time::Duration;
 
 use addr::PhysAddr;
 use dma::platform::{Iotlb, IotlbError};
-use drivers::smmuv3::{Smmu, SmmuError, SmmuMemory};
+use drivers::smmuv3::{Smmu, SmmuError, SmmuMemory, SyncTicket, Wait};
+use spin::Mutex;
 use vmsa::{Granule, TableMemory, TlbMaintenance};
 
 /// Page tables of a domain: one granule each, zeroed, from the heap.
@@ -46,9 +51,12 @@ pub struct SmmuIotlb;
 /// SMMU (QEMU's too) invalidates a whole ASID about as fast as one address.
 pub const LEAVES_WORTH_ONE_BY_ONE: usize = 8;
 
+/// How long a `CMD_SYNC` may take to be consumed before the SMMU counts as stuck.
+const SYNC_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The SMMU's TLB during one unmap: the leaves to invalidate, collected until the sync.
 struct SmmuTlb<'a> {
-    smmu: &'a mut Smmu,
+    smmu: &'a Mutex<Smmu>,
     asid: u16,
     leaves: Vec<u64>,
     failure: Option<SmmuError>,
@@ -69,24 +77,40 @@ impl TlbMaintenance for SmmuTlb<'_> {
 
     fn sync(&mut self) {
         let leaves = core::mem::take(&mut self.leaves);
-        if leaves.len() > LEAVES_WORTH_ONE_BY_ONE {
-            let result = self.smmu.invalidate_asid(self.asid);
-            self.record(result);
-        } else {
-            for input in leaves {
-                let result = self.smmu.invalidate_va(self.asid, input);
-                self.record(result);
+        let asid = self.asid;
+        let queued = (|| {
+            let mut smmu = self.smmu.lock();
+            if leaves.len() > LEAVES_WORTH_ONE_BY_ONE {
+                smmu.invalidate_asid(asid)?;
+            } else {
+                for &input in &leaves {
+                    smmu.invalidate_va(asid, input)?;
+                }
             }
-        }
-        let result = self.smmu.sync();
+            smmu.queue_sync()
+        })();
+        let result = queued.and_then(|ticket| wait_for_sync(self.smmu, ticket));
         self.record(result);
+    }
+}
+
+/// Waits until the SMMU has consumed `ticket`'s `CMD_SYNC`, taking the lock only to look.
+fn wait_for_sync(smmu: &Mutex<Smmu>, ticket: SyncTicket) -> Result<(), SmmuError> {
+    let deadline = arch::timer::uptime() + SYNC_TIMEOUT;
+    loop {
+        if smmu.lock().sync_completed(ticket)? {
+            return Ok(());
+        }
+        if arch::timer::uptime() > deadline {
+            return Err(SmmuError::Timeout { what: Wait::CommandSync });
+        }
+        core::hint::spin_loop();
     }
 }
 
 impl Iotlb for SmmuIotlb {
     fn strictly<R>(&self, asid: u16, unmap: impl FnOnce(&mut dyn TlbMaintenance) -> R) -> Result<R, IotlbError> {
-        let mut smmu = super::smmu().lock();
-        let mut tlb = SmmuTlb { smmu: &mut smmu, asid, leaves: Vec::new(), failure: None };
+        let mut tlb = SmmuTlb { smmu: super::smmu(), asid, leaves: Vec::new(), failure: None };
         let result = unmap(&mut tlb);
         if !tlb.leaves.is_empty() {
             // Every unmap ends with a sync; should one not, its invalidations still happen here.
