@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: disk throughput on every DMA route, and the ratios between routes.
 //!
-//! Boots the kernel with `kernel.bench` (see `kernel/src/bench.rs`) on two machines that cannot
+//! Boots the kernel with `kernel.bench` (see `kernel/src/bench/`) on two machines that cannot
 //! share a boot, alternately, `--rounds` times each:
 //!
 //! - `smmu`: QEMU `virt` with the SMMUv3 at a 4 KiB granule: the virtio-mmio disk through the
@@ -19,6 +19,9 @@
 //! together, against one at a time (`8-in-flight/one-at-a-time`); and reads one request at a
 //! time waited for asleep until its interrupt, against polled (`interrupt/poll time per
 //! request`).
+//!
+//! The `smmu` machine has four CPUs: the kernel maps and unmaps, and reads its disks, with 1, 2
+//! and 4 of them at once (`kernel/src/bench/cpus.rs`), printed as `... 2/1 CPUs` and `4/1 CPUs`.
 //!
 //! Each figure is the median of its rounds. The output ends with one line per ratio,
 //! `bench: NAME = VALUE` (for example `bench: nvme untrusted/trusted read 1MiB = 0.52`), so that
@@ -64,8 +67,10 @@ pub fn run(rounds: usize) -> Result<()> {
     let mut bypass = Virt::standard(false, PoolForm::Static, None);
     bypass.pool.pcie = false;
     let smmu = |granule| Machine::virt(Virt::standard(false, PoolForm::Static, Some(granule)), "cortex-a72");
+    // Four CPUs, for the kernel's figures with 1, 2 and 4 of them at work.
+    let smmu_four_cpus = Virt { cpus: 4, ..Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)) };
     let machines = [
-        ("smmu", smmu(IommuGranule::Size4K), "kernel.bench"),
+        ("smmu", Machine::virt(smmu_four_cpus, "cortex-a72"), "kernel.bench"),
         ("no-smmu", Machine::virt(Virt::standard(false, PoolForm::Static, None), "cortex-a72"), "kernel.bench"),
         ("bypass", Machine::virt(bypass, "cortex-a72"), "kernel.bench"),
         ("smmu-deferred", smmu(IommuGranule::Size4K), "kernel.bench iommu.strict=0"),
@@ -110,6 +115,23 @@ pub fn run(rounds: usize) -> Result<()> {
         if let Some(&polled) = medians.get(&name.replace(" interrupt µs", " poll µs")) {
             let (disk_and_op, _) = name.rsplit_once(" interrupt µs").unwrap_or_default();
             println!("bench: {disk_and_op} interrupt/poll time per request = {:.2}", asleep / polled);
+        }
+    }
+    // The same work on 2 and 4 CPUs at once against one.
+    for (name, &alone) in medians.iter().filter(|(name, _)| name.contains(" cpus ") && name.contains(" 1 CPU ")) {
+        for cpus in [2, 4] {
+            if let Some(&together) = medians.get(&name.replace(" 1 CPU ", &format!(" {cpus} CPUs "))) {
+                let (what, _) = name.split_once(" 1 CPU ").unwrap_or_default();
+                println!("bench: {what} {cpus}/1 CPUs = {:.2}", together / alone);
+            }
+        }
+    }
+    // What a pool's per-CPU areas buy: the same pool cut in one area, at each CPU count.
+    for (name, &per_cpu) in medians.iter().filter(|(name, _)| name.contains(" cpus per-cpu pool ")) {
+        if let Some(&one_area) = medians.get(&name.replace(" per-cpu ", " one-area ")) {
+            let (machine, what) = name.split_once(" cpus per-cpu ").unwrap_or_default();
+            let what = what.trim_end_matches(" ops/s");
+            println!("bench: {machine} cpus per-cpu/one-area {what} = {:.2}", per_cpu / one_area);
         }
     }
     for (name, numerator, denominator) in RATIOS {
@@ -169,7 +191,7 @@ mod tests {
 
     #[test]
     fn figures_are_read_from_the_console_and_the_median_is_taken() {
-        let console = "[   0.2] INFO  bench: nvme-trusted read 1MiB MB/s = 3195.3\n[   0.3] INFO  bench: done, 0 disk(s) failed\nnoise";
+        let console = "[   0.2] INFO  bench: nvme-trusted read 1MiB MB/s = 3195.3\n[   0.3] INFO  bench: done, 0 measurement(s) failed\nnoise";
         let figures: Vec<_> = figures_in(console).collect();
         assert_eq!(figures, vec![("nvme-trusted read 1MiB MB/s".to_string(), 3195.3)]);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);

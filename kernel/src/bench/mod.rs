@@ -25,6 +25,8 @@ use core::time::Duration;
 use log::info;
 
 use crate::block::{self, BlockDevice, Request};
+
+mod cpus;
 use crate::dma_platform::Route;
 
 /// How long each size and direction runs on each disk.
@@ -46,7 +48,10 @@ pub fn run() -> crate::power::Outcome {
             failures += 1;
         }
     });
-    info!("bench: done, {failures} disk(s) failed");
+    if !cpus::measure() {
+        failures += 1;
+    }
+    info!("bench: done, {failures} measurement(s) failed");
     match failures {
         0 => crate::power::Outcome::Success,
         _ => crate::power::Outcome::Failure,
