@@ -143,8 +143,14 @@ impl<T: Transport> Transport for PlatformTransport<T> {
         self.inner.queue_used(queue)
     }
 
+    /// Under MSI-X there is nothing to acknowledge: the message is an edge, and the ISR status
+    /// is for INTx, which it lowers when read. virtio 1.2, 4.1.5.4: with MSI-X enabled, the
+    /// driver "SHOULD NOT" read it (a read is a trip to the device for nothing).
     fn ack_interrupt(&mut self) -> InterruptStatus {
-        self.inner.ack_interrupt()
+        match self.vector {
+            Some(_) => InterruptStatus::empty(),
+            None => self.inner.ack_interrupt(),
+        }
     }
 
     fn read_config_generation(&self) -> u32 {
