@@ -144,7 +144,10 @@ pub fn with_each_disk(mut visit: impl FnMut(&mut dyn BlockDevice)) {
 
 /// One disk, reachable on its own: [`Disk::with`] holds that disk's lock alone, so CPUs using
 /// different disks at once never wait for each other.
-pub struct Disk(Box<dyn Fn(&mut dyn FnMut(&mut dyn BlockDevice)) + Send + Sync>);
+pub struct Disk(Box<Reach>);
+
+/// How a [`Disk`] is reached: a function that calls its argument with the disk, locked.
+type Reach = dyn Fn(&mut dyn FnMut(&mut dyn BlockDevice)) + Send + Sync;
 
 impl Disk {
     /// A disk reached through `reach`, which calls its argument with the disk, locked.

@@ -380,7 +380,14 @@ fn register_as(
                 .enable(intid, edge)
                 .map_err(|problem| InterruptError::CannotEnable { intid, problem })?;
         }
-        handlers.entry(intid).or_default().push(Registered { id, name: name.into(), exclusive, edge, handler, delivered: 0 });
+        handlers.entry(intid).or_default().push(Registered {
+            id,
+            name: name.into(),
+            exclusive,
+            edge,
+            handler,
+            delivered: 0,
+        });
         Ok(Registration { intid, id })
     })
 }
@@ -810,7 +817,8 @@ impl Gic {
                     let routing = gic.distributor().set_routing(id, Some(this_cpu_affinity()));
                     routing.map_err(|error| format!("{error}"))?;
                 }
-                gic.set_interrupt_priority(id, Some(arch::smp::this_cpu()), 0x80).map_err(|error| format!("{error}"))?;
+                gic.set_interrupt_priority(id, Some(arch::smp::this_cpu()), 0x80)
+                    .map_err(|error| format!("{error}"))?;
                 gic.enable_interrupt(id, Some(arch::smp::this_cpu()), true).map_err(|error| format!("{error}"))
             }
         }
@@ -824,7 +832,9 @@ impl Gic {
         let id = IntId::try_from(intid).map_err(|_| format!("{intid} is not an INTID"))?;
         match self {
             Self::V2(gic, _) => gic.enable_interrupt(id, true).map_err(|error| format!("{error}")),
-            Self::V3(gic) => gic.enable_interrupt(id, Some(arch::smp::this_cpu()), true).map_err(|error| format!("{error}")),
+            Self::V3(gic) => {
+                gic.enable_interrupt(id, Some(arch::smp::this_cpu()), true).map_err(|error| format!("{error}"))
+            }
         }
     }
 
@@ -875,9 +885,12 @@ impl Gic {
     /// 0048B, 4.3.12).
     fn sgi_target_of_this_cpu(&self) -> u64 {
         match self {
-            // SAFETY: the distributor is mapped as Device memory for the kernel's lifetime;
-            // GICD_ITARGETSR0 is byte-readable and banked per CPU.
-            Self::V2(_, distributor) => u64::from(unsafe { distributor.add(GICD_ITARGETSR).as_ptr::<u8>().read_volatile() }),
+            Self::V2(_, distributor) => {
+                // SAFETY: the distributor is mapped as Device memory for the kernel's lifetime;
+                // GICD_ITARGETSR0 is byte-readable and banked per CPU.
+                let own = unsafe { distributor.add(GICD_ITARGETSR).as_ptr::<u8>().read_volatile() };
+                u64::from(own)
+            }
             Self::V3(_) => this_cpu_affinity(),
         }
     }
@@ -888,7 +901,10 @@ impl Gic {
         match self {
             Self::V2(gic, _) => {
                 let filter = arm_gic::gicv2::SgiTargetListFilter::CPUTargetList;
-                gic.send_sgi(id, arm_gic::gicv2::SgiTarget::List { target_list_filter: filter, target_list: target as u16 });
+                gic.send_sgi(
+                    id,
+                    arm_gic::gicv2::SgiTarget::List { target_list_filter: filter, target_list: target as u16 },
+                );
             }
             Self::V3(_) => {
                 // An SGI number is always valid, the only error `send_sgi` reports.

@@ -117,7 +117,8 @@ fn run_seed(seed: u64) {
     } else {
         (0x8000_0000 - pool_size / 2 + base_offset % PAGE_SIZE as u64).wrapping_sub(phys)
     };
-    let pool = pool_at(base_offset, pool_size, bus_offset, PoolConfig { areas, segment_slots, ..PoolConfig::default() });
+    let pool =
+        pool_at(base_offset, pool_size, bus_offset, PoolConfig { areas, segment_slots, ..PoolConfig::default() });
     let slots = pool.geometry().slots;
     let mut machine = Machine {
         pool,

@@ -34,8 +34,8 @@ use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 use swiotlb::{BouncePool, PoolConfig};
 
 use crate::block::{self, Disk};
-use crate::dma_platform::{KernelMemory, kernel_memory};
 use crate::dma_platform::{DmaDevice, Route};
+use crate::dma_platform::{KernelMemory, kernel_memory};
 
 /// How long each measurement runs at each CPU count.
 const RUN_FOR: Duration = Duration::from_millis(300);
@@ -52,7 +52,8 @@ pub fn measure() -> bool {
         disk.with(&mut |disk| devices.push(disk.dma_device()));
     }
     let pooled = devices.iter().copied().find(|device| matches!(device.route, Route::Restricted(_)));
-    let translated = devices.iter().copied().find(|device| matches!(device.route, Route::Iommu { untrusted: false, .. }));
+    let translated =
+        devices.iter().copied().find(|device| matches!(device.route, Route::Iommu { untrusted: false, .. }));
     let (one_area, per_cpu) = (own_pool(PoolConfig::default()), own_pool(per_cpu_config()));
     let mut worked = true;
     for cpus in CPU_COUNTS.into_iter().filter(|&cpus| cpus <= crate::smp::online()) {
@@ -61,7 +62,10 @@ pub fn measure() -> bool {
             let Some(pool) = pool else { continue };
             match together(cpus, &|_| pool.map_and_unmap()) {
                 Ok(operations) => {
-                    info!("bench: cpus {name} pool map+unmap 4KiB {cpus} {plural} ops/s = {:.0}", per_second(operations))
+                    info!(
+                        "bench: cpus {name} pool map+unmap 4KiB {cpus} {plural} ops/s = {:.0}",
+                        per_second(operations)
+                    )
                 }
                 Err(()) => worked = false,
             }
@@ -69,7 +73,9 @@ pub fn measure() -> bool {
         for (name, device) in [("pool", pooled), ("iommu", translated)] {
             let Some(device) = device else { continue };
             match together(cpus, &|_| map_and_unmap(device)) {
-                Ok(operations) => info!("bench: cpus {name} map+unmap 4KiB {cpus} {plural} ops/s = {:.0}", per_second(operations)),
+                Ok(operations) => {
+                    info!("bench: cpus {name} map+unmap 4KiB {cpus} {plural} ops/s = {:.0}", per_second(operations))
+                }
                 Err(()) => worked = false,
             }
         }
@@ -80,7 +86,9 @@ pub fn measure() -> bool {
             let read = together(cpus, &|rank| read_round(&disks, rank, cpus));
             crate::interrupts::set_polling(true);
             match read {
-                Ok(bytes) => info!("bench: cpus disks read 64KiB {cpus} {plural} MB/s = {:.1}", per_second(bytes) / 1e6),
+                Ok(bytes) => {
+                    info!("bench: cpus disks read 64KiB {cpus} {plural} MB/s = {:.1}", per_second(bytes) / 1e6)
+                }
                 Err(()) => worked = false,
             }
         }
