@@ -25,6 +25,7 @@ pub struct Command(pub [u64; 4]);
 
 /// Command numbers (IHI 0069, Table 5-2).
 mod opcode {
+    pub const MOVI: u64 = 0x01;
     pub const INT: u64 = 0x03;
     pub const SYNC: u64 = 0x05;
     pub const MAPD: u64 = 0x08;
@@ -60,6 +61,15 @@ impl Command {
     pub fn map_event(device: u32, event: u32, lpi: u32, collection: u16) -> Self {
         let mut words = Self::with_device(opcode::MAPTI, device);
         words[1] = u64::from(lpi) << 32 | u64::from(event);
+        words[2] = u64::from(collection);
+        Self(words)
+    }
+
+    /// MOVI (5.3.14): `device`'s `event` keeps its LPI and is delivered from now on through
+    /// `collection`: how an interrupt is steered to another CPU.
+    pub fn move_event(device: u32, event: u32, collection: u16) -> Self {
+        let mut words = Self::with_device(opcode::MOVI, device);
+        words[1] = u64::from(event);
         words[2] = u64::from(collection);
         Self(words)
     }
@@ -173,6 +183,7 @@ mod tests {
         assert_eq!(mapti.0, [0x0000_0020_0000_000a, (8197u64 << 32) | 7, 3, 0]);
         assert_eq!(Command::invalidate(0x20, 7).0, [0x0000_0020_0000_000c, 7, 0, 0]);
         assert_eq!(Command::interrupt(0x20, 7).0, [0x0000_0020_0000_0003, 7, 0, 0]);
+        assert_eq!(Command::move_event(0x20, 7, 2).0, [0x0000_0020_0000_0001, 7, 2, 0]);
         assert_eq!(Command::sync(1).0, [0x05, 0, 1 << 16, 0]);
     }
 

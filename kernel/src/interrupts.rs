@@ -158,9 +158,9 @@ fn start_its(description: &platform::interrupts::Gic<'_>) {
     let started = (|| {
         let map = |range| arch::mmu::map_device(range).map_err(|error| format!("cannot map {range}: {error:?}"));
         let registers = map(its.registers)?;
-        // CPU 0's redistributor: the region's first frame, its RD_base.
-        let frame = addr::PhysRange::new(redistributors.start(), 64 << 10).ok_or("an empty redistributor region")?;
-        crate::its::start(its.phandle, registers, its.registers.start(), map(frame)?, frame.start())
+        // Each CPU finds its own redistributor in the region, by its affinity.
+        let redistributors = crate::its::Redistributors { registers: map(*redistributors)?, physical: *redistributors };
+        crate::its::start(its.phandle, registers, its.registers.start(), redistributors)
     })();
     match started {
         Ok(description) => info!("interrupts: {description}"),
@@ -549,6 +549,11 @@ pub fn start_this_cpu(index: usize) -> Result<(), InterruptError> {
     arch::interrupt::unmask();
     if let Some(timer) = interrupts.timer {
         check_this_cpus_timer(timer);
+    }
+    if crate::its::doorbell().is_some()
+        && let Err(problem) = crate::its::start_this_cpu()
+    {
+        log::error!("interrupts: {problem}: no LPI can be moved to CPU {index}");
     }
     Ok(())
 }

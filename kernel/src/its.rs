@@ -11,6 +11,12 @@
 //! 3. The command queue (`GITS_CBASER`), then `GITS_CTLR.Enabled`, then one collection mapped to
 //!    this CPU's redistributor (MAPC).
 //!
+//! Every CPU started afterwards does step 1 for its own redistributor (the configuration table
+//! is shared, the pending table its own) and maps a collection of its own, numbered as the CPU
+//! is ([`start_this_cpu`]). An event is delivered through one collection, the boot CPU's when
+//! it is mapped; MOVI moves it to another CPU's ([`move_to_cpu`]). A CPU finds its
+//! redistributor by its affinity, which each frame's `GICR_TYPER` states (12.11.32).
+//!
 //! A device is then added with MAPD (its interrupt translation table) and one MAPTI per event;
 //! its LPIs start disabled, and [`set_enabled`] flips the configuration byte and has the ITS
 //! re-read it (INV, then SYNC, waited for).
@@ -54,8 +60,6 @@ pub const FIRST_LPI: u32 = 8192;
 const LPI_ENABLED: u8 = 0xa0 | 1;
 /// Commands in the queue: one 4 KiB page.
 const QUEUE_COMMANDS: usize = 4096 / 32;
-/// The one collection, delivered to this CPU.
-const COLLECTION: u16 = 0;
 /// How long the ITS may take to read a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
 /// EventID bits of every device's table: 4 events.
@@ -68,8 +72,16 @@ struct Its {
     registers: VirtAddr,
     doorbell: PhysAddr,
     kind: ItsType,
-    /// The redistributor of this CPU, as MAPC and SYNC name it.
+    /// The redistributor of the boot CPU, as MAPC and SYNC name it.
     target: u64,
+    /// The redistributor region, where each CPU finds its frame.
+    redistributors: Redistributors,
+    /// The LPI configuration table every redistributor reads.
+    configuration_physical: PhysAddr,
+    /// Each CPU's collection (numbered as the CPU) and its redistributor, once mapped.
+    collections: BTreeMap<u16, u64>,
+    /// The collection new events are mapped to: the boot CPU's.
+    boot_collection: u16,
     queue: VirtAddr,
     next_command: usize,
     configuration: VirtAddr,
@@ -80,42 +92,90 @@ struct Its {
 
 static ITS: Once<Mutex<Its>> = Once::new();
 
-/// Brings up LPIs at the redistributor (`redistributor`: this CPU's RD_base frame, mapped)
-/// and the ITS at `registers` (mapped; `physical` is where the devices' writes go). Returns a
-/// description for the boot log. `phandle` is what the devicetree names it by.
+/// A GICv3's redistributor region: one set of frames per CPU (IHI 0069, 12.10), mapped.
+#[derive(Debug, Clone, Copy)]
+pub struct Redistributors {
+    /// The region, mapped as Device memory for good.
+    pub registers: VirtAddr,
+    /// Where it is.
+    pub physical: addr::PhysRange,
+}
+
+/// `GICR_TYPER` bits (IHI 0069, 12.11.32): LPIs supported, virtual LPIs (two more frames per
+/// redistributor), the last redistributor of the region.
+const GICR_TYPER_PLPIS: u64 = 1 << 0;
+const GICR_TYPER_VLPIS: u64 = 1 << 1;
+const GICR_TYPER_LAST: u64 = 1 << 4;
+
+impl Redistributors {
+    /// This CPU's RD_base frame, mapped and physical: the frame whose `GICR_TYPER` affinity is
+    /// this CPU's MPIDR affinity, walking the region a redistributor at a time (two 64 KiB
+    /// frames each, four with virtual LPIs) until the one marked last.
+    fn of_this_cpu(&self) -> Option<(VirtAddr, PhysAddr, u64)> {
+        let mpidr = arch::smp::this_cpu_mpidr();
+        let affinity = (mpidr >> 8 & 0xff_0000_00) | (mpidr & 0xff_ffff);
+        let mut offset = 0;
+        while offset + (64 << 10) <= self.physical.size() {
+            let frame = self.registers.add(offset);
+            // SAFETY: the region is mapped as Device memory for good, and the frame lies in it.
+            let typer = unsafe { read(frame, GICR_TYPER) };
+            if typer >> 32 == affinity {
+                return Some((frame, self.physical.start().add(offset), typer));
+            }
+            if typer & GICR_TYPER_LAST != 0 {
+                return None;
+            }
+            offset += if typer & GICR_TYPER_VLPIS != 0 { 4 } else { 2 } << 16;
+        }
+        None
+    }
+
+    /// Turns LPIs on at this CPU's redistributor, with the shared `configuration` table and a
+    /// pending table of its own; returns how MAPC and SYNC name the redistributor (its address
+    /// >> 16 or its processor number, as the ITS says).
+    fn enable_lpis_here(&self, configuration: PhysAddr, kind: &ItsType) -> Result<u64, String> {
+        let cpu = arch::smp::this_cpu();
+        let (frame, physical, typer) =
+            self.of_this_cpu().ok_or_else(|| format!("CPU {cpu}: no redistributor has its affinity"))?;
+        if typer & GICR_TYPER_PLPIS == 0 {
+            return Err(format!("CPU {cpu}: its redistributor does not support LPIs (GICR_TYPER.PLPIS clear)"));
+        }
+        // One bit per INTID, 64 KiB aligned.
+        let (_, pending) = zeroed((1 << INTID_BITS) / 8, 64 << 10)?;
+        // SAFETY: the frame is this CPU's RD_base, mapped as Device memory for good; LPIs are
+        // still disabled there, when the two base registers may be written.
+        unsafe {
+            // Inner Shareable (bits 11:10 = 01), inner Write-Back read/write-allocate (9:7 = 111).
+            const ATTRIBUTES: u64 = (0b01 << 10) | (0b111 << 7);
+            write(frame, GICR_PROPBASER, configuration.as_u64() | ATTRIBUTES | u64::from(INTID_BITS - 1));
+            // PTZ (bit 62): the pending table is zero, as allocated.
+            write(frame, GICR_PENDBASER, pending.as_u64() | ATTRIBUTES | 1 << 62);
+            // GICR_CTLR is a 32-bit register: EnableLPIs is bit 0.
+            let control = read32(frame, GICR_CTLR);
+            write32(frame, GICR_CTLR, control | 1);
+        }
+        Ok(match kind.physical_target_addresses {
+            true => physical.as_u64() >> 16,
+            false => (typer >> 8) & 0xffff,
+        })
+    }
+}
+
+/// Brings up LPIs at this CPU's redistributor (found in `redistributors`) and the ITS at
+/// `registers` (mapped; `physical` is where the devices' writes go). Returns a description for
+/// the boot log. `phandle` is what the devicetree names it by.
 pub fn start(
     phandle: Option<u32>,
     registers: VirtAddr,
     physical: PhysAddr,
-    redistributor: VirtAddr,
-    redistributor_physical: PhysAddr,
+    redistributors: Redistributors,
 ) -> Result<String, String> {
-    // SAFETY: the redistributor's RD_base frame is mapped as Device memory for good; GICR_TYPER
-    // is a 64-bit register in it. (The same holds for every register access below.)
-    let redistributor_type = unsafe { read(redistributor, GICR_TYPER) };
-    if redistributor_type & 1 == 0 {
-        return Err("the redistributor does not support LPIs (GICR_TYPER.PLPIS clear)".into());
-    }
-    // One byte per LPI (INTIDs from 8192), and one bit per INTID, 64 KiB aligned.
-    let configuration = zeroed(((1 << INTID_BITS) - FIRST_LPI) as usize, 4096)?;
-    let pending = zeroed((1 << INTID_BITS) / 8, 64 << 10)?;
-    // SAFETY: as above; LPIs are still disabled, when the two base registers may be written.
-    unsafe {
-        // Inner Shareable (bits 11:10 = 01), inner Write-Back read/write-allocate (9:7 = 111).
-        const ATTRIBUTES: u64 = (0b01 << 10) | (0b111 << 7);
-        write(redistributor, GICR_PROPBASER, configuration.1.as_u64() | ATTRIBUTES | u64::from(INTID_BITS - 1));
-        // PTZ (bit 62): the pending table is zero, as allocated.
-        write(redistributor, GICR_PENDBASER, pending.1.as_u64() | ATTRIBUTES | 1 << 62);
-        // GICR_CTLR is a 32-bit register: EnableLPIs is bit 0.
-        let control = read32(redistributor, GICR_CTLR);
-        write32(redistributor, GICR_CTLR, control | 1);
-    }
-    // SAFETY: the ITS control frame is mapped as Device memory for good.
+    // SAFETY: the ITS control frame is mapped as Device memory for good; GITS_TYPER is a 64-bit
+    // register in it. (The same holds for every register access below.)
     let kind = ItsType::decode(unsafe { read(registers, GITS_TYPER) });
-    let target = match kind.physical_target_addresses {
-        true => redistributor_physical.as_u64() >> 16,
-        false => (redistributor_type >> 8) & 0xffff,
-    };
+    // One byte per LPI (INTIDs from 8192).
+    let configuration = zeroed(((1 << INTID_BITS) - FIRST_LPI) as usize, 4096)?;
+    let target = redistributors.enable_lpis_here(configuration.1, &kind)?;
     let mut tables = String::new();
     for index in 0..8 {
         let offset = GITS_BASER + 8 * index;
@@ -153,6 +213,10 @@ pub fn start(
         doorbell: physical.add(GITS_TRANSLATER),
         kind,
         target,
+        redistributors,
+        configuration_physical: configuration.1,
+        collections: BTreeMap::new(),
+        boot_collection: arch::smp::this_cpu() as u16,
         queue,
         next_command: 0,
         configuration: configuration.0,
@@ -161,7 +225,7 @@ pub fn start(
     };
     let its = ITS.call_once(|| Mutex::new(its));
     let mut its = its.lock();
-    its.run(Command::map_collection(COLLECTION, target))?;
+    its.map_collection_here(target)?;
     Ok(format!(
         "ITS: doorbell GITS_TRANSLATER at PA {}, {}-bit DeviceIDs and EventIDs of {} bits, LPIs {FIRST_LPI}-{}{tables}",
         its.doorbell,
@@ -208,7 +272,8 @@ pub fn add_device(device: u32, events: u32) -> Result<alloc::vec::Vec<u32>, Stri
             return Err("no LPI left".into());
         }
         its.next_lpi += 1;
-        its.run(Command::map_event(device, event, lpi, COLLECTION))?;
+        let collection = its.boot_collection;
+        its.run(Command::map_event(device, event, lpi, collection))?;
         its.lpis.insert(lpi, (device, event));
         lpis.push(lpi);
     }
@@ -226,6 +291,28 @@ pub fn set_enabled(lpi: u32, enabled: bool) -> Result<(), String> {
     its.run(Command::invalidate(device, event))
 }
 
+/// LPIs on this CPU, a CPU started after boot: its redistributor's LPIs turned on, and a
+/// collection of its own mapped to it, numbered as the CPU.
+pub fn start_this_cpu() -> Result<(), String> {
+    let its = ITS.get().ok_or("no ITS")?;
+    let mut its = its.lock();
+    let target = its.redistributors.enable_lpis_here(its.configuration_physical, &its.kind)?;
+    its.map_collection_here(target)
+}
+
+/// Delivers LPI `lpi` from now on to CPU `cpu` (its place in the devicetree's list), through
+/// that CPU's collection (MOVI): the CPU must have started its LPIs.
+pub fn move_to_cpu(lpi: u32, cpu: usize) -> Result<(), String> {
+    let its = ITS.get().ok_or("no ITS")?;
+    let mut its = its.lock();
+    let &(device, event) = its.lpis.get(&lpi).ok_or_else(|| format!("LPI {lpi} was not handed out"))?;
+    let collection = u16::try_from(cpu).map_err(|_| format!("CPU {cpu} has no collection"))?;
+    let &target = its.collections.get(&collection).ok_or_else(|| format!("CPU {cpu} has not started its LPIs"))?;
+    its.run(Command::move_event(device, event, collection))?;
+    // The move is complete at the new redistributor too once the ITS has read past this.
+    its.run(Command::sync(target))
+}
+
 /// Raises `device`'s `event` from the ITS itself (the INT command): a mapping's test with no
 /// device involved.
 pub fn raise(device: u32, event: u32) -> Result<(), String> {
@@ -234,6 +321,14 @@ pub fn raise(device: u32, event: u32) -> Result<(), String> {
 }
 
 impl Its {
+    /// Maps this CPU's collection (numbered as the CPU) to its redistributor `target`.
+    fn map_collection_here(&mut self, target: u64) -> Result<(), String> {
+        let collection = arch::smp::this_cpu() as u16;
+        self.run(Command::map_collection(collection, target))?;
+        self.collections.insert(collection, target);
+        Ok(())
+    }
+
     /// Queues `command` and a SYNC, and waits until the ITS has read both.
     fn run(&mut self, command: Command) -> Result<(), String> {
         let target = self.target;

@@ -169,3 +169,43 @@ kernel_test! {
         Ok(())
     }
 }
+
+kernel_test! {
+    /// An ITS event can be delivered to any CPU: moved (MOVI) to each online CPU's collection in
+    /// turn and raised, its LPI is taken on that CPU, once. Each CPU turned its redistributor's
+    /// LPIs on when it started, and mapped its collection; an LPI taken elsewhere, or not at
+    /// all, would show a CPU whose part is missing.
+    fn an_its_event_moved_to_a_cpu_is_taken_on_that_cpu() {
+        if crate::its::doorbell().is_none() {
+            crate::testing::skip!("no GICv3 ITS on this machine");
+        }
+        // Past every bus the host bridge enumerates, and not the other ITS test's device.
+        const DEVICE: u32 = 0xfe00;
+        const NOBODY: usize = usize::MAX;
+        let lpi = *crate::its::add_device(DEVICE, 1)?.first().ok_or("no LPI was handed out")?;
+        let taken = Arc::new(AtomicU64::new(0));
+        let taken_on = Arc::new(core::sync::atomic::AtomicUsize::new(NOBODY));
+        let (count, cpu_seen) = (taken.clone(), taken_on.clone());
+        let handler = Box::new(move || {
+            cpu_seen.store(arch::smp::this_cpu(), Ordering::Release);
+            count.fetch_add(1, Ordering::Release);
+        });
+        let _registration =
+            interrupts::register_intid(lpi, true, "test ITS event, moved", handler).map_err(|error| alloc::format!("{error}"))?;
+        let cpus: alloc::vec::Vec<usize> =
+            (0..crate::smp::listed()).filter(|&cpu| crate::smp::seen(cpu).is_some()).collect();
+        for (round, &cpu) in cpus.iter().enumerate() {
+            crate::its::move_to_cpu(lpi, cpu)?;
+            crate::its::raise(DEVICE, 0)?;
+            // Polled: the interrupt goes to another CPU, which would not wake this one.
+            let started = arch::timer::uptime();
+            while taken.load(Ordering::Acquire) <= round as u64 && arch::timer::uptime() - started < PROMPTLY {
+                core::hint::spin_loop();
+            }
+            ensure!(taken.load(Ordering::Acquire) == round as u64 + 1, "LPI {lpi}, moved to CPU {cpu}, was not taken within {PROMPTLY:?}");
+            let on = taken_on.load(Ordering::Acquire);
+            ensure!(on == cpu, "LPI {lpi}, moved to CPU {cpu}, was taken on CPU {on}");
+        }
+        Ok(())
+    }
+}
