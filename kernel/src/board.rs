@@ -233,16 +233,17 @@ impl PciDriver {
             Some(line) => (Some(Source::Wired(line)), alloc::format!("INTx {} {}", line.kind, line.number)),
             None => (None, "-".into()),
         };
-        let vector = match self {
-            PciDriver::Nvme => crate::nvme::MSIX_VECTOR,
-            PciDriver::VirtioBlock => crate::virtio::MSIX_VECTOR,
+        // NVMe asks for a vector per CPU, one for each I/O queue it will create.
+        let (vector, count) = match self {
+            PciDriver::Nvme => (crate::nvme::MSIX_VECTOR, crate::nvme::io_queues_wanted()),
+            PciDriver::VirtioBlock => (crate::virtio::MSIX_VECTOR, 1),
             PciDriver::Edu => return intx,
         };
         if crate::interrupts::polling() || crate::its::doorbell().is_none() {
             return intx;
         }
-        match crate::msi::route(bus, function, dma, vector) {
-            Ok(route) => (Some(Source::Message { lpi: route.lpi }), alloc::format!("{route}")),
+        match crate::msi::route(bus, function, dma, vector, count) {
+            Ok(route) => (Some(Source::Message { lpi: route.lpi, vectors: route.vectors }), alloc::format!("{route}")),
             Err(problem) => {
                 warn!("  {:<8} MSI-X not used ({problem}): INTx instead", function.address);
                 intx

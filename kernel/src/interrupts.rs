@@ -272,8 +272,9 @@ pub fn polling() -> bool {
 pub enum Source {
     /// A wire into the GIC: an SoC device's line, or a PCIe function's INTx.
     Wired(GicInterrupt),
-    /// A message the device writes (MSI-X, [`crate::msi`]), delivered as this LPI.
-    Message { lpi: u32 },
+    /// Messages the device writes (MSI-X, [`crate::msi`]): `vectors` of them, delivered as
+    /// consecutive LPIs from `lpi` on.
+    Message { lpi: u32, vectors: u16 },
 }
 
 impl From<GicInterrupt> for Source {
@@ -285,14 +286,21 @@ impl From<GicInterrupt> for Source {
 /// The line a driver should wait on for `source`: `None` when it must poll (`kernel.poll`,
 /// no GIC, no interrupt described, or the line cannot be registered, which is logged).
 pub fn line_for(source: Option<Source>, name: &str) -> Option<Line> {
-    if polling() {
-        return None;
-    }
-    let line = match source? {
-        Source::Wired(interrupt) => Line::new(interrupt, name),
-        Source::Message { lpi } => Line::for_lpi(lpi, name),
+    lines_for(source, name).into_iter().next().flatten()
+}
+
+/// The lines of each of `source`'s vectors (one for a wire), as [`line_for`] gives one.
+pub fn lines_for(source: Option<Source>, name: &str) -> Vec<Option<Line>> {
+    let line = |registered: Result<Line, InterruptError>| {
+        registered.inspect_err(|problem| log::warn!("{name}: {problem}: its completions are polled")).ok()
     };
-    line.inspect_err(|problem| log::warn!("{name}: {problem}: its completions are polled")).ok()
+    match source.filter(|_| !polling()) {
+        None => alloc::vec![None],
+        Some(Source::Wired(interrupt)) => alloc::vec![line(Line::new(interrupt, name))],
+        Some(Source::Message { lpi, vectors }) => {
+            (lpi..lpi + u32::from(vectors.max(1))).map(|lpi| line(Line::for_lpi(lpi, name))).collect()
+        }
+    }
 }
 
 /// Whether [`start`] found a GIC.
@@ -415,6 +423,8 @@ struct LineState {
     /// The CPU sleeping until the line fires, or [`NO_CPU`]. The GIC delivers the interrupt to
     /// whichever CPU it routes it to; if that is another, the handler wakes this one.
     waiter: AtomicUsize,
+    /// Interrupts taken on another CPU than the one waiting, which had to be woken.
+    forwarded: AtomicU64,
 }
 
 /// No CPU waits on the line.
@@ -435,7 +445,11 @@ impl Line {
     /// LPI could not be masked from a handler anyway: that takes ITS commands). A level is
     /// masked until the driver has lowered it.
     fn on(intid: u32, edge: bool, name: &str) -> Result<Self, InterruptError> {
-        let shared = Arc::new(LineState { fired: AtomicU64::new(0), waiter: AtomicUsize::new(NO_CPU) });
+        let shared = Arc::new(LineState {
+            fired: AtomicU64::new(0),
+            waiter: AtomicUsize::new(NO_CPU),
+            forwarded: AtomicU64::new(0),
+        });
         let state = shared.clone();
         let handler = Box::new(move || {
             if !edge {
@@ -446,6 +460,7 @@ impl Line {
             state.fired.fetch_add(1, Ordering::SeqCst);
             let waiter = state.waiter.load(Ordering::SeqCst);
             if waiter != NO_CPU && waiter != arch::smp::this_cpu() {
+                state.forwarded.fetch_add(1, Ordering::Relaxed);
                 wake_cpu(waiter);
             }
         });
@@ -461,6 +476,12 @@ impl Line {
     /// How many times the line has fired.
     pub fn fired(&self) -> u64 {
         self.shared.fired.load(Ordering::Acquire)
+    }
+
+    /// How many times it fired on another CPU than the one waiting for it, which its handler
+    /// then woke: 0 when the interrupt is routed to the CPU that waits.
+    pub fn forwarded(&self) -> u64 {
+        self.shared.forwarded.load(Ordering::Relaxed)
     }
 
     /// Waits until `done` holds or the uptime reaches `deadline`, sleeping between

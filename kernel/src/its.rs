@@ -62,8 +62,9 @@ const LPI_ENABLED: u8 = 0xa0 | 1;
 const QUEUE_COMMANDS: usize = 4096 / 32;
 /// How long the ITS may take to read a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
-/// EventID bits of every device's table: 4 events.
-const EVENT_BITS: u32 = 2;
+/// EventID bits of every device's table: 16 events (an NVMe admin queue and an I/O queue for
+/// each of up to 8 CPUs fit).
+const EVENT_BITS: u32 = 4;
 
 /// The running ITS.
 struct Its {

@@ -28,14 +28,16 @@ use spin::Mutex;
 use crate::dma_platform::{DmaDevice, Route};
 use crate::pci::{PciBus, PciFunction};
 
-/// A function's vector, set up.
+/// A function's vectors, set up: `vectors` of them from `vector` on, each raising its own LPI.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageRoute {
-    /// The MSI-X vector (and the ITS EventID).
+    /// The first MSI-X vector (and the ITS EventID).
     pub vector: u16,
+    /// How many vectors, consecutive.
+    pub vectors: u16,
     /// The function's DeviceID at the ITS.
     pub device_id: u32,
-    /// The LPI the vector raises.
+    /// The LPI the first vector raises; the next vectors raise the next LPIs.
     pub lpi: u32,
     /// Where the function writes: an IOVA when `translated`, else a bus address.
     pub address: u64,
@@ -46,11 +48,15 @@ pub struct MessageRoute {
 impl fmt::Display for MessageRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let through = if self.translated { "IOVA" } else { "PA" };
-        write!(
-            f,
-            "MSI-X {} → LPI {} (DeviceID {:#06x}, doorbell {through} {:#x})",
-            self.vector, self.lpi, self.device_id, self.address
-        )
+        match self.vectors {
+            1 => write!(f, "MSI-X {} → LPI {}", self.vector, self.lpi)?,
+            vectors => {
+                let last = u32::from(vectors) - 1;
+                let last_vector = u32::from(self.vector) + last;
+                write!(f, "MSI-X {}-{last_vector} → LPI {}-{}", self.vector, self.lpi, self.lpi + last)?
+            }
+        }
+        write!(f, " (DeviceID {:#06x}, doorbell {through} {:#x})", self.device_id, self.address)
     }
 }
 
@@ -62,12 +68,21 @@ pub fn route_of(name: &str) -> Option<MessageRoute> {
     ROUTES.lock().iter().find(|(named, _)| *named == name).map(|(_, route)| *route)
 }
 
-/// Gives `function` MSI-X vector `vector`, raising a fresh LPI; the vectors below it are
-/// programmed too but stay masked (a driver picks a vector to keep others, such as NVMe's
-/// admin queue on vector 0, silent). `dma` is the function's DMA route, whose domain (if any)
+/// Gives `function` MSI-X vectors `vector` to `vector + count - 1` (as many as its table holds,
+/// at least one), each raising a fresh LPI; the vectors below them are programmed too but stay
+/// masked (a driver picks its vectors to keep others, such as NVMe's admin queue on vector 0,
+/// silent). `dma` is the function's DMA route, whose domain (if any)
 /// gets the doorbell mapping. An error leaves the function on INTx.
-pub fn route(bus: &PciBus, function: &PciFunction, dma: &DmaDevice, vector: u16) -> Result<MessageRoute, String> {
+pub fn route(
+    bus: &PciBus,
+    function: &PciFunction,
+    dma: &DmaDevice,
+    vector: u16,
+    count: u16,
+) -> Result<MessageRoute, String> {
     let doorbell = crate::its::doorbell().ok_or("no ITS")?;
+    let room = crate::pci::msix_vectors(bus, function)?;
+    let count = count.min(room.saturating_sub(vector)).max(1);
     let requester = function.address.requester_id();
     let route = bus
         .bridge
@@ -83,12 +98,13 @@ pub fn route(bus: &PciBus, function: &PciFunction, dma: &DmaDevice, vector: u16)
         }
         _ => (doorbell.as_u64(), false),
     };
-    let lpis = crate::its::add_device(route.device_id, u32::from(vector) + 1)?;
-    let lpi = *lpis.last().ok_or("the ITS handed out no LPI")?;
-    let entries: alloc::vec::Vec<MsixEntry> =
-        (0..=vector).map(|event| MsixEntry { address, data: u32::from(event), masked: event != vector }).collect();
+    let lpis = crate::its::add_device(route.device_id, u32::from(vector) + u32::from(count))?;
+    let lpi = *lpis.get(usize::from(vector)).ok_or("the ITS handed out too few LPIs")?;
+    let entries: alloc::vec::Vec<MsixEntry> = (0..vector + count)
+        .map(|event| MsixEntry { address, data: u32::from(event), masked: event < vector })
+        .collect();
     crate::pci::enable_msix(bus, function, &entries)?;
-    let message = MessageRoute { vector, device_id: route.device_id, lpi, address, translated };
+    let message = MessageRoute { vector, vectors: count, device_id: route.device_id, lpi, address, translated };
     ROUTES.lock().push((dma.name, message));
     Ok(message)
 }

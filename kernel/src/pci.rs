@@ -34,7 +34,8 @@ use platform::devicetree::Devicetree;
 use platform::pci::{self as pci_dt, BarAllocator, BarKind, BarRequest, IntxPin, PciHostBridge, StreamRoute};
 use spin::{Mutex, Once};
 use virtio_drivers::transport::pci::bus::{
-    BarInfo, Cam, Command, DeviceFunction, DeviceFunctionInfo, HeaderType, MemoryBarType, MmioCam, PciRoot,
+    BarInfo, Cam, CapabilityInfo, Command, DeviceFunction, DeviceFunctionInfo, HeaderType, MemoryBarType, MmioCam,
+    PciRoot,
 };
 
 /// Configuration space access through the bridge's ECAM window.
@@ -186,6 +187,26 @@ pub fn config_address(function: pci_dt::PciFunction) -> DeviceFunction {
     DeviceFunction { bus: function.bus(), device: function.device(), function: function.function() }
 }
 
+/// How many MSI-X vectors `function`'s table holds.
+pub fn msix_vectors(bus: &PciBus, function: &PciFunction) -> Result<u16, String> {
+    let root = bus.root.lock();
+    msix_capability(bus, function, &root).map(|(_, capability)| capability.vectors)
+}
+
+/// `function`'s MSI-X capability: where it is in configuration space, and what it says.
+fn msix_capability(
+    bus: &PciBus,
+    function: &PciFunction,
+    root: &Root,
+) -> Result<(CapabilityInfo, MsixCapability), String> {
+    let address = config_address(function.address);
+    let found = root.capabilities(address).find(|capability| capability.id == msix::CAPABILITY_ID);
+    let header = found.ok_or("it has no MSI-X capability")?;
+    let capability = MsixCapability::decode(header.private_header, bus.read_config(function, header.offset + 4)?)
+        .map_err(|error| alloc::format!("{error}"))?;
+    Ok((header, capability))
+}
+
 /// Programs `entries` as vectors 0, 1, ... of `function`'s MSI-X table and enables MSI-X, with
 /// INTx disabled (the module documentation of `drivers::msix` gives the order). Returns the
 /// capability. Everything that can be refused is checked before the first write, so an error
@@ -193,10 +214,7 @@ pub fn config_address(function: pci_dt::PciFunction) -> DeviceFunction {
 pub fn enable_msix(bus: &PciBus, function: &PciFunction, entries: &[MsixEntry]) -> Result<MsixCapability, String> {
     let root = bus.root.lock();
     let address = config_address(function.address);
-    let found = root.capabilities(address).find(|capability| capability.id == msix::CAPABILITY_ID);
-    let header = found.ok_or("it has no MSI-X capability")?;
-    let capability = MsixCapability::decode(header.private_header, bus.read_config(function, header.offset + 4)?)
-        .map_err(|error| alloc::format!("{error}"))?;
+    let (header, capability) = msix_capability(bus, function, &root)?;
     let last = u16::try_from(entries.len()).ok().and_then(|count| count.checked_sub(1)).ok_or("no vector asked for")?;
     capability.entry_offset(last).map_err(|error| alloc::format!("{error}"))?;
     let bar = function.memory_bars[usize::from(capability.table_bar)]

@@ -41,7 +41,12 @@ pub mod admin_opcode {
     pub const CREATE_IO_COMPLETION_QUEUE: u8 = 0x05;
     /// 5.17 "Identify command".
     pub const IDENTIFY: u8 = 0x06;
+    /// 5.27 "Set Features command".
+    pub const SET_FEATURES: u8 = 0x09;
 }
+
+/// Set Features, CDW10 [7:0]: FID 07h, Number of Queues (5.27.1.5).
+const NUMBER_OF_QUEUES: u32 = 0x07;
 
 /// NVM command set I/O opcodes (NVM Command Set Specification 1.0, Figure "Opcodes for NVM
 /// Commands").
@@ -137,6 +142,14 @@ impl SubmissionEntry {
             IdentifyTarget::ActiveNamespaces => (0, 0x02),
         };
         Self { nsid, prp1, cdw10: cns, ..Self::new(admin_opcode::IDENTIFY) }
+    }
+
+    /// Set Features, Number of Queues (5.27.1.5): asks for `wanted` I/O submission and as many
+    /// completion queues (CDW11: NCQR in 31:16, NSQR in 15:0, both 0-based). The controller
+    /// answers with what it allocated ([`granted_queues`]); it may be fewer, or more.
+    pub fn set_number_of_queues(wanted: u16) -> Self {
+        let count = u32::from(wanted.max(1) - 1);
+        Self { cdw10: NUMBER_OF_QUEUES, cdw11: count << 16 | count, ..Self::new(admin_opcode::SET_FEATURES) }
     }
 
     /// Create I/O Completion Queue (5.4): queue `queue` of `entries` 16-byte entries at `dma`,
@@ -239,6 +252,13 @@ impl SubmissionEntry {
     }
 }
 
+/// The I/O queue pairs a Set Features, Number of Queues completion's DW0 says were allocated
+/// (NCQA in 31:16, NSQA in 15:0, both 0-based): a pair needs one of each.
+pub fn granted_queues(result: u32) -> u16 {
+    let (submission, completion) = (result & 0xffff, result >> 16);
+    (submission.min(completion) + 1).min(u32::from(u16::MAX)) as u16
+}
+
 /// QSIZE: entries minus one; 0 (refused by the controller) for fewer than 2 entries.
 fn queue_size(entries: u16) -> u32 {
     u32::from(entries.saturating_sub(1))
@@ -283,6 +303,18 @@ mod tests {
     /// Bits `[start, start + length)` of `dword`.
     fn bits(dword: u32, start: u32, length: u32) -> u32 {
         (dword >> start) & ((1u64 << length) - 1) as u32
+    }
+
+    #[test]
+    fn number_of_queues_asks_zero_based_and_reads_the_smaller_grant() {
+        let entry = dwords(&SubmissionEntry::set_number_of_queues(4));
+        assert_eq!(bits(entry[0], 0, 8), 0x09, "Set Features");
+        assert_eq!(bits(entry[10], 0, 8), 0x07, "FID: Number of Queues");
+        assert_eq!((bits(entry[11], 16, 16), bits(entry[11], 0, 16)), (3, 3), "NCQR and NSQR, 0-based");
+        assert_eq!(bits(dwords(&SubmissionEntry::set_number_of_queues(0))[11], 0, 16), 0, "at least one");
+        assert_eq!(granted_queues(0x0003_0003), 4);
+        assert_eq!(granted_queues(0x0001_0040), 2, "a pair needs a completion queue too");
+        assert_eq!(granted_queues(0xffff_ffff), u16::MAX, "65536 does not fit; the most that can be used");
     }
 
     /// The dwords the controller ignores for these commands must stay 0.

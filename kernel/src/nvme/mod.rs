@@ -47,7 +47,7 @@ use core::time::Duration;
 
 use addr::{DmaAddr, PhysAddr, PhysRange, VirtAddr};
 use drivers::block::in_flight::{RequestQueue, run_window};
-use drivers::nvme::command::{CommandError, IdentifyTarget, SubmissionEntry};
+use drivers::nvme::command::{CommandError, IdentifyTarget, SubmissionEntry, granted_queues};
 use drivers::nvme::completion::Status;
 use drivers::nvme::identify::{self, ControllerIdentity, IDENTIFY_BYTES, IdentifyError, NamespaceIdentity};
 use drivers::nvme::prp::{PrpError, PrpPlan, max_prp_transfer};
@@ -77,7 +77,8 @@ const IO_ENTRIES: u16 = 16;
 /// Commands kept in flight on the I/O queue: fewer than its entries (a full ring keeps one
 /// empty), each with a page of PRP entries of its own.
 pub const QUEUE_DEPTH: usize = 8;
-const IO_QUEUE: u16 = 1;
+/// The most I/O queue pairs asked for: one per CPU, up to the kernel's limit of CPUs.
+const MAX_IO_QUEUES: usize = platform::devicetree::MAX_CPUS;
 /// How long a command may take. QEMU answers in microseconds; a real disk within seconds.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -286,7 +287,10 @@ pub struct Controller {
     in_place_transfer: usize,
     dma: &'static DmaDevice,
     admin: QueuePair,
-    io: QueuePair,
+    /// The I/O queue pairs: one per CPU online, as many as the controller granted and the
+    /// function has vectors for; a CPU submits on `io[its number % len]`. Pin-based or polled,
+    /// one.
+    io: Vec<QueuePair>,
     /// A page of PRP entries for each command in flight.
     prp_lists: Coherent<'static>,
     /// Why the controller was disabled, if it was.
@@ -303,8 +307,14 @@ pub fn controllers() -> Vec<&'static Mutex<Controller>> {
     CONTROLLERS.lock().clone()
 }
 
+/// How many I/O queues (so MSI-X vectors, from [`MSIX_VECTOR`] on) the kernel asks a
+/// controller for: one per CPU online.
+pub fn io_queues_wanted() -> u16 {
+    crate::smp::online().clamp(1, MAX_IO_QUEUES) as u16
+}
+
 /// Starts the controller of `function`, its DMA through `dma`, its I/O completions signalled
-/// on `interrupt` (pin-based, or MSI-X vector [`MSIX_VECTOR`]).
+/// on `interrupt` (pin-based, or MSI-X vectors from [`MSIX_VECTOR`] on, one per I/O queue).
 pub fn start(
     name: &'static str,
     function: &PciFunction,
@@ -317,20 +327,21 @@ pub fn start(
         Some(Source::Message { .. }) => Signal::Message,
         _ => Signal::Pin,
     };
-    let line = crate::interrupts::line_for(interrupt, name);
-    let controller = Controller::start(name, registers, Box::leak(Box::new(dma)), line, signal)?;
+    let lines = crate::interrupts::lines_for(interrupt, name);
+    let controller = Controller::start(name, registers, Box::leak(Box::new(dma)), lines, signal)?;
     CONTROLLERS.lock().push(Box::leak(Box::new(Mutex::new(controller))));
     Ok(())
 }
 
 impl Controller {
-    /// Brings the controller up; with `line`, its I/O completions interrupt (pin-based, or the
-    /// MSI-X vector) and are waited for asleep, else they are polled.
+    /// Brings the controller up with an I/O queue pair for each of `lines` (as many as it
+    /// grants); a queue with a line interrupts (pin-based, or its MSI-X vector) and is waited
+    /// for asleep, one without is polled.
     fn start(
         name: &'static str,
         registers: VirtAddr,
         dma: &'static DmaDevice,
-        line: Option<Line>,
+        lines: Vec<Option<Line>>,
         signal: Signal,
     ) -> Result<Self, NvmeError> {
         let base = NonNull::new(registers.as_mut_ptr::<u8>()).ok_or(NvmeError::MapRegisters)?;
@@ -364,8 +375,8 @@ impl Controller {
             };
             let max_transfer = limits.max_transfer()?;
             let in_place_transfer = TransferLimits { mapping: None, ..limits }.max_transfer()?;
-            let interrupting = line.is_some();
-            let io = create_io_queues(dma, &mut admin, doorbells, line, signal)?;
+            let interrupting = lines.iter().any(Option::is_some);
+            let io = create_io_queues(dma, &mut admin, doorbells, lines, signal)?;
             if interrupting && signal == Signal::Pin {
                 properties.unmask_interrupts(1 << INTX_VECTOR);
             }
@@ -407,7 +418,7 @@ impl Controller {
     pub fn summary(&self) -> String {
         let namespace = &self.namespace.identity;
         format!(
-            "{} (serial {}, firmware {}, NVMe {}), namespace {}: {} blocks of {} bytes; {} KiB per command, limited by {}",
+            "{} (serial {}, firmware {}, NVMe {}), namespace {}: {} blocks of {} bytes; {} KiB per command, limited by {}; {} I/O {}",
             self.identity.model(),
             self.identity.serial(),
             self.identity.firmware(),
@@ -416,7 +427,9 @@ impl Controller {
             namespace.size,
             namespace.block_size,
             self.max_transfer >> 10,
-            self.limits.limiting_factor()
+            self.limits.limiting_factor(),
+            self.io.len(),
+            if self.io.len() == 1 { "queue" } else { "queues, one per CPU" }
         )
     }
 
@@ -457,9 +470,25 @@ impl Controller {
         }
     }
 
-    /// Runs an I/O command on the otherwise idle queue; a failure disables the controller.
+    /// Runs an I/O command on this CPU's otherwise idle queue; a failure disables the
+    /// controller.
     fn run_io(&mut self, entry: SubmissionEntry) -> Result<drivers::nvme::completion::CompletionEntry, NvmeError> {
-        self.io.execute(entry, COMMAND_TIMEOUT).map_err(|error| self.disable_after(error))
+        let queue = self.queue_of_this_cpu();
+        self.io[queue].execute(entry, COMMAND_TIMEOUT).map_err(|error| self.disable_after(error))
+    }
+
+    /// The I/O queue pair this CPU submits on, whose vector the ITS delivers to it (with one
+    /// queue per CPU): its completions interrupt the CPU that waits for them. A CPU stays on
+    /// one queue, so a batch, submitted and completed by one CPU under the controller's lock,
+    /// stays on it too.
+    fn queue_of_this_cpu(&self) -> usize {
+        arch::smp::this_cpu() % self.io.len()
+    }
+
+    /// Per I/O queue: the interrupts its vector raised, and how many of them were taken on
+    /// another CPU than the one waiting (`None`: it is polled).
+    pub fn interrupts_by_queue(&self) -> Vec<Option<(u64, u64)>> {
+        self.io.iter().map(|queue| queue.interrupts_taken().zip(queue.interrupts_forwarded())).collect()
     }
 
     /// Disables the controller after `error` (a command late or misreported), so that it stops
@@ -502,14 +531,15 @@ impl Controller {
         let blocks = (length / self.block_size()) as u32;
         let build = if write { SubmissionEntry::write } else { SubmissionEntry::read };
         let entry = build(self.namespace.id, block, blocks, plan.first(), plan.second(list_address)?)?;
-        let (command_id, slot) = self.io.submit(entry)?;
+        let queue = self.queue_of_this_cpu();
+        let (command_id, slot) = self.io[queue].submit(entry)?;
         Ok(Command { command_id, slot, list, list_entries: plan.list_entries(), name: entry.name(false) })
     }
 
     /// The command in `slot` and its PRP list, read back from the memory the controller
     /// fetched them from, with where each page entry leads while still mapped.
     fn received(&mut self, command: &Command) -> ReceivedCommand {
-        let entry = self.io.submitted(command.slot);
+        let entry = self.io[self.queue_of_this_cpu()].submitted(command.slot);
         let list = &self.prp_list_entries(command.list)[..command.list_entries];
         let prp_list = list.iter().map(|entry| u64::from_le(*entry)).collect();
         let mut received = ReceivedCommand { entry, prp_list, reached: Vec::new() };
@@ -575,7 +605,7 @@ impl BlockDevice for Controller {
     }
 
     fn interrupts_taken(&self) -> Option<u64> {
-        self.io.interrupts_taken()
+        self.io.iter().filter_map(QueuePair::interrupts_taken).reduce(|sum, taken| sum + taken)
     }
 
     fn block_size(&self) -> usize {
@@ -711,11 +741,13 @@ impl RequestQueue for Batch<'_, '_, '_> {
     }
 
     fn complete_next(&mut self) -> Result<Result<(), BlockError>, BlockError> {
-        let completion = match self.controller.io.wait(COMMAND_TIMEOUT) {
+        let this_cpus = self.controller.queue_of_this_cpu();
+        let io = &mut self.controller.io[this_cpus];
+        let queue = io.id;
+        let completion = match io.wait(COMMAND_TIMEOUT) {
             Ok(completion) => completion,
             Err(error) => return Err(self.abandon(error)),
         };
-        let queue = self.controller.io.id;
         let position = self.in_flight.iter().position(|held| held.command.command_id == completion.command_id);
         let Some(position) = position.filter(|_| completion.submission_queue == queue) else {
             let outstanding = self.in_flight.iter().map(|held| held.command.command_id).collect();
@@ -851,22 +883,46 @@ enum Signal {
     Message,
 }
 
-/// I/O queue pair 1: the completion queue first, since the submission queue names it.
+/// An I/O queue pair for each of `lines` the controller grants (Set Features, Number of
+/// Queues, when more than one is asked for), numbered from 1, each completion queue created
+/// first (the submission queue names it) on its own vector: MSI-X vector [`MSIX_VECTOR`] + n
+/// for queue n + 1, whose LPI is moved to the n-th CPU online. Lines beyond the grant are
+/// dropped, which disables their LPIs.
 fn create_io_queues(
     dma: &'static DmaDevice,
     admin: &mut QueuePair,
     doorbells: Doorbells,
-    line: Option<Line>,
+    lines: Vec<Option<Line>>,
     signal: Signal,
-) -> Result<QueuePair, NvmeError> {
-    let vector = line.as_ref().map(|_| match signal {
-        Signal::Pin => INTX_VECTOR,
-        Signal::Message => MSIX_VECTOR,
-    });
-    let io = QueuePair::new(dma, IO_QUEUE, IO_ENTRIES, doorbells)?.with_line(line);
-    let completion = io.completion_address().as_u64();
-    admin_command(admin, SubmissionEntry::create_io_completion_queue(IO_QUEUE, IO_ENTRIES, completion, vector))?;
-    let submission = io.submission_address().as_u64();
-    admin_command(admin, SubmissionEntry::create_io_submission_queue(IO_QUEUE, IO_ENTRIES, submission, IO_QUEUE))?;
-    Ok(io)
+) -> Result<Vec<QueuePair>, NvmeError> {
+    let wanted = u16::try_from(lines.len().clamp(1, MAX_IO_QUEUES)).unwrap_or(1);
+    let granted = match wanted {
+        1 => 1,
+        _ => {
+            let completion = admin.execute(SubmissionEntry::set_number_of_queues(wanted), COMMAND_TIMEOUT)?;
+            check_status("Set Features (Number of Queues)", completion.status())?;
+            granted_queues(completion.result)
+        }
+    };
+    let cpus: Vec<usize> = (0..crate::smp::listed()).filter(|&cpu| crate::smp::seen(cpu).is_some()).collect();
+    let mut queues = Vec::new();
+    for (index, line) in lines.into_iter().take(usize::from(wanted.min(granted))).enumerate() {
+        let id = index as u16 + 1;
+        let vector = line.as_ref().map(|_| match signal {
+            Signal::Pin => INTX_VECTOR,
+            Signal::Message => MSIX_VECTOR + index as u16,
+        });
+        if let (Some(line), Signal::Message, Some(&cpu)) = (&line, signal, cpus.get(index))
+            && let Err(problem) = crate::its::move_to_cpu(line.intid(), cpu)
+        {
+            log::warn!("I/O queue {id}: its interrupt stays on the boot CPU: {problem}");
+        }
+        let io = QueuePair::new(dma, id, IO_ENTRIES, doorbells)?.with_line(line);
+        let completion = io.completion_address().as_u64();
+        admin_command(admin, SubmissionEntry::create_io_completion_queue(id, IO_ENTRIES, completion, vector))?;
+        let submission = io.submission_address().as_u64();
+        admin_command(admin, SubmissionEntry::create_io_submission_queue(id, IO_ENTRIES, submission, id))?;
+        queues.push(io);
+    }
+    Ok(queues)
 }

@@ -81,6 +81,11 @@ impl QueuePair {
         self.line.as_ref().map(Line::fired)
     }
 
+    /// Interrupts of its line taken on another CPU than the one waiting ([`Line::forwarded`]).
+    pub fn interrupts_forwarded(&self) -> Option<u64> {
+        self.line.as_ref().map(Line::forwarded)
+    }
+
     pub fn submission_address(&self) -> DmaAddr {
         self.submissions.dma()
     }

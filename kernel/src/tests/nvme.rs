@@ -335,3 +335,61 @@ kernel_test! {
         Ok(())
     }
 }
+
+kernel_test! {
+    /// Each CPU has an I/O queue pair of its own, whose completion interrupt the ITS delivers
+    /// to that CPU: every CPU writes and reads back blocks of its own through every controller
+    /// at once, every byte compared. Afterwards the queue of every CPU has interrupted, and no
+    /// completion had to be forwarded from another CPU to wake its waiter.
+    fn every_cpu_has_an_io_queue_of_its_own_that_interrupts_it() {
+        if crate::smp::online() < 2 {
+            skip!("one CPU online");
+        }
+        let controllers = nvme::controllers();
+        if controllers.is_empty() {
+            skip!("no NVMe controller");
+        }
+        let before: Vec<_> = controllers.iter().map(|controller| controller.lock().interrupts_by_queue()).collect();
+        if before.iter().any(|queues| queues.len() < 2 || queues.iter().any(Option::is_none)) {
+            skip!("a controller has one I/O queue or polls (no MSI-X vectors through an ITS, or kernel.poll)");
+        }
+        let failures = Mutex::new(Vec::new());
+        crate::smp::on_every_cpu(&|cpu| {
+            for controller in &controllers {
+                let mut controller = controller.lock();
+                let size = controller.block_size().max(PAGE_SIZE);
+                let block = (cpu * 64) as u64;
+                let data = pattern(((cpu as u64) << 16) + controller.blocks(), size);
+                let mut read = vec![0u8; size];
+                let problem = block::write(&mut *controller, block, &data)
+                    .and_then(|()| block::read(&mut *controller, block, &mut read))
+                    .err()
+                    .map(|error| format!("{error}"))
+                    .or_else(|| (read != data).then(|| "read back other bytes".into()));
+                if let Some(problem) = problem {
+                    failures.lock().push(format!("CPU {cpu}, {}: {problem}", controller.name));
+                }
+            }
+        });
+        let failures = failures.into_inner();
+        ensure!(failures.is_empty(), "{}", failures.join("; "));
+        for (controller, before) in controllers.iter().zip(before) {
+            let controller = controller.lock();
+            let after = controller.interrupts_by_queue();
+            for cpu in (0..crate::smp::listed()).filter(|&cpu| crate::smp::seen(cpu).is_some()) {
+                let queue = cpu % after.len();
+                let ((fired, forwarded), (fired_before, forwarded_before)) =
+                    (after[queue].unwrap_or_default(), before[queue].unwrap_or_default());
+                ensure!(fired > fired_before, "{}: CPU {cpu}'s I/O queue {} never interrupted", controller.name, queue + 1);
+                ensure!(
+                    forwarded == forwarded_before,
+                    "{}: {} completions of I/O queue {} were taken on another CPU than CPU {cpu}",
+                    controller.name,
+                    forwarded - forwarded_before,
+                    queue + 1
+                );
+            }
+        }
+        Ok(())
+    }
+}
