@@ -89,7 +89,8 @@ pub fn this_cpu() -> usize {
     TPIDR_EL1.get() as usize
 }
 
-/// Records this CPU's number for [`this_cpu`]; each CPU does so once, as soon as it runs.
+/// Records this CPU's number for [`this_cpu`]: each CPU as soon as it runs (the boot CPU a
+/// second time, once the devicetree has said which it is).
 pub fn set_this_cpu(index: usize) {
     TPIDR_EL1.set(index as u64);
 }

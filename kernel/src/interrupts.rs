@@ -545,8 +545,9 @@ pub fn raise_sgi_on_self(sgi: u32) -> Result<(), InterruptError> {
     arch::interrupt::without(|| interrupts.gic.lock().raise_sgi_on_self(sgi))
 }
 
-/// The SGI that wakes CPUs waiting for work (`smp::on_every_cpu`); the interrupt tests raise
-/// SGIs 1 and 2.
+/// The SGI that wakes a CPU: for work (`smp::on_every_cpu`), or because the interrupt its
+/// driver sleeps on was taken on another CPU ([`wake_cpu`]). The interrupt tests raise SGIs 1
+/// and 2.
 pub const WAKE_SGI: u32 = 8;
 
 /// Brings up this CPU's own part of the GIC (a CPU started after boot, `index` its place in the
@@ -555,18 +556,23 @@ pub const WAKE_SGI: u32 = 8;
 /// [`wake_other_cpus`] or [`wake_cpu`]. Then takes IRQs and checks its timer interrupt comes.
 pub fn start_this_cpu(index: usize) -> Result<(), InterruptError> {
     let interrupts = INTERRUPTS.get().ok_or(InterruptError::NotStarted)?;
-    arch::interrupt::without(|| {
+    let refused = arch::interrupt::without(|| {
         let handlers = interrupts.handlers.lock();
         let mut gic = interrupts.gic.lock();
         gic.bring_up_this_cpu(index);
         SGI_TARGETS.mine().store(gic.sgi_target_of_this_cpu(), Ordering::Release);
         let private = handlers.iter().filter(|(intid, _)| (PPI_FIRST..SPI_FIRST).contains(*intid));
-        for (&intid, sharers) in private {
+        let refused = private.filter_map(|(&intid, sharers)| {
             let edge = sharers.first().is_some_and(|entry| entry.edge);
-            gic.enable(intid, edge).map_err(|problem| InterruptError::CannotEnable { intid, problem })?;
-        }
-        Ok(())
-    })?;
+            gic.enable(intid, edge).err().map(|problem| InterruptError::CannotEnable { intid, problem })
+        });
+        refused.collect::<Vec<_>>()
+    });
+    // Reported, not fatal: the CPU still takes SGIs, and the timer check below finds out
+    // whether its waits can sleep.
+    for problem in refused {
+        log::error!("interrupts: CPU {index}: {problem}");
+    }
     arch::interrupt::unmask();
     if let Some(timer) = interrupts.timer {
         check_this_cpus_timer(timer);
@@ -583,6 +589,14 @@ pub fn start_this_cpu(index: usize) -> Result<(), InterruptError> {
 const PPI_FIRST: u32 = 16;
 const SPI_FIRST: u32 = 32;
 
+/// Wake-ups [`wake_cpu`] has sent since boot.
+static WAKE_UPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a handler woke a CPU waiting on another ([`wake_cpu`]) since boot.
+pub fn wake_ups() -> u64 {
+    WAKE_UPS.load(Ordering::Relaxed)
+}
+
 /// How [`wake_cpu`] names each CPU to the GIC: a GICv3's affinity, a GICv2's CPU interface bit.
 static SGI_TARGETS: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }; MAX_CPUS]);
 
@@ -591,6 +605,7 @@ static SGI_TARGETS: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }
 /// sleeper's CPU a reschedule IPI.
 pub fn wake_cpu(cpu: usize) {
     let (Some(interrupts), Some(target)) = (INTERRUPTS.get(), SGI_TARGETS.of(cpu)) else { return };
+    WAKE_UPS.fetch_add(1, Ordering::Relaxed);
     let target = target.load(Ordering::Acquire);
     arch::interrupt::without(|| interrupts.gic.lock().raise_sgi_on(WAKE_SGI, target));
 }
@@ -739,6 +754,9 @@ impl Gic {
                 // Device memory in the kernel's device window; this is the only driver for them.
                 let gic = unsafe { GicV3::new(UniqueMmioPointer::new(distributor), redistributors, cpus) };
                 let mut gic = gic.map_err(|error| InterruptError::NoController(format!("{error}")))?;
+                // `arm-gic` names a redistributor by its place in the region, which this takes to
+                // be the CPU's in the devicetree's list, as on QEMU `virt`. (The ITS finds each
+                // CPU's frame by its affinity instead, `its::Redistributors`.)
                 gic.setup(arch::smp::this_cpu());
                 // SGIs are raised only by software. A GICv2 always delivers them; a GICv3
                 // only if enabled, so enable all sixteen alike.

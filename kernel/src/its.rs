@@ -33,7 +33,7 @@ use core::time::Duration;
 
 use addr::{PhysAddr, VirtAddr};
 use drivers::gic_its::{COLLECTION_TABLE, Command, DEVICE_TABLE, ItsType, TABLE_PAGE, TableRequest};
-use spin::{Mutex, Once};
+use spin::{Mutex, MutexGuard, Once};
 
 /// `GITS_*` register offsets in the ITS control frame (IHI 0069, 12.19).
 const GITS_CTLR: u64 = 0x0000;
@@ -92,6 +92,45 @@ struct Its {
 }
 
 static ITS: Once<Mutex<Its>> = Once::new();
+
+/// The ITS, locked with IRQs masked until dropped. The interrupt code takes this lock while it
+/// holds the GIC's (enabling an LPI is an ITS command), and an IRQ handler takes the GIC's: a
+/// CPU holding this one must not take an IRQ meanwhile, or two CPUs could wait on each other.
+struct Locked {
+    guard: Option<MutexGuard<'static, Its>>,
+    was_masked: bool,
+}
+
+impl core::ops::Deref for Locked {
+    type Target = Its;
+    fn deref(&self) -> &Its {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl core::ops::DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Its {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // The lock is let go before IRQs are let in.
+        drop(self.guard.take());
+        if !self.was_masked {
+            arch::interrupt::unmask();
+        }
+    }
+}
+
+/// The running ITS, locked ([`Locked`]).
+fn lock() -> Result<Locked, String> {
+    let its = ITS.get().ok_or("no ITS")?;
+    let was_masked = arch::interrupt::masked();
+    arch::interrupt::mask();
+    Ok(Locked { guard: Some(its.lock()), was_masked })
+}
 
 /// A GICv3's redistributor region: one set of frames per CPU (IHI 0069, 12.10), mapped.
 #[derive(Debug, Clone, Copy)]
@@ -224,8 +263,8 @@ pub fn start(
         next_lpi: FIRST_LPI,
         lpis: BTreeMap::new(),
     };
-    let its = ITS.call_once(|| Mutex::new(its));
-    let mut its = its.lock();
+    ITS.call_once(|| Mutex::new(its));
+    let mut its = lock()?;
     its.map_collection_here(target)?;
     Ok(format!(
         "ITS: doorbell GITS_TRANSLATER at PA {}, {}-bit DeviceIDs and EventIDs of {} bits, LPIs {FIRST_LPI}-{}{tables}",
@@ -238,19 +277,18 @@ pub fn start(
 
 /// The physical address devices write their MSIs to, if an ITS runs.
 pub fn doorbell() -> Option<PhysAddr> {
-    ITS.get().map(|its| its.lock().doorbell)
+    lock().ok().map(|its| its.doorbell)
 }
 
 /// Whether the running ITS is the one the devicetree calls `phandle`.
 pub fn is(phandle: u32) -> bool {
-    ITS.get().is_some_and(|its| its.lock().phandle == Some(phandle))
+    lock().is_ok_and(|its| its.phandle == Some(phandle))
 }
 
 /// Gives `device` (its DeviceID: the requester ID, through `msi-map`) an interrupt translation
 /// table and maps its events 0..`events` to fresh LPIs, disabled; returns their INTIDs.
 pub fn add_device(device: u32, events: u32) -> Result<alloc::vec::Vec<u32>, String> {
-    let its = ITS.get().ok_or("no ITS")?;
-    let mut its = its.lock();
+    let mut its = lock()?;
     if events > 1 << EVENT_BITS {
         return Err(format!("{events} events: this kernel gives a device at most {}", 1 << EVENT_BITS));
     }
@@ -283,8 +321,7 @@ pub fn add_device(device: u32, events: u32) -> Result<alloc::vec::Vec<u32>, Stri
 
 /// Enables or disables LPI `lpi`: its configuration byte, re-read by the ITS (INV, SYNC).
 pub fn set_enabled(lpi: u32, enabled: bool) -> Result<(), String> {
-    let its = ITS.get().ok_or("no ITS")?;
-    let mut its = its.lock();
+    let mut its = lock()?;
     let &(device, event) = its.lpis.get(&lpi).ok_or_else(|| format!("LPI {lpi} was not handed out"))?;
     let byte = its.configuration.add(u64::from(lpi - FIRST_LPI));
     // SAFETY: the configuration table covers every LPI below 2^INTID_BITS, and lives for good.
@@ -295,8 +332,7 @@ pub fn set_enabled(lpi: u32, enabled: bool) -> Result<(), String> {
 /// LPIs on this CPU, a CPU started after boot: its redistributor's LPIs turned on, and a
 /// collection of its own mapped to it, numbered as the CPU.
 pub fn start_this_cpu() -> Result<(), String> {
-    let its = ITS.get().ok_or("no ITS")?;
-    let mut its = its.lock();
+    let mut its = lock()?;
     let target = its.redistributors.enable_lpis_here(its.configuration_physical, &its.kind)?;
     its.map_collection_here(target)
 }
@@ -304,8 +340,7 @@ pub fn start_this_cpu() -> Result<(), String> {
 /// Delivers LPI `lpi` from now on to CPU `cpu` (its place in the devicetree's list), through
 /// that CPU's collection (MOVI): the CPU must have started its LPIs.
 pub fn move_to_cpu(lpi: u32, cpu: usize) -> Result<(), String> {
-    let its = ITS.get().ok_or("no ITS")?;
-    let mut its = its.lock();
+    let mut its = lock()?;
     let &(device, event) = its.lpis.get(&lpi).ok_or_else(|| format!("LPI {lpi} was not handed out"))?;
     let collection = u16::try_from(cpu).map_err(|_| format!("CPU {cpu} has no collection"))?;
     let &target = its.collections.get(&collection).ok_or_else(|| format!("CPU {cpu} has not started its LPIs"))?;
@@ -317,8 +352,7 @@ pub fn move_to_cpu(lpi: u32, cpu: usize) -> Result<(), String> {
 /// Raises `device`'s `event` from the ITS itself (the INT command): a mapping's test with no
 /// device involved.
 pub fn raise(device: u32, event: u32) -> Result<(), String> {
-    let its = ITS.get().ok_or("no ITS")?;
-    its.lock().run(Command::interrupt(device, event))
+    lock()?.run(Command::interrupt(device, event))
 }
 
 impl Its {

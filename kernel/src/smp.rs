@@ -28,8 +28,10 @@ use platform::devicetree::{CpuStart, Devicetree, MAX_CPUS};
 /// Each CPU's kernel stack (SP_EL0) and exception stack (SP_EL1).
 const STACK_BYTES: usize = 64 << 10;
 const EXCEPTION_STACK_BYTES: usize = 16 << 10;
-/// How long a CPU may take from being asked to start to counting itself online.
-const START_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a CPU may take from being asked to start to counting itself online: it first checks
+/// that its timer interrupts (up to 100 ms) and starts its LPIs (ITS commands, up to 100 ms
+/// each).
+const START_TIMEOUT: Duration = Duration::from_secs(1);
 /// Written by a CPU that has not said what it is.
 const UNKNOWN: u64 = u64::MAX;
 
@@ -173,7 +175,9 @@ fn stack(bytes: usize) -> VirtAddr {
 
 /// Runs `work(index)` on every online CPU at once, `index` being the CPU's place in the
 /// devicetree's list, and returns when every CPU has finished. A CPU that does not finish
-/// within [`WORK_TIMEOUT`] stops the kernel: it may still be using `work`.
+/// within [`WORK_TIMEOUT`] stops the kernel: it may still be using `work`. One call at a time,
+/// from the boot CPU (the test runner and the benchmark), and never from inside `work`: the
+/// work in hand is one shared slot.
 pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
     // SAFETY: the reference is handed out only until every CPU has said it finished (below),
     // and this function does not return before that; so `work` outlives every use.
@@ -182,9 +186,10 @@ pub fn on_every_cpu(work: &(dyn Fn(usize) + Sync)) {
     FINISHED.store(0, Ordering::Relaxed);
     *WORK.lock() = Some(lent);
     GENERATION.fetch_add(1, Ordering::Release);
-    if crate::interrupts::wake_other_cpus().is_err() {
-        arch::smp::wake_all();
-    }
+    // The SGI for the CPUs asleep in `WFI`, the event for any that waits in `WFE` (one whose
+    // GIC interface could not be brought up).
+    let _ = crate::interrupts::wake_other_cpus();
+    arch::smp::wake_all();
     work(arch::smp::this_cpu());
     let started = arch::timer::uptime();
     while FINISHED.load(Ordering::Acquire) < others {

@@ -98,6 +98,9 @@ pub struct Smmu {
     events: Queue,
     /// The next event to read: the position last written to EVENTQ_CONS.
     event_consumer: u32,
+    /// Commands queued since the SMMU was set up: a command's sequence number is the count
+    /// before it, which never wraps as a queue position does.
+    commands_queued: u64,
     /// Commands the SMMU refused so far, and the last of them: a [`SyncTicket`] issued before
     /// a refusal reports it, whichever caller's command it was.
     refusals: u64,
@@ -110,7 +113,8 @@ pub struct Smmu {
 /// [`Smmu::sync_completed`] now and then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncTicket {
-    position: u32,
+    /// The CMD_SYNC's sequence number.
+    sequence: u64,
     refusals: u64,
 }
 
@@ -170,6 +174,7 @@ impl Smmu {
             contexts: None,
             commands,
             command_producer: 0,
+            commands_queued: 0,
             refusals: 0,
             last_refusal: None,
             events,
@@ -312,21 +317,26 @@ impl Smmu {
     /// Queues a CMD_SYNC behind the commands queued so far, without waiting for it: once the
     /// SMMU has consumed it ([`Self::sync_completed`]), every one of them has taken effect.
     pub fn queue_sync(&mut self) -> Result<SyncTicket, SmmuError> {
-        let position = self.command_producer;
+        let sequence = self.commands_queued;
         self.submit(Command::Sync)?;
-        Ok(SyncTicket { position, refusals: self.refusals })
+        Ok(SyncTicket { sequence, refusals: self.refusals })
     }
 
-    /// Whether the SMMU has consumed `ticket`'s CMD_SYNC. A command refused since the ticket
-    /// was issued is reported (the queue restarted): it may have been one the ticket covers,
-    /// and a strict unmap must not be taken as done when its invalidation was refused.
+    /// Whether the SMMU has consumed `ticket`'s CMD_SYNC: the commands consumed so far are
+    /// those queued less those still waiting between CMDQ_CONS and CMDQ_PROD, counted in
+    /// sequence numbers, which stay exact however many commands other callers queue meanwhile.
+    /// A command refused since the ticket was issued is reported (the queue restarted): it
+    /// may have been one the ticket covers, and a strict unmap must not be taken as done when
+    /// its invalidation was refused. (It may also have been another caller's: a refusal is
+    /// reported to every ticket out when it happens, too often rather than too seldom.)
     pub fn sync_completed(&mut self, ticket: SyncTicket) -> Result<bool, SmmuError> {
         self.recover_command_error();
         if let Some(failure) = self.last_refusal.filter(|_| self.refusals != ticket.refusals) {
             return Err(SmmuError::CommandError { opcode: failure.opcode, kind: failure.kind });
         }
         let consumer = field_shared!(self.registers, cmdq_cons).read(); // 6.3.27
-        Ok(self.commands.ring.has_consumed(ticket.position, self.command_producer, consumer))
+        let waiting = self.commands.ring.waiting(self.command_producer, consumer);
+        Ok(ticket.sequence < self.commands_queued.saturating_sub(u64::from(waiting)))
     }
 
     /// Hands every event waiting in the event queue to `each`, oldest first, and gives
@@ -391,6 +401,7 @@ impl Smmu {
         self.wait_for_commands(Wait::CommandQueueSpace, |ring, producer, consumer| !ring.is_full(producer, consumer))?;
         self.commands.write(self.command_producer, &command.encode());
         self.command_producer = self.commands.ring.next(self.command_producer);
+        self.commands_queued += 1;
         publish_writes();
         field!(self.registers, cmdq_prod).write(self.command_producer); // 6.3.26
         Ok(())

@@ -72,15 +72,11 @@ impl Ring {
         (producer ^ consumer) & self.position_mask() == self.wrap_bit()
     }
 
-    /// Whether the consumer has read the entry at `position`, one already produced (before
-    /// `producer`). It has unless `position` still lies in the entries waiting, from `consumer`
-    /// up to `producer`: counted in positions (index and wrap bit), the distance from the
-    /// consumer to it is then less than the distance to the producer. Exact while the queue
-    /// holds at most its size, which the producer ensures.
-    pub(super) const fn has_consumed(self, position: u32, producer: u32, consumer: u32) -> bool {
-        let waiting = producer.wrapping_sub(consumer) & self.position_mask();
-        let ahead = position.wrapping_sub(consumer) & self.position_mask();
-        ahead >= waiting
+    /// How many entries wait between `consumer` and `producer`: counted in positions (index
+    /// and wrap bit), 0 when empty and the queue's size when full; never more, since the
+    /// producer waits for room.
+    pub(super) const fn waiting(self, producer: u32, consumer: u32) -> u32 {
+        producer.wrapping_sub(consumer) & self.position_mask()
     }
 }
 

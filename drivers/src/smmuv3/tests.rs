@@ -446,19 +446,13 @@ fn ring_ignores_register_flags_above_the_position() {
 }
 
 #[test]
-fn a_command_is_consumed_once_the_consumer_is_past_it_on_any_lap() {
+fn entries_waiting_are_counted_across_the_wrap() {
     let ring = Ring::new(2); // 4 entries, positions 0..8
-    // A CMD_SYNC at position 1; two more commands after it: the producer is at 4 (index 0, lap 1).
-    let (sync, producer) = (1, 0b100);
-    assert!(!ring.has_consumed(sync, producer, 0), "waiting: the consumer has not reached it");
-    assert!(!ring.has_consumed(sync, producer, 1), "waiting: the consumer is on it");
-    assert!(ring.has_consumed(sync, producer, 2), "the consumer is past it");
-    assert!(ring.has_consumed(sync, producer, producer), "the queue is empty");
-    // The same, a lap later and across the wrap: a sync at position 7, the producer at 1.
-    assert!(!ring.has_consumed(7, 1, 6) && !ring.has_consumed(7, 1, 7));
-    assert!(ring.has_consumed(7, 1, 0) && ring.has_consumed(7, 1, 1));
-    // CONS.ERR above the position changes nothing.
-    assert!(ring.has_consumed(sync, producer, 2 | 1 << 24));
+    assert_eq!(ring.waiting(0b100, 0b001), 3, "three entries, the producer a lap ahead in index");
+    assert_eq!(ring.waiting(0b001, 0b111), 2, "across the wrap of the position itself");
+    assert_eq!(ring.waiting(0b101, 0b101), 0, "empty");
+    assert_eq!(ring.waiting(0b001, 0b101), 4, "full");
+    assert_eq!(ring.waiting(0b100, 0b010 | 1 << 24), 2, "CONS.ERR above the position changes nothing");
 }
 
 #[test]
