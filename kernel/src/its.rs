@@ -153,7 +153,7 @@ impl Redistributors {
     /// frames each, four with virtual LPIs) until the one marked last.
     fn of_this_cpu(&self) -> Option<(VirtAddr, PhysAddr, u64)> {
         let mpidr = arch::smp::this_cpu_mpidr();
-        let affinity = (mpidr >> 8 & 0xff_0000_00) | (mpidr & 0xff_ffff);
+        let affinity = (mpidr >> 8 & 0xff00_0000) | (mpidr & 0xff_ffff);
         let mut offset = 0;
         while offset + (64 << 10) <= self.physical.size() {
             let frame = self.registers.add(offset);
