@@ -314,12 +314,6 @@ impl Channel {
         });
     }
 
-    /// Lowers the channel's interrupt (`CS.INT`, write 1 to clear). Only once the chain has
-    /// stopped: a write of `CS` with `ACTIVE` clear pauses a running channel.
-    pub fn acknowledge_interrupt(&self) {
-        self.registers.with(|registers| field!(*registers, cs).write(CS::INT::SET.value)); // 4.2.1.3 CS
-    }
-
     /// Done means stopped *and* `END` set: a channel that stopped without reaching the end of
     /// its chain (after an abort, say) failed.
     pub fn status(&self) -> Status {

@@ -204,9 +204,13 @@ impl DmaEngine {
     fn run(&self, first_block: DmaAddr) -> Result<(), CopyError> {
         // The blocks are in coherent memory: ordering the writes before the doorbell is enough.
         arch::cache::order_writes_before_doorbell();
-        self.channel.start(bus32(first_block)?);
-        let started = arch::timer::uptime();
         let mut line = self.line.lock();
+        self.channel.start(bus32(first_block)?);
+        // `start` cleared the previous copy's `CS.INT`: the line may be unmasked again.
+        if let Some(line) = line.as_mut() {
+            line.rearm(&mut || {});
+        }
+        let started = arch::timer::uptime();
         loop {
             match self.channel.status() {
                 Status::Done => {
@@ -225,14 +229,13 @@ impl DmaEngine {
                 Status::Running => match line.as_mut() {
                     Some(line) => {
                         let running = || self.channel.status() == Status::Running;
-                        // Only the last block interrupts, so a raised interrupt means a stopped
-                        // channel; one left from the previous copy was cleared by `start`.
-                        let acknowledge = || {
-                            if !running() {
-                                self.channel.acknowledge_interrupt();
-                            }
-                        };
-                        line.wait(started + TIMEOUT, || !running(), acknowledge);
+                        // Nothing to acknowledge before sleeping: only the last block interrupts,
+                        // so an interrupt of this copy means a stopped channel, and `wait`
+                        // returns on that before it would acknowledge; one left from the
+                        // previous copy was cleared by `start`. Clearing `CS.INT` here could
+                        // only clear this copy's own, had it just finished: lost, with the
+                        // line still masked from the previous copy.
+                        line.wait(started + TIMEOUT, || !running(), || {});
                     }
                     None => core::hint::spin_loop(),
                 },

@@ -518,8 +518,13 @@ impl Line {
         }
     }
 
-    /// If the line fired since last time: clear the cause, then unmask.
-    fn rearm(&mut self, acknowledge: &mut impl FnMut()) {
+    /// If the line fired since last time: clear the cause (`acknowledge`), then unmask. [`wait`]
+    /// does this before it sleeps; a driver whose requests may all finish before it ever
+    /// sleeps (the Pi's DMA engine under QEMU, done as soon as started) does it itself once it
+    /// has cleared the cause, or the line would stay masked from its first interrupt on.
+    ///
+    /// [`wait`]: Self::wait
+    pub fn rearm(&mut self, acknowledge: &mut impl FnMut()) {
         let fired = self.fired();
         if fired > self.seen {
             self.seen = fired;
