@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!  0xffff_0000_0000_0000  linear map: every byte of RAM at PA + LINEAR_MAP_BASE
+//!  0xffff_fd00_0000_0000  stack window: the other CPUs' stacks, each above an unmapped page
 //!  0xffff_fe00_0000_0000  device window: MMIO registers, mapped on demand, Device-nGnRE
 //!  0xffff_ffff_8000_0000  kernel image (linker.ld), wherever it sits physically
 //! ```
@@ -24,6 +25,10 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const LINEAR_MAP_BASE: u64 = 0xffff_0000_0000_0000;
 /// Physical addresses the linear map can reach (128 TiB).
 pub const LINEAR_MAP_SIZE: u64 = 1 << 47;
+/// Where the stacks of the CPUs started after boot are mapped, each above a guard page.
+pub const STACK_WINDOW_BASE: u64 = 0xffff_fd00_0000_0000;
+/// How much address space the stack window has.
+pub const STACK_WINDOW_SIZE: u64 = 1 << 40;
 /// Where device registers are mapped, on demand.
 pub const DEVICE_WINDOW_BASE: u64 = 0xffff_fe00_0000_0000;
 /// How much address space the device window has.

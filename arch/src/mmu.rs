@@ -67,6 +67,8 @@ struct KernelTables {
     tables: PageTable<FramePool>,
     /// Next free address in the device window.
     next_device: u64,
+    /// Next free address in the stack window.
+    next_stack: u64,
 }
 
 static KERNEL_TABLES: Mutex<Option<KernelTables>> = Mutex::new(None);
@@ -80,6 +82,8 @@ pub enum MapError {
     BeyondLinearMap(PhysRange),
     /// The device window has no room left.
     DeviceWindowFull,
+    /// The stack window has no room left.
+    StackWindowFull,
 }
 
 impl From<vmsa::Error> for MapError {
@@ -100,7 +104,8 @@ pub(crate) fn adopt_boot_tables(state: &BootState) {
     // SAFETY: the boot code built a 4 KiB-granule, 48-bit tree at this root from these frames.
     let tables =
         unsafe { PageTable::from_root(PhysAddr::new(state.kernel_tables), Granule::Size4KiB, layout::VA_BITS, frames) };
-    *KERNEL_TABLES.lock() = Some(KernelTables { tables, next_device: layout::DEVICE_WINDOW_BASE });
+    *KERNEL_TABLES.lock() =
+        Some(KernelTables { tables, next_device: layout::DEVICE_WINDOW_BASE, next_stack: layout::STACK_WINDOW_BASE });
 }
 
 fn with_tables<R>(action: impl FnOnce(&mut KernelTables) -> R) -> R {
@@ -144,6 +149,26 @@ pub fn map_device(registers: PhysRange) -> Result<VirtAddr, MapError> {
     publish_new_entries();
     let offset = registers.start().offset_from(start).unwrap_or(0);
     Ok(VirtAddr::new(window + offset))
+}
+
+/// Maps `memory` (RAM, page-aligned) as a stack in the stack window, read-write, never
+/// executable, with one unmapped page below it, as the boot stack has: an overflow faults
+/// there instead of overwriting whatever lies below. Returns the stack's lowest address.
+pub fn map_stack(memory: PhysRange) -> Result<VirtAddr, MapError> {
+    let size = memory.size().next_multiple_of(layout::PAGE_SIZE);
+    let bottom = with_tables(|kernel| {
+        // The guard page is the one skipped.
+        let bottom = kernel.next_stack + layout::PAGE_SIZE;
+        if bottom + size > layout::STACK_WINDOW_BASE + layout::STACK_WINDOW_SIZE {
+            return Err(MapError::StackWindowFull);
+        }
+        let attributes = Attributes::new(MemoryType::Normal, Access::ReadWrite, false);
+        kernel.tables.map(bottom, memory.start(), size, attributes)?;
+        kernel.next_stack = bottom + size;
+        Ok(bottom)
+    })?;
+    publish_new_entries();
+    Ok(VirtAddr::new(bottom))
 }
 
 /// Stops translating the lower half: the identity map of the image was only for boot.

@@ -14,7 +14,6 @@
 //! `SEV` instead; that is not the default because QEMU runs `WFE` as a yield, and a CPU spinning
 //! there made the boot CPU miss device interrupts on a GICv2 (chapter 14).
 
-use alloc::vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use core::time::Duration;
@@ -26,7 +25,7 @@ use log::{error, info, warn};
 use platform::devicetree::{CpuStart, Devicetree, MAX_CPUS};
 
 /// Each CPU's kernel stack (SP_EL0) and exception stack (SP_EL1).
-const STACK_BYTES: usize = 64 << 10;
+pub const STACK_BYTES: usize = 64 << 10;
 const EXCEPTION_STACK_BYTES: usize = 16 << 10;
 /// How long a CPU may take from being asked to start to counting itself online: it first checks
 /// that its timer interrupts (up to 100 ms) and starts its LPIs (ITS commands, up to 100 ms
@@ -46,6 +45,8 @@ static WORK: Mutex<Option<&'static (dyn Fn(usize) + Sync)>> = Mutex::new(None);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// CPUs (besides the caller) done with the current work.
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
+/// Each started CPU's kernel stack, its lowest address (0: none).
+static STACK_BOTTOMS: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }; MAX_CPUS]);
 /// CPUs the devicetree lists, whether or not they start (1 if the list cannot be read).
 static LISTED: AtomicUsize = AtomicUsize::new(1);
 /// How long the other CPUs may take to finish a piece of work before the kernel stops: they
@@ -151,7 +152,14 @@ pub fn start_all(devicetree: &Devicetree<'static>) {
 
 /// Starts one CPU and waits until it counts itself online.
 fn start_one(index: usize, mpidr: u64, method: Method) -> Result<(), alloc::string::String> {
-    let stacks = Stacks { kernel_top: stack(STACK_BYTES), exception_top: stack(EXCEPTION_STACK_BYTES) };
+    let kernel_stack = stack(STACK_BYTES)?;
+    let stacks = Stacks {
+        kernel_top: kernel_stack.add(STACK_BYTES as u64),
+        exception_top: stack(EXCEPTION_STACK_BYTES)?.add(EXCEPTION_STACK_BYTES as u64),
+    };
+    if let Some(bottom) = STACK_BOTTOMS.of(index) {
+        bottom.store(kernel_stack.as_u64(), Ordering::Relaxed);
+    }
     let before = online();
     let asked = arch::timer::uptime();
     // SAFETY: the stacks were just allocated for this CPU alone and are never freed;
@@ -167,10 +175,27 @@ fn start_one(index: usize, mpidr: u64, method: Method) -> Result<(), alloc::stri
     Ok(())
 }
 
-/// A zeroed stack of `bytes` that lives for good; its top, 16-byte aligned as AAPCS64 wants.
-fn stack(bytes: usize) -> VirtAddr {
-    let memory = vec![0u128; bytes / 16].leak();
-    VirtAddr::from_ptr(memory.as_ptr()).add(bytes as u64)
+/// A zeroed stack of `bytes` (whole pages) that lives for good, mapped in the stack window
+/// above an unmapped guard page (`arch::mmu::map_stack`); its lowest address. Its top is
+/// page-aligned, so 16-byte aligned as AAPCS64 wants.
+fn stack(bytes: usize) -> Result<VirtAddr, alloc::string::String> {
+    let layout = core::alloc::Layout::from_size_align(bytes, arch::layout::PAGE_SIZE as usize)
+        .map_err(|error| alloc::format!("a stack of {bytes} bytes: {error}"))?;
+    // SAFETY: the layout has a non-zero size; the memory is never freed (a CPU runs for good).
+    let memory = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    let physical = (!memory.is_null())
+        .then(|| arch::layout::linear_virt_to_phys(VirtAddr::from_ptr(memory)))
+        .flatten()
+        .and_then(|start| addr::PhysRange::new(start, bytes as u64))
+        .ok_or_else(|| alloc::format!("no {bytes} bytes of linearly mapped heap for a stack"))?;
+    arch::mmu::map_stack(physical).map_err(|error| alloc::format!("cannot map a stack: {error:?}"))
+}
+
+/// The lowest address of the kernel stack of the CPU at `index` of the devicetree's list, once
+/// started; below it lies its guard page.
+pub fn stack_bottom(index: usize) -> Option<VirtAddr> {
+    let bottom = STACK_BOTTOMS.of(index)?.load(Ordering::Relaxed);
+    (bottom != 0).then(|| VirtAddr::new(bottom))
 }
 
 /// Runs `work(index)` on every online CPU at once, `index` being the CPU's place in the
