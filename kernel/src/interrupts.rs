@@ -519,9 +519,10 @@ impl Line {
     }
 
     /// If the line fired since last time: clear the cause (`acknowledge`), then unmask. [`wait`]
-    /// does this before it sleeps; a driver whose requests may all finish before it ever
-    /// sleeps (the Pi's DMA engine under QEMU, done as soon as started) does it itself once it
-    /// has cleared the cause, or the line would stay masked from its first interrupt on.
+    /// does this before it sleeps. A request may be done before its driver ever sleeps (QEMU's
+    /// DMA engine finishes as soon as started, a disk may answer that fast), and the line would
+    /// then stay masked, its next interrupts held back: so drivers also rearm when they hand
+    /// the device a new request, before telling it.
     ///
     /// [`wait`]: Self::wait
     pub fn rearm(&mut self, acknowledge: &mut impl FnMut()) {

@@ -126,6 +126,12 @@ impl QueuePair {
         let target = self.submissions.as_ptr().as_ptr().cast::<SubmissionEntry>().wrapping_add(usize::from(slot));
         // SAFETY: `slot` is inside the ring, which the controller does not read until told.
         unsafe { core::ptr::write_volatile(target, entry.with_command_id(command_id)) };
+        // A line still masked from an interrupt the driver never slept for is rearmed before
+        // the controller is told, so that this command's completion interrupts. (A completion
+        // not yet consumed keeps a pin-based line high: it then interrupts once more at once.)
+        if let Some(line) = self.line.as_mut() {
+            line.rearm(&mut || {});
+        }
         arch::cache::order_writes_before_doorbell();
         self.doorbells.ring(self.id, Doorbell::SubmissionTail, self.submission_ring.tail());
         Ok((command_id, slot))

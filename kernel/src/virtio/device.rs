@@ -158,6 +158,15 @@ impl<const SLOT: usize, T: Transport> Device<SLOT, T> {
         // SAFETY: the caller keeps the buffers as `add` requires until they are popped.
         match unsafe { queue.add(inputs, outputs) } {
             Ok(token) => {
+                // A line still masked from an interrupt the driver never slept for (its
+                // request was done by the time it looked) is rearmed before the device is told,
+                // so that this request's completion interrupts.
+                let Self { transport, line, .. } = self;
+                if let Some(line) = line {
+                    line.rearm(&mut || {
+                        transport.ack_interrupt();
+                    });
+                }
                 if queue.should_notify() {
                     self.transport.notify(index);
                 }
