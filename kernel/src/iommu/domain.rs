@@ -87,9 +87,12 @@ impl TlbMaintenance for SmmuTlb<'_> {
                     smmu.invalidate_va(asid, input)?;
                 }
             }
-            smmu.queue_sync()
+            let ticket = smmu.queue_sync()?;
+            // An SMMU that is quick (QEMU's runs the commands inside the CMDQ_PROD write) is
+            // done already: no second trip through the lock.
+            Ok((!smmu.sync_completed(ticket)?).then_some(ticket))
         })();
-        let result = queued.and_then(|ticket| wait_for_sync(self.smmu, ticket));
+        let result = queued.and_then(|waiting| waiting.map_or(Ok(()), |ticket| wait_for_sync(self.smmu, ticket)));
         self.record(result);
     }
 }
