@@ -256,7 +256,9 @@ pub fn attach(
     untrusted: bool,
 ) -> Result<&'static Domain, AttachError> {
     let iommu = IOMMU.get().expect("attach after the SMMU started");
-    // Lock order, everywhere: a domain's state, the SMMU, `attached`, `faults`.
+    // Lock order, everywhere: a domain's state, the SMMU, `attached`, `faults`. Both are held
+    // for the whole attach, so that two CPUs attaching at once cannot take one ASID.
+    let mut smmu = iommu.smmu.lock();
     let mut attached = iommu.attached.lock();
     let id = attached.len() as u16 + 1;
     let granule = iommu.policy.granule;
@@ -273,9 +275,7 @@ pub fn attach(
         input_bits: dma::iommu::INPUT_BITS,
         mair: vmsa::MAIR,
     };
-    let mut smmu = iommu.smmu.lock();
     smmu.attach_stage1(stream_id, &context, &mut HeapForSmmu).map_err(AttachError::Smmu)?;
-    drop(smmu);
     attached.push((stream_id, device));
     Ok(alloc::boxed::Box::leak(alloc::boxed::Box::new(domain)))
 }
