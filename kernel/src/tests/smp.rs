@@ -18,6 +18,20 @@ use crate::tests::block::{PAGE_OFFSETS, page_aligned};
 use crate::tests::virtio::pattern;
 use platform::devicetree::CpuStart;
 
+/// Runs `check(cpu)` on every online CPU at once; fails with every CPU's problem, each named
+/// by its CPU.
+fn on_every_cpu_checking(check: &(dyn Fn(usize) -> Result<(), String> + Sync)) -> Result<(), String> {
+    let failures = Mutex::new(Vec::new());
+    crate::smp::on_every_cpu(&|cpu| {
+        if let Err(problem) = check(cpu) {
+            failures.lock().push(format!("CPU {cpu}: {problem}"));
+        }
+    });
+    let failures = failures.into_inner();
+    ensure!(failures.is_empty(), "{}", failures.join("; "));
+    Ok(())
+}
+
 /// Skips unless a second CPU runs.
 macro_rules! needs_two_cpus {
     () => {
@@ -106,25 +120,16 @@ kernel_test! {
     /// ends at its deadline, on every CPU at once, each woken by its own timer's interrupt.
     fn every_cpu_sleeps_until_its_own_timer_interrupt() {
         needs_two_cpus!();
-        let failures = Mutex::new(Vec::new());
-        crate::smp::on_every_cpu(&|cpu| {
-            let problem = (|| -> Result<(), String> {
-                ensure!(crate::interrupts::waits_sleep(), "its timer interrupt did not arrive at start, so it polls");
-                let (ticks, started) = (crate::interrupts::timer_interrupts(), arch::timer::uptime());
-                let happened = crate::interrupts::wait_for(Duration::from_millis(2), || false);
-                let (slept, woken) = (arch::timer::uptime() - started, crate::interrupts::timer_interrupts() - ticks);
-                ensure!(!happened, "a wait for nothing said it happened");
-                ensure!(slept >= Duration::from_millis(2), "woke after {slept:?}, before its 2 ms deadline");
-                ensure!(woken >= 1, "slept 2 ms without its own timer interrupt");
-                Ok(())
-            })();
-            if let Err(problem) = problem {
-                failures.lock().push(format!("CPU {cpu}: {problem}"));
-            }
-        });
-        let failures = failures.into_inner();
-        ensure!(failures.is_empty(), "{}", failures.join("; "));
-        Ok(())
+        Ok(on_every_cpu_checking(&|_| {
+            ensure!(crate::interrupts::waits_sleep(), "its timer interrupt did not arrive at start, so it polls");
+            let (ticks, started) = (crate::interrupts::timer_interrupts(), arch::timer::uptime());
+            let happened = crate::interrupts::wait_for(Duration::from_millis(2), || false);
+            let (slept, woken) = (arch::timer::uptime() - started, crate::interrupts::timer_interrupts() - ticks);
+            ensure!(!happened, "a wait for nothing said it happened");
+            ensure!(slept >= Duration::from_millis(2), "woke after {slept:?}, before its 2 ms deadline");
+            ensure!(woken >= 1, "slept 2 ms without its own timer interrupt");
+            Ok(())
+        })?)
     }
 }
 
@@ -143,23 +148,16 @@ kernel_test! {
         }
         ensure!(geometry.areas == expected, "the restricted pool has {} areas, not {expected}, one per CPU", geometry.areas);
         let area_bytes = (geometry.area_slots * swiotlb::SLOT_SIZE) as u64;
-        let failures = Mutex::new(Vec::new());
-        crate::smp::on_every_cpu(&|cpu| {
+        Ok(on_every_cpu_checking(&|cpu| {
             let data = pattern(cpu as u64, 512);
-            let mapping = match device.map_to_device(&data) {
-                Ok(mapping) => mapping,
-                Err(error) => return failures.lock().push(format!("CPU {cpu}: {error}")),
-            };
+            let mapping = device.map_to_device(&data).map_err(|error| format!("{error}"))?;
             let area = mapping.dma().offset_from(geometry.dma_base).map(|offset| offset / area_bytes);
             let own = (cpu & (geometry.areas - 1)) as u64;
-            if area != Some(own) {
-                failures.lock().push(format!("CPU {cpu} mapped at {} in area {area:?}, not its own {own}", mapping.dma()));
-            }
+            let dma = mapping.dma();
             let _ = mapping.unmap();
-        });
-        let failures = failures.into_inner();
-        ensure!(failures.is_empty(), "{}", failures.join("; "));
-        Ok(())
+            ensure!(area == Some(own), "mapped at {dma} in area {area:?}, not its own {own}");
+            Ok(())
+        })?)
     }
 }
 
@@ -331,30 +329,19 @@ kernel_test! {
     fn every_cpu_runs_on_its_own_stack_above_a_guard_page() {
         needs_two_cpus!();
         let me = arch::smp::this_cpu();
-        let failures = Mutex::new(Vec::new());
-        crate::smp::on_every_cpu(&|cpu| {
+        Ok(on_every_cpu_checking(&|cpu| {
             if cpu == me {
-                return;
+                return Ok(());
             }
             let marker = 0u8;
             let here = addr::VirtAddr::from_ptr(core::hint::black_box(&marker));
-            let problem = match crate::smp::stack_bottom(cpu) {
-                None => Some("no stack recorded".into()),
-                Some(bottom) if here < bottom || here.as_u64() - bottom.as_u64() >= crate::smp::STACK_BYTES as u64 => {
-                    Some(format!("a local variable at {here}, not on its stack from {bottom}"))
-                }
-                Some(bottom) if arch::mmu::walk(bottom).is_none() => Some(format!("its stack's lowest page {bottom} is not mapped")),
-                Some(bottom) if arch::mmu::walk(addr::VirtAddr::new(bottom.as_u64() - 1)).is_some() => {
-                    Some(format!("the page below its stack ({bottom}) is mapped: no guard"))
-                }
-                Some(_) => None,
-            };
-            if let Some(problem) = problem {
-                failures.lock().push(format!("CPU {cpu}: {problem}"));
-            }
-        });
-        let failures = failures.into_inner();
-        ensure!(failures.is_empty(), "{}", failures.join("; "));
-        Ok(())
+            let bottom = crate::smp::stack_bottom(cpu).ok_or("no stack recorded")?;
+            let on_it = here >= bottom && here.as_u64() - bottom.as_u64() < crate::smp::STACK_BYTES as u64;
+            ensure!(on_it, "a local variable at {here}, not on its stack from {bottom}");
+            ensure!(arch::mmu::walk(bottom).is_some(), "its stack's lowest page {bottom} is not mapped");
+            let below = addr::VirtAddr::new(bottom.as_u64() - 1);
+            ensure!(arch::mmu::walk(below).is_none(), "the page below its stack ({bottom}) is mapped: no guard");
+            Ok(())
+        })?)
     }
 }
