@@ -242,6 +242,13 @@ struct Leaf {
     level: u32,
 }
 
+/// Valid block or page entries, one after the other in one table, from where a walk ended.
+struct LeafRun {
+    first: *mut u64,
+    level: u32,
+    count: u64,
+}
+
 /// The entry a mapping step stops at.
 enum Slot {
     /// Write a block or page descriptor here.
@@ -300,16 +307,69 @@ impl<M: TableMemory> PageTable<M> {
         while done < size {
             let (at, to) = (input + done, output.add(done));
             match self.slot_for(at, to, size - done, attributes)? {
-                Slot::Empty { entry, level } => {
-                    let descriptor = Descriptor::leaf(to, attributes, level == 3);
-                    // SAFETY: `entry` points into a table owned by this tree.
-                    unsafe { entry.write_volatile(descriptor.bits()) };
-                    done += 1 << self.granule.level_shift(level);
-                }
+                Slot::Empty { entry, level } => done += self.fill_run(entry, at, to, size - done, level, attributes),
                 Slot::Same { covers } => done += covers,
             }
         }
         Ok(())
+    }
+
+    /// Writes leaves at `level` from the empty `entry` on, along its table, for as long as the
+    /// entries are empty and `remaining` bytes fill them; returns the bytes mapped.
+    ///
+    /// One walk from the root then serves every entry of the table: a 1 MiB buffer at a 4 KiB
+    /// granule is one walk and 256 writes, not 256 walks. Each next entry is aligned as the
+    /// first was, since input and output both advance by the entry's span.
+    fn fill_run(
+        &self,
+        entry: *mut u64,
+        input: u64,
+        output: PhysAddr,
+        remaining: u64,
+        level: u32,
+        attributes: Attributes,
+    ) -> u64 {
+        let span = self.entry_span(level);
+        let run = self.entries_from(input, level).min(remaining / span);
+        let mut written = 0;
+        while written < run {
+            // SAFETY: `written` is below the entries left in `entry`'s table, which is ours.
+            let entry = unsafe { entry.add(written as usize) };
+            // SAFETY: as above.
+            if written > 0 && Descriptor::from_bits(unsafe { entry.read_volatile() }).is_valid() {
+                break;
+            }
+            let descriptor = Descriptor::leaf(output.add(written * span), attributes, level == 3);
+            // SAFETY: as above.
+            unsafe { entry.write_volatile(descriptor.bits()) };
+            written += 1;
+        }
+        written * span
+    }
+
+    /// Entries of the table at `level` that holds `input`, from `input`'s entry to its end.
+    fn entries_from(&self, input: u64, level: u32) -> u64 {
+        let entries = 1u64 << self.granule.index_bits();
+        entries - ((input >> self.granule.level_shift(level)) & (entries - 1))
+    }
+
+    /// The leaves that map `[input, input + size)` from `input` on along one table: the
+    /// entry at `input` and the valid leaves after it, up to the end of the table or of the
+    /// range. `None` if nothing maps `input`. One walk serves the whole run.
+    fn leaf_run(&self, input: u64, size: u64) -> Option<LeafRun> {
+        let first = self.leaf(input)?;
+        let span = self.entry_span(first.level);
+        let limit = self.entries_from(input, first.level).min(size.div_ceil(span));
+        let mut count = 1;
+        while count < limit {
+            // SAFETY: `count` is below the entries left in the leaf's table, which is ours.
+            let next = Descriptor::from_bits(unsafe { first.entry.add(count as usize).read_volatile() });
+            if !next.is_valid() || (first.level < 3 && next.is_table()) {
+                break;
+            }
+            count += 1;
+        }
+        Some(LeafRun { first: first.entry, level: first.level, count })
     }
 
     /// Walks the tables as the MMU would.

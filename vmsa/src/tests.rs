@@ -380,6 +380,47 @@ fn unmapping_pages_and_blocks_together_invalidates_each_at_its_level() {
     }
 }
 
+/// Runs of pages are written and cleared along one table per walk: across a table's end, past
+/// a page already mapped the same way, up to a conflicting one, and around a hole in the
+/// middle of a table, every page is handled as if walked alone.
+#[test]
+fn runs_of_pages_cross_table_ends_and_stop_at_what_is_there() {
+    for (granule, block) in GRANULES {
+        let page = granule.size();
+        let (start, pages) = (block - 4 * page, 8);
+        let output = |input: u64| pa(0x1_0000_0000 + input);
+        let mut tables = table(granule);
+        // Already there, as the map below asks: accepted in the middle of a run.
+        tables.map(block - 2 * page, output(block - 2 * page), page, RAM).unwrap();
+        tables.map(start, output(start), pages * page, RAM).unwrap();
+        for at in (start..start + pages * page).step_by(page as usize) {
+            let translation = tables.translate(at).unwrap();
+            assert_eq!((translation.output, translation.level), (output(at), 3), "{granule:?}, {at:#x}");
+        }
+        // A different mapping further on stops the next run exactly there.
+        let conflict = start + (pages + 3) * page;
+        tables.map(conflict, pa(0x2_0000_0000), page, RAM).unwrap();
+        let refused = tables.map(start + pages * page, output(start + pages * page), 4 * page, RAM);
+        assert_eq!(refused, Err(Error::AlreadyMapped { input: conflict }), "{granule:?}");
+        assert_eq!(tables.translate(conflict - page).unwrap().output, output(conflict - page), "{granule:?}");
+
+        // Unmapping over a hole refuses at the hole and clears nothing.
+        let mut tlb = RecordingTlb::watching(&tables, start);
+        tables.unmap(block + page, page, &mut tlb).unwrap();
+        let mut tlb = RecordingTlb::watching(&tables, start);
+        let whole = tables.unmap(start, pages * page, &mut tlb);
+        assert_eq!(whole, Err(Error::NotMapped { input: block + page }), "{granule:?}");
+        assert_eq!(tlb.calls, [], "{granule:?}");
+        // Unmapping across the table's end invalidates each page once, in order, then syncs.
+        tables.unmap(start, 5 * page, &mut tlb).unwrap();
+        let invalidated: Vec<Call> =
+            (0..5).map(|index| Call::Invalidate { input: start + index * page, level: 3 }).collect();
+        assert_eq!(tlb.calls, [invalidated, vec![Call::Sync]].concat(), "{granule:?}");
+        assert_eq!(tables.translate(block), None, "{granule:?}");
+        assert_eq!(tables.translate(block + 2 * page).unwrap().output, output(block + 2 * page), "{granule:?}");
+    }
+}
+
 #[test]
 fn a_hole_in_the_range_is_refused_before_anything_changes() {
     for (granule, block) in GRANULES {

@@ -74,10 +74,10 @@ impl<M: TableMemory> PageTable<M> {
         let mut done = 0;
         while done < size {
             let at = input + done;
-            let leaf = self.leaf(at).ok_or(Error::NotMapped { input: at })?;
-            let span = self.entry_span(leaf.level);
-            // Skip to the end of the block or page holding `at`.
-            done += span - (at & (span - 1));
+            let run = self.leaf_run(at, size - done).ok_or(Error::NotMapped { input: at })?;
+            let span = self.entry_span(run.level);
+            // Skip to the end of the run's last block or page.
+            done += run.count * span - (at & (span - 1));
         }
         Ok(())
     }
@@ -124,15 +124,18 @@ impl<M: TableMemory> PageTable<M> {
     }
 
     /// Invalidates every block and page of the range; after the splits, each starts inside it.
+    /// Each walk clears a run of entries along one table.
     fn clear(&mut self, input: u64, size: u64, tlb: &mut impl TlbMaintenance) {
         let mut done = 0;
         while done < size {
-            let at = input + done;
-            let leaf = self.leaf(at).expect("checked mapped, and splits keep it so");
-            // SAFETY: `leaf.entry` points into a table owned by this tree.
-            unsafe { leaf.entry.write_volatile(Descriptor::INVALID.bits()) };
-            tlb.invalidate(at, leaf.level);
-            done += self.entry_span(leaf.level);
+            let run = self.leaf_run(input + done, size - done).expect("checked mapped, and splits keep it so");
+            let span = self.entry_span(run.level);
+            for index in 0..run.count {
+                // SAFETY: the run's entries lie in one table owned by this tree.
+                unsafe { run.first.add(index as usize).write_volatile(Descriptor::INVALID.bits()) };
+                tlb.invalidate(input + done, run.level);
+                done += span;
+            }
         }
     }
 }

@@ -18,7 +18,6 @@
 //!   domain, the live mappings' too, which only costs them a table walk on next use. Either way
 //!   the unmap returns only once the `CMD_SYNC` completed: it stays strict.
 
-use alloc::vec::Vec;
 use core::time::Duration;
 
 use addr::PhysAddr;
@@ -54,11 +53,14 @@ pub const LEAVES_WORTH_ONE_BY_ONE: usize = 8;
 /// How long a `CMD_SYNC` may take to be consumed before the SMMU counts as stuck.
 const SYNC_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// The SMMU's TLB during one unmap: the leaves to invalidate, collected until the sync.
+/// The SMMU's TLB during one unmap: the leaves to invalidate, collected until the sync. Only
+/// the first [`LEAVES_WORTH_ONE_BY_ONE`] addresses are kept: past them the whole ASID goes.
 struct SmmuTlb<'a> {
     smmu: &'a Mutex<Smmu>,
     asid: u16,
-    leaves: Vec<u64>,
+    leaves: [u64; LEAVES_WORTH_ONE_BY_ONE],
+    /// Invalidations asked for since the last sync, the ones not kept included.
+    pending: usize,
     failure: Option<SmmuError>,
 }
 
@@ -72,18 +74,21 @@ impl SmmuTlb<'_> {
 
 impl TlbMaintenance for SmmuTlb<'_> {
     fn invalidate(&mut self, input: u64, _level: u32) {
-        self.leaves.push(input);
+        if let Some(kept) = self.leaves.get_mut(self.pending) {
+            *kept = input;
+        }
+        self.pending += 1;
     }
 
     fn sync(&mut self) {
-        let leaves = core::mem::take(&mut self.leaves);
-        let asid = self.asid;
+        let pending = core::mem::take(&mut self.pending);
+        let (asid, leaves) = (self.asid, self.leaves);
         let queued = (|| {
             let mut smmu = self.smmu.lock();
-            if leaves.len() > LEAVES_WORTH_ONE_BY_ONE {
+            if pending > LEAVES_WORTH_ONE_BY_ONE {
                 smmu.invalidate_asid(asid)?;
             } else {
-                for &input in &leaves {
+                for &input in &leaves[..pending] {
                     smmu.invalidate_va(asid, input)?;
                 }
             }
@@ -113,9 +118,10 @@ fn wait_for_sync(smmu: &Mutex<Smmu>, ticket: SyncTicket) -> Result<(), SmmuError
 
 impl Iotlb for SmmuIotlb {
     fn strictly<R>(&self, asid: u16, unmap: impl FnOnce(&mut dyn TlbMaintenance) -> R) -> Result<R, IotlbError> {
-        let mut tlb = SmmuTlb { smmu: super::smmu(), asid, leaves: Vec::new(), failure: None };
+        let mut tlb =
+            SmmuTlb { smmu: super::smmu(), asid, leaves: [0; LEAVES_WORTH_ONE_BY_ONE], pending: 0, failure: None };
         let result = unmap(&mut tlb);
-        if !tlb.leaves.is_empty() {
+        if tlb.pending > 0 {
             // Every unmap ends with a sync; should one not, its invalidations still happen here.
             tlb.sync();
         }
