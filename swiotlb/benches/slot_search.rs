@@ -28,7 +28,8 @@
 //! ratio, `bench: NAME = VALUE`, to compare runs: success-only and refusal-only speed-ups over
 //! the Linux model, and that growth (it should stay near 1).
 //!
-//! Run: `cargo bench -p swiotlb` (release build).
+//! Run: `cargo bench -p swiotlb` (release build); `cargo bench -p swiotlb -- 4MiB 16MiB` measures
+//! only the pools named.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -70,8 +71,13 @@ fn main() {
     let mut ours_at = Vec::new();
     let overhead = clock_overhead();
     println!("(the clock's own cost, {overhead:.0} ns, is taken off every sample)");
+    // `cargo bench` adds `--bench`; any other argument names a pool size to measure.
+    let named: Vec<String> = std::env::args().skip(1).filter(|argument| !argument.starts_with('-')).collect();
     for bytes in POOL_SIZES {
         let name = size_name(bytes);
+        if !named.is_empty() && !named.contains(&name) {
+            continue;
+        }
         for occupancy in [0, 50, 90] {
             let ours = best_of(|| measure(&mut Ours::new(bytes), occupancy, overhead));
             let linux = best_of(|| measure(&mut LinuxModel::new(bytes), occupancy, overhead));

@@ -20,17 +20,22 @@
 //! The caller ANDs the answer with the word's acceptable starts (alignment, phase, boundary, DMA
 //! mask) and takes the lowest bit: the whole test costs the same whether the area is empty or
 //! 90 % full.
+//!
+//! The small functions here are `#[inline]`: the allocator that calls them is generic, so its
+//! code is generated in the crate that uses the pool, and each of them would otherwise be a call
+//! across crates, with its result passed through memory (a map+unmap took 88 ns instead of 77 in
+//! the `slot_search` benchmark, 4 MiB pool 90 % full).
 
 use alloc::vec;
 use alloc::vec::Vec;
 
-/// A run of free slots, as [`FreeMap::run_around`] measured it.
+/// The free slots on either side of a range, as [`FreeMap::run_around`] counted them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FreeRun {
-    /// Its first slot, if the walk reached it.
-    pub start: Option<usize>,
-    /// Its length, or at least the walk's `enough` when it is longer.
-    pub length: usize,
+    /// Free slots just below the range, or at least the walk's `enough` when more.
+    pub below: usize,
+    /// Free slots just above it, likewise.
+    pub above: usize,
 }
 
 /// Bit `i % 64` of word `i / 64` is set when slot `i` is free. Bits past the end stay clear,
@@ -52,6 +57,7 @@ impl FreeMap {
         self.words.len()
     }
 
+    #[inline]
     pub fn word(&self, index: usize) -> u64 {
         self.words.get(index).copied().unwrap_or(0)
     }
@@ -60,10 +66,12 @@ impl FreeMap {
         self.word(slot / 64) >> (slot % 64) & 1 == 1
     }
 
+    #[inline]
     pub fn mark_used(&mut self, start: usize, count: usize) {
         self.for_each_word_in(start, count, |word, mask| *word &= !mask);
     }
 
+    #[inline]
     pub fn mark_free(&mut self, start: usize, count: usize) {
         self.for_each_word_in(start, count, |word, mask| *word |= mask);
     }
@@ -73,6 +81,7 @@ impl FreeMap {
         (start..start + count).filter(|&slot| self.is_free(slot)).count()
     }
 
+    #[inline]
     fn for_each_word_in(&mut self, start: usize, count: usize, mut apply: impl FnMut(&mut u64, u64)) {
         let mut slot = start;
         let end = start + count;
@@ -86,17 +95,16 @@ impl FreeMap {
         }
     }
 
-    /// The free run that `[start, start + count)` (all free) belongs to: its length, or any
-    /// number of at least `enough` when the run is that long, and where it begins, if that is
-    /// fewer than `enough` slots below `start`. The walks stop at `enough`, so that their cost
-    /// does not grow with the pool (a 1 GiB pool has 8192 words to walk when nearly empty).
+    /// The free slots just below and just above `[start, start + count)`, each counted until
+    /// there are at least `enough`, so that the walks' cost does not grow with the pool (a 1 GiB
+    /// pool has 8192 words to walk when nearly empty).
+    #[inline]
     pub fn run_around(&self, start: usize, count: usize, enough: usize) -> FreeRun {
-        let before = self.free_before(start, enough);
-        let after = self.free_from(start + count, enough.saturating_sub(count + before));
-        FreeRun { start: (before < enough).then(|| start - before), length: before + count + after }
+        FreeRun { below: self.free_before(start, enough), above: self.free_from(start + count, enough) }
     }
 
     /// Free slots immediately below `slot`, counted until there are at least `enough`.
+    #[inline]
     fn free_before(&self, slot: usize, enough: usize) -> usize {
         let (mut index, bit) = (slot / 64, slot % 64);
         let mut found = if bit == 0 { 0 } else { (self.word(index) << (64 - bit)).leading_ones() as usize };
@@ -115,6 +123,7 @@ impl FreeMap {
     }
 
     /// Free slots from `slot` upwards, counted until there are at least `enough`.
+    #[inline]
     fn free_from(&self, slot: usize, enough: usize) -> usize {
         let (mut index, bit) = (slot / 64, slot % 64);
         let mut found = (self.word(index) >> bit).trailing_ones() as usize;
@@ -147,14 +156,17 @@ impl FreeMap {
     }
 
     /// The positions in word `index` at which `run` consecutive free slots start.
+    #[inline]
     pub fn run_starts(&self, index: usize, run: usize) -> u64 {
         if run <= 64 { self.short_run_starts(index, run) } else { self.long_run_starts(index, run) }
     }
 
+    #[inline]
     fn short_run_starts(&self, index: usize, run: usize) -> u64 {
         let mut all_free = self.word(index) as u128 | (self.word(index + 1) as u128) << 64;
         let mut covered = 1;
-        while covered < run {
+        // Once no start is left in this word, no further step can bring one back.
+        while covered < run && all_free as u64 != 0 {
             let step = covered.min(run - covered);
             all_free &= all_free >> step;
             covered += step;
@@ -162,6 +174,7 @@ impl FreeMap {
         all_free as u64
     }
 
+    #[inline]
     fn long_run_starts(&self, index: usize, run: usize) -> u64 {
         let free_suffix = self.word(index).leading_ones() as usize;
         if free_suffix == 0 {
@@ -253,17 +266,16 @@ mod tests {
             map.mark_used(used, 1);
         }
         assert_eq!(map.longest_run(), 128, "72..=199");
-        let run = |start: Option<usize>, length| FreeRun { start, length };
-        assert_eq!(map.run_around(100, 5, usize::MAX), run(Some(72), 128));
-        assert_eq!(map.run_around(4, 1, usize::MAX), run(Some(4), 66), "4..=69");
-        assert_eq!(map.run_around(0, 3, usize::MAX), run(Some(0), 3));
-        // Enough is enough: the walk stops once the run is known to be that long, and never
-        // reports more than the run has; the start is given only if the walk got there.
+        let run = |below, above| FreeRun { below, above };
+        assert_eq!(map.run_around(100, 5, usize::MAX), run(28, 95), "72..=199");
+        assert_eq!(map.run_around(4, 1, usize::MAX), run(0, 65), "4..=69");
+        assert_eq!(map.run_around(0, 3, usize::MAX), run(0, 0));
+        // Enough is enough: each walk stops once it has counted that many, and never reports
+        // more than there are.
         let capped = map.run_around(100, 5, 8);
-        assert!((8..=128).contains(&capped.length) && capped.start.is_none());
-        assert_eq!(map.run_around(4, 1, 200), run(Some(4), 66));
+        assert!((8..=28).contains(&capped.below) && (8..=95).contains(&capped.above), "{capped:?}");
         let enough = map.run_around(75, 1, 8);
-        assert!(enough.start == Some(72) && (8..=128).contains(&enough.length), "3 below, then enough above");
+        assert!(enough.below == 3 && (8..=124).contains(&enough.above), "3 below, then enough above");
         map.mark_used(0, 300);
         assert_eq!(map.longest_run(), 0);
     }
