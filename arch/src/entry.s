@@ -81,7 +81,12 @@ drop_from_el2_to_el1:
     mov     x0, #0x33ff             // CPTR_EL2: RES1 bits, TFP clear (no FP/SIMD traps)
     msr     cptr_el2, x0
     msr     hstr_el2, xzr
-    mrs     x0, id_aa64pfr0_el1
+    mrs     x0, id_aa64mmfr1_el1
+    ubfx    x0, x0, #40, #4         // FEAT_HCX: is there an HCRX_EL2?
+    cbz     x0, 5f
+    mov     x0, #(1 << 11)          // HCRX_EL2.MSCEn: EL1 may use the memory copy instructions
+    msr     S3_4_C1_C2_2, x0        // HCRX_EL2 (FEAT_MOPS; UNDEFINED at EL1 while it is clear)
+5:  mrs     x0, id_aa64pfr0_el1
     ubfx    x0, x0, #24, #4         // GIC system-register interface implemented?
     cbz     x0, 4f
     mrs     x0, S3_4_C12_C9_5       // ICC_SRE_EL2

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: disk throughput on every DMA route, and the ratios between routes.
 //!
-//! Boots the kernel with `kernel.bench` (see `kernel/src/bench/`) on two machines that cannot
+//! Boots the kernel with `kernel.bench` (see `kernel/src/bench/`) on machines that cannot
 //! share a boot, alternately, `--rounds` times each:
 //!
 //! - `smmu`: QEMU `virt` with the SMMUv3 at a 4 KiB granule: the virtio-mmio disk through the
@@ -13,7 +13,15 @@
 //! - `smmu-deferred`: the first machine with `iommu.strict=0`: the trusted devices' unmaps are
 //!   deferred and flushed together (never the untrusted ones');
 //! - `smmu-64k`: the first machine with a 64 KiB granule: QEMU's SMMU translates a device's
-//!   accesses a granule at a time, so this shows what the emulated SMMU costs per page.
+//!   accesses a granule at a time, so this shows what the emulated SMMU costs per page;
+//! - `no-smmu-a72`: `no-smmu` with the Raspberry Pi 4's Cortex-A72.
+//!
+//! Every machine but the last emulates QEMU's `max` CPU, which has the memory copy
+//! instructions (FEAT_MOPS, Armv8.8): a bounce copy is then one instruction QEMU carries out
+//! with its own `memmove`, as a recent core would at the speed of its memory system. The
+//! Cortex-A72 has no such instructions, so the kernel copies with a loop of loads and stores
+//! (`arch/src/copy.rs`), which QEMU runs instruction by instruction: `no-smmu-a72` shows what
+//! the restricted pool costs there.
 //!
 //! Each disk also runs 8 requests of 4 KiB at once, which its driver keeps in flight
 //! together, against one at a time (`8-in-flight/one-at-a-time`); and reads one request at a
@@ -39,12 +47,14 @@ use crate::qemu::{self, IommuGranule, Machine, Virt};
 use crate::{Result, image};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
+/// The CPU every machine but `no-smmu-a72` emulates: one with the memory copy instructions.
+const CPU: &str = "max";
 const OPS: [&str; 2] = ["read", "write"];
 const SIZES: [&str; 3] = ["4KiB", "64KiB", "1MiB"];
 
 /// The ratios printed: a name, then the numerator's and the denominator's figure (`machine
 /// disk-route`), for each operation and size.
-const RATIOS: [(&str, &str, &str); 13] = [
+const RATIOS: [(&str, &str, &str); 15] = [
     ("virtio-pci trusted deferred/strict", "smmu-deferred virtio-pci-trusted", "smmu virtio-pci-trusted"),
     ("nvme trusted deferred/strict", "smmu-deferred nvme-trusted", "smmu nvme-trusted"),
     ("virtio-pci trusted/bypass", "smmu virtio-pci-trusted", "bypass virtio-pci-direct"),
@@ -53,6 +63,8 @@ const RATIOS: [(&str, &str, &str); 13] = [
     ("nvme trusted 64KiB-granule/bypass", "smmu-64k nvme-trusted", "bypass nvme-direct"),
     ("virtio-pci restricted/bypass", "no-smmu virtio-pci-restricted", "bypass virtio-pci-direct"),
     ("nvme restricted/bypass", "no-smmu nvme-restricted", "bypass nvme-direct"),
+    ("virtio-pci restricted Cortex-A72/bypass", "no-smmu-a72 virtio-pci-restricted", "bypass virtio-pci-direct"),
+    ("nvme restricted Cortex-A72/bypass", "no-smmu-a72 nvme-restricted", "bypass nvme-direct"),
     ("virtio-pci untrusted/trusted", "smmu virtio-pci-untrusted", "smmu virtio-pci-trusted"),
     ("nvme untrusted/trusted", "smmu nvme-untrusted", "smmu nvme-trusted"),
     ("virtio-pci trusted/no-iommu-restricted", "smmu virtio-pci-trusted", "no-smmu virtio-pci-restricted"),
@@ -66,15 +78,17 @@ pub fn run(rounds: usize) -> Result<()> {
     let kernel = image::build()?;
     let mut bypass = Virt::standard(false, PoolForm::Static, None);
     bypass.pool.pcie = false;
-    let smmu = |granule| Machine::virt(Virt::standard(false, PoolForm::Static, Some(granule)), "cortex-a72");
+    let smmu = |granule| Machine::virt(Virt::standard(false, PoolForm::Static, Some(granule)), CPU);
     // Four CPUs, for the kernel's figures with 1, 2 and 4 of them at work.
     let smmu_four_cpus = Virt { cpus: 4, ..Virt::standard(false, PoolForm::Static, Some(IommuGranule::Size4K)) };
+    let no_smmu = || Virt::standard(false, PoolForm::Static, None);
     let machines = [
-        ("smmu", Machine::virt(smmu_four_cpus, "cortex-a72"), "kernel.bench"),
-        ("no-smmu", Machine::virt(Virt::standard(false, PoolForm::Static, None), "cortex-a72"), "kernel.bench"),
-        ("bypass", Machine::virt(bypass, "cortex-a72"), "kernel.bench"),
+        ("smmu", Machine::virt(smmu_four_cpus, CPU), "kernel.bench"),
+        ("no-smmu", Machine::virt(no_smmu(), CPU), "kernel.bench"),
+        ("bypass", Machine::virt(bypass, CPU), "kernel.bench"),
         ("smmu-deferred", smmu(IommuGranule::Size4K), "kernel.bench iommu.strict=0"),
         ("smmu-64k", smmu(IommuGranule::Size64K), "kernel.bench"),
+        ("no-smmu-a72", Machine::virt(no_smmu(), "cortex-a72"), "kernel.bench"),
     ];
     let mut figures: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {

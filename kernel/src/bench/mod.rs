@@ -51,10 +51,33 @@ pub fn run() -> crate::power::Outcome {
     if !cpus::measure() {
         failures += 1;
     }
+    measure_copy();
     info!("bench: done, {failures} measurement(s) failed");
     match failures {
         0 => crate::power::Outcome::Success,
         _ => crate::power::Outcome::Failure,
+    }
+}
+
+/// The bounce copy alone, 1 MiB between two heap buffers: with the memory copy instructions
+/// (when the CPU has them) and with the 64-byte loop (`copy 1MiB ... µs`).
+fn measure_copy() {
+    const SIZE: usize = 1 << 20;
+    let (source, mut target) = (vec![0x5au8; SIZE], vec![0u8; SIZE]);
+    type Copy = unsafe fn(*const u8, *mut u8, usize);
+    let mut copies: alloc::vec::Vec<(&str, Copy)> = alloc::vec![("64-byte-loop", arch::copy::copy_with_simd_loop)];
+    if arch::copy::has_memory_copy_instructions() {
+        copies.push(("memory-copy-instructions", arch::copy::copy));
+    }
+    for (name, copy) in copies {
+        let (started, mut copies_made) = (arch::timer::uptime(), 0u32);
+        while arch::timer::uptime() - started < RUN_FOR {
+            // SAFETY: two distinct heap buffers of `SIZE` bytes, Normal memory.
+            unsafe { copy(source.as_ptr(), target.as_mut_ptr(), SIZE) };
+            copies_made += 1;
+        }
+        let elapsed = arch::timer::uptime() - started;
+        info!("bench: copy 1MiB {name} µs = {:.1}", elapsed.as_secs_f64() * 1e6 / f64::from(copies_made));
     }
 }
 

@@ -63,24 +63,35 @@ kernel_test! {
 kernel_test! {
     /// The bounce copy (`arch::copy`) moves exactly the bytes asked for, at every length around
     /// its 64-byte loop and its 8-byte tail and at every alignment of source and destination,
-    /// touches nothing on either side, and copies overlapping ranges as `memmove` does.
+    /// touches nothing on either side, and copies overlapping ranges as `memmove` does. On a
+    /// CPU with the memory copy instructions (`-cpu max`) both they and the loop are checked.
     fn the_bounce_copy_moves_every_byte_at_every_alignment_and_length() {
         const ROOM: usize = 512;
+        type Copy = unsafe fn(*const u8, *mut u8, usize);
         let pattern = |index: usize| (index as u8).wrapping_mul(31).wrapping_add(7);
         let source: Vec<u8> = (0..ROOM).map(pattern).collect();
-        for len in (0..=200).chain([255, 256, 257, 300]) {
-            for (from, to) in (0..16).flat_map(|from| (0..16).map(move |to| (from, to))) {
-                let mut target = alloc::vec![0xa5u8; ROOM];
-                // SAFETY: `from + len` and `to + len` stay inside the two distinct buffers, both
-                // on the heap (Normal memory through the linear map).
-                unsafe { arch::copy::copy(source.as_ptr().add(from), target.as_mut_ptr().add(to), len) };
-                let wrong = (0..ROOM).find(|&at| {
-                    let expected = if (to..to + len).contains(&at) { source[at - to + from] } else { 0xa5 };
-                    target[at] != expected
-                });
-                if let Some(at) = wrong {
-                    let what = alloc::format!("copying {len} bytes from offset {from} to offset {to}: byte {at} is {:#04x}", target[at]);
-                    return Err(what.into());
+        let copies: [(&str, Copy); 2] =
+            [("arch::copy", arch::copy::copy), ("the 64-byte loop", arch::copy::copy_with_simd_loop)];
+        let instructions = if arch::copy::has_memory_copy_instructions() { "with" } else { "without" };
+        log::info!("memory: this CPU is {instructions} the memory copy instructions (FEAT_MOPS)");
+        for (name, copy) in copies {
+            for len in (0..=200).chain([255, 256, 257, 300]) {
+                for (from, to) in (0..16).flat_map(|from| (0..16).map(move |to| (from, to))) {
+                    let mut target = alloc::vec![0xa5u8; ROOM];
+                    // SAFETY: `from + len` and `to + len` stay inside the two distinct buffers,
+                    // both on the heap (Normal memory through the linear map).
+                    unsafe { copy(source.as_ptr().add(from), target.as_mut_ptr().add(to), len) };
+                    let wrong = (0..ROOM).find(|&at| {
+                        let expected = if (to..to + len).contains(&at) { source[at - to + from] } else { 0xa5 };
+                        target[at] != expected
+                    });
+                    if let Some(at) = wrong {
+                        let byte = target[at];
+                        return Err(alloc::format!(
+                            "{name}: copying {len} bytes from offset {from} to offset {to}: byte {at} is {byte:#04x}"
+                        )
+                        .into());
+                    }
                 }
             }
         }
