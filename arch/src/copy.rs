@@ -79,7 +79,7 @@ unsafe extern "C" {
     fn copy_forward_mops(destination: *mut u8, source: *const u8, len: usize);
 }
 
-/// Whether this CPU has the memory copy instructions: `ID_AA64ISAR2_EL1.MOPS`, bits [19:16]
+/// Whether this CPU has the memory copy instructions: `ID_AA64ISAR2_EL1.MOPS`, bits 19 to 16
 /// (Arm ARM, "ID_AA64ISAR2_EL1"), read once. Every CPU of the system has the same features.
 pub fn has_memory_copy_instructions() -> bool {
     const UNKNOWN: u8 = 0;
