@@ -86,6 +86,8 @@ drop_from_el2_to_el1:
     cbz     x0, 5f
     mov     x0, #(1 << 11)          // HCRX_EL2.MSCEn: EL1 may use the memory copy instructions
     msr     S3_4_C1_C2_2, x0        // HCRX_EL2 (FEAT_MOPS; UNDEFINED at EL1 while it is clear)
+                                    // Needs SCR_EL3.HXEn from any EL3 firmware (as Linux's
+                                    // booting.rst asks); QEMU virt has no EL3, the Pi 4 no FEAT_HCX.
 5:  mrs     x0, id_aa64pfr0_el1
     ubfx    x0, x0, #24, #4         // GIC system-register interface implemented?
     cbz     x0, 4f

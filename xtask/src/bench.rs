@@ -18,7 +18,7 @@
 //! - `smmu-4cpus`: `smmu` with four CPUs, for the scaling figures (below).
 //!
 //! Every machine but `no-smmu-a72` emulates QEMU's `max` CPU, which has the memory copy
-//! instructions (FEAT_MOPS, Armv8.8): a bounce copy is then one instruction QEMU carries out
+//! instructions (FEAT_MOPS, Armv8.8): a bounce copy is then three instructions QEMU carries out
 //! with its own `memmove`, as a recent core would at the speed of its memory system. The
 //! Cortex-A72 has no such instructions, so the kernel copies with a loop of loads and stores
 //! (`arch/src/copy.rs`), which QEMU runs instruction by instruction: `no-smmu-a72` shows what
