@@ -9,6 +9,7 @@ use swiotlb::DmaError;
 
 use crate::debug::{Checker, Problem};
 use crate::iommu::DomainError;
+use crate::iommu::iova::IovaError;
 
 /// Why the DMA layer refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,18 @@ pub enum DmaApiError {
     /// An untrusted device's buffer does not fill its granules and there is no pool to
     /// bounce it through.
     NoBouncePool,
+}
+
+impl DmaApiError {
+    /// Whether the refusal is for room in a bounce pool or an IOVA space, which a smaller
+    /// request may still find: the pool or space is fragmented, or holds other mappings.
+    pub fn is_no_room(&self) -> bool {
+        match self {
+            DmaApiError::Pool(error) => error.reason() == swiotlb::FailureReason::NoSpace,
+            DmaApiError::Iommu(DomainError::Iova(IovaError::NoRoom { .. })) => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<DomainError> for DmaApiError {

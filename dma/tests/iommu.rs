@@ -181,3 +181,39 @@ fn a_deferring_domain_leaves_a_window_until_its_flush_and_never_reuses_the_iova_
     }
     assert_eq!(machine.device_write(device, first, &[5; 4]), Err(BusFault::Translation { iova: first }));
 }
+
+#[test]
+fn a_refusal_for_room_says_so_and_a_smaller_request_then_fits() {
+    let (machine, rigs) = rigs(true, 5);
+    let rig = rigs.iter().find(|rig| rig.label == "restricted pool").unwrap();
+    let huge = machine.buffer(1 << 20, 4096); // larger than the 512 KiB pool in any state
+    let refused = rig.device.map_to_device(huge).map(|_| ()).unwrap_err().error();
+    assert!(!refused.is_no_room(), "too large for the pool is not a want of room: {refused}");
+    // The pool filled with 64 KiB copies, then every other one given back: 64 KiB holes.
+    let buffers: Vec<&[u8]> = (0..8).map(|_| &*machine.buffer(64 << 10, 4096)).collect();
+    let mut held: Vec<_> = buffers.iter().map(|buffer| rig.device.map_to_device(buffer).unwrap()).collect();
+    let refused = rig.device.map_to_device(machine.buffer(4096, 4096)).map(|_| ()).unwrap_err().error();
+    assert!(refused.is_no_room(), "a full pool: {refused}");
+    let mut index = 0;
+    held.retain(|_| {
+        index += 1;
+        index % 2 == 0
+    });
+    let refused = rig.device.map_to_device(machine.buffer(128 << 10, 4096)).map(|_| ()).unwrap_err().error();
+    assert!(refused.is_no_room(), "128 KiB among 64 KiB holes: {refused}");
+    rig.device.map_to_device(machine.buffer(64 << 10, 4096)).unwrap().unmap().unwrap();
+    // The same for an IOVA space of 2 MiB, filled with 512 KiB mappings.
+    let domain = machine.domain(40, vmsa::Granule::Size4KiB, 2 << 20);
+    let route = Route::Iommu { domain, untrusted: false, bounce: None };
+    let device = machine.device("small space", route, true, dma::Constraints::NONE);
+    let mut in_space = Vec::new();
+    let refused = loop {
+        match device.map_to_device(machine.buffer(512 << 10, 4096)) {
+            Ok(mapping) => in_space.push(mapping),
+            Err(refused) => break refused.error(),
+        }
+    };
+    assert!(refused.is_no_room() && !in_space.is_empty(), "a full IOVA space: {refused}");
+    drop(in_space);
+    drop(held);
+}

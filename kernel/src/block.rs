@@ -13,7 +13,9 @@
 //! The pieces do not wait for each other: [`run`] hands them to the disk together, and the
 //! driver keeps up to its queue depth of them in flight (`drivers::block::in_flight`), so the
 //! device works on one while the CPU maps or copies the next. A piece the DMA layer has no room
-//! for while others run (a bounce pool full of their copies) waits for one of them to complete.
+//! for while others run (a bounce pool full of their copies) waits for one of them to complete;
+//! one refused with nothing in flight (a pool held by mappings that outlive the batch) has the
+//! batch run again in shorter pieces.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -186,15 +188,44 @@ pub fn write(disk: &mut dyn BlockDevice, block: u64, buffer: &[u8]) -> Result<()
 /// request is checked before anything is submitted.
 /// The pieces complete in any order, so requests of one batch must not overlap on the disk
 /// where one of them writes (as with any queue of a real disk).
+///
+/// `max_mapping_size` promises a mapping room in an *empty* pool. A piece refused for room with
+/// nothing of the batch in flight met a pool or IOVA space held by mappings that outlive the
+/// batch; the batch then runs again, whole, in pieces half as long, down to one block. Running
+/// a piece twice is harmless: it moves the same bytes to the same blocks.
 pub fn run<'b>(
     disk: &mut dyn BlockDevice,
     requests: impl IntoIterator<Item = Request<'b>>,
 ) -> Result<usize, BlockError> {
+    let mut batch: Vec<Request<'b>> = requests.into_iter().collect();
+    for request in &batch {
+        check_range(disk, request.block(), request.buffer().len())?;
+    }
+    let mut longest = usize::MAX;
+    loop {
+        let mut pieces = cut(disk, &mut batch, longest)?;
+        let largest = pieces.iter().map(|piece| piece.buffer().len()).max().unwrap_or(0);
+        match disk.run(&mut pieces) {
+            Err(error) if wants_room(&error) && largest / 2 >= disk.block_size() => {
+                longest = largest / 2 / disk.block_size() * disk.block_size();
+                log::warn!("{}: {error}; the batch runs again in pieces of at most {longest} bytes", disk.describe());
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// The pieces of `batch`, each at most what the disk takes in one request and at most
+/// `longest` bytes (a whole number of blocks).
+fn cut<'p>(
+    disk: &dyn BlockDevice,
+    batch: &'p mut [Request<'_>],
+    longest: usize,
+) -> Result<Vec<Request<'p>>, BlockError> {
     let mut pieces = Vec::new();
-    for request in requests {
+    for request in batch {
         let (block, length) = (request.block(), request.buffer().len());
-        check_range(disk, block, length)?;
-        let limit = request_limit(disk, request.buffer());
+        let limit = request_limit(disk, request.buffer()).min(longest);
         let chunks = requests::split(block, length, disk.block_size(), limit).map_err(BlockError::Request)?;
         let blocks = chunks.map(|chunk| chunk.block);
         match request {
@@ -205,7 +236,18 @@ pub fn run<'b>(
             }
         }
     }
-    disk.run(&mut pieces)
+    Ok(pieces)
+}
+
+/// Whether `error` is the DMA layer's refusal for want of room, told by the driver or by the
+/// block layer itself.
+fn wants_room(error: &BlockError) -> bool {
+    let refusal = match error {
+        BlockError::Dma(error) => Some(error),
+        BlockError::Device(error) => error.source().and_then(|source| source.downcast_ref::<DmaApiError>()),
+        _ => None,
+    };
+    refusal.is_some_and(DmaApiError::is_no_room)
 }
 
 /// The disk's request limit, in words.

@@ -62,7 +62,7 @@ pub use constraints::{Constraints, DmaDirection};
 pub use error::{DmaError, FailureReason, MaskKind, PoolError, RegionKind};
 pub use memory::{HeapMemory, PhysMemory};
 pub use placement::Placement;
-pub use pool::{BouncePool, CoherentBuffer, Mapping, PoolConfig};
+pub use pool::{BouncePool, CoherentBuffer, Mapping, PoolConfig, RESTRICTED_SEGMENT_LIMIT};
 pub use slots::{Area, FirstArea, Geometry, Reserved, SlotAllocator};
 pub use stats::{Failures, Stats};
 

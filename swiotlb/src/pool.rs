@@ -53,13 +53,42 @@ impl PoolConfig {
     /// `this_cpu` names, so CPUs mapping at once take different locks.
     pub fn per_cpu(cpus: usize, pool_bytes: u64, this_cpu: fn() -> usize) -> Self {
         let segment_slots = DEFAULT_SEGMENT_SLOTS;
-        let slots = usize::try_from(pool_bytes >> SLOT_SHIFT).unwrap_or(usize::MAX);
+        let slots = pool_slots(pool_bytes);
         let mut areas = cpus.max(1).checked_next_power_of_two().unwrap_or(1);
         while areas > 1 && (slots / areas < segment_slots || !slots.is_multiple_of(areas)) {
             areas /= 2;
         }
         Self { areas, segment_slots, first_area: FirstArea::OfCpu(this_cpu) }
     }
+
+    /// A restricted pool: cut as [`Self::per_cpu`], with a segment as long as its areas afford.
+    ///
+    /// Linux sized its 256 KiB segment for a pool that bounces now and then. Every byte a
+    /// restricted pool's devices move goes through it, so the segment is the largest request
+    /// they can make: a 1 MiB read through a 256 KiB segment is four device requests where a
+    /// direct device makes one, and each costs the device a round trip. Here the segment grows
+    /// to the largest power of two of which every area still holds two, up to
+    /// [`RESTRICTED_SEGMENT_LIMIT`], never below Linux's: one largest mapping never fills an
+    /// area, and a pool too small to afford more keeps Linux's segment.
+    pub fn restricted(cpus: usize, pool_bytes: u64, this_cpu: fn() -> usize) -> Self {
+        let config = Self::per_cpu(cpus, pool_bytes, this_cpu);
+        let half_an_area = pool_slots(pool_bytes) / config.areas / 2;
+        let affordable = match half_an_area {
+            0 => DEFAULT_SEGMENT_SLOTS,
+            slots => 1 << slots.ilog2(),
+        };
+        let segment_slots = affordable.clamp(DEFAULT_SEGMENT_SLOTS, RESTRICTED_SEGMENT_LIMIT / SLOT_SIZE);
+        Self { segment_slots, ..config }
+    }
+}
+
+/// The longest segment a restricted pool is given: 1 MiB. A device round trip per request is
+/// then a small share of the request's time; a longer segment would save little more, while
+/// each largest mapping held more of the pool.
+pub const RESTRICTED_SEGMENT_LIMIT: usize = 1 << 20;
+
+fn pool_slots(pool_bytes: u64) -> usize {
+    usize::try_from(pool_bytes >> SLOT_SHIFT).unwrap_or(usize::MAX)
 }
 
 /// A streaming mapping, as `map` made it. Everything a trace needs to show the decision.

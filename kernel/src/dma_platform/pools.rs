@@ -179,7 +179,10 @@ pub fn create(
         arch::mmu::map_linear(range, memory_type, Access::ReadWrite)
             .map_err(|error| MemoryError::LinearMap(range, error))?;
         let dma_base = bus_address(plan, request, range)?;
-        let config = PoolConfig::per_cpu(crate::smp::listed(), range.size(), arch::smp::this_cpu);
+        let config = match request.restricted {
+            true => PoolConfig::restricted(crate::smp::listed(), range.size(), arch::smp::this_cpu),
+            false => PoolConfig::per_cpu(crate::smp::listed(), range.size(), arch::smp::this_cpu),
+        };
         let bounce = BouncePool::new(*memory, range, dma_base, config)
             .map_err(|error| MemoryError::Pool(request.node.name, error))?;
         let form = match (request.restricted, &request.node.placement) {
@@ -189,14 +192,16 @@ pub fn create(
         };
         let caching = if request.coherent { "cached" } else { "uncached: its devices do not snoop caches" };
         let kind = if request.restricted { "restricted pool" } else { "bounce pool" };
-        let areas = match bounce.geometry().areas {
+        let geometry = bounce.geometry();
+        let areas = match geometry.areas {
             1 => alloc::string::String::from("one area"),
             areas => alloc::format!("{areas} areas, a map starting in its CPU's"),
         };
         info!(
-            "{kind} '{}': {range} {}, {form}, DMA address {dma_base}, {caching}; {areas}",
+            "{kind} '{}': {range} {}, {form}, DMA address {dma_base}, {caching}; {areas}, segments of {}",
             request.node.name,
-            Size(range.size())
+            Size(range.size()),
+            Size((geometry.segment_slots * swiotlb::SLOT_SIZE) as u64)
         );
         let (name, restricted, coherent) = (request.node.name, request.restricted, request.coherent);
         pools.push(DmaPool { name, restricted, range, coherent, bounce });

@@ -197,7 +197,15 @@ from_error! {
     IdentifyError => Identify, TransferError => Transfer, DmaApiError => Dma,
 }
 
-impl core::error::Error for NvmeError {}
+impl core::error::Error for NvmeError {
+    /// The DMA layer's refusal behind a command that failed for it.
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            NvmeError::Dma(error) => Some(error),
+            _ => None,
+        }
+    }
+}
 
 impl From<NvmeError> for BlockError {
     fn from(error: NvmeError) -> Self {

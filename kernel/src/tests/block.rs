@@ -335,7 +335,7 @@ kernel_test! {
             let held: Vec<Vec<u8>> = (0..pool_free_bytes(disk).unwrap_or_default().saturating_sub(room) / HELD_BYTES)
                 .map(|_| vec![0u8; HELD_BYTES + 4096])
                 .collect();
-            let hogs = hold(disk.dma_device(), &held);
+            let hogs = hold(disk.dma_device(), &held, HELD_BYTES);
             let (free, depth) = (pool_free_bytes(disk).unwrap_or_default(), disk.queue_depth());
             if disk_pool_too_small(disk, size).is_some() || free >= depth * (size + 2 * 4096) {
                 return;
@@ -365,13 +365,17 @@ kernel_test! {
 /// The size of each buffer [`hold`] maps to fill a pool.
 const HELD_BYTES: usize = 16 << 10;
 
-/// Maps a page-aligned [`HELD_BYTES`] of each buffer of `held` to `device` until its bounce
-/// pool refuses one, and keeps the mappings, which take room in the pool until they drop.
+/// Maps a page-aligned `bytes` of each buffer of `held` to `device` until its bounce pool
+/// refuses one, and keeps the mappings, which take room in the pool until they drop.
 /// (Page-aligned, so that the copies pack the pool without gaps.)
-fn hold<'b>(device: &'b DmaDevice, held: &'b [Vec<u8>]) -> Vec<dma::Streaming<'b, KernelPlatform, dma::ToDevice>> {
+fn hold<'b>(
+    device: &'b DmaDevice,
+    held: &'b [Vec<u8>],
+    bytes: usize,
+) -> Vec<dma::Streaming<'b, KernelPlatform, dma::ToDevice>> {
     let page_aligned = |buffer: &'b Vec<u8>| {
         let start = buffer.as_ptr().align_offset(4096);
-        &buffer[start..start + HELD_BYTES]
+        &buffer[start..start + bytes]
     };
     let map = |buffer: &'b Vec<u8>| device.map_to_device(page_aligned(buffer)).map_err(|refused| refused.error()).ok();
     held.iter().map_while(map).collect()
@@ -418,4 +422,124 @@ fn same_buffer_many_places(disk: &mut dyn BlockDevice, size: usize) -> Result<()
         ensure!(read == *expected(index), "{name}: request {index} of the batch left other data on the disk");
     }
     Ok(())
+}
+
+kernel_test! {
+    /// A disk behind a restricted pool sends what the pool's segment holds in one device
+    /// request. The segment is the longest power of two of which each area holds two, up to
+    /// 1 MiB and never below Linux's 256 KiB; the DMA layer's limit follows it, or the area
+    /// when that is shorter (less what the device's `min_align_mask` may cost); and a write
+    /// and a read of the disk's own limit each go to the device whole, every byte compared.
+    fn restricted_disks_send_what_their_segment_holds_in_one_request() {
+        let (mut disks, mut failure, mut skipped) = (0, None, None);
+        block::with_each_disk(|disk| {
+            if failure.is_some() {
+                return;
+            }
+            let Route::Restricted(pool) = &disk.dma_device().route else { return };
+            match whole_request_through(disk, pool) {
+                Ok(Some(reason)) => skipped = Some(reason),
+                Ok(None) => disks += 1,
+                Err(problem) => failure = Some(problem),
+            }
+        });
+        if let Some(problem) = failure {
+            return Err(problem.into());
+        }
+        match (disks, skipped) {
+            (0, Some(reason)) => Err(skip_because(reason)),
+            (0, None) => skip!("no disk behind a restricted pool"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The checks of `restricted_disks_send_what_their_segment_holds_in_one_request` on one disk;
+/// `Some(reason)` if the disk or its pool is too small to show it now.
+fn whole_request_through(disk: &mut dyn BlockDevice, pool: &DmaPool) -> Result<Option<String>, String> {
+    let name = disk.describe();
+    let geometry = pool.bounce.geometry();
+    let (segment, area) = (geometry.segment_slots * swiotlb::SLOT_SIZE, geometry.area_slots * swiotlb::SLOT_SIZE);
+    let linux = swiotlb::DEFAULT_SEGMENT_SLOTS * swiotlb::SLOT_SIZE;
+    let two_per_area = (area / 2).checked_ilog2().map_or(0, |bits| 1 << bits);
+    let expected = two_per_area.clamp(linux, swiotlb::RESTRICTED_SEGMENT_LIMIT);
+    ensure!(
+        segment == expected,
+        "{name}: pool '{}' has areas of {area} bytes and a segment of {segment}, not {expected}",
+        pool.name
+    );
+    let mapping = disk.dma_device().max_mapping_size().map_err(|e| format!("{name}: max_mapping_size: {e}"))?;
+    let mapping = mapping.ok_or(format!("{name}: a restricted device with no mapping limit"))?;
+    // An area smaller than a segment (a pool of less than 256 KiB) bounds a mapping first.
+    let room = segment.min(area);
+    ensure!((room - 4096..=room).contains(&mapping), "{name}: room for {room} bytes but mappings of {mapping}");
+    let size = disk.max_transfer().unwrap_or(mapping).min(mapping);
+    if let Some(reason) = disk_pool_too_small(disk, size) {
+        return Ok(Some(reason));
+    }
+    if disk.blocks() < (size / disk.block_size()) as u64 + 1 {
+        return Ok(Some(format!("{name}: the disk holds less than {size} bytes")));
+    }
+    let deepest = batch_round_trip(disk, 1, size, 1400)?;
+    ensure!(deepest == 1, "{name}: a {size}-byte request went to the device in {deepest} pieces");
+    log::info!("{name}: {size} bytes in one request through pool '{}' ({} KiB segment)", pool.name, segment >> 10);
+    Ok(None)
+}
+
+kernel_test! {
+    /// A request its bounce pool holds only in pieces still completes. Mappings that outlive
+    /// the request fill the pool a page each, and are given back but one page in every half
+    /// of the disk's largest request: no free run is as long as the request, though
+    /// `max_mapping_size` promised it room in an empty pool. Refused whole with nothing in
+    /// flight, the request runs again in pieces half as long. Every byte compared.
+    fn a_request_longer_than_any_free_run_of_its_pool_runs_in_shorter_pieces() {
+        let (mut disks, mut failure, mut skipped) = (0, None, Vec::new());
+        block::with_each_disk(|disk| {
+            if failure.is_some() || pool_free_bytes(disk).is_none() {
+                return;
+            }
+            match run_in_holes(disk) {
+                Ok(Some(reason)) => skipped.push(reason),
+                Ok(None) => disks += 1,
+                Err(problem) => failure = Some(problem),
+            }
+        });
+        if let Some(problem) = failure {
+            return Err(problem.into());
+        }
+        match disks {
+            0 if !skipped.is_empty() => Err(skip_because(skipped.join("; "))),
+            0 => skip!("no disk copies its transfers through a pool"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The checks of `a_request_longer_than_any_free_run_of_its_pool_runs_in_shorter_pieces` on
+/// one disk; `Some(reason)` if the disk is too small to show it.
+fn run_in_holes(disk: &mut dyn BlockDevice) -> Result<Option<String>, String> {
+    const PAGE: usize = 4096;
+    let name = disk.describe();
+    let block = disk.block_size();
+    let size = disk.max_transfer().unwrap_or(1 << 20).min(1 << 20) / block * block;
+    let hole = size / 2 / PAGE * PAGE;
+    if hole == 0 || disk.blocks() < (size / block) as u64 + 1 {
+        return Ok(Some(format!("{name}: too small a disk or request for holes of whole pages")));
+    }
+    let pages = pool_free_bytes(disk).unwrap_or_default() / PAGE + 1;
+    let held: Vec<Vec<u8>> = (0..pages).map(|_| vec![0u8; 2 * PAGE]).collect();
+    let mut hogs = hold(disk.dma_device(), &held, PAGE);
+    hogs.sort_by_key(|hog| hog.dma());
+    let kept_one_in = hole / PAGE + 1;
+    let mut index = 0;
+    hogs.retain(|_| {
+        index += 1;
+        index % kept_one_in == 0
+    });
+    ensure!(disk_pool_too_small(disk, size).is_some(), "{name}: its pool kept a free run as long as {size} bytes");
+    let outcome = batch_round_trip(disk, 1, size, 1500);
+    drop(hogs);
+    let deepest = outcome?;
+    log::info!("{name}: {size} bytes through a pool with holes of {} KiB, in pieces ({deepest} at once)", hole >> 10);
+    Ok(None)
 }

@@ -65,7 +65,17 @@ pub enum VirtioError {
     },
 }
 
-impl core::error::Error for VirtioError {}
+impl core::error::Error for VirtioError {
+    /// The DMA layer's refusal behind a request that failed for it, so that callers can tell
+    /// a want of room (which a smaller request may not meet) from other failures.
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            VirtioError::Map { error, .. } | VirtioError::Unmap(error) => Some(error),
+            VirtioError::Stopped { cause, .. } => Some(cause.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 impl From<VirtioError> for crate::block::BlockError {
     fn from(error: VirtioError) -> Self {
