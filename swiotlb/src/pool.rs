@@ -64,16 +64,18 @@ impl PoolConfig {
     /// A restricted pool: cut as [`Self::per_cpu`], with a segment as long as its areas afford.
     ///
     /// Linux sized its 256 KiB segment for a pool that bounces now and then. Every byte a
-    /// restricted pool's devices move goes through it, so the segment is the largest request
+    /// restricted pool's devices move goes through it, so the segment is the longest request
     /// they can make: a 1 MiB read through a 256 KiB segment is four device requests where a
     /// direct device makes one, and each costs the device a round trip. Here the segment grows
-    /// to the largest power of two of which every area still holds two, up to
-    /// [`RESTRICTED_SEGMENT_LIMIT`], never below Linux's: one largest mapping never fills an
-    /// area, and a pool too small to afford more keeps Linux's segment.
+    /// to the longest power of two of which every area still holds four, up to
+    /// [`RESTRICTED_SEGMENT_LIMIT`], never below Linux's. Four, so that the longest requests
+    /// can be in flight together, the device moving one while the CPU copies the next, and one
+    /// long-lived mapping cannot take every place a longest one fits. A pool too small to
+    /// afford more keeps Linux's segment.
     pub fn restricted(cpus: usize, pool_bytes: u64, this_cpu: fn() -> usize) -> Self {
         let config = Self::per_cpu(cpus, pool_bytes, this_cpu);
-        let half_an_area = pool_slots(pool_bytes) / config.areas / 2;
-        let affordable = match half_an_area {
+        let quarter_area = pool_slots(pool_bytes) / config.areas / 4;
+        let affordable = match quarter_area {
             0 => DEFAULT_SEGMENT_SLOTS,
             slots => 1 << slots.ilog2(),
         };
@@ -82,9 +84,9 @@ impl PoolConfig {
     }
 }
 
-/// The longest segment a restricted pool is given: 1 MiB. A device round trip per request is
-/// then a small share of the request's time; a longer segment would save little more, while
-/// each largest mapping held more of the pool.
+/// The longest segment a restricted pool is given: 1 MiB. A real disk's fixed cost per
+/// request (tens of microseconds) is then a small share of the request's transfer; a longer
+/// segment would save little more, while each longest mapping held more of the pool.
 pub const RESTRICTED_SEGMENT_LIMIT: usize = 1 << 20;
 
 fn pool_slots(pool_bytes: u64) -> usize {

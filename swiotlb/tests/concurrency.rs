@@ -133,16 +133,16 @@ fn a_pool_cut_per_cpu_has_one_area_per_cpu_while_each_holds_a_segment() {
 }
 
 #[test]
-fn a_restricted_pool_gets_the_longest_segment_two_of_which_fit_each_area() {
+fn a_restricted_pool_gets_the_longest_segment_four_of_which_fit_each_area() {
     const KIB: u64 = 1 << 10;
     let cut = |cpus, bytes: u64| {
         let config = PoolConfig::restricted(cpus, bytes, this_cpu);
         (config.areas, (config.segment_slots * SLOT_SIZE) as u64)
     };
-    assert_eq!(cut(2, 4 << 20), (2, 1 << 20), "2 MiB areas: two 1 MiB segments each");
-    assert_eq!(cut(4, 4 << 20), (4, 512 << 10), "1 MiB areas");
+    assert_eq!(cut(2, 4 << 20), (2, 512 * KIB), "2 MiB areas: four 512 KiB segments each");
+    assert_eq!(cut(1, 4 << 20), (1, 1 << 20), "one 4 MiB area");
     assert_eq!(cut(1, 64 << 20), (1, RESTRICTED_SEGMENT_LIMIT as u64), "no longer than the limit");
-    assert_eq!(cut(2, 1 << 20), (2, 256 * KIB), "512 KiB areas afford Linux's segment");
+    assert_eq!(cut(4, 4 << 20), (4, 256 * KIB), "1 MiB areas afford Linux's segment");
     assert_eq!(cut(4, 1 << 20), (4, 256 * KIB), "256 KiB areas: still never below Linux's");
     assert_eq!(cut(1, 128 * KIB), (1, 256 * KIB), "a pool smaller than a segment, as per_cpu cuts it");
     assert_eq!(cut(2, (4 << 20) + 2048), (1, 1 << 20), "one area of an odd number of slots");

@@ -426,7 +426,7 @@ fn same_buffer_many_places(disk: &mut dyn BlockDevice, size: usize) -> Result<()
 
 kernel_test! {
     /// A disk behind a restricted pool sends what the pool's segment holds in one device
-    /// request. The segment is the longest power of two of which each area holds two, up to
+    /// request. The segment is the longest power of two of which each area holds four, up to
     /// 1 MiB and never below Linux's 256 KiB; the DMA layer's limit follows it, or the area
     /// when that is shorter (less what the device's `min_align_mask` may cost); and a write
     /// and a read of the disk's own limit each go to the device whole, every byte compared.
@@ -461,8 +461,8 @@ fn whole_request_through(disk: &mut dyn BlockDevice, pool: &DmaPool) -> Result<O
     let geometry = pool.bounce.geometry();
     let (segment, area) = (geometry.segment_slots * swiotlb::SLOT_SIZE, geometry.area_slots * swiotlb::SLOT_SIZE);
     let linux = swiotlb::DEFAULT_SEGMENT_SLOTS * swiotlb::SLOT_SIZE;
-    let two_per_area = (area / 2).checked_ilog2().map_or(0, |bits| 1 << bits);
-    let expected = two_per_area.clamp(linux, swiotlb::RESTRICTED_SEGMENT_LIMIT);
+    let four_per_area = (area / 4).checked_ilog2().map_or(0, |bits| 1 << bits);
+    let expected = four_per_area.clamp(linux, swiotlb::RESTRICTED_SEGMENT_LIMIT);
     ensure!(
         segment == expected,
         "{name}: pool '{}' has areas of {area} bytes and a segment of {segment}, not {expected}",
