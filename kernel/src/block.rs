@@ -22,6 +22,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use dma::DmaApiError;
 use drivers::block::{self as requests, SplitError};
@@ -208,12 +209,20 @@ pub fn run<'b>(
         match disk.run(&mut pieces) {
             Err(error) if wants_room(&error) && largest / 2 >= disk.block_size() => {
                 longest = largest / 2 / disk.block_size() * disk.block_size();
+                BATCHES_RUN_AGAIN.fetch_add(1, Ordering::Relaxed);
                 log::warn!("{}: {error}; the batch runs again in pieces of at most {longest} bytes", disk.describe());
             }
             outcome => return outcome,
         }
     }
 }
+
+/// How many batches [`run`] ran again in shorter pieces since boot.
+pub fn batches_run_again() -> usize {
+    BATCHES_RUN_AGAIN.load(Ordering::Relaxed)
+}
+
+static BATCHES_RUN_AGAIN: AtomicUsize = AtomicUsize::new(0);
 
 /// The pieces of `batch`, each at most what the disk takes in one request and at most
 /// `longest` bytes (a whole number of blocks).

@@ -322,7 +322,8 @@ kernel_test! {
     /// the pool has no room for waits until one in flight completes, instead of failing the
     /// batch (Linux's BLK_STS_RESOURCE). Whatever the pool's size, mappings held for the test
     /// fill it until it has room for about two requests and a half; then a batch of more
-    /// requests than the queue is deep runs, and the window never fills. Every byte compared.
+    /// requests than the queue is deep runs: the window never fills, and the batch waits rather
+    /// than run again in shorter pieces. Every byte compared.
     fn a_batch_larger_than_its_bounce_pool_waits_for_room() {
         let (mut disks, mut failure) = (0, None);
         block::with_each_disk(|disk| {
@@ -341,10 +342,14 @@ kernel_test! {
                 return;
             }
             disks += 1;
+            let run_again = block::batches_run_again();
             let outcome = batch_round_trip(disk, depth + 2, size, 900);
             drop(hogs);
             failure = match outcome {
                 Err(problem) => Some(problem),
+                Ok(_) if block::batches_run_again() != run_again => {
+                    Some(format!("{}: the batch ran again in shorter pieces instead of waiting for room", disk.describe()))
+                }
                 Ok(deepest) if deepest >= depth => {
                     Some(format!("{}: {deepest} requests of {size} bytes in flight with {free} bytes of the pool free", disk.describe()))
                 }
@@ -537,9 +542,14 @@ fn run_in_holes(disk: &mut dyn BlockDevice) -> Result<Option<String>, String> {
         index % kept_one_in == 0
     });
     ensure!(disk_pool_too_small(disk, size).is_some(), "{name}: its pool kept a free run as long as {size} bytes");
+    let run_again = block::batches_run_again();
     let outcome = batch_round_trip(disk, 1, size, 1500);
     drop(hogs);
     let deepest = outcome?;
+    ensure!(
+        block::batches_run_again() > run_again,
+        "{name}: {size} bytes went through whole, yet no free run holds them"
+    );
     log::info!("{name}: {size} bytes through a pool with holes of {} KiB, in pieces ({deepest} at once)", hole >> 10);
     Ok(None)
 }
