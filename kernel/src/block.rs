@@ -234,7 +234,7 @@ fn cut<'p>(
     let mut pieces = Vec::new();
     for request in batch {
         let (block, length) = (request.block(), request.buffer().len());
-        let limit = request_limit(disk, request.buffer()).min(longest);
+        let limit = limit_within(disk, request.buffer(), longest);
         let chunks = requests::split(block, length, disk.block_size(), limit).map_err(BlockError::Request)?;
         let blocks = chunks.map(|chunk| chunk.block);
         match request {
@@ -248,8 +248,9 @@ fn cut<'p>(
     Ok(pieces)
 }
 
-/// Whether `error` is the DMA layer's refusal for want of room, told by the driver or by the
-/// block layer itself.
+/// Whether `error` is the DMA layer's refusal for want of room, as the driver reports it: as it
+/// is (NVMe) or as the source of its own error (virtio). Only a map refuses for room (a pool's
+/// slots, an IOVA range): ending a mapping never does.
 fn wants_room(error: &BlockError) -> bool {
     let refusal = match error {
         BlockError::Dma(error) => Some(error),
@@ -273,13 +274,19 @@ pub fn describe_limit(disk: &dyn BlockDevice) -> String {
 /// piece maps in place too, and the bounce pool's limit does not apply to it: a large aligned
 /// buffer for an untrusted device is not split at `max_mapping_size`.
 pub fn request_limit(disk: &dyn BlockDevice, buffer: &[u8]) -> usize {
+    limit_within(disk, buffer, usize::MAX)
+}
+
+/// [`request_limit`], at most `longest` bytes: still whole blocks, and still whole units of the
+/// in-place alignment for a buffer lent in place, as long as one unit fits.
+fn limit_within(disk: &dyn BlockDevice, buffer: &[u8], longest: usize) -> usize {
     let block_size = disk.block_size();
     let device = disk.dma_device();
     let in_place = device
         .physical(addr::VirtAddr::from_ptr(buffer.as_ptr()), buffer.len())
         .is_ok_and(|range| device.maps_in_place(range));
     let alignment = device.in_place_alignment().unwrap_or(1) as usize;
-    let whole = |limit: Option<usize>, unit: usize| limit.map_or(usize::MAX / unit * unit, |limit| limit / unit * unit);
+    let whole = |limit: Option<usize>, unit: usize| limit.unwrap_or(usize::MAX).min(longest) / unit * unit;
     let unit = block_size.max(alignment);
     match in_place {
         true if whole(disk.max_transfer_in_place(), unit) > 0 => whole(disk.max_transfer_in_place(), unit),

@@ -89,6 +89,7 @@ impl PoolConfig {
 /// segment would save little more, while each longest mapping held more of the pool.
 pub const RESTRICTED_SEGMENT_LIMIT: usize = 1 << 20;
 
+/// The slots in a pool of `pool_bytes`, saturating where `usize` is narrower than the size.
 fn pool_slots(pool_bytes: u64) -> usize {
     usize::try_from(pool_bytes >> SLOT_SHIFT).unwrap_or(usize::MAX)
 }

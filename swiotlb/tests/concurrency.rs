@@ -141,6 +141,8 @@ fn a_restricted_pool_gets_the_longest_segment_four_of_which_fit_each_area() {
     };
     assert_eq!(cut(2, 4 << 20), (2, 512 * KIB), "2 MiB areas: four 512 KiB segments each");
     assert_eq!(cut(1, 4 << 20), (1, 1 << 20), "one 4 MiB area");
+    assert_eq!(cut(1, 3 << 20), (1, 512 * KIB), "a quarter of 3 MiB, rounded down to a power of two");
+    assert_eq!(cut(1, 6 << 20), (1, 1 << 20), "a quarter of 6 MiB, rounded down");
     assert_eq!(cut(1, 64 << 20), (1, RESTRICTED_SEGMENT_LIMIT as u64), "no longer than the limit");
     assert_eq!(cut(4, 4 << 20), (4, 256 * KIB), "1 MiB areas afford Linux's segment");
     assert_eq!(cut(4, 1 << 20), (4, 256 * KIB), "256 KiB areas: still never below Linux's");

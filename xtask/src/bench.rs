@@ -176,9 +176,10 @@ pub fn run(rounds: usize) -> Result<()> {
 }
 
 /// What `numerator`/`denominator` would be for a read of `size` if the numerator cost what the
-/// denominator does plus its own DMA layer (its map+unmap), nothing overlapped: the ceiling
-/// the DMA layer alone sets. Through a pool that is the two copies, whose cost under TCG is
-/// the emulator's, not the memory's.
+/// denominator does plus its own DMA layer (its map+unmap), nothing overlapped: what the DMA
+/// layer alone allows. An estimate: pieces of one request in flight together overlap copies
+/// with transfers, so a measured ratio may exceed it. Through a pool the DMA layer is the two
+/// copies, whose cost under TCG is the emulator's, not the memory's.
 fn ratio_with_only_the_dma_layer(
     medians: &BTreeMap<String, f64>,
     numerator: &str,

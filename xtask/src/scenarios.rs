@@ -80,7 +80,6 @@ impl Scenario {
                 lines: &[
                     "cannot map a 65536-byte buffer for the device, so nothing was submitted",
                     "the batch runs again in pieces of at most 32768 bytes",
-                    "the batch runs again in pieces of at most 16384 bytes",
                     "wrote and read back 64 KiB at block 8, identical",
                     "demo: network: 10.0.2.2 is at",
                 ],

@@ -179,9 +179,10 @@ pub fn create(
         arch::mmu::map_linear(range, memory_type, Access::ReadWrite)
             .map_err(|error| MemoryError::LinearMap(range, error))?;
         let dma_base = bus_address(plan, request, range)?;
-        let config = match request.restricted {
-            true => PoolConfig::restricted(crate::smp::listed(), range.size(), arch::smp::this_cpu),
-            false => PoolConfig::per_cpu(crate::smp::listed(), range.size(), arch::smp::this_cpu),
+        let config = if request.restricted {
+            PoolConfig::restricted(crate::smp::listed(), range.size(), arch::smp::this_cpu)
+        } else {
+            PoolConfig::per_cpu(crate::smp::listed(), range.size(), arch::smp::this_cpu)
         };
         let bounce = BouncePool::new(*memory, range, dma_base, config)
             .map_err(|error| MemoryError::Pool(request.node.name, error))?;

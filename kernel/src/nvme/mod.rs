@@ -198,7 +198,8 @@ from_error! {
 }
 
 impl core::error::Error for NvmeError {
-    /// The DMA layer's refusal behind a command that failed for it.
+    /// The DMA layer's refusal behind a command that failed for it, for error chains. (The
+    /// block layer gets a transfer's refusal from the batch itself, as a `BlockError::Dma`.)
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             NvmeError::Dma(error) => Some(error),

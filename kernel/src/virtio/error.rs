@@ -66,8 +66,9 @@ pub enum VirtioError {
 }
 
 impl core::error::Error for VirtioError {
-    /// The DMA layer's refusal behind a request that failed for it, so that callers can tell
-    /// a want of room (which a smaller request may not meet) from other failures.
+    /// What lies behind this error: the DMA layer's refusal (so that a caller can tell a
+    /// refusal for room, which a shorter request may still find, from other failures), or the
+    /// failure that stopped the device.
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             VirtioError::Map { error, .. } | VirtioError::Unmap(error) => Some(error),
