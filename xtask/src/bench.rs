@@ -164,48 +164,49 @@ pub fn run(rounds: usize) -> Result<()> {
     }
     for (name, numerator, denominator) in RATIOS.iter().filter(|(_, _, below)| below.starts_with("bypass ")) {
         for size in SIZES {
-            if let Some(ratio) = ratio_without_dma_layer(&medians, numerator, denominator, size) {
+            let Some(costs) = ReadCosts::of(&medians, numerator, denominator, size) else { continue };
+            if let Some(ratio) = costs.ratio_without_dma_layer() {
                 println!("bench: {name} read {size} without the DMA layer = {ratio:.2}");
             }
-            if let Some(ratio) = ratio_with_only_the_dma_layer(&medians, numerator, denominator, size) {
-                println!("bench: {name} read {size} with only the DMA layer added = {ratio:.2}");
-            }
+            let ratio = costs.ratio_with_only_the_dma_layer();
+            println!("bench: {name} read {size} with only the DMA layer added = {ratio:.2}");
         }
     }
     Ok(())
 }
 
-/// What `numerator`/`denominator` would be for a read of `size` if the numerator cost what the
-/// denominator does plus its own DMA layer (its map+unmap), nothing overlapped: what the DMA
-/// layer alone allows. An estimate: pieces of one request in flight together overlap copies
-/// with transfers, so a measured ratio may exceed it. Through a pool the DMA layer is the two
-/// copies, whose cost under TCG is the emulator's, not the memory's.
-fn ratio_with_only_the_dma_layer(
-    medians: &BTreeMap<String, f64>,
-    numerator: &str,
-    denominator: &str,
-    size: &str,
-) -> Option<f64> {
-    let below = 1e6 / medians.get(&format!("{denominator} read {size} IOPS"))?;
-    let dma_layer = medians.get(&format!("{numerator} map+unmap {size} µs"))?;
-    Some(below / (below + dma_layer))
+/// What one read of a size costs, in µs, on the two sides of a ratio: each side's whole read,
+/// and the numerator's DMA layer alone (its map+unmap with no transfer: the copies through a
+/// pool, or the page tables and invalidations).
+struct ReadCosts {
+    numerator: f64,
+    denominator: f64,
+    dma_layer: f64,
 }
 
-/// What `numerator`/`denominator` would be for a read of `size` if the numerator's DMA layer
-/// (its map+unmap: the copies through a pool, or the page tables and invalidations) cost
-/// nothing: the denominator's time per read over the numerator's, less its DMA layer. Near 1,
-/// the DMA layer is the whole difference; well below 1, the rest is the emulated hardware's
-/// (QEMU's SMMU translating each page of a transfer).
-fn ratio_without_dma_layer(
-    medians: &BTreeMap<String, f64>,
-    numerator: &str,
-    denominator: &str,
-    size: &str,
-) -> Option<f64> {
-    let time_per_read = |disk: &str| medians.get(&format!("{disk} read {size} IOPS")).map(|iops| 1e6 / iops);
-    let dma_layer = medians.get(&format!("{numerator} map+unmap {size} µs"))?;
-    let rest = time_per_read(numerator)? - dma_layer;
-    (rest > 0.0).then(|| time_per_read(denominator).map(|below| below / rest)).flatten()
+impl ReadCosts {
+    fn of(medians: &BTreeMap<String, f64>, numerator: &str, denominator: &str, size: &str) -> Option<Self> {
+        let time_per_read = |disk: &str| medians.get(&format!("{disk} read {size} IOPS")).map(|iops| 1e6 / iops);
+        let dma_layer = *medians.get(&format!("{numerator} map+unmap {size} µs"))?;
+        Some(Self { numerator: time_per_read(numerator)?, denominator: time_per_read(denominator)?, dma_layer })
+    }
+
+    /// The ratio if the numerator's DMA layer cost nothing. Near 1, the DMA layer is the whole
+    /// difference; well below 1, the rest is the emulated hardware's (QEMU's SMMU translating
+    /// each page of a transfer).
+    fn ratio_without_dma_layer(&self) -> Option<f64> {
+        let rest = self.numerator - self.dma_layer;
+        (rest > 0.0).then(|| self.denominator / rest)
+    }
+
+    /// The ratio if the numerator cost what the denominator does plus its own DMA layer,
+    /// nothing overlapped: what the DMA layer alone allows. An estimate: pieces of one request
+    /// in flight together overlap copies with transfers, so a measured ratio may exceed it.
+    /// Through a pool the DMA layer is the two copies, whose cost under TCG is the emulator's,
+    /// not the memory's.
+    fn ratio_with_only_the_dma_layer(&self) -> f64 {
+        self.denominator / (self.denominator + self.dma_layer)
+    }
 }
 
 /// The `bench: NAME = VALUE` lines of a console.
@@ -235,15 +236,16 @@ mod tests {
     }
 
     #[test]
-    fn the_ratio_without_the_dma_layer_takes_the_layer_out_of_the_numerator_only() {
+    fn the_dma_layer_is_taken_out_of_the_numerator_or_added_to_the_denominator() {
         // A read through the pool takes 500 µs, 400 of them copying; the direct read 100 µs.
         let medians = BTreeMap::from([
             ("no-smmu nvme-restricted read 1MiB IOPS".to_string(), 2000.0),
             ("no-smmu nvme-restricted map+unmap 1MiB µs".to_string(), 400.0),
             ("bypass nvme-direct read 1MiB IOPS".to_string(), 10000.0),
         ]);
-        let ratio = ratio_without_dma_layer(&medians, "no-smmu nvme-restricted", "bypass nvme-direct", "1MiB");
-        assert_eq!(ratio, Some(1.0));
-        assert_eq!(ratio_without_dma_layer(&medians, "no-smmu nvme-restricted", "bypass nvme-direct", "4KiB"), None);
+        let costs = ReadCosts::of(&medians, "no-smmu nvme-restricted", "bypass nvme-direct", "1MiB").unwrap();
+        assert_eq!(costs.ratio_without_dma_layer(), Some(1.0));
+        assert_eq!(costs.ratio_with_only_the_dma_layer(), 0.2, "100 µs against 100 + 400");
+        assert!(ReadCosts::of(&medians, "no-smmu nvme-restricted", "bypass nvme-direct", "4KiB").is_none());
     }
 }
